@@ -1,0 +1,103 @@
+"""The Celery app: ``celery -A app worker -Q fetch,report`` and ``celery -A app beat``.
+
+Settings are loaded (and checked) when this module is imported, so a worker or beat
+with a bad variable stops at start with one line naming it (exit status 2).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import redis
+from celery import Celery, signals
+from kombu import Queue as KombuQueue
+
+from app import runtime
+from app.queues import Queue
+from app.settings import ConfigError, settings_or_exit
+from beat_schedule import build_schedule
+
+log = logging.getLogger(__name__)
+
+settings = settings_or_exit()
+
+app = Celery(
+    "traefik_metrics_scraper",
+    broker=settings.broker_url,
+    backend=settings.result_backend,
+    include=["workers.fetch", "workers.report", "workers.maintenance"],
+)
+
+_transport = {
+    # Longer than the longest task and the longest countdown, or Redis redelivers.
+    "visibility_timeout": settings.visibility_timeout,
+}
+
+app.conf.update(
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    result_accept_content=["json"],
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    broker_transport_options=_transport,
+    result_backend_transport_options=_transport,
+    broker_connection_retry_on_startup=True,
+    result_expires=3600,
+    task_create_missing_queues=False,
+    task_queues=[KombuQueue(q.value, routing_key=q.value) for q in Queue],
+    task_default_queue=Queue.FETCH.value,
+    worker_send_task_events=True,
+    task_send_sent_event=True,
+    task_track_started=True,
+    worker_hijack_root_logger=True,
+    worker_log_format="[%(levelname)s] %(message)s",
+    worker_task_log_format="[%(levelname)s] %(message)s",
+    timezone="UTC",
+    enable_utc=True,
+    beat_schedule=build_schedule(settings),
+)
+
+
+@signals.worker_init.connect
+def _check_worker(sender, **_: object) -> None:
+    """At worker start: a report worker needs the secret; the ledger's Redis must not
+    evict or lose writes."""
+    consumes = sender.app.amqp.queues.consume_from or sender.app.amqp.queues
+    if Queue.REPORT.value in consumes:
+        try:
+            settings.require_secret()
+        except ConfigError as e:
+            print(str(e), file=sys.stderr)
+            raise SystemExit(2) from None
+    check_redis(runtime.redis_client())
+    runtime.reset()
+
+
+@signals.worker_process_init.connect
+def _init_process(**_: object) -> None:
+    runtime.init_process()
+
+
+@signals.beat_init.connect
+def _check_beat(**_: object) -> None:
+    check_redis(runtime.redis_client())
+
+
+def check_redis(r) -> None:
+    """WARN when the ledger's Redis could evict keys or lose acknowledged writes."""
+    try:
+        conf = {**r.config_get("maxmemory-policy"), **r.config_get("appendonly"), **r.config_get("appendfsync")}
+    except redis.RedisError as e:
+        log.warning("cannot read the ledger Redis config (%s); make sure it runs with "
+                    "maxmemory-policy noeviction, appendonly yes, appendfsync always", type(e).__name__)
+        return
+    if conf.get("maxmemory-policy") != "noeviction":
+        log.warning("ledger Redis has maxmemory-policy %s: set noeviction, or keys of the ledger may be evicted",
+                    conf.get("maxmemory-policy"))
+    if conf.get("appendonly") != "yes" or conf.get("appendfsync") != "always":
+        log.warning("ledger Redis runs appendonly=%s appendfsync=%s: use appendonly yes and appendfsync always, "
+                    "or a crash can roll a cursor back and bill lines twice",
+                    conf.get("appendonly"), conf.get("appendfsync"))

@@ -1,0 +1,203 @@
+"""Traefik pods and their logs, through the official Kubernetes client.
+
+Auth: in-cluster config first (the ServiceAccount token), then ``KUBECONFIG``.
+
+The client's ``read_namespaced_pod_log`` has no ``since_time`` (``sinceTime`` is
+missing from the OpenAPI spec), so the log request is built with
+``ApiClient.param_serialize`` and sent with ``call_api``, and the urllib3 response
+is streamed in chunks instead of read whole.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import urllib3
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config.config_exception import ConfigException
+
+from app.errors import KubeError, KubeForbidden, KubeUnavailable, NoPreviousLog, PodGone, truncate
+
+log = logging.getLogger(__name__)
+
+LOG_PATH = "/api/v1/namespaces/{namespace}/pods/{name}/log"
+CHUNK = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Container:
+    name: str
+    container_id: str  # "" while not started
+    restart_count: int
+    last_terminated_id: str  # the previous container's id, "" if none
+
+
+@dataclass(frozen=True)
+class Pod:
+    namespace: str
+    name: str
+    uid: str
+    deleting: bool
+    containers: tuple[Container, ...] = field(default_factory=tuple)
+
+    def container(self, wanted: str) -> Container | None:
+        """The container to read: ``wanted``, else the one named traefik, else the first."""
+        if wanted:
+            return next((c for c in self.containers if c.name == wanted), None)
+        return next((c for c in self.containers if c.name == "traefik"), None) or (
+            self.containers[0] if self.containers else None
+        )
+
+
+def format_since(t_ns: int) -> str:
+    """RFC 3339 ``sinceTime`` at whole seconds (the apiserver truncates to seconds anyway)."""
+    return datetime.fromtimestamp(t_ns // 1_000_000_000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _pod_from(obj: client.V1Pod) -> Pod:
+    spec_names = [c.name for c in (obj.spec.containers if obj.spec else [])]
+    statuses = {s.name: s for s in ((obj.status.container_statuses if obj.status else None) or [])}
+    containers = []
+    for name in spec_names:
+        s = statuses.get(name)
+        last = ""
+        if s is not None and s.last_state is not None and s.last_state.terminated is not None:
+            last = s.last_state.terminated.container_id or ""
+        containers.append(
+            Container(
+                name=name,
+                container_id=(s.container_id or "") if s is not None else "",
+                restart_count=(s.restart_count or 0) if s is not None else 0,
+                last_terminated_id=last,
+            )
+        )
+    meta = obj.metadata
+    return Pod(
+        namespace=meta.namespace,
+        name=meta.name,
+        uid=meta.uid,
+        deleting=meta.deletion_timestamp is not None,
+        containers=tuple(containers),
+    )
+
+
+def _status_message(body: bytes | str | None) -> str:
+    """The ``message`` of a Kubernetes Status body, else the body, truncated."""
+    try:
+        doc = json.loads(body or b"")
+        if isinstance(doc, dict) and isinstance(doc.get("message"), str):
+            return truncate(doc["message"])
+    except ValueError:
+        pass
+    return truncate(body)
+
+
+def _wrap(status: int, body: bytes | str | None, what: str) -> KubeError:
+    msg = f"{what}: HTTP {status}: {_status_message(body)}"
+    if status in (401, 403):
+        return KubeForbidden(
+            msg + " — the scraper's ServiceAccount needs get/list/watch on pods and get on "
+            "pods/log in the Traefik namespace (a Role and RoleBinding there)"
+        )
+    if status == 404:
+        return PodGone(msg)
+    if status == 400 and "previous" in what:
+        return NoPreviousLog(msg)
+    if status == 429 or status >= 500:
+        return KubeUnavailable(msg)
+    return KubeError(msg)
+
+
+class LogSource:
+    """Lists the Traefik pods and streams their logs. One per worker process."""
+
+    def __init__(self, namespace: str, label_selector: str, timeout: float) -> None:
+        self.namespace = namespace
+        self.label_selector = label_selector
+        self.timeout = (min(timeout, 10.0), timeout)  # (connect, read)
+        self.api_client = self._load()
+        self.core = client.CoreV1Api(self.api_client)
+
+    @staticmethod
+    def _load() -> client.ApiClient:
+        try:
+            config.load_incluster_config()
+        except ConfigException:
+            try:
+                config.load_kube_config()
+            except (ConfigException, OSError) as e:
+                raise KubeError(f"no Kubernetes config: not in a cluster and KUBECONFIG failed: {truncate(str(e))}") from e
+        return client.ApiClient()
+
+    def close(self) -> None:
+        self.api_client.close()
+
+    def list_pods(self) -> list[Pod]:
+        try:
+            pods = self.core.list_namespaced_pod(
+                self.namespace, label_selector=self.label_selector, _request_timeout=self.timeout
+            )
+        except ApiException as e:
+            raise _wrap(e.status or 0, e.body, f"list pods in {self.namespace}") from e
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise KubeUnavailable(f"list pods in {self.namespace}: {truncate(str(e))}") from e
+        return [_pod_from(p) for p in pods.items]
+
+    def get_pod(self, name: str) -> Pod:
+        try:
+            obj = self.core.read_namespaced_pod(name, self.namespace, _request_timeout=self.timeout)
+        except ApiException as e:
+            raise _wrap(e.status or 0, e.body, f"get pod {name}") from e
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise KubeUnavailable(f"get pod {name}: {truncate(str(e))}") from e
+        return _pod_from(obj)
+
+    def stream_log(
+        self,
+        name: str,
+        container: str,
+        since_ns: int | None,
+        limit_bytes: int,
+        previous: bool = False,
+    ) -> Iterator[bytes]:
+        """The pod's log with timestamps, as byte chunks, from ``floor(since)`` on.
+
+        Lines may be cut at chunk boundaries, and the last line at ``limit_bytes``.
+        """
+        query = [("container", container), ("timestamps", "true"), ("limitBytes", str(limit_bytes))]
+        if since_ns is not None:
+            query.append(("sinceTime", format_since(since_ns)))
+        if previous:
+            query.append(("previous", "true"))
+        what = f"read {'previous ' if previous else ''}log of {name}/{container}"
+        params = self.api_client.param_serialize(
+            "GET",
+            LOG_PATH,
+            path_params={"namespace": self.namespace, "name": name},
+            query_params=query,
+            header_params={"Accept": "text/plain"},
+            auth_settings=["BearerToken"],
+        )
+        try:
+            resp = self.api_client.call_api(*params, _request_timeout=self.timeout)
+        except ApiException as e:
+            raise _wrap(e.status or 0, e.body, what) from e
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise KubeUnavailable(f"{what}: {truncate(str(e))}") from e
+        raw = resp.response
+        try:
+            if resp.status != 200:
+                raise _wrap(resp.status, raw.read(4096), what)
+            try:
+                yield from raw.stream(CHUNK, decode_content=True)
+            except (urllib3.exceptions.HTTPError, OSError) as e:
+                raise KubeUnavailable(f"{what}: stream broke: {truncate(str(e))}") from e
+        finally:
+            # A stream left early holds unread data: drop the connection, not reuse it.
+            raw.close()
+            raw.release_conn()

@@ -1,0 +1,387 @@
+"""The Redis ledger: cursors, per-interval counts, report records, dead letters, counters.
+
+Every key starts with ``<REDIS_KEY_PREFIX>:``:
+
+==========================  =====================================================
+``init``                    hash: the ledger's initialisation record (start_at_ns)
+``cursors``                 hash: ``<pod uid>/<container>`` -> ``<cid>|<t_ns>|<n>``
+``pods``                    hash: pod uid -> JSON (namespace, name, last seen, ...)
+``iv:<start>``              hash: ``<sub>:i|o|r`` -> bytes in, bytes out, requests
+``open``                    zset: interval starts with counts, not sealed yet
+``sealed``                  zset: interval start -> when it was sealed
+``rep:<start>:<sub>``       hash: one report: counts, state, attempts, reason, ...
+``due``                     zset: ``<start>:<sub>`` -> when it may next be claimed
+``dead``                    zset: ``<start>:<sub>`` -> when it was dead-lettered
+``retrying``                zset: reports in automatic retry -> when the wait ends
+``lock:<start>:<sub>``      string: held while one attempt is on the wire
+``stats``                   hash: pipeline counters, right across all processes
+``gaps``                    list: JSON records of log spans that may be lost
+``round:<n>``               string: a plan round already ran (SET NX)
+==========================  =====================================================
+
+Report states: ``pending`` (sealed, never claimed), ``queued`` (a message carries
+it), ``due`` (parked until its next attempt), ``delivered``, ``skipped`` (the
+platform answered "skipped": final), ``dead`` (dead-letter store).
+
+Subdomains are validated before they become part of a key (``valid_subdomain``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+
+import redis
+
+SUBDOMAIN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+MAX_GAPS = 1000
+
+
+def valid_subdomain(sub: str) -> bool:
+    return bool(SUBDOMAIN.match(sub))
+
+
+def _script(name: str) -> str:
+    return resources.files("app").joinpath("lua", name).read_text()
+
+
+def iso(ts: int) -> str:
+    """Interval id: its UTC start, e.g. ``2026-11-24T01:50:00Z``."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where reading a container's log stands: the last consumed line's time and how
+    many consumed lines carry exactly that time. ``t_ns == 0``: from the start."""
+
+    container_id: str
+    t_ns: int
+    n: int
+
+    def encode(self) -> str:
+        return f"{self.container_id}|{self.t_ns}|{self.n}"
+
+    @classmethod
+    def decode(cls, raw: str) -> Cursor | None:
+        if not raw:
+            return None
+        cid, t, n = raw.rsplit("|", 2)
+        return cls(cid, int(t), int(n))
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    status: str  # ok | conflict | noledger | overflow
+    detail: str  # interval start, the winning cursor, or the subdomain
+
+
+@dataclass(frozen=True)
+class Report:
+    start: int
+    subdomain: str
+    bytes_in: int
+    bytes_out: int
+    requests: int
+    state: str
+    attempts: int
+    reason: str
+
+    @property
+    def member(self) -> str:
+        return f"{self.start}:{self.subdomain}"
+
+
+def split_member(member: str) -> tuple[int, str]:
+    start, sub = member.split(":", 1)
+    return int(start), sub
+
+
+class Ledger:
+    """Typed access to the ledger keys. Safe to share between threads."""
+
+    def __init__(self, r: redis.Redis, prefix: str, report_interval: int) -> None:
+        self.r = r
+        self.p = prefix
+        self.ri = report_interval
+        self._commit = r.register_script(_script("commit.lua"))
+        self._seal = r.register_script(_script("seal.lua"))
+        self._claim = r.register_script(_script("claim.lua"))
+        self._reserve = r.register_script(_script("reserve_retry.lua"))
+
+    def k(self, *parts: object) -> str:
+        return ":".join([self.p, *map(str, parts)])
+
+    # Time and initialisation --------------------------------------------------
+
+    def now(self) -> float:
+        """Redis server time: the one clock all processes share."""
+        s, us = self.r.time()
+        return s + us / 1e6
+
+    def init_record(self) -> dict[str, str] | None:
+        rec = self.r.hgetall(self.k("init"))
+        return {k.decode(): v.decode() for k, v in rec.items()} or None
+
+    def start_at_ns(self) -> int | None:
+        rec = self.init_record()
+        return int(rec["start_at_ns"]) if rec else None
+
+    def has_data(self) -> bool:
+        """Anything under the prefix besides plan-round markers."""
+        for key in self.r.scan_iter(match=self.p + ":*", count=500):
+            if not key.decode().startswith(self.k("round") + ":"):
+                return True
+        return False
+
+    def initialise(self, start_at_ns: int | None, force: bool = False) -> bool:
+        """Create the initialisation record. Returns False when it already existed."""
+        now = self.now()
+        start = start_at_ns if start_at_ns is not None else int(now * 1e9)
+        fields = {"start_at_ns": str(start), "created_at": f"{now:.3f}"}
+        if force:
+            self.r.hset(self.k("init"), mapping=fields)
+            return True
+        with self.r.pipeline() as pipe:
+            pipe.hsetnx(self.k("init"), "start_at_ns", fields["start_at_ns"])
+            pipe.hsetnx(self.k("init"), "created_at", fields["created_at"])
+            created, _ = pipe.execute()
+        return bool(created)
+
+    # Cursors and pods -----------------------------------------------------------
+
+    def cursor_raw(self, field: str) -> str:
+        raw = self.r.hget(self.k("cursors"), field)
+        return raw.decode() if raw else ""
+
+    def commit(
+        self,
+        field: str,
+        expected: str,
+        new: str,
+        partial: dict[str, list[int]],
+        counters: dict[str, int],
+    ) -> CommitResult:
+        args: list[object] = [self.p, field, expected, new, self.ri, len(partial)]
+        for sub, (bi, bo, rq) in partial.items():
+            args += [sub, bi, bo, rq]
+        nonzero = {k: v for k, v in counters.items() if v}
+        args.append(len(nonzero))
+        for name, inc in nonzero.items():
+            args += [name, inc]
+        keys = [self.k("init"), self.k("cursors"), self.k("stats"), self.k("open"), self.k("sealed")]
+        status, detail = self._commit(keys=keys, args=args)
+        return CommitResult(status.decode(), detail.decode())
+
+    def note_pods(self, pods: list[dict]) -> None:
+        """Record when each listed pod was last seen (for cursor clean-up)."""
+        if not pods:
+            return
+        now = self.now()
+        self.r.hset(
+            self.k("pods"),
+            mapping={p["uid"]: json.dumps({**p, "last_seen": now}) for p in pods},
+        )
+
+    def pods(self) -> dict[str, dict]:
+        return {k.decode(): json.loads(v) for k, v in self.r.hgetall(self.k("pods")).items()}
+
+    def update_pod(self, uid: str, **fields: object) -> None:
+        raw = self.r.hget(self.k("pods"), uid)
+        doc = json.loads(raw) if raw else {"uid": uid}
+        doc.update(fields)
+        self.r.hset(self.k("pods"), uid, json.dumps(doc))
+
+    def forget_pod(self, uid: str) -> int:
+        """Remove a gone pod's cursors and record. Returns how many cursors went."""
+        fields = [f for f in self.r.hkeys(self.k("cursors")) if f.decode().startswith(uid + "/")]
+        with self.r.pipeline() as pipe:
+            if fields:
+                pipe.hdel(self.k("cursors"), *fields)
+            pipe.hdel(self.k("pods"), uid)
+            pipe.execute()
+        return len(fields)
+
+    def cursors(self) -> dict[str, str]:
+        return {k.decode(): v.decode() for k, v in self.r.hgetall(self.k("cursors")).items()}
+
+    # Counters and gaps ------------------------------------------------------------
+
+    def incr(self, counters: dict[str, int]) -> None:
+        with self.r.pipeline(transaction=False) as pipe:
+            for name, inc in counters.items():
+                if inc:
+                    pipe.hincrby(self.k("stats"), name, inc)
+            pipe.execute()
+
+    def stats(self) -> dict[str, int]:
+        return {k.decode(): int(v) for k, v in self.r.hgetall(self.k("stats")).items()}
+
+    def record_gap(self, gap: dict) -> None:
+        with self.r.pipeline() as pipe:
+            pipe.lpush(self.k("gaps"), json.dumps(gap, sort_keys=True))
+            pipe.ltrim(self.k("gaps"), 0, MAX_GAPS - 1)
+            pipe.hincrby(self.k("stats"), "gaps", 1)
+            pipe.execute()
+
+    def gaps(self) -> list[dict]:
+        return [json.loads(g) for g in self.r.lrange(self.k("gaps"), 0, -1)]
+
+    # Intervals ----------------------------------------------------------------------
+
+    def open_intervals(self, ended_before: float) -> list[int]:
+        """Unsealed intervals with counts whose end is at or before ``ended_before``."""
+        raw = self.r.zrangebyscore(self.k("open"), "-inf", ended_before - self.ri)
+        return [int(x) for x in raw]
+
+    def seal(self, start: int) -> list[str]:
+        """Seal an ended interval; the subdomains whose reports were created now."""
+        keys = [self.k("open"), self.k("sealed"), self.k("due")]
+        out = [x.decode() for x in self._seal(keys=keys, args=[self.p, start, self.ri])]
+        return [] if out == ["not_ended"] else out
+
+    def interval_totals(self, start: int) -> dict[str, list[int]]:
+        sums: dict[str, list[int]] = {}
+        for field, value in self.r.hgetall(self.k("iv", start)).items():
+            sub, kind = field.decode().rsplit(":", 1)
+            sums.setdefault(sub, [0, 0, 0])["ior".index(kind)] = int(value)
+        return sums
+
+    def expire_intervals(self, older_than: float) -> int:
+        """Drop count hashes of sealed intervals that ended before ``older_than`` and
+        have no report left undelivered."""
+        dropped = 0
+        for raw in self.r.zrangebyscore(self.k("sealed"), "-inf", "+inf"):
+            start = int(raw)
+            if start + self.ri > older_than:
+                continue
+            pending = self.r.zscan_iter(self.k("due"), match=f"{start}:*", count=1000)
+            if next(pending, None) is not None:
+                continue
+            with self.r.pipeline() as pipe:
+                pipe.delete(self.k("iv", start))
+                pipe.zrem(self.k("sealed"), raw)
+                pipe.execute()
+            dropped += 1
+        return dropped
+
+    # Reports ----------------------------------------------------------------------------
+
+    def report(self, start: int, sub: str) -> Report | None:
+        raw = self.r.hgetall(self.k("rep", start, sub))
+        if not raw:
+            return None
+        d = {k.decode(): v.decode() for k, v in raw.items()}
+        return Report(
+            start=start,
+            subdomain=sub,
+            bytes_in=int(d["bytes_in"]),
+            bytes_out=int(d["bytes_out"]),
+            requests=int(d["requests"]),
+            state=d.get("state", "pending"),
+            attempts=int(d.get("attempts", 0)),
+            reason=d.get("reason", ""),
+        )
+
+    def claim(self, members: list[str], lease: int) -> list[str]:
+        if not members:
+            return []
+        out = self._claim(keys=[self.k("due")], args=[self.p, lease, *members])
+        return [m.decode() for m in out]
+
+    def claim_due(self, lease: int, limit: int) -> list[str]:
+        out = self._claim(keys=[self.k("due")], args=[self.p, lease, f"#{limit}"])
+        return [m.decode() for m in out]
+
+    def extend_lease(self, member: str, until: float) -> None:
+        self.r.zadd(self.k("due"), {member: until}, xx=True)
+
+    def acquire_send_lock(self, member: str, token: str, seconds: int) -> bool:
+        return bool(self.r.set(self.k("lock", member), token, nx=True, ex=seconds))
+
+    def release_send_lock(self, member: str, token: str) -> None:
+        key = self.k("lock", member)
+        with self.r.pipeline() as pipe:
+            try:
+                pipe.watch(key)
+                if pipe.get(key) == token.encode():
+                    pipe.multi()
+                    pipe.delete(key)
+                    pipe.execute()
+            except redis.WatchError:
+                pass  # it expired and someone else holds it now: not ours to drop
+
+    def begin_attempt(self, member: str) -> int:
+        """Count an attempt about to go on the wire; returns the attempt number."""
+        start, sub = split_member(member)
+        return int(self.r.hincrby(self.k("rep", start, sub), "attempts", 1))
+
+    def mark_delivered(self, member: str, outcome: str, user_id: str, retention: int) -> None:
+        start, sub = split_member(member)
+        key = self.k("rep", start, sub)
+        with self.r.pipeline() as pipe:
+            pipe.hset(key, mapping={"state": outcome, "user_id": user_id, "delivered_at": f"{self.now():.3f}", "reason": ""})
+            pipe.expire(key, retention)
+            pipe.zrem(self.k("due"), member)
+            pipe.zrem(self.k("retrying"), member)
+            pipe.hincrby(self.k("stats"), f"reports_{outcome}", 1)
+            pipe.execute()
+
+    def park(self, member: str, next_at: float, reason: str) -> None:
+        start, sub = split_member(member)
+        with self.r.pipeline() as pipe:
+            pipe.hset(self.k("rep", start, sub), mapping={"state": "due", "next_at": f"{next_at:.3f}", "reason": reason})
+            pipe.zadd(self.k("due"), {member: next_at})
+            pipe.zrem(self.k("retrying"), member)
+            pipe.hincrby(self.k("stats"), "reports_parked", 1)
+            pipe.execute()
+
+    def dead_letter(self, member: str, reason: str) -> None:
+        start, sub = split_member(member)
+        with self.r.pipeline() as pipe:
+            pipe.hset(self.k("rep", start, sub), mapping={"state": "dead", "reason": reason, "dead_at": f"{self.now():.3f}"})
+            pipe.zrem(self.k("due"), member)
+            pipe.zrem(self.k("retrying"), member)
+            pipe.zadd(self.k("dead"), {member: self.now()})
+            pipe.hincrby(self.k("stats"), "reports_dead", 1)
+            pipe.execute()
+
+    def reserve_retry(self, member: str, until: float, cap: int) -> bool:
+        return bool(self._reserve(keys=[self.k("retrying")], args=[member, until, cap]))
+
+    def dead_letters(self) -> list[Report]:
+        out = []
+        for raw in self.r.zrange(self.k("dead"), 0, -1):
+            start, sub = split_member(raw.decode())
+            rep = self.report(start, sub)
+            if rep is not None:
+                out.append(rep)
+        return out
+
+    def revive(self, member: str) -> bool:
+        """Move a dead letter back to the due set, claimable at once."""
+        start, sub = split_member(member)
+        key = self.k("rep", start, sub)
+        with self.r.pipeline() as pipe:
+            try:
+                pipe.watch(key)
+                if pipe.hget(key, "state") != b"dead":
+                    return False
+                pipe.multi()
+                pipe.hset(key, mapping={"state": "pending", "reason": ""})
+                pipe.zrem(self.k("dead"), member)
+                pipe.zadd(self.k("due"), {member: 0})
+                pipe.execute()
+            except redis.WatchError:
+                return False
+        return True
+
+    def due_count(self) -> int:
+        return int(self.r.zcard(self.k("due")))
+
+    def try_round(self, round_no: int, ttl: int) -> bool:
+        """True the first time a plan round is claimed (``SET NX``)."""
+        return bool(self.r.set(self.k("round", round_no), "1", nx=True, ex=ttl))

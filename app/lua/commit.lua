@@ -1,0 +1,62 @@
+-- One fetch's commit, atomic: compare the cursor, add the partial counts to the
+-- open report interval, move the cursor, add to the counters.
+--
+-- KEYS[1] init record   KEYS[2] cursors hash   KEYS[3] stats hash
+-- KEYS[4] open zset     KEYS[5] sealed zset
+-- ARGV: prefix, cursor field, expected cursor ("" = none yet), new cursor,
+--       report interval (s), n subdomains, then n x (sub, bytes_in, bytes_out, requests),
+--       then m counters, then m x (name, increment)
+-- Returns {"ok", interval start} | {"conflict", current cursor} | {"noledger", ""}
+--         | {"overflow", subdomain}
+-- Interval keys are built here (the interval is chosen from TIME inside the
+-- script): this needs a single Redis, not a cluster.
+local MAX = 9.2e18  -- below 2^63 by far more than a double's error at that size
+
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {'noledger', ''}
+end
+local current = redis.call('HGET', KEYS[2], ARGV[2]) or ''
+if current ~= ARGV[3] then
+  return {'conflict', current}
+end
+
+local ri = tonumber(ARGV[5])
+local t = redis.call('TIME')
+local now = tonumber(t[1])
+local start = now - (now % ri)
+-- A sealed interval takes nothing more: the partial goes to the first unsealed one.
+while redis.call('ZSCORE', KEYS[5], tostring(start)) do
+  start = start + ri
+end
+local key = ARGV[1] .. ':iv:' .. start
+
+local n = tonumber(ARGV[6])
+-- Check before writing: a Redis script is not rolled back on error.
+for j = 0, n - 1 do
+  local i = 7 + 4 * j
+  local sub = ARGV[i]
+  for k, suffix in ipairs({':i', ':o', ':r'}) do
+    local have = tonumber(redis.call('HGET', key, sub .. suffix) or '0')
+    if have + tonumber(ARGV[i + k]) > MAX then
+      return {'overflow', sub}
+    end
+  end
+end
+for j = 0, n - 1 do
+  local i = 7 + 4 * j
+  local sub = ARGV[i]
+  redis.call('HINCRBY', key, sub .. ':i', ARGV[i + 1])
+  redis.call('HINCRBY', key, sub .. ':o', ARGV[i + 2])
+  redis.call('HINCRBY', key, sub .. ':r', ARGV[i + 3])
+end
+if n > 0 then
+  redis.call('ZADD', KEYS[4], start, tostring(start))
+end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[4])
+
+local c = 7 + 4 * n
+local m = tonumber(ARGV[c])
+for j = 0, m - 1 do
+  redis.call('HINCRBY', KEYS[3], ARGV[c + 1 + 2 * j], ARGV[c + 2 + 2 * j])
+end
+return {'ok', tostring(start)}

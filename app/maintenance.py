@@ -1,0 +1,128 @@
+"""Plan, merge and sweep: the rounds around the fetches and reports.
+
+Plain functions over the ledger and the log source; the Celery tasks in
+``workers/maintenance.py`` only wire them to queues.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from app.errors import KubeError, PodGone
+from app.kube import LogSource, Pod
+from app.ledger import Ledger, iso
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+GONE_AFTER = 3600  # seconds a pod must be unseen before its cursors may go
+SWEEP_BATCH = 1000  # reports re-enqueued by one sweep at most
+
+
+def ensure_ledger(ledger: Ledger, settings: Settings) -> bool:
+    """True when the ledger is initialised (creating it on a first, empty start).
+
+    An empty ledger is initialised automatically only when ``START_AT`` is not set:
+    counting then starts now, so even a Redis that lost its data cannot make old lines
+    billed twice. With ``START_AT`` set, run ``traefik-metrics-scraper init-ledger``
+    once; a ledger that has data but no record is refused (Redis lost data).
+    """
+    if ledger.init_record() is not None:
+        return True
+    if settings.start_at is None and not ledger.has_data():
+        if ledger.initialise(None):
+            log.warning(
+                "ledger initialised: counting starts now (%s). If this deployment ran before, "
+                "its Redis lost its data and usage not yet reported is lost",
+                iso(int(ledger.now())),
+            )
+        return True
+    if settings.start_at is None:
+        why = "the ledger has data but no initialisation record (Redis lost part of its data)"
+    else:
+        why = "START_AT is set and the ledger is not initialised"
+    log.error(
+        "not fetching: %s. Check Redis, then run `traefik-metrics-scraper init-ledger "
+        "--start-at <time>` with the time from which lines must be counted",
+        why,
+    )
+    return False
+
+
+def plan(ledger: Ledger, source: LogSource, settings: Settings, dispatch: Callable[[list[Pod]], None]) -> dict:
+    """One fetch round: list the Traefik pods and hand them to ``dispatch`` (a chord).
+
+    Guarded with ``SET NX`` on the round number, so a duplicate round does nothing.
+    """
+    every = settings.fetch_every
+    round_no = int(ledger.now() // every)
+    if not ledger.try_round(round_no, ttl=3 * every):
+        return {"status": "duplicate", "round": round_no}
+    if not ensure_ledger(ledger, settings):
+        return {"status": "ledger_lost", "round": round_no}
+    try:
+        pods = source.list_pods()
+    except KubeError as e:
+        log.error("plan: cannot list Traefik pods: %s", e)
+        dispatch([])
+        return {"status": "kube_error", "round": round_no}
+    ledger.note_pods([{"uid": p.uid, "name": p.name, "namespace": p.namespace, "deleting": p.deleting} for p in pods])
+    if not pods:
+        log.warning("plan: no pod in namespace %s matches %s", settings.traefik_namespace, settings.traefik_label_selector)
+    for p in pods:
+        if p.deleting:
+            log.info("plan: pod %s is terminating: reading it every round until it is gone", p.name)
+    dispatch(pods)
+    return {"status": "ok", "round": round_no, "pods": len(pods)}
+
+
+def merge(ledger: Ledger, settings: Settings, enqueue: Callable[[list[str]], None], min_age: float = 0.0) -> dict:
+    """Seal every report interval that ended (at least ``min_age`` seconds ago) and
+    enqueue its reports. Reads Redis, never the fetch results; safe to run twice."""
+    now = ledger.now()
+    created: list[str] = []
+    starts = ledger.open_intervals(now - min_age)
+    for start in starts:
+        subs = ledger.seal(start)
+        created += [f"{start}:{sub}" for sub in subs]
+        if subs:
+            log.info("Reporting %d tunnel(s) for %s", len(subs), iso(start))
+    claimed = ledger.claim(created, settings.lease_seconds)
+    enqueue(claimed)
+    return {"sealed": len(starts), "reports": len(claimed)}
+
+
+def sweep(ledger: Ledger, source: LogSource | None, settings: Settings, enqueue: Callable[[list[str]], None]) -> dict:
+    """Recover what the normal path left behind, and expire old data."""
+    if ledger.init_record() is None:
+        return {"status": "ledger_lost"}
+    merged = merge(ledger, settings, enqueue, min_age=settings.sweep_merge_age)
+    claimed = ledger.claim_due(settings.lease_seconds, SWEEP_BATCH)
+    if claimed:
+        log.info("sweep: re-enqueueing %d report(s) never delivered", len(claimed))
+    enqueue(claimed)
+    now = ledger.now()
+    expired = ledger.expire_intervals(now - settings.interval_retention)
+    forgotten = _forget_gone_pods(ledger, source, now) if source is not None else 0
+    return {"merged": merged["sealed"], "requeued": len(claimed), "expired": expired, "forgotten_pods": forgotten}
+
+
+def _forget_gone_pods(ledger: Ledger, source: LogSource, now: float) -> int:
+    """Drop cursors of pods unseen for an hour and confirmed gone (404 or a new uid)."""
+    forgotten = 0
+    for uid, info in ledger.pods().items():
+        if now - float(info.get("last_seen", now)) < GONE_AFTER:
+            continue
+        try:
+            pod = source.get_pod(info["name"])
+            gone = pod.uid != uid
+        except PodGone:
+            gone = True
+        except KubeError as e:
+            log.warning("sweep: cannot check pod %s: %s", info.get("name"), e)
+            continue
+        if gone:
+            ledger.forget_pod(uid)
+            forgotten += 1
+    return forgotten

@@ -1,0 +1,125 @@
+"""Delivering one (interval, subdomain) report to the platform, idempotently.
+
+Every attempt of the same report sends the same body and the same
+``Idempotency-Key: <SCRAPER_ID>:<interval start>/<interval seconds>:<subdomain>``.
+A report marked delivered is never sent again, and a per-report lock keeps two
+copies of it (a redelivered message, a sweep re-enqueue) off the wire at once.
+
+Failures that may pass are retried by Celery a bounded number of times, with
+backoff and full jitter, honouring ``Retry-After``; then the report is parked in the
+due set with its next attempt time and the sweep re-enqueues it. So workers hold a
+bounded number of waiting retry messages however long the platform is down. A
+report older than ``REPORT_MAX_AGE``, or one the platform rejects (3xx, 4xx but 408,
+409, 425, 429), goes to the dead-letter store with its reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import uuid
+from dataclasses import dataclass
+
+from app.errors import PlatformRejected, PlatformRetryable
+from app.ledger import Ledger, Report, iso, valid_subdomain
+from app.platform import PlatformClient
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+BASE_DELAY = 1.0  # seconds, first automatic retry (before jitter)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    action: str  # delivered | skipped | noop | busy | retry | parked | dead
+    countdown: float = 0.0
+    detail: str = ""
+
+
+def idempotency_key(scraper_id: str, start: int, interval: int, sub: str) -> str:
+    return f"{scraper_id}:{iso(start)}/{interval}:{sub}"
+
+
+def report_body(rep: Report, interval: int) -> dict:
+    """The contract's body; ``timestamp`` is the interval's end, so retries send the same."""
+    end = iso(rep.start + interval).replace("Z", "")
+    return {
+        "subdomain": rep.subdomain,
+        "bytes_in": rep.bytes_in,
+        "bytes_out": rep.bytes_out,
+        "requests": rep.requests,
+        "timestamp": end + ".000000",
+    }
+
+
+def backoff(attempt: int, cap: float) -> float:
+    """Exponential backoff with jitter (attempt 0 -> 0.5-1 s), capped."""
+    return random.uniform(0.5, 1.0) * min(cap, BASE_DELAY * (2 ** min(attempt, 30)))
+
+
+class Reporter:
+    def __init__(self, ledger: Ledger, client: PlatformClient, settings: Settings) -> None:
+        self.ledger = ledger
+        self.client = client
+        self.s = settings
+
+    def send(self, start: int, sub: str, retries: int) -> Outcome:
+        """One attempt of one report. ``retries``: Celery retries of this message so far."""
+        if not valid_subdomain(sub):
+            log.error("report: refusing invalid subdomain %r", sub[:80])
+            return Outcome("noop", detail="invalid subdomain")
+        member = f"{start}:{sub}"
+        token = uuid.uuid4().hex
+        if not self.ledger.acquire_send_lock(member, token, self.s.report_time_limit + 5):
+            return Outcome("busy", detail="another copy is sending it")
+        try:
+            rep = self.ledger.report(start, sub)
+            if rep is None or rep.state in ("delivered", "skipped", "dead"):
+                return Outcome("noop", detail=rep.state if rep else "no such report")
+            self.ledger.begin_attempt(member)
+            key = idempotency_key(self.s.scraper_id, start, self.s.report_interval, sub)
+            try:
+                done = self.client.post(report_body(rep, self.s.report_interval), key)
+            except PlatformRetryable as e:
+                return self._retry_or_park(rep, retries, str(e), e.retry_after)
+            except PlatformRejected as e:
+                reason = f"rejected: {e}"
+                log.error("❌ %s (%s): %s; parked in the dead-letter store", sub, iso(start), reason)
+                self.ledger.dead_letter(member, reason)
+                return Outcome("dead", detail=reason)
+            self.ledger.mark_delivered(member, done.outcome, done.user_id, self.s.interval_retention)
+            if done.note:
+                log.warning("report %s (%s): HTTP %d, %s; taken as delivered", sub, iso(start), done.status, done.note)
+            if done.outcome == "skipped":
+                log.info("⏭️ %s: ↓%dB ↑%dB (%dreq) skipped by the platform: %s", sub, rep.bytes_in, rep.bytes_out, rep.requests, done.note)
+            else:
+                log.info("✅ %s: ↓%dB ↑%dB (%dreq) → User:%s", sub, rep.bytes_in, rep.bytes_out, rep.requests, done.user_id or "?")
+            return Outcome(done.outcome)
+        finally:
+            self.ledger.release_send_lock(member, token)
+
+    def _retry_or_park(self, rep: Report, retries: int, reason: str, retry_after: float | None) -> Outcome:
+        now = self.ledger.now()
+        member = rep.member
+        age = now - (rep.start + self.s.report_interval)
+        if age > self.s.report_max_age:
+            why = f"undeliverable for over REPORT_MAX_AGE ({self.s.report_max_age}s); last error: {reason}"
+            log.error("❌ %s (%s): %s; parked in the dead-letter store", rep.subdomain, iso(rep.start), why)
+            self.ledger.dead_letter(member, why)
+            return Outcome("dead", detail=why)
+        if retries < self.s.report_auto_retries:
+            countdown = backoff(retries, self.s.report_retry_max_delay)
+            if retry_after is not None:
+                countdown = min(max(countdown, retry_after), self.s.report_retry_max_delay)
+            until = now + countdown + self.s.report_time_limit
+            if self.ledger.reserve_retry(member, until, self.s.max_waiting_retries):
+                self.ledger.extend_lease(member, now + countdown + self.s.lease_seconds)
+                log.warning("report %s (%s): %s; retry %d in %.1fs", rep.subdomain, iso(rep.start), reason, retries + 1, countdown)
+                return Outcome("retry", countdown=countdown, detail=reason)
+        delay = backoff(rep.attempts, self.s.report_due_max_delay)
+        if retry_after is not None:
+            delay = min(max(delay, retry_after), self.s.report_due_max_delay)
+        self.ledger.park(member, now + delay, reason)
+        log.warning("report %s (%s): %s; parked, next attempt in %.0fs", rep.subdomain, iso(rep.start), reason, delay)
+        return Outcome("parked", countdown=delay, detail=reason)

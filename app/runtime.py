@@ -1,0 +1,90 @@
+"""Per-process resources: the Redis pool, the ledger, the Kubernetes and platform
+clients. A worker creates them in ``worker_process_init`` (after the fork, so no
+socket is shared between processes); other processes (beat, the CLI) get them on
+first use."""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+
+from app.errors import KubeError
+from app.fetching import Fetcher
+from app.kube import LogSource
+from app.ledger import Ledger
+from app.platform import PlatformClient
+from app.reporting import Reporter
+from app.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+_state: dict[str, object] = {}
+
+
+def settings() -> Settings:
+    return get_settings()
+
+
+def redis_client() -> redis.Redis:
+    if "redis" not in _state:
+        _state["redis"] = redis.Redis.from_url(
+            settings().redis_url, socket_timeout=30, socket_connect_timeout=10, health_check_interval=30
+        )
+    return _state["redis"]  # type: ignore[return-value]
+
+
+def ledger() -> Ledger:
+    if "ledger" not in _state:
+        s = settings()
+        _state["ledger"] = Ledger(redis_client(), s.redis_key_prefix, s.report_interval)
+    return _state["ledger"]  # type: ignore[return-value]
+
+
+def log_source() -> LogSource:
+    if "source" not in _state:
+        s = settings()
+        _state["source"] = LogSource(s.traefik_namespace, s.traefik_label_selector, s.kube_request_timeout)
+    return _state["source"]  # type: ignore[return-value]
+
+
+def fetcher() -> Fetcher:
+    if "fetcher" not in _state:
+        s = settings()
+        _state["fetcher"] = Fetcher(
+            log_source(), ledger(), domain=s.tunnel_domain, container=s.traefik_container, limit_bytes=s.fetch_max_bytes
+        )
+    return _state["fetcher"]  # type: ignore[return-value]
+
+
+def reporter() -> Reporter:
+    if "reporter" not in _state:
+        s = settings()
+        client = PlatformClient(s.platform_api_url, s.require_secret(), s.platform_connect_timeout, s.platform_read_timeout)
+        _state["reporter"] = Reporter(ledger(), client, s)
+    return _state["reporter"]  # type: ignore[return-value]
+
+
+def init_process() -> None:
+    """Create what this process will use, up front. Anything inherited through the
+    fork is dropped unclosed: its sockets belong to the parent."""
+    _state.clear()
+    ledger()
+    if settings().platform_internal_secret is not None:
+        reporter()
+    try:
+        fetcher()
+    except KubeError as e:
+        log.warning("Kubernetes client not ready: %s", e)
+
+
+def reset() -> None:
+    """Drop this process's resources (after a fork, or at shutdown)."""
+    for name in ("source",):
+        obj = _state.get(name)
+        if obj is not None:
+            obj.close()  # type: ignore[attr-defined]
+    rep = _state.get("reporter")
+    if rep is not None:
+        rep.client.close()  # type: ignore[attr-defined]
+    _state.clear()

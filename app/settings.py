@@ -1,0 +1,356 @@
+"""The one typed settings object, built from the environment and checked at start.
+
+Every field is read from the environment variable of the same name in upper case
+(``report_interval`` <- ``REPORT_INTERVAL``). The original scraper's variables keep
+their names and defaults. A bad value stops the program with exit status 2 and one
+line per bad variable, built here from pydantic's error *type*, never from its text:
+pydantic's messages can quote the input, and the input may be a secret or a Redis URL
+holding a password.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DNS_NAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+# What each field expects, said in the error line; pydantic's own text is not shown.
+EXPECTED = {
+    "platform_api_url": "an http:// or https:// URL with a host, e.g. http://platform.platform.svc.cluster.local:3000",
+    "platform_internal_secret": "a non-empty string",
+    "report_interval": "a whole number of seconds from 1 to 86400 that divides 86400",
+    "log_level": "one of DEBUG, INFO, WARNING, ERROR",
+    "redis_url": "a redis://, rediss:// or unix:// URL",
+    "celery_broker_url": "a redis://, rediss:// or unix:// URL",
+    "celery_result_backend": "a redis://, rediss:// or unix:// URL",
+    "tunnel_domain": "a DNS name such as t.lum.tools",
+    "traefik_namespace": "a Kubernetes namespace name",
+    "traefik_label_selector": "a label selector such as app.kubernetes.io/name=traefik",
+    "traefik_container": "a container name, or empty",
+    "fetch_interval": "a whole number of seconds from 1 to REPORT_INTERVAL",
+    "fetch_max_bytes": "a whole number of bytes from 4096 to 1073741824",
+    "fetch_time_limit": "a whole number of seconds from 5 to 3600",
+    "report_max_age": "a whole number of seconds, at least 60",
+    "scraper_id": "1-63 characters of A-Z a-z 0-9 . _ -",
+    "redis_key_prefix": "1-63 characters of A-Z a-z 0-9 . _ -",
+    "start_at": "an ISO 8601 time with a zone, e.g. 2026-11-24T00:00:00Z",
+    "visibility_timeout": "a whole number of seconds, larger than FETCH_TIME_LIMIT and REPORT_RETRY_MAX_DELAY",
+    "report_auto_retries": "a whole number from 0 to 20",
+    "report_retry_max_delay": "a whole number of seconds from 1 to 3600",
+    "report_due_max_delay": "a whole number of seconds from 1 to 86400",
+    "max_waiting_retries": "a whole number from 1 to 100000",
+    "platform_connect_timeout": "a number of seconds above 0",
+    "platform_read_timeout": "a number of seconds above 0",
+    "kube_request_timeout": "a number of seconds above 0",
+    "interval_retention": "a whole number of seconds, at least REPORT_MAX_AGE",
+}
+
+
+class ConfigError(Exception):
+    """A setting is missing or wrong; the message names the variable and is safe to print."""
+
+
+class Settings(BaseSettings):
+    """What the scraper is told by its environment."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    platform_api_url: str = "http://platform.platform.svc.cluster.local:3000"
+    """Base URL of the platform API (the original's default: the in-cluster service).
+    Kept as a plain string with no trailing slash, so ``/api/v1/...`` joins cleanly
+    (pydantic's URL types would add a ``/`` to a bare host)."""
+
+    platform_internal_secret: SecretStr | None = None
+    """Sent as ``x-internal-secret``. Optional here so that ``scan`` and the fetch side
+    run without it; a process that sends reports refuses to start without it."""
+
+    report_interval: int = 60
+    """Seconds per report interval (the original's 60 s). Intervals are aligned to
+    multiples of this since the epoch, so it must divide a day."""
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Logging verbosity, as in the original."""
+
+    redis_url: str = "redis://localhost:6379/0"
+    """The ledger. Celery's broker and result backend default to it too."""
+
+    celery_broker_url: str | None = None
+    """Broker, when it should live apart from the ledger (it may be less durable:
+    the sweep rebuilds lost tasks from the ledger). Default: ``REDIS_URL``."""
+
+    celery_result_backend: str | None = None
+    """Result backend for the chord. Default: ``REDIS_URL``."""
+
+    tunnel_domain: str = "t.lum.tools"
+    """Tunnels are ``<one label>.<TUNNEL_DOMAIN>``."""
+
+    traefik_namespace: str = "traefik"
+    """Namespace of the Traefik pods (the original's)."""
+
+    traefik_label_selector: str = "app.kubernetes.io/name=traefik"
+    """Selects the Traefik pods; the Traefik Helm chart's label."""
+
+    traefik_container: str = ""
+    """Container to read. Empty: the one named ``traefik``, else the pod's first."""
+
+    fetch_interval: int | None = None
+    """Seconds between log reads. Default: the smaller of 10 and ``REPORT_INTERVAL``.
+    10 s keeps a pod at 1,000 req/s from rotating lines away (10 MiB ≈ 10 s) before
+    they are read."""
+
+    fetch_max_bytes: int = 32 * 1024 * 1024
+    """``limitBytes`` of one log read (32 MiB); the rest is read next round. Bounds a
+    read's time; memory stays small because the read is streamed."""
+
+    fetch_time_limit: int = 120
+    """Hard time limit of one fetch task, in seconds (a 32 MiB read takes a few)."""
+
+    report_max_age: int = 24 * 3600
+    """Seconds after its interval ended that a report is still retried; older ones
+    go to the dead-letter store (24 h: a day's outage is recoverable unattended)."""
+
+    scraper_id: str = Field(default_factory=lambda: os.environ.get("POD_NAMESPACE") or "default")
+    """Names this deployment in idempotency keys, so two clusters never share one.
+    Default: the pod's namespace (``POD_NAMESPACE``), else ``default``."""
+
+    redis_key_prefix: str = "tms"
+    """Every Redis key of the ledger starts with this and a colon."""
+
+    start_at: datetime | None = None
+    """Earliest log line time that is counted. Default: when the ledger is first
+    initialised, so a new deployment never bills what the old one already billed."""
+
+    visibility_timeout: int = 3600
+    """Redis broker redelivery time for unacknowledged tasks, in seconds (Celery's
+    default). Must exceed the longest task and the longest retry countdown, or a
+    task would be delivered twice."""
+
+    report_auto_retries: int = 5
+    """Celery retries of a report before it is parked in the due set."""
+
+    report_retry_max_delay: int = 60
+    """Cap, in seconds, of one automatic retry's countdown (Retry-After included);
+    far below the visibility timeout."""
+
+    report_due_max_delay: int = 900
+    """Cap, in seconds, of the delay between attempts of a parked report (15 min)."""
+
+    max_waiting_retries: int = 1000
+    """Reports allowed in automatic retry at once, across all workers. Beyond it a
+    failing report is parked at once, so no worker holds an unbounded number of
+    waiting retry messages, however long the platform is down."""
+
+    platform_connect_timeout: float = 5.0
+    """Seconds to connect to the platform."""
+
+    platform_read_timeout: float = 30.0
+    """Seconds to wait for the platform's answer."""
+
+    kube_request_timeout: float = 30.0
+    """Seconds for one Kubernetes API call (connect, and each read of a stream)."""
+
+    interval_retention: int = 7 * 24 * 3600
+    """Seconds interval data is kept after its interval ended (7 days), for audit;
+    never less than ``REPORT_MAX_AGE``."""
+
+    @field_validator("platform_api_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        value = value.strip()
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise ValueError("bad url")
+        _ = parts.port  # raises ValueError on a bad port
+        return value.rstrip("/")
+
+    @field_validator("redis_url", "celery_broker_url", "celery_result_backend")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("bad url")
+        if parts.scheme != "unix" and not parts.hostname:
+            raise ValueError("bad url")
+        _ = parts.port
+        return value
+
+    @field_validator("platform_internal_secret")
+    @classmethod
+    def _secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value():
+            return None
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("tunnel_domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        value = value.strip().lower().rstrip(".")
+        if not DNS_NAME.match(value):
+            raise ValueError("bad domain")
+        return value
+
+    @field_validator("traefik_namespace")
+    @classmethod
+    def _namespace(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", value):
+            raise ValueError("bad namespace")
+        return value
+
+    @field_validator("traefik_label_selector")
+    @classmethod
+    def _selector(cls, value: str) -> str:
+        if not value.strip() or any(c in value for c in "\n\r\t"):
+            raise ValueError("bad selector")
+        return value.strip()
+
+    @field_validator("traefik_container")
+    @classmethod
+    def _container(cls, value: str) -> str:
+        if value and not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", value):
+            raise ValueError("bad container")
+        return value
+
+    @field_validator("scraper_id", "redis_key_prefix")
+    @classmethod
+    def _safe_id(cls, value: str) -> str:
+        if not SAFE_ID.match(value):
+            raise ValueError("bad id")
+        return value
+
+    @field_validator("start_at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("no zone")
+        return value.astimezone(UTC) if value is not None else None
+
+    @model_validator(mode="after")
+    def _ranges(self) -> Settings:
+        checks = {
+            "report_interval": 1 <= self.report_interval <= 86400 and 86400 % self.report_interval == 0,
+            "fetch_interval": self.fetch_interval is None or 1 <= self.fetch_interval <= self.report_interval,
+            "fetch_max_bytes": 4096 <= self.fetch_max_bytes <= 1 << 30,
+            "fetch_time_limit": 5 <= self.fetch_time_limit <= 3600,
+            "report_max_age": self.report_max_age >= 60,
+            "report_auto_retries": 0 <= self.report_auto_retries <= 20,
+            "report_retry_max_delay": 1 <= self.report_retry_max_delay <= 3600,
+            "report_due_max_delay": 1 <= self.report_due_max_delay <= 86400,
+            "max_waiting_retries": 1 <= self.max_waiting_retries <= 100000,
+            "platform_connect_timeout": self.platform_connect_timeout > 0,
+            "platform_read_timeout": self.platform_read_timeout > 0,
+            "kube_request_timeout": self.kube_request_timeout > 0,
+            "interval_retention": self.interval_retention >= self.report_max_age,
+            "visibility_timeout": self.visibility_timeout
+            > 2 * max(self.fetch_time_limit + 10, self.report_retry_max_delay, self.lease_seconds),
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError("out of range: " + ",".join(bad))
+        return self
+
+    # Derived values -------------------------------------------------------------
+
+    @property
+    def fetch_every(self) -> int:
+        """Seconds between log reads, the default applied."""
+        return self.fetch_interval or min(10, self.report_interval)
+
+    @property
+    def broker_url(self) -> str:
+        return self.celery_broker_url or self.redis_url
+
+    @property
+    def result_backend(self) -> str:
+        return self.celery_result_backend or self.redis_url
+
+    @property
+    def report_time_limit(self) -> int:
+        """Hard limit of one report attempt: the HTTP timeouts and some slack."""
+        return int(self.platform_connect_timeout + self.platform_read_timeout) + 15
+
+    @property
+    def lease_seconds(self) -> int:
+        """How long an enqueued report is owned by its message before the sweep may
+        enqueue it again: long enough for a queue wait and one attempt."""
+        return max(300, 3 * (self.report_time_limit + self.report_retry_max_delay))
+
+    @property
+    def sweep_merge_age(self) -> int:
+        """An ended interval unsealed for this long is merged by the sweep."""
+        return max(2 * self.report_interval, self.fetch_time_limit + 10)
+
+    def require_secret(self) -> str:
+        """The platform secret, for a process that sends reports."""
+        if self.platform_internal_secret is None:
+            raise ConfigError(
+                "config error: PLATFORM_INTERNAL_SECRET is not set; expected a non-empty string "
+                "(the platform's internal secret, e.g. from Secret traefik-metrics-scraper-secrets)"
+            )
+        return self.platform_internal_secret.get_secret_value()
+
+
+def _describe(error: ValidationError) -> str:
+    """One line per bad variable, with no input value in it."""
+    lines = []
+    for item in error.errors(include_input=False, include_url=False, include_context=False):
+        loc = item.get("loc") or ()
+        names = [str(loc[0])] if loc else []
+        if not names:
+            # A model-level check: its message lists the field names, and nothing else.
+            msg = item.get("msg", "")
+            names = msg.split("out of range: ", 1)[1].split(",") if "out of range: " in msg else ["settings"]
+        for name in names:
+            problem = {
+                "int_parsing": "is not a whole number",
+                "float_parsing": "is not a number",
+                "literal_error": "is not a known value",
+                "datetime_from_date_parsing": "is not a time",
+                "datetime_parsing": "is not a time",
+                "missing": "is missing",
+            }.get(item.get("type", ""), "is not valid")
+            lines.append(f"config error: {name.upper()} {problem}; expected {EXPECTED.get(name, 'a valid value')}")
+    return "\n".join(dict.fromkeys(lines))
+
+
+def load_settings() -> Settings:
+    """Build the settings from the environment, or raise ConfigError with a safe message."""
+    try:
+        return Settings()
+    except ValidationError as e:
+        raise ConfigError(_describe(e)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, loaded once."""
+    return load_settings()
+
+
+def settings_or_exit() -> Settings:
+    """For entry points: the settings, or one line on stderr and exit status 2."""
+    try:
+        return get_settings()
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
