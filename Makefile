@@ -1,0 +1,49 @@
+# make test  - set up .venv and redis-server if missing, then lint and run the tests
+# make demo  - the whole pipeline on this machine: redis, 3 real Traefiks, fake k8s API, workers
+# make bench - benchmarks (not part of make test)
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_SECONDS ?= 90
+
+.PHONY: test demo bench lint lock redis-server clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+$(STAMP): $(BIN)/python pyproject.toml requirements.lock
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c requirements.lock -e '.[dev]'
+	touch $(STAMP)
+
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "redis-server missing: installing Debian's redis-server package"; \
+	  (apt-get install -y -qq redis-server >/dev/null 2>&1 || \
+	   (apt-get update -qq >/dev/null && apt-get install -y -qq redis-server >/dev/null)) && \
+	  systemctl disable --now redis-server >/dev/null 2>&1 || true; \
+	  command -v redis-server >/dev/null 2>&1 || { echo "could not install redis-server with apt-get"; exit 1; }; \
+	else \
+	  echo "redis-server is not installed: run 'sudo apt-get install redis-server' (Debian/Ubuntu) or put redis-server on PATH"; exit 1; \
+	fi
+
+lint: $(STAMP)
+	$(BIN)/ruff check app workers tests bench beat_schedule.py
+
+test: $(STAMP) redis-server lint
+	$(BIN)/pytest -q
+
+demo: $(STAMP) redis-server
+	$(BIN)/python -m app.sim.demo --seconds $(DEMO_SECONDS)
+
+bench: $(STAMP)
+	$(BIN)/python bench/parse.py
+
+lock: $(BIN)/python
+	$(BIN)/pip freeze --exclude-editable | grep -vi '^traefik-metrics-scraper' > requirements.lock.new && mv requirements.lock.new requirements.lock
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
