@@ -1,0 +1,1089 @@
+"""A fake Kubernetes API server, over real HTTP, for pods and their logs.
+
+Why: the scraper reads Traefik pod logs through the official ``kubernetes`` client.
+Tests (including Celery workers in subprocesses, which only get a kubeconfig) and the
+demo need an apiserver that behaves like the real one in the ways that matter for
+exact metering, as listed in DESIGN.md ("Kubernetes pod log endpoint"):
+
+* ``sinceTime`` is honoured at whole-second precision (truncated), so a read from a
+  cursor re-delivers the lines of the cursor's second;
+* ``timestamps=true`` prefixes lines with a fixed-width RFC3339Nano stamp (9 fraction
+  digits), or the zero-trimmed form of kubelets older than 1.19;
+* ``limitBytes`` cuts the body at exactly that many bytes, mid-line if need be;
+* only the current log file is served (rotation drops lines), ``previous=true`` serves
+  only the last terminated container;
+* a terminating pod stays readable during its grace period, a deleted one is 404;
+* errors are ``Status`` objects with the apiserver's reasons and messages.
+
+Only the read side is served (list/get pods, pod logs); the state is changed through
+the Python API of :class:`FakeKube` (``add_pod``, ``write``, ``restart``...). Stdlib only.
+"""
+
+from __future__ import annotations
+
+import bisect
+import calendar
+import hashlib
+import json
+import re
+import secrets
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+__all__ = ["FakeKube", "ManualClock", "PodNotFound", "format_ts"]
+
+NS_PER_S = 1_000_000_000
+DEFAULT_LABELS = {"app.kubernetes.io/name": "traefik"}
+# The identity the fake pretends the token belongs to (shown in 403 messages).
+SERVICE_ACCOUNT_USER = "system:serviceaccount:traefik-metrics-scraper:traefik-metrics-scraper"
+# Bytes the CRI log file spends per line besides the line itself
+# ("2026-11-24T01:50:22.123456789Z stdout F " + "\n"), for size-based rotation.
+CRI_LINE_OVERHEAD = 41
+CHUNK_BYTES = 64 * 1024
+
+_REASONS = {
+    400: "BadRequest",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    409: "Conflict",
+    410: "Expired",
+    422: "Invalid",
+    429: "TooManyRequests",
+    500: "InternalError",
+    503: "ServiceUnavailable",
+    504: "Timeout",
+}
+
+
+class PodNotFound(KeyError):
+    """Raised by the Python API when the named pod does not exist (or is gone)."""
+
+
+class ManualClock:
+    """A controllable clock for FakeKube: call it for epoch nanoseconds.
+
+    Tests pass one as ``FakeKube(clock=ManualClock(...))`` and move time with
+    :meth:`advance` / :meth:`set`, so grace periods and second boundaries are exact.
+    """
+
+    def __init__(self, start_ns: int = 1_795_000_000 * NS_PER_S) -> None:
+        self._ns = start_ns
+        self._lock = threading.Lock()
+
+    def __call__(self) -> int:
+        with self._lock:
+            return self._ns
+
+    def advance(self, seconds: float = 0.0, ns: int = 0) -> int:
+        """Move the clock forward; returns the new time in ns."""
+        with self._lock:
+            self._ns += int(round(seconds * NS_PER_S)) + ns
+            return self._ns
+
+    def set(self, ns: int) -> None:
+        """Jump to an absolute time (epoch ns)."""
+        with self._lock:
+            self._ns = ns
+
+
+# --------------------------------------------------------------------------- time
+
+
+def _rfc3339_seconds(ns: int) -> str:
+    """metav1.Time serialisation: RFC3339 at whole seconds, UTC (``...22Z``)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ns // NS_PER_S))
+
+
+def format_ts(ns: int, old_kubelet: bool = False) -> str:
+    """The log-line timestamp the kubelet writes for ``timestamps=true``.
+
+    Kubelets >= 1.19 use a fixed-width RFC3339Nano form (9 fraction digits); older
+    ones used Go's RFC3339Nano, which trims trailing zeros (and the dot).
+    """
+    sec, frac = divmod(ns, NS_PER_S)
+    base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+    digits = f"{frac:09d}"
+    if old_kubelet:
+        digits = digits.rstrip("0")
+        return f"{base}.{digits}Z" if digits else f"{base}Z"
+    return f"{base}.{digits}Z"
+
+
+_RFC3339 = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
+)
+
+
+def _parse_since_time(text: str) -> int:
+    """Parse an RFC3339 ``sinceTime`` to epoch ns, truncated to the whole second.
+
+    The apiserver decodes sinceTime into a metav1.Time and re-encodes it for the
+    kubelet with second precision: the fraction is lost. Raises ValueError.
+    """
+    m = _RFC3339.match(text)
+    if not m:
+        raise ValueError(text)
+    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
+    offset = m.group(8)
+    secs = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
+    if offset not in ("Z", "z"):
+        sign = 1 if offset[0] == "+" else -1
+        secs -= sign * (int(offset[1:3]) * 3600 + int(offset[4:6]) * 60)
+    return secs * NS_PER_S
+
+
+def _parse_bool(text: str) -> bool:
+    """Go's strconv.ParseBool, which the apiserver uses for query booleans."""
+    if text in ("1", "t", "T", "true", "TRUE", "True"):
+        return True
+    if text in ("0", "f", "F", "false", "FALSE", "False"):
+        return False
+    raise ValueError(text)
+
+
+# ----------------------------------------------------------------------- selectors
+
+_LABEL_KEY = r"(?:[a-z0-9](?:[-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?"
+_LABEL_VALUE = r"(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?)?"
+_SEL_SET = re.compile(
+    rf"^\s*({_LABEL_KEY})\s+(in|notin)\s+\(\s*({_LABEL_VALUE}(?:\s*,\s*{_LABEL_VALUE})*)\s*\)\s*$"
+)
+_SEL_EQ = re.compile(rf"^\s*({_LABEL_KEY})\s*(==|=|!=)\s*({_LABEL_VALUE})\s*$")
+_SEL_EXISTS = re.compile(rf"^\s*(!?)\s*({_LABEL_KEY})\s*$")
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Split a selector on commas that are not inside ``( )``."""
+    parts, depth, cur = [], 0, []
+    for ch in text:
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    parts.append("".join(cur))
+    return parts
+
+
+def _parse_label_selector(text: str) -> Callable[[dict[str, str]], bool]:
+    """A predicate for a label selector (``k=v``, ``k!=v``, ``k in (a,b)``, ``k``, ``!k``).
+
+    Raises ValueError with the apiserver's wording for a selector it cannot parse.
+    """
+    if not text.strip():
+        return lambda labels: True
+    checks: list[Callable[[dict[str, str]], bool]] = []
+    for req in _split_top_level(text):
+        if m := _SEL_SET.match(req):
+            key, op = m.group(1), m.group(2)
+            values = {v.strip() for v in m.group(3).split(",")}
+            if op == "in":
+                checks.append(lambda lb, k=key, vs=values: lb.get(k) in vs)
+            else:
+                checks.append(lambda lb, k=key, vs=values: lb.get(k) not in vs)
+        elif m := _SEL_EQ.match(req):
+            key, op, value = m.groups()
+            if op == "!=":
+                checks.append(lambda lb, k=key, v=value: lb.get(k) != v)
+            else:
+                checks.append(lambda lb, k=key, v=value: lb.get(k) == v)
+        elif m := _SEL_EXISTS.match(req):
+            neg, key = m.groups()
+            if neg:
+                checks.append(lambda lb, k=key: k not in lb)
+            else:
+                checks.append(lambda lb, k=key: k in lb)
+        else:
+            raise ValueError(f"unable to parse requirement: {req!r}")
+    return lambda labels: all(check(labels) for check in checks)
+
+
+_FIELD_REQ = re.compile(r"^\s*([^\s!=]+)\s*(==|=|!=)\s*([^\s,]*)\s*$")
+_POD_FIELDS = {
+    "metadata.name": lambda p: p.name,
+    "metadata.namespace": lambda p: p.namespace,
+    "status.phase": lambda p: "Running",
+    "spec.nodeName": lambda p: "fake-node",
+}
+
+
+def _parse_field_selector(text: str) -> Callable[[_Pod], bool]:
+    """A predicate for the few pod field selectors the fake knows; ValueError otherwise."""
+    if not text.strip():
+        return lambda pod: True
+    checks = []
+    for req in text.split(","):
+        m = _FIELD_REQ.match(req)
+        if not m:
+            raise ValueError(f"invalid selector: '{text}'; can't understand '{req}'")
+        name, op, value = m.groups()
+        getter = _POD_FIELDS.get(name)
+        if getter is None:
+            raise ValueError(f"field label not supported: {name}")
+        if op == "!=":
+            checks.append(lambda p, g=getter, v=value: g(p) != v)
+        else:
+            checks.append(lambda p, g=getter, v=value: g(p) == v)
+    return lambda pod: all(check(pod) for check in checks)
+
+
+# ---------------------------------------------------------------------------- state
+
+
+@dataclass
+class _Log:
+    """One container log file: line bytes and their timestamps, oldest first."""
+
+    stamps: list[int] = field(default_factory=list)
+    lines: list[bytes] = field(default_factory=list)
+    size: int = 0  # approximate CRI file size, for size-based rotation
+
+
+@dataclass
+class _Container:
+    name: str
+    image: str
+    container_id: str
+    started_ns: int
+    restart_count: int = 0
+    log: _Log = field(default_factory=_Log)
+    previous: _Log | None = None
+    last_terminated: dict[str, Any] | None = None
+
+
+@dataclass
+class _Pod:
+    name: str
+    namespace: str
+    uid: str
+    labels: dict[str, str]
+    containers: dict[str, _Container]  # insertion order: the main container first
+    main: str
+    created_ns: int
+    old_kubelet: bool
+    pod_ip: str
+    resource_version: int
+    deletion_ns: int | None = None
+    grace_seconds: float | None = None
+
+
+def _new_container_id() -> str:
+    return "containerd://" + secrets.token_hex(32)
+
+
+def _image_for(container: str) -> str:
+    if container == "traefik":
+        return "docker.io/library/traefik:v3.7.15"
+    return f"docker.io/library/{container}:latest"
+
+
+def _image_id(image: str) -> str:
+    repo = image.rsplit(":", 1)[0]
+    return f"{repo}@sha256:{hashlib.sha256(image.encode()).hexdigest()}"
+
+
+class ApiError(Exception):
+    """An error answer: HTTP code plus the Status message (and optional details)."""
+
+    def __init__(self, code: int, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+def _status_body(code: int, message: str, details: dict[str, Any] | None = None) -> dict:
+    body: dict[str, Any] = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": _REASONS.get(code, "Unknown"),
+        "code": code,
+    }
+    if details:
+        body["details"] = details
+    return body
+
+
+# --------------------------------------------------------------------------- server
+
+
+class _Server(ThreadingHTTPServer):
+    """ThreadingHTTPServer that remembers open connections so stop() can cut them."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, fake: FakeKube) -> None:
+        self.fake = fake
+        self.open_sockets: set[socket.socket] = set()
+        self.sockets_lock = threading.Lock()
+        super().__init__(("127.0.0.1", 0), _Handler)
+
+    def process_request(self, request, client_address):
+        with self.sockets_lock:
+            self.open_sockets.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request):
+        with self.sockets_lock:
+            self.open_sockets.discard(request)
+        super().shutdown_request(request)
+
+    def handle_error(self, request, client_address):
+        """Stay quiet when a client hangs up (timeouts, stop()); report anything else."""
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Routes requests to FakeKube; speaks HTTP/1.1 with keep-alive like the apiserver."""
+
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silence the per-request stderr logging; FakeKube.requests records them."""
+
+    def do_GET(self) -> None:
+        self.server.fake._handle(self)
+
+    def _other_method(self) -> None:
+        """Writes are not served: logged in ``requests``, then answered 405."""
+        self.server.fake._handle(self)
+
+    do_POST = do_PUT = do_PATCH = do_DELETE = _other_method
+
+    # helpers used by FakeKube._handle
+    def send_json(self, code: int, obj: dict) -> None:
+        data = json.dumps(obj).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def send_chunked(self, chunks: Iterable[bytes]) -> None:
+        """Stream a text/plain body with chunked transfer encoding, as the apiserver does."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for chunk in chunks:
+            if chunk:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        self.wfile.write(b"0\r\n\r\n")
+
+
+class FakeKube:
+    """An in-process fake Kubernetes API (pods, pod logs) served on 127.0.0.1.
+
+    Change state with the Python methods; read it over HTTP with the official client
+    (see :meth:`write_kubeconfig`). All state sits behind one lock, so requests and
+    the Python API can run from any number of threads.
+    """
+
+    def __init__(
+        self,
+        clock: Callable[[], int] | None = None,
+        token: str = "test-token",
+        *,
+        rotate_bytes: int | None = None,
+    ) -> None:
+        """``clock`` returns epoch ns (default ``time.time_ns``). ``rotate_bytes``, if
+        set, rotates a container's log (keeping nothing) once its CRI file reaches
+        that size, like the kubelet's ``containerLogMaxSize`` (10Mi by default)."""
+        self.clock: Callable[[], int] = clock or time.time_ns
+        self.token = token
+        self.rotate_bytes = rotate_bytes
+        self.url = ""
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # notified on every log write
+        self._pods: dict[tuple[str, str], _Pod] = {}
+        self._templates: dict[tuple[str, str], dict[str, Any]] = {}
+        self._rv = 1
+        self._ip_seq = 10
+        self._fail: list[list] = []  # [remaining, status, path_contains]
+        self._forbidden = False
+        self._delay = 0.0
+        self._stopped = threading.Event()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------- lifecycle
+
+    def start(self) -> str:
+        """Start serving on an OS-assigned port; returns the base URL."""
+        self._stopped.clear()
+        self._server = _Server(self)
+        port = self._server.server_address[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},  # stop() waits up to one poll
+            name="fake-kube",
+            daemon=True,
+        )
+        self._thread.start()
+        return self.url
+
+    def stop(self) -> None:
+        """Stop serving and cut open (keep-alive) connections."""
+        self._stopped.set()
+        server = self._server
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        with server.sockets_lock:
+            open_sockets = list(server.open_sockets)
+        for sock in open_sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                continue  # already closed by the other side
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = None
+
+    def __enter__(self) -> FakeKube:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def write_kubeconfig(self, path: str | Path) -> str:
+        """Write a kubeconfig for this server (token auth, namespace ``traefik``).
+
+        It is JSON, which is valid YAML, so ``kubernetes.config.load_kube_config``
+        reads it. Returns the path as a string.
+        """
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+            "users": [{"name": "fake", "user": {"token": self.token}}],
+            "contexts": [
+                {
+                    "name": "fake",
+                    "context": {"cluster": "fake", "user": "fake", "namespace": "traefik"},
+                }
+            ],
+            "current-context": "fake",
+            "preferences": {},
+        }
+        path = Path(path)
+        path.write_text(json.dumps(config, indent=2))
+        return str(path)
+
+    # ---------------------------------------------------------- pod lifecycle
+
+    def add_pod(
+        self,
+        name: str,
+        namespace: str = "traefik",
+        labels: dict[str, str] | None = None,
+        container: str = "traefik",
+        extra_containers: Iterable[str] = (),
+        uid: str | None = None,
+        old_kubelet: bool = False,
+    ) -> str:
+        """Create a running pod; returns its uid. ``old_kubelet`` makes its log
+        timestamps zero-trimmed (kubelets < 1.19). ValueError if the name is taken."""
+        template = {
+            "labels": dict(DEFAULT_LABELS if labels is None else labels),
+            "container": container,
+            "extra_containers": tuple(extra_containers),
+            "old_kubelet": old_kubelet,
+        }
+        with self._lock:
+            if self._live(namespace, name) is not None:
+                raise ValueError(f'pods "{name}" already exists')
+            return self._create(name, namespace, template, uid)
+
+    def replace_pod(self, name: str, namespace: str = "traefik", uid: str | None = None) -> str:
+        """Delete the pod now and create one with the same name and spec, a new uid,
+        new container ids and empty logs (what a StatefulSet does). Works also after
+        the old pod is gone. Returns the new uid."""
+        with self._lock:
+            template = self._templates.get((namespace, name))
+            if template is None:
+                raise PodNotFound(f"{namespace}/{name}")
+            self._pods.pop((namespace, name), None)
+            return self._create(name, namespace, template, uid)
+
+    def delete(self, name: str, namespace: str = "traefik") -> None:
+        """Remove the pod at once: 404 on get and log, absent from lists."""
+        with self._lock:
+            self._require(namespace, name)
+            del self._pods[(namespace, name)]
+            self._bump()
+
+    def terminate(self, name: str, grace_seconds: float, namespace: str = "traefik") -> None:
+        """Start a graceful deletion, as ``kubectl delete`` does.
+
+        Like the apiserver, sets ``metadata.deletionTimestamp`` to now + grace and
+        ``deletionGracePeriodSeconds``; the pod and its logs stay readable until the
+        clock passes the deletion timestamp, then the pod is gone (404).
+        """
+        with self._lock:
+            pod = self._require(namespace, name)
+            pod.deletion_ns = self.clock() + int(round(grace_seconds * NS_PER_S))
+            pod.grace_seconds = grace_seconds
+            pod.resource_version = self._bump()
+
+    def restart(
+        self,
+        name: str,
+        namespace: str = "traefik",
+        container: str | None = None,
+        exit_code: int = 0,
+    ) -> None:
+        """The container terminates and the kubelet starts a new one.
+
+        The current log becomes the previous log (only the last terminated container
+        is kept), the container gets a new id, restartCount + 1, and
+        ``lastState.terminated`` describes the old one (with its containerID).
+        """
+        with self._lock:
+            pod = self._require(namespace, name)
+            c = self._container(pod, container)
+            now = self.clock()
+            c.last_terminated = {
+                "containerID": c.container_id,
+                "exitCode": exit_code,
+                "reason": "Completed" if exit_code == 0 else "Error",
+                "startedAt": _rfc3339_seconds(c.started_ns),
+                "finishedAt": _rfc3339_seconds(now),
+            }
+            c.previous = c.log
+            c.log = _Log()
+            c.container_id = _new_container_id()
+            c.restart_count += 1
+            c.started_ns = now
+            pod.resource_version = self._bump()
+
+    def rotate(
+        self,
+        name: str,
+        keep_last: int = 0,
+        namespace: str = "traefik",
+        container: str | None = None,
+    ) -> None:
+        """Kubelet log rotation: only the last ``keep_last`` lines of the current log
+        stay reachable; the rest are gone for good."""
+        with self._lock:
+            pod = self._require(namespace, name)
+            log = self._container(pod, container).log
+            drop = max(0, len(log.lines) - keep_last)
+            dropped = log.lines[:drop]
+            del log.lines[:drop]
+            del log.stamps[:drop]
+            log.size -= sum(len(line) + CRI_LINE_OVERHEAD for line in dropped)
+
+    # ------------------------------------------------------------------ logs
+
+    def write(
+        self,
+        name: str,
+        line: bytes | str,
+        ts_ns: int | None = None,
+        namespace: str = "traefik",
+        container: str | None = None,
+    ) -> int:
+        """Append one log line (without its newline) to the pod's current container.
+
+        ``ts_ns`` defaults to ``clock()``; returns the timestamp used. Timestamps must
+        not go backwards within a container (ValueError), as in a real log file.
+        """
+        return self.write_many(name, [line], ts_ns, namespace, container)
+
+    def write_many(
+        self,
+        name: str,
+        lines: Iterable[bytes | str],
+        ts_ns: int | None = None,
+        namespace: str = "traefik",
+        container: str | None = None,
+    ) -> int:
+        """Append many lines that all carry the same timestamp; returns it."""
+        encoded = [_encode_line(line) for line in lines]
+        with self._lock:
+            pod = self._require(namespace, name)
+            c = self._container(pod, container)
+            ts = self.clock() if ts_ns is None else ts_ns
+            self._append(c, encoded, ts, clamp=False)
+            return ts
+
+    def attach_stream(
+        self,
+        name: str,
+        stream: IO[bytes],
+        namespace: str = "traefik",
+        container: str | None = None,
+    ) -> threading.Thread:
+        """Feed a binary stream (e.g. a process's stdout pipe) into the pod's log.
+
+        A daemon thread reads line by line and stamps each with ``clock()`` on arrival
+        (never earlier than the previous line, should the wall clock step back). Lines
+        arriving while the pod does not exist are dropped, but the stream is still
+        drained so the writer never blocks. The thread ends at EOF.
+        """
+        with self._lock:
+            self._container(self._require(namespace, name), container)  # fail early
+
+        def pump() -> None:
+            for raw in iter(stream.readline, b""):
+                line = raw[:-1] if raw.endswith(b"\n") else raw
+                with self._lock:
+                    pod = self._live(namespace, name)
+                    if pod is None:
+                        continue
+                    c = self._container(pod, container)
+                    self._append(c, [line], self.clock(), clamp=True)
+
+        thread = threading.Thread(target=pump, name=f"fake-kube-stream-{name}", daemon=True)
+        thread.start()
+        return thread
+
+    # ------------------------------------------------------------ inspection
+
+    def container_id(
+        self, name: str, namespace: str = "traefik", container: str | None = None
+    ) -> str:
+        """The current ``containerID`` of a container (``containerd://<hex>``)."""
+        with self._lock:
+            return self._container(self._require(namespace, name), container).container_id
+
+    def pod_uid(self, name: str, namespace: str = "traefik") -> str:
+        """The pod's current uid."""
+        with self._lock:
+            return self._require(namespace, name).uid
+
+    def log_lines(
+        self, name: str, namespace: str = "traefik", container: str | None = None
+    ) -> list[tuple[int, bytes]]:
+        """The reachable current log as (timestamp ns, line) pairs."""
+        with self._lock:
+            log = self._container(self._require(namespace, name), container).log
+            return list(zip(log.stamps, log.lines, strict=True))
+
+    def wait_for_lines(
+        self,
+        name: str,
+        count: int,
+        timeout: float,
+        namespace: str = "traefik",
+        container: str | None = None,
+    ) -> bool:
+        """Block until the pod's current log holds at least ``count`` lines (e.g. fed
+        by :meth:`attach_stream`); False if ``timeout`` seconds pass first."""
+
+        def enough() -> bool:
+            pod = self._live(namespace, name)
+            return pod is not None and len(self._container(pod, container).log.lines) >= count
+
+        with self._changed:
+            return self._changed.wait_for(enough, timeout)
+
+    # ------------------------------------------------------- fault injection
+
+    def fail_next(self, n: int, status: int = 500, path_contains: str = "") -> None:
+        """The next ``n`` requests whose path contains ``path_contains`` get ``status``
+        with a Status body (after authentication)."""
+        if n <= 0:
+            return
+        with self._lock:
+            self._fail.append([n, status, path_contains])
+
+    def forbid(self, on: bool = True) -> None:
+        """While on, every authenticated request gets 403 with the RBAC-style message."""
+        with self._lock:
+            self._forbidden = on
+
+    def delay(self, seconds: float) -> None:
+        """Sleep this long before answering each log request (0 to turn off)."""
+        with self._lock:
+            self._delay = seconds
+
+    # --------------------------------------------------------------- internals
+
+    def _bump(self) -> int:
+        self._rv += 1
+        return self._rv
+
+    def _create(self, name: str, namespace: str, template: dict[str, Any], uid: str | None) -> str:
+        now = self.clock()
+        names = [template["container"], *template["extra_containers"]]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate container names: {names}")
+        containers = {
+            n: _Container(
+                name=n, image=_image_for(n), container_id=_new_container_id(), started_ns=now
+            )
+            for n in names
+        }
+        self._ip_seq += 1
+        pod = _Pod(
+            name=name,
+            namespace=namespace,
+            uid=uid or str(uuid.uuid4()),
+            labels=dict(template["labels"]),
+            containers=containers,
+            main=template["container"],
+            created_ns=now,
+            old_kubelet=template["old_kubelet"],
+            pod_ip=f"10.42.{self._ip_seq // 250}.{self._ip_seq % 250 + 1}",
+            resource_version=self._bump(),
+        )
+        self._pods[(namespace, name)] = pod
+        self._templates[(namespace, name)] = template
+        return pod.uid
+
+    def _live(self, namespace: str, name: str) -> _Pod | None:
+        """The pod if it exists; a terminating pod past its deletion time is removed."""
+        pod = self._pods.get((namespace, name))
+        if pod is not None and pod.deletion_ns is not None and self.clock() > pod.deletion_ns:
+            del self._pods[(namespace, name)]
+            self._bump()
+            return None
+        return pod
+
+    def _require(self, namespace: str, name: str) -> _Pod:
+        pod = self._live(namespace, name)
+        if pod is None:
+            raise PodNotFound(f"{namespace}/{name}")
+        return pod
+
+    @staticmethod
+    def _container(pod: _Pod, container: str | None) -> _Container:
+        try:
+            return pod.containers[container or pod.main]
+        except KeyError:
+            raise ValueError(f"container {container} is not valid for pod {pod.name}") from None
+
+    def _append(self, c: _Container, lines: list[bytes], ts: int, clamp: bool) -> None:
+        log = c.log
+        if log.stamps and ts < log.stamps[-1]:
+            if not clamp:
+                raise ValueError(
+                    f"timestamp {ts} is before the last line's {log.stamps[-1]} in {c.name}"
+                )
+            ts = log.stamps[-1]
+        log.stamps.extend([ts] * len(lines))
+        log.lines.extend(lines)
+        log.size += sum(len(line) + CRI_LINE_OVERHEAD for line in lines)
+        if self.rotate_bytes is not None and log.size >= self.rotate_bytes:
+            c.log = _Log()
+        self._changed.notify_all()
+
+    # ------------------------------------------------------------------- HTTP
+
+    def _handle(self, req: _Handler) -> None:
+        """Answer one request; every error is a Status object."""
+        length = int(req.headers.get("Content-Length") or 0)
+        if length:
+            req.rfile.read(length)  # keep the keep-alive connection in step
+        parts = urlsplit(req.path)
+        path = unquote(parts.path)
+        query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+        with self._lock:
+            self.requests.append((req.command, path, query))
+        try:
+            self._authorize(req, path)
+            self._route(req, path, query)
+        except ApiError as err:
+            req.send_json(err.code, _status_body(err.code, err.message, err.details))
+
+    def _authorize(self, req: _Handler, path: str) -> None:
+        """401 without the token, 403 while forbidden, then any injected failure."""
+        if req.headers.get("Authorization") != f"Bearer {self.token}":
+            raise ApiError(401, "Unauthorized")
+        with self._lock:
+            if self._forbidden:
+                raise _forbidden_error(req.command, path)
+            for entry in self._fail:
+                remaining, status, path_contains = entry
+                if path_contains in path:
+                    if remaining <= 1:
+                        self._fail.remove(entry)
+                    else:
+                        entry[0] = remaining - 1
+                    raise ApiError(status, f"injected failure ({status})")
+
+    def _route(self, req: _Handler, path: str, query: dict[str, str]) -> None:
+        seg = [s for s in path.split("/") if s]
+        if req.command != "GET":
+            raise ApiError(
+                405,
+                f"the server does not allow this method on the requested resource ({req.command})",
+            )
+        if seg == ["api", "v1", "pods"]:
+            req.send_json(200, self._list(None, query))
+        elif len(seg) == 5 and seg[:3] == ["api", "v1", "namespaces"] and seg[4] == "pods":
+            req.send_json(200, self._list(seg[3], query))
+        elif len(seg) == 6 and seg[:3] == ["api", "v1", "namespaces"] and seg[4] == "pods":
+            req.send_json(200, self._get(seg[3], seg[5]))
+        elif (
+            len(seg) == 7
+            and seg[:3] == ["api", "v1", "namespaces"]
+            and seg[4] == "pods"
+            and seg[6] == "log"
+        ):
+            self._serve_log(req, seg[3], seg[5], query)
+        else:
+            raise ApiError(404, "the server could not find the requested resource")
+
+    def _list(self, namespace: str | None, query: dict[str, str]) -> dict:
+        try:
+            by_labels = _parse_label_selector(query.get("labelSelector", ""))
+            by_fields = _parse_field_selector(query.get("fieldSelector", ""))
+        except ValueError as err:
+            raise ApiError(400, str(err)) from None
+        with self._lock:
+            items = []
+            for ns, name in sorted(self._pods):
+                if namespace is not None and ns != namespace:
+                    continue
+                pod = self._live(ns, name)
+                if pod is not None and by_labels(pod.labels) and by_fields(pod):
+                    items.append(self._pod_json(pod))
+            return {
+                "kind": "PodList",
+                "apiVersion": "v1",
+                "metadata": {"resourceVersion": str(self._rv)},
+                "items": items,
+            }
+
+    def _get(self, namespace: str, name: str) -> dict:
+        with self._lock:
+            pod = self._live(namespace, name)
+            if pod is None:
+                raise _not_found(name)
+            body = self._pod_json(pod)
+        return {"kind": "Pod", "apiVersion": "v1", **body}
+
+    def _pod_json(self, pod: _Pod) -> dict:
+        """The pod as the apiserver shows it (the fields the official client models)."""
+        meta: dict[str, Any] = {
+            "name": pod.name,
+            "namespace": pod.namespace,
+            "uid": pod.uid,
+            "resourceVersion": str(pod.resource_version),
+            "creationTimestamp": _rfc3339_seconds(pod.created_ns),
+            "labels": dict(pod.labels),
+        }
+        if pod.deletion_ns is not None:
+            meta["deletionTimestamp"] = _rfc3339_seconds(pod.deletion_ns)
+            meta["deletionGracePeriodSeconds"] = int(pod.grace_seconds or 0)
+        statuses = []
+        for c in pod.containers.values():
+            statuses.append(
+                {
+                    "name": c.name,
+                    "containerID": c.container_id,
+                    "image": c.image,
+                    "imageID": _image_id(c.image),
+                    "ready": True,
+                    "started": True,
+                    "restartCount": c.restart_count,
+                    "state": {"running": {"startedAt": _rfc3339_seconds(c.started_ns)}},
+                    "lastState": {"terminated": dict(c.last_terminated)}
+                    if c.last_terminated
+                    else {},
+                }
+            )
+        return {
+            "metadata": meta,
+            "spec": {
+                "nodeName": "fake-node",
+                "containers": [{"name": c.name, "image": c.image} for c in pod.containers.values()],
+            },
+            "status": {
+                "phase": "Running",
+                "hostIP": "192.168.1.10",
+                "podIP": pod.pod_ip,
+                "podIPs": [{"ip": pod.pod_ip}],
+                "startTime": _rfc3339_seconds(pod.created_ns),
+                "containerStatuses": statuses,
+            },
+        }
+
+    def _serve_log(self, req: _Handler, namespace: str, name: str, query: dict[str, str]) -> None:
+        opts = _log_options(query)
+        with self._lock:
+            pause = self._delay
+        if pause > 0 and self._stopped.wait(pause):
+            return  # stopping: hang up without an answer
+        with self._lock:
+            pod = self._live(namespace, name)
+            if pod is None:
+                raise _not_found(name)
+            cname = opts["container"]
+            if cname is None:
+                if len(pod.containers) > 1:
+                    raise ApiError(
+                        400,
+                        f"a container name must be specified for pod {name}, "
+                        f"choose one of: [{' '.join(pod.containers)}]",
+                    )
+                cname = pod.main
+            c = pod.containers.get(cname)
+            if c is None:
+                raise ApiError(400, f"container {cname} is not valid for pod {name}")
+            log = c.log
+            if opts["previous"]:
+                if c.previous is None:
+                    raise ApiError(
+                        400, f'previous terminated container "{cname}" in pod "{name}" not found'
+                    )
+                log = c.previous
+            start = 0
+            if opts["tailLines"] is not None:
+                start = max(0, len(log.lines) - opts["tailLines"])
+            since = opts["sinceTime"]
+            if opts["sinceSeconds"] is not None:
+                since = self.clock() - opts["sinceSeconds"] * NS_PER_S
+            if since is not None:
+                start = max(start, bisect.bisect_left(log.stamps, since))
+            stamps = log.stamps[start:]
+            lines = log.lines[start:]
+            old = pod.old_kubelet
+        req.send_chunked(_log_chunks(stamps, lines, opts["timestamps"], old, opts["limitBytes"]))
+
+
+def _encode_line(line: bytes | str) -> bytes:
+    data = line.encode() if isinstance(line, str) else bytes(line)
+    if b"\n" in data:
+        raise ValueError("a log line must not contain a newline")
+    return data
+
+
+def _log_options(query: dict[str, str]) -> dict[str, Any]:
+    """Validate the pod log query like the apiserver (400 BadRequest / 422 Invalid)."""
+    opts: dict[str, Any] = {"container": query.get("container") or None}
+    try:
+        for key in ("timestamps", "previous", "follow"):
+            opts[key] = _parse_bool(query[key]) if key in query else False
+    except ValueError as err:
+        raise ApiError(400, f'invalid boolean value: "{err}"') from None
+    if opts["follow"]:
+        raise ApiError(400, "follow=true is not supported by the fake apiserver")
+    for key, minimum in (("limitBytes", 1), ("tailLines", 0), ("sinceSeconds", 1)):
+        if key not in query:
+            opts[key] = None
+            continue
+        try:
+            value = int(query[key])
+        except ValueError:
+            raise ApiError(400, f'{key}: invalid value "{query[key]}"') from None
+        if value < minimum:
+            raise ApiError(422, f"PodLogOptions is invalid: {key}: must be >= {minimum}")
+        opts[key] = value
+    opts["sinceTime"] = None
+    if "sinceTime" in query:
+        try:
+            opts["sinceTime"] = _parse_since_time(query["sinceTime"])
+        except ValueError:
+            raise ApiError(
+                400, f'parsing time "{query["sinceTime"]}" as RFC3339: cannot parse'
+            ) from None
+    if opts["sinceTime"] is not None and opts["sinceSeconds"] is not None:
+        raise ApiError(
+            422,
+            "PodLogOptions is invalid: at most one of `sinceTime` or `sinceSeconds` may be specified",
+        )
+    return opts
+
+
+def _log_chunks(
+    stamps: list[int],
+    lines: list[bytes],
+    timestamps: bool,
+    old_kubelet: bool,
+    limit: int | None,
+) -> Iterator[bytes]:
+    """The log body in chunks of about CHUNK_BYTES, cut at exactly ``limit`` bytes."""
+    remaining = limit
+    buf: list[bytes] = []
+    size = 0
+    prefix_sec = None
+    prefix_cache = b""
+    for ts, line in zip(stamps, lines, strict=True):
+        if timestamps:
+            if old_kubelet:
+                piece = format_ts(ts, True).encode() + b" " + line + b"\n"
+            else:
+                sec, frac = divmod(ts, NS_PER_S)
+                if sec != prefix_sec:
+                    prefix_sec = sec
+                    prefix_cache = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)).encode()
+                piece = b"%s.%09dZ %s\n" % (prefix_cache, frac, line)
+        else:
+            piece = line + b"\n"
+        if remaining is not None:
+            if len(piece) >= remaining:
+                buf.append(piece[:remaining])
+                yield b"".join(buf)
+                return
+            remaining -= len(piece)
+        buf.append(piece)
+        size += len(piece)
+        if size >= CHUNK_BYTES:
+            yield b"".join(buf)
+            buf, size = [], 0
+    if buf:
+        yield b"".join(buf)
+
+
+def _not_found(name: str) -> ApiError:
+    return ApiError(404, f'pods "{name}" not found', {"name": name, "kind": "pods"})
+
+
+def _forbidden_error(method: str, path: str) -> ApiError:
+    """The apiserver's RBAC denial message for this request."""
+    seg = [s for s in path.split("/") if s]
+    verb = {
+        "GET": "get",
+        "POST": "create",
+        "PUT": "update",
+        "PATCH": "patch",
+        "DELETE": "delete",
+    }.get(method, method.lower())
+    scope = "at the cluster scope"
+    resource, name = "pods", None
+    if len(seg) >= 4 and seg[:3] == ["api", "v1", "namespaces"]:
+        scope = f'in the namespace "{seg[3]}"'
+        if len(seg) >= 6:
+            name = seg[5]
+        if len(seg) >= 7:
+            resource = f"pods/{seg[6]}"
+    if name is None and verb == "get":
+        verb = "list"
+    subject = f'pods "{name}"' if name else "pods"
+    message = (
+        f'{subject} is forbidden: User "{SERVICE_ACCOUNT_USER}" cannot {verb} resource '
+        f'"{resource}" in API group "" {scope}'
+    )
+    details = {"kind": "pods"} if name is None else {"name": name, "kind": "pods"}
+    return ApiError(403, message, details)
