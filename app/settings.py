@@ -49,6 +49,7 @@ EXPECTED = {
     "report_retry_max_delay": "a whole number of seconds from 1 to 3600",
     "report_due_max_delay": "a whole number of seconds from 1 to 86400",
     "max_waiting_retries": "a whole number from 1 to 100000",
+    "report_lease": "a whole number of seconds from 1 to 86400",
     "platform_connect_timeout": "a number of seconds above 0",
     "platform_read_timeout": "a number of seconds above 0",
     "kube_request_timeout": "a number of seconds above 0",
@@ -149,6 +150,11 @@ class Settings(BaseSettings):
     """Reports allowed in automatic retry at once, across all workers. Beyond it a
     failing report is parked at once, so no worker holds an unbounded number of
     waiting retry messages, however long the platform is down."""
+
+    report_lease: int | None = None
+    """Seconds an enqueued report belongs to its message before the sweep may enqueue
+    it again (a lost message, a dead worker). Default: three times one attempt plus
+    the longest retry countdown, at least 5 minutes."""
 
     platform_connect_timeout: float = 5.0
     """Seconds to connect to the platform."""
@@ -253,6 +259,7 @@ class Settings(BaseSettings):
             "report_retry_max_delay": 1 <= self.report_retry_max_delay <= 3600,
             "report_due_max_delay": 1 <= self.report_due_max_delay <= 86400,
             "max_waiting_retries": 1 <= self.max_waiting_retries <= 100000,
+            "report_lease": self.report_lease is None or 1 <= self.report_lease <= 86400,
             "platform_connect_timeout": self.platform_connect_timeout > 0,
             "platform_read_timeout": self.platform_read_timeout > 0,
             "kube_request_timeout": self.kube_request_timeout > 0,
@@ -289,6 +296,8 @@ class Settings(BaseSettings):
     def lease_seconds(self) -> int:
         """How long an enqueued report is owned by its message before the sweep may
         enqueue it again: long enough for a queue wait and one attempt."""
+        if self.report_lease is not None:
+            return self.report_lease
         return max(300, 3 * (self.report_time_limit + self.report_retry_max_delay))
 
     @property
