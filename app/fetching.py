@@ -207,7 +207,7 @@ class Fetcher:
             return {"pod": name, "status": "ledger_lost"}
         except PodGone:
             log.info("fetch %s/%s: pod is gone", ns, name)
-            self.ledger.update_pod(uid, gone_at=self.ledger.now())
+            self.ledger.update_pod_state(uid, gone_at=self.ledger.now())
             return {"pod": name, "status": "gone"}
         except KubeForbidden as e:
             log.error("fetch %s/%s: %s", ns, name, e)
@@ -352,21 +352,21 @@ class Fetcher:
         """Warn once per pod whose log shows lines but no access lines for a while."""
         agg = res.agg
         if agg.ignored.get("clf_no_host"):
-            state = self.ledger.pods().get(pod.uid, {})
+            state = self.ledger.pod_state(pod.uid)
             if not state.get("warned_clf"):
                 log.warning(
                     "pod %s/%s writes its access log in CLF, which has no Host: traffic cannot be "
                     "attributed to tunnels. Set Traefik's accessLog.format to json",
                     pod.namespace, pod.name,
                 )
-                self.ledger.update_pod(pod.uid, warned_clf=True)
+                self.ledger.update_pod_state(pod.uid, warned_clf=True)
         if agg.access_lines() > 0:
-            if self.ledger.pods().get(pod.uid, {}).get("reads_without_access"):
-                self.ledger.update_pod(pod.uid, reads_without_access=0)
+            if self.ledger.pod_state(pod.uid).get("reads_without_access"):
+                self.ledger.update_pod_state(pod.uid, reads_without_access=0)
             return
         if agg.total == 0:
             return
-        state = self.ledger.pods().get(pod.uid, {})
+        state = self.ledger.pod_state(pod.uid)
         count = int(state.get("reads_without_access", 0)) + 1
         warned = state.get("warned_no_access", False)
         if count >= NO_ACCESS_WARN_AFTER and not warned:
@@ -376,7 +376,7 @@ class Fetcher:
                 "accessLog.filePath, and check accessLog.filters",
                 pod.namespace, pod.name, count,
             )
-            self.ledger.update_pod(pod.uid, reads_without_access=count, warned_no_access=True)
+            self.ledger.update_pod_state(pod.uid, reads_without_access=count, warned_no_access=True)
             self.ledger.incr({"pods_without_access_lines": 1})
         else:
-            self.ledger.update_pod(pod.uid, reads_without_access=count)
+            self.ledger.update_pod_state(pod.uid, reads_without_access=count)

@@ -5,7 +5,8 @@ Every key starts with ``<REDIS_KEY_PREFIX>:``:
 ==========================  =====================================================
 ``init``                    hash: the ledger's initialisation record (start_at_ns)
 ``cursors``                 hash: ``<pod uid>/<container>`` -> ``<cid>|<t_ns>|<n>``
-``pods``                    hash: pod uid -> JSON (namespace, name, last seen, ...)
+``pods``                    hash: pod uid -> JSON (namespace, name, when last listed)
+``podstate``                hash: pod uid -> JSON (warnings given, reads without access lines)
 ``iv:<start>``              hash: ``<sub>:i|o|r`` -> bytes in, bytes out, requests
 ``open``                    zset: interval starts with counts, not sealed yet
 ``sealed``                  zset: interval start -> when it was sealed
@@ -189,11 +190,15 @@ class Ledger:
     def pods(self) -> dict[str, dict]:
         return {k.decode(): json.loads(v) for k, v in self.r.hgetall(self.k("pods")).items()}
 
-    def update_pod(self, uid: str, **fields: object) -> None:
-        raw = self.r.hget(self.k("pods"), uid)
-        doc = json.loads(raw) if raw else {"uid": uid}
+    def pod_state(self, uid: str) -> dict:
+        raw = self.r.hget(self.k("podstate"), uid)
+        return json.loads(raw) if raw else {}
+
+    def update_pod_state(self, uid: str, **fields: object) -> None:
+        """Merge ``fields`` into a pod's state (only the fetch of that pod writes it)."""
+        doc = self.pod_state(uid)
         doc.update(fields)
-        self.r.hset(self.k("pods"), uid, json.dumps(doc))
+        self.r.hset(self.k("podstate"), uid, json.dumps(doc))
 
     def forget_pod(self, uid: str) -> int:
         """Remove a gone pod's cursors and record. Returns how many cursors went."""
@@ -202,6 +207,7 @@ class Ledger:
             if fields:
                 pipe.hdel(self.k("cursors"), *fields)
             pipe.hdel(self.k("pods"), uid)
+            pipe.hdel(self.k("podstate"), uid)
             pipe.execute()
         return len(fields)
 

@@ -17,6 +17,7 @@ class Traffic:
         self.tunnels = [f"tun-{i}" for i in range(tunnels)]
         self.truth: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
         self.seq = 0
+        self.made: list[tuple[str | None, int, int]] = []  # (tunnel or None, bytes in, bytes out) per line
 
     def line(self, sub: str | None = None) -> bytes:
         """One access line; ``sub`` None picks at random, with some other hosts."""
@@ -29,6 +30,7 @@ class Traffic:
             host = host.upper()
         bi = rng.choice([0, 0, rng.randrange(1, 5000)])
         bo = rng.randrange(0, 100_000)
+        self.made.append((sub, bi, bo))
         if sub:
             t = self.truth[sub]
             t[0] += bi
@@ -62,6 +64,17 @@ class Traffic:
 
     def expected(self) -> dict[str, dict[str, int]]:
         return self.merged()
+
+    def first(self, n: int) -> Traffic:
+        """A Traffic holding the truth of only the first ``n`` lines made."""
+        part = Traffic(tunnels=0)
+        for sub, bi, bo in self.made[:n]:
+            if sub:
+                t = part.truth[sub]
+                t[0] += bi
+                t[1] += bo
+                t[2] += 1
+        return part
 
 
 TRAEFIK_TEXT = b'\x1b[90m2026-11-24T01:50:22Z\x1b[0m \x1b[32mINF\x1b[0m Starting provider *file.Provider'

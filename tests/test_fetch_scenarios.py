@@ -1,0 +1,364 @@
+"""Fetch-side failure scenarios on real workers: the ledger equals the truth exactly.
+
+Each test writes Traefik lines into the fake Kubernetes API, lets real Celery
+workers (and beat) read them, and compares what the platform stub received with the
+generated ground truth once the pipeline is quiescent.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from app.sim.procs import wait_until
+from tests.traffic import TRAEFIK_TEXT, Traffic
+
+NS = 1_000_000_000
+POD = "traefik-0"
+
+
+def log_requests(kube, pod: str) -> int:
+    return sum(1 for _, path, _ in kube.requests if path.endswith(f"/pods/{pod}/log"))
+
+
+def wait_read(pipeline, pods, timeout=30):
+    wait_until(lambda: pipeline.at_end(pods), timeout, interval=0.1, what=f"cursors at the end of {pods}")
+
+
+def test_many_lines_sharing_one_timestamp_across_reads(pipeline, kube):
+    kube.add_pod(POD)
+    traffic = Traffic(seed=11)
+    pipeline.init_ledger()
+    pipeline.worker()
+    pipeline.beat()
+    ts = time.time_ns()
+    for _ in range(3):
+        kube.write_many(POD, traffic.lines(40), ts_ns=ts)  # same nanosecond every time
+        wait_read(pipeline, [POD])
+    kube.write_many(POD, traffic.lines(10), ts_ns=ts + NS // 2)  # same second, later
+    kube.write_many(POD, traffic.lines(10), ts_ns=ts + NS)  # next second
+    pipeline.wait_quiescent([POD])
+    assert pipeline.delivered() == traffic.expected()
+    assert pipeline.ledger.stats()["lines_counted"] == sum(v["requests"] for v in traffic.expected().values())
+
+
+def test_old_kubelet_timestamps(pipeline, kube):
+    kube.add_pod(POD, old_kubelet=True)
+    traffic = Traffic(seed=12)
+    pipeline.init_ledger()
+    pipeline.worker()
+    pipeline.beat()
+    base = (time.time_ns() // NS) * NS
+    for i, frac in enumerate([0, 100_000_000, 120_000_000, 120_000_000, 999_999_999]):
+        kube.write_many(POD, traffic.lines(5), ts_ns=base + i * NS + frac)
+        wait_read(pipeline, [POD])
+    pipeline.wait_quiescent([POD])
+    assert pipeline.delivered() == traffic.expected()
+    assert "rejected:no_timestamp" not in pipeline.ledger.stats()
+
+
+def test_restart_mid_interval_drains_previous_container(pipeline, kube):
+    kube.add_pod(POD)
+    traffic = Traffic(seed=13)
+    pipeline.init_ledger()
+    pipeline.worker()
+    pipeline.beat()
+    kube.write_many(POD, traffic.lines(30))
+    wait_read(pipeline, [POD])
+    kube.write_many(POD, traffic.lines(30))  # written, not yet read when the container dies
+    kube.restart(POD)
+    kube.write_many(POD, traffic.lines(30))
+    pipeline.wait_quiescent([POD])
+    assert pipeline.delivered() == traffic.expected()
+    assert pipeline.ledger.gaps() == []
+
+
+def test_restart_between_listing_and_reading(pipeline, kube):
+    """The log is served after the container restarted: those lines belong to the new
+    container, so nothing may be committed against the old cursor."""
+    kube.add_pod(POD)
+    traffic = Traffic(seed=14)
+    pipeline.init_ledger()
+    w = pipeline.worker()
+    kube.write_many(POD, traffic.lines(20))
+    pipeline.fetch(POD)
+    wait_read(pipeline, [POD])
+    kube.write_many(POD, traffic.lines(20))
+    kube.delay(1.5)
+    before = log_requests(kube, POD)
+    pipeline.fetch(POD)
+    wait_until(lambda: log_requests(kube, POD) > before, 10, what="the log request")
+    kube.restart(POD)  # while the request waits: it will be served from the new container
+    kube.write_many(POD, traffic.lines(20))
+    wait_until(lambda: "the container changed during the read" in w.output(), 20, what="the restart to be noticed")
+    kube.delay(0)
+    pipeline.beat()
+    pipeline.wait_quiescent([POD])
+    assert pipeline.delivered() == traffic.expected()
+    assert pipeline.ledger.stats()["fetch_restarted"] >= 1
+    assert pipeline.ledger.gaps() == []
+
+
+def test_two_restarts_between_reads_record_a_gap(pipeline, kube):
+    kube.add_pod(POD)
+    read = Traffic(seed=15)
+    pipeline.init_ledger()
+    pipeline.worker()
+    kube.write_many(POD, read.lines(10))
+    pipeline.fetch(POD)
+    wait_read(pipeline, [POD])
+    lost = Traffic(seed=16)
+    kube.write_many(POD, lost.lines(10))
+    kube.restart(POD)
+    kube.write_many(POD, lost.lines(10))
+    kube.restart(POD)  # the first container's log is no longer served
+    kube.write_many(POD, read.lines(10))
+    pipeline.beat()
+    pipeline.wait_quiescent([POD])
+    assert pipeline.delivered() == read.expected()
+    gaps = pipeline.ledger.gaps()
+    assert len(gaps) == 1 and gaps[0]["pod"] == POD and "restarted more than once" in gaps[0]["reason"]
+
+
+def test_pod_replaced_while_old_one_terminates(pipeline, kube):
+    kube.add_pod("traefik-old")
+    traffic = Traffic(seed=17)
+    pipeline.init_ledger()
+    w = pipeline.worker()
+    pipeline.beat()
+    kube.write_many("traefik-old", traffic.lines(20))
+    wait_read(pipeline, ["traefik-old"])
+    kube.terminate("traefik-old", grace_seconds=60)
+    kube.add_pod("traefik-new")
+    reads = log_requests(kube, "traefik-old")
+    for _ in range(3):
+        kube.write_many("traefik-old", traffic.lines(10))  # last lines during the grace period
+        kube.write_many("traefik-new", traffic.lines(10))
+        wait_read(pipeline, ["traefik-old", "traefik-new"])
+    wait_until(lambda: log_requests(kube, "traefik-old") >= reads + 2, 20, what="two reads while terminating")
+    kube.delete("traefik-old")  # the grace period is over
+    kube.write_many("traefik-new", traffic.lines(10))
+    pipeline.wait_quiescent(["traefik-new"])
+    assert pipeline.delivered() == traffic.expected()
+    assert "is terminating" in w.output()
+
+
+def test_limit_bytes_smaller_than_an_intervals_log(pipeline, kube):
+    kube.add_pod(POD)
+    traffic = Traffic(seed=18)
+    pipeline.init_ledger()
+    pipeline.worker(FETCH_MAX_BYTES="8192")
+    pipeline.beat(FETCH_MAX_BYTES="8192")
+    base = time.time_ns()
+    # ~85 KB at four lines a second (~3.4 KB a second): a read from floor(T) re-reads
+    # at most one second, so each 8 KiB read makes progress; about 17 reads in all
+    for i in range(100):
+        kube.write(POD, traffic.line(), ts_ns=base + i * NS // 4)
+    pipeline.wait_quiescent([POD], timeout=90)
+    assert pipeline.delivered() == traffic.expected()
+    assert pipeline.ledger.stats().get("no_progress", 0) == 0
+
+
+def test_no_progress_is_reported(pipeline, kube):
+    kube.add_pod(POD)
+    kube.add_pod("traefik-ok")
+    stuck = Traffic(seed=19)
+    fine = Traffic(seed=20)
+    pipeline.init_ledger()
+    w = pipeline.worker(FETCH_MAX_BYTES="8192")
+    pipeline.beat(FETCH_MAX_BYTES="8192")
+    kube.write_many(POD, stuck.lines(40), ts_ns=time.time_ns())  # ~36 KB in one nanosecond
+    kube.write_many("traefik-ok", fine.lines(5))
+    wait_until(lambda: pipeline.ledger.stats().get("no_progress", 0) >= 2, 30, what="no-progress reports")
+    assert f"NO PROGRESS reading pod traefik/{POD}" in w.output()
+    pipeline.wait_quiescent(["traefik-ok"])
+    # the first read of the stuck pod consumed the complete lines within 8 KiB: those
+    # are counted, once; nothing after them ever is
+    consumed = int(pipeline.ledger.cursors()[f"{kube.pod_uid(POD)}/traefik"].split("|")[2])
+    assert 0 < consumed < 40
+    assert pipeline.delivered() == stuck.first(consumed).merged(fine)
+
+
+def test_two_fetches_of_one_pod_at_once(pipeline, kube):
+    kube.add_pod(POD)
+    traffic = Traffic(seed=21)
+    pipeline.init_ledger()
+    pipeline.worker(concurrency=2)
+    kube.write_many(POD, traffic.lines(50))
+    kube.delay(1.0)
+    before = log_requests(kube, POD)
+    pipeline.fetch(POD)
+    pipeline.fetch(POD)
+    wait_until(lambda: log_requests(kube, POD) >= before + 2, 20, what="two reads at once")
+    wait_until(lambda: pipeline.ledger.stats().get("fetch_conflicts", 0) >= 1, 20, what="the loser's conflict")
+    kube.delay(0)
+    pipeline.beat()
+    pipeline.wait_quiescent([POD])
+    assert pipeline.delivered() == traffic.expected()
+
+
+def test_fetch_task_delivered_twice(pipeline, kube):
+    kube.add_pod(POD)
+    traffic = Traffic(seed=22)
+    pipeline.init_ledger()
+    pipeline.worker(concurrency=1)
+    kube.write_many(POD, traffic.lines(30))
+    uid = kube.pod_uid(POD)
+    for _ in range(2):  # the same message twice, as a redelivery would
+        pipeline.client.send_task("workers.fetch.fetch", args=(POD, uid), queue="fetch", task_id="same-task-id")
+    wait_read(pipeline, [POD])
+    wait_until(lambda: log_requests(kube, POD) >= 2, 20, what="the second delivery to run")
+    pipeline.beat()
+    pipeline.wait_quiescent([POD])
+    assert pipeline.delivered() == traffic.expected()
+
+
+def test_pool_process_killed_mid_fetch(pipeline, kube):
+    kube.add_pod(POD)
+    traffic = Traffic(seed=23)
+    pipeline.init_ledger()
+    w = pipeline.worker(concurrency=1)
+    kube.write_many(POD, traffic.lines(40))
+    kube.delay(3.0)
+    before = log_requests(kube, POD)
+    pipeline.fetch(POD)
+    wait_until(lambda: log_requests(kube, POD) > before, 20, what="the fetch to be mid-read")
+    children = w.pool_children()
+    assert children
+    for pid in children:
+        os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: "WorkerLostError" in w.output() or "exited with 'signal 9" in w.output(), 20, what="the loss to be seen")
+    kube.delay(0)
+    # task_reject_on_worker_lost requeues the fetch at once: no beat needed to finish it
+    wait_read(pipeline, [POD], timeout=40)
+    pipeline.beat()
+    pipeline.wait_quiescent([POD])
+    assert pipeline.delivered() == traffic.expected()
+
+
+def test_rotation_past_the_cursor_is_a_gap(pipeline, kube):
+    kube.add_pod(POD)
+    read = Traffic(seed=24)
+    lost = Traffic(seed=25)
+    kept = Traffic(seed=26)
+    pipeline.init_ledger()
+    w = pipeline.worker()
+    kube.write_many(POD, read.lines(10))
+    pipeline.fetch(POD)
+    wait_read(pipeline, [POD])
+    cursor_t = int(pipeline.ledger.cursors()[f"{kube.pod_uid(POD)}/traefik"].split("|")[1])
+    time.sleep(0.002)  # distinct timestamps for what follows
+    for line in lost.lines(10):
+        kube.write(POD, line)
+    for line in kept.lines(10):
+        kube.write(POD, line)
+    kube.rotate(POD, keep_last=10)  # the cursor's lines and the ten "lost" ones are gone
+    first_kept = kube.log_lines(POD)[0][0]
+    pipeline.beat()
+    pipeline.wait_quiescent([POD])
+    assert pipeline.delivered() == read.merged(kept)
+    gaps = pipeline.ledger.gaps()
+    assert len(gaps) == 1
+    assert (gaps[0]["from_ns"], gaps[0]["to_ns"]) == (cursor_t, first_kept)
+    assert pipeline.ledger.stats()["gaps"] == 1
+    assert f"GAP in the log of pod traefik/{POD}" in w.output()
+
+
+def test_merge_that_never_ran_is_recovered_by_the_sweep(pipeline, kube):
+    """Fetches without plan (so no chord callback): only the sweep can merge."""
+    kube.add_pod(POD)
+    traffic = Traffic(seed=27)
+    pipeline.init_ledger()
+    pipeline.worker(FETCH_TIME_LIMIT="5")
+    kube.write_many(POD, traffic.lines(30))
+    pipeline.fetch(POD)
+    wait_read(pipeline, [POD])
+    assert pipeline.platform.records == []
+    # sweep merges intervals ended >= max(2 x REPORT_INTERVAL, FETCH_TIME_LIMIT + 10) = 15 s ago
+    deadline = time.monotonic() + 40
+    while not pipeline.settled():
+        assert time.monotonic() < deadline, pipeline.logs()
+        pipeline.send("workers.maintenance.sweep")
+        time.sleep(1)
+    assert pipeline.delivered() == traffic.expected()
+
+
+def test_lost_report_message_is_resent_by_the_sweep(pipeline, kube):
+    kube.add_pod(POD)
+    traffic = Traffic(seed=28)
+    pipeline.init_ledger()
+    pipeline.worker(queues="fetch")  # nobody consumes reports yet
+    pipeline.beat()
+    kube.write_many(POD, traffic.lines(30))
+    wait_read(pipeline, [POD])
+    wait_until(lambda: pipeline.r.zcard(f"{pipeline.prefix}:open") == 0 and pipeline.r.llen("report") > 0,
+               20, what="the reports to be enqueued")
+    pipeline.r.delete("report")  # the broker loses the messages
+    pipeline.worker(queues="report", name="reporter")
+    # the sweep re-enqueues them once their lease (REPORT_LEASE=6 s) ran out
+    pipeline.wait_quiescent([POD], timeout=60)
+    assert pipeline.delivered() == traffic.expected()
+
+
+def test_ledger_lost_stops_fetching(pipeline, kube):
+    kube.add_pod(POD)
+    traffic = Traffic(seed=29)
+    pipeline.init_ledger()
+    w = pipeline.worker()
+    kube.write_many(POD, traffic.lines(10))
+    pipeline.fetch(POD)
+    wait_read(pipeline, [POD])
+    pipeline.r.delete(f"{pipeline.prefix}:init")  # Redis lost data
+    kube.write_many(POD, traffic.lines(10))
+    cursors = pipeline.ledger.cursors()
+    pipeline.fetch(POD)
+    wait_until(lambda: "refusing to read logs" in w.output(), 20, what="the refusal")
+    assert pipeline.ledger.cursors() == cursors
+    pipeline.beat()
+    wait_until(lambda: "not fetching" in w.output(), 20, what="plan to refuse")
+    assert pipeline.ledger.init_record() is None
+    assert pipeline.ledger.cursors() == cursors
+    assert "init-ledger" in w.output()
+
+
+def test_pod_without_access_lines_warns_once(pipeline, kube):
+    kube.add_pod(POD)
+    pipeline.init_ledger()
+    w = pipeline.worker()
+    pipeline.beat()
+    for _ in range(5):
+        kube.write(POD, TRAEFIK_TEXT)
+        before = log_requests(kube, POD)
+        wait_until(lambda b=before: log_requests(kube, POD) > b + 1, 20, what="another read")
+    wait_until(lambda: "no access-log lines" in w.output(), 20, what="the warning")
+    assert w.output().count("no access-log lines") == 1
+    assert "accessLog.filePath" in w.output()
+
+
+def test_rbac_forbidden_is_reported_clearly(pipeline, kube):
+    kube.add_pod(POD)
+    pipeline.init_ledger()
+    w = pipeline.worker()
+    uid = kube.pod_uid(POD)
+    kube.forbid(True)
+    pipeline.send("workers.fetch.fetch", POD, uid)
+    wait_until(lambda: "pods/log" in w.output() or "RoleBinding" in w.output(), 20, what="the RBAC error")
+    assert "Role and RoleBinding" in w.output()
+    assert pipeline.ledger.stats().get("fetch_errors:forbidden", 0) >= 1
+
+
+@pytest.mark.parametrize("status", [500, 503])
+def test_kube_api_errors_keep_the_cursor(pipeline, kube, status):
+    kube.add_pod(POD)
+    traffic = Traffic(seed=30)
+    pipeline.init_ledger()
+    pipeline.worker()
+    kube.write_many(POD, traffic.lines(10))
+    kube.fail_next(3, status=status, path_contains="/log")
+    pipeline.beat()
+    pipeline.wait_quiescent([POD])
+    assert pipeline.delivered() == traffic.expected()
+    assert pipeline.ledger.stats()["fetch_errors:kube"] >= 1
