@@ -1,0 +1,338 @@
+"""The Redis ledger against a real redis-server: the atomic commit, sealing, claiming
+and the report states."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import redis
+
+from app.ledger import Cursor, Ledger
+
+RI = 3600  # long intervals: a test never straddles an interval boundary by accident
+PREFIX = "tl"
+_seq = itertools.count()
+
+
+@pytest.fixture
+def r(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def ledger(r):
+    led = Ledger(r, f"{PREFIX}{next(_seq)}", RI)
+    assert led.initialise(0)
+    return led
+
+
+def current_start(led: Ledger) -> int:
+    now = int(led.now())
+    return now - now % led.ri
+
+
+def snapshot(led: Ledger) -> dict:
+    """Every key under the ledger's prefix with its content."""
+    out = {}
+    for key in sorted(led.r.scan_iter(match=led.p + ":*")):
+        kind = led.r.type(key).decode()
+        if kind == "hash":
+            out[key] = led.r.hgetall(key)
+        elif kind == "zset":
+            out[key] = led.r.zrange(key, 0, -1, withscores=True)
+        elif kind == "list":
+            out[key] = led.r.lrange(key, 0, -1)
+        else:
+            out[key] = led.r.get(key)
+    return out
+
+
+def past_interval(led: Ledger, counts: dict[str, tuple[int, int, int]], ago: int = 2) -> int:
+    """An ended interval ``ago`` intervals back holding ``counts``, as commits leave it."""
+    start = current_start(led) - ago * led.ri
+    for sub, (bi, bo, rq) in counts.items():
+        led.r.hset(led.k("iv", start), mapping={f"{sub}:i": bi, f"{sub}:o": bo, f"{sub}:r": rq})
+    led.r.zadd(led.k("open"), {str(start): start})
+    return start
+
+
+def due_score(led: Ledger, member: str) -> float | None:
+    return led.r.zscore(led.k("due"), member)
+
+
+# Commit --------------------------------------------------------------------------------
+
+
+def test_commit_adds_counts_moves_cursor_and_counts(ledger):
+    new = Cursor("cid-1", 1_000, 2).encode()
+    res = ledger.commit("uid/traefik", "", new, {"a": [10, 20, 1], "b": [0, 5, 2]}, {"lines_read": 3, "zero": 0})
+    assert res.status == "ok"
+    start = int(res.detail)
+    assert start % RI == 0 and start == current_start(ledger)
+    assert ledger.cursor_raw("uid/traefik") == new
+    assert ledger.interval_totals(start) == {"a": [10, 20, 1], "b": [0, 5, 2]}
+    assert ledger.stats() == {"lines_read": 3}
+    assert ledger.open_intervals(ledger.now() + RI) == [start]
+
+    again = ledger.commit("uid/traefik", new, Cursor("cid-1", 2_000, 1).encode(), {"a": [1, 1, 1]}, {"lines_read": 1})
+    assert again.status == "ok"
+    assert ledger.interval_totals(start)["a"] == [11, 21, 2]
+    assert ledger.stats() == {"lines_read": 4}
+
+
+def test_commit_with_wrong_cursor_is_a_conflict_and_changes_nothing(ledger):
+    first = Cursor("cid-1", 1_000, 1).encode()
+    assert ledger.commit("uid/traefik", "", first, {"a": [10, 20, 1]}, {"lines_read": 1}).status == "ok"
+    before = snapshot(ledger)
+
+    stale = ledger.commit("uid/traefik", Cursor("cid-1", 500, 1).encode(), Cursor("cid-1", 900, 1).encode(),
+                          {"a": [99, 99, 9]}, {"lines_read": 9})
+    assert (stale.status, stale.detail) == ("conflict", first)
+    assert snapshot(ledger) == before
+
+
+def test_no_cursor_yet_is_compared_like_any_value(ledger):
+    field = "uid/traefik"
+    # Expecting a cursor where there is none: conflict, reported as "".
+    res = ledger.commit(field, Cursor("cid", 5, 1).encode(), Cursor("cid", 6, 1).encode(), {"a": [1, 1, 1]}, {"x": 1})
+    assert (res.status, res.detail) == ("conflict", "")
+    assert ledger.cursor_raw(field) == "" and ledger.stats() == {} and ledger.open_intervals(ledger.now() + RI) == []
+
+    # Expecting none: the first commit wins, a second "none yet" commit conflicts.
+    assert ledger.commit(field, "", Cursor("cid", 6, 1).encode(), {"a": [1, 1, 1]}, {"x": 1}).status == "ok"
+    before = snapshot(ledger)
+    dup = ledger.commit(field, "", Cursor("cid", 6, 1).encode(), {"a": [1, 1, 1]}, {"x": 1})
+    assert (dup.status, dup.detail) == ("conflict", Cursor("cid", 6, 1).encode())
+    assert snapshot(ledger) == before
+
+
+def test_commit_without_init_record_is_noledger_and_writes_nothing(r):
+    led = Ledger(r, f"{PREFIX}{next(_seq)}", RI)
+    res = led.commit("uid/traefik", "", "cid|1|1", {"a": [1, 2, 3]}, {"lines_read": 3})
+    assert (res.status, res.detail) == ("noledger", "")
+    assert list(r.scan_iter(match=led.p + ":*")) == []
+
+
+def test_commit_into_a_sealed_interval_goes_to_the_first_unsealed_after_it(ledger):
+    start = current_start(ledger)
+    # Seal the current interval and the two after it (a clock that stepped back, say).
+    ledger.r.zadd(ledger.k("sealed"), {str(start + i * RI): 1 for i in range(3)})
+    res = ledger.commit("uid/traefik", "", "cid|1|1", {"a": [1, 2, 3]}, {})
+    assert res.status == "ok"
+    assert int(res.detail) == start + 3 * RI
+    for sealed in (start, start + RI, start + 2 * RI):
+        assert ledger.interval_totals(sealed) == {}
+    assert ledger.interval_totals(start + 3 * RI) == {"a": [1, 2, 3]}
+    assert ledger.r.zscore(ledger.k("open"), str(start + 3 * RI)) == start + 3 * RI
+
+
+def test_commit_that_would_overflow_writes_nothing(ledger):
+    near = 9_100_000_000_000_000_000  # below 2**63 - 1 = 9_223_372_036_854_775_807
+    start = current_start(ledger)
+    for s in (start, start + RI):  # where the commit lands, even across a boundary
+        ledger.r.hset(ledger.k("iv", s), mapping={"a:i": 1, "a:o": 1, "a:r": 1, "b:i": near, "b:o": 0, "b:r": 1})
+    ledger.r.hset(ledger.k("cursors"), "uid/traefik", "cid|1|1")
+    before = snapshot(ledger)
+
+    res = ledger.commit("uid/traefik", "cid|1|1", "cid|2|1", {"a": [5, 5, 1], "b": [200_000_000_000_000_000, 0, 1]},
+                        {"lines_read": 2})
+    assert (res.status, res.detail) == ("overflow", "b")
+    assert snapshot(ledger) == before
+
+    # A single partial above the limit on its own is refused too.
+    res = ledger.commit("uid/traefik", "cid|1|1", "cid|2|1", {"c": [0, 2**63 - 1, 1]}, {})
+    assert res.status == "overflow"
+    assert snapshot(ledger) == before
+
+    # Just below it is fine.
+    ok = ledger.commit("uid/traefik", "cid|1|1", "cid|2|1", {"b": [1, 0, 1]}, {})
+    assert ok.status == "ok"
+    assert ledger.interval_totals(int(ok.detail))["b"] == [near + 1, 0, 2]
+
+
+# Seal ---------------------------------------------------------------------------------
+
+
+def test_seal_of_an_interval_not_ended_returns_nothing(ledger):
+    res = ledger.commit("uid/traefik", "", "cid|1|1", {"a": [1, 2, 3]}, {})
+    start = int(res.detail)
+    before = snapshot(ledger)
+    assert ledger.seal(start) == []
+    assert ledger.seal(start + RI) == []
+    assert snapshot(ledger) == before
+    assert ledger.r.zscore(ledger.k("sealed"), str(start)) is None
+
+
+def test_seal_creates_reports_once(ledger):
+    start = past_interval(ledger, {"b-tun": (10, 20, 2), "a-tun": (1, 2, 3), "idle": (0, 0, 0)})
+    assert ledger.open_intervals(ledger.now()) == [start]
+
+    assert ledger.seal(start) == ["a-tun", "b-tun"]  # no report without requests
+    rep = ledger.report(start, "a-tun")
+    assert (rep.bytes_in, rep.bytes_out, rep.requests, rep.state, rep.attempts) == (1, 2, 3, "pending", 0)
+    assert ledger.report(start, "idle") is None
+    assert due_score(ledger, f"{start}:a-tun") == 0
+    assert ledger.open_intervals(ledger.now()) == []
+
+    before = snapshot(ledger)
+    assert ledger.seal(start) == []
+    assert snapshot(ledger) == before
+
+
+def test_seal_twice_after_a_late_partial_does_not_recreate_reports(ledger):
+    start = past_interval(ledger, {"a-tun": (1, 2, 3)})
+    assert ledger.seal(start) == ["a-tun"]
+    ledger.mark_delivered(f"{start}:a-tun", "delivered", "u1", 3600)
+    # Something re-opens the interval (a stray write); sealing again creates nothing.
+    ledger.r.zadd(ledger.k("open"), {str(start): start})
+    assert ledger.seal(start) == []
+    assert ledger.report(start, "a-tun").state == "delivered"
+    assert due_score(ledger, f"{start}:a-tun") is None
+    assert ledger.open_intervals(ledger.now()) == []
+
+
+def test_open_intervals_lists_only_ended_ones(ledger):
+    old = past_interval(ledger, {"a": (1, 1, 1)}, ago=3)
+    ended = past_interval(ledger, {"a": (1, 1, 1)}, ago=1)
+    res = ledger.commit("uid/traefik", "", "cid|1|1", {"a": [1, 1, 1]}, {})
+    assert res.status == "ok"
+    assert ledger.open_intervals(ledger.now()) == [old, ended]
+    assert ledger.open_intervals(ended + RI - 1) == [old]
+
+
+# Claim --------------------------------------------------------------------------------
+
+
+def sealed_reports(led: Ledger, *subs: str, ago: int = 2) -> list[str]:
+    start = past_interval(led, {s: (1, 2, 3) for s in subs}, ago=ago)
+    assert led.seal(start) == sorted(subs)
+    return [f"{start}:{s}" for s in sorted(subs)]
+
+
+def test_claim_gives_a_member_once_until_its_lease_expires(ledger):
+    (m,) = sealed_reports(ledger, "a")
+    assert ledger.claim([m], lease=300) == [m]
+    start, sub = m.split(":")
+    assert ledger.report(int(start), sub).state == "queued"
+    assert due_score(ledger, m) >= ledger.now() + 298
+    assert ledger.claim([m], lease=300) == []
+    assert ledger.claim_due(lease=300, limit=10) == []
+
+    # The lease runs out (a lost message): claimable again, once.
+    ledger.r.zadd(ledger.k("due"), {m: ledger.now() - 1})
+    assert ledger.claim([m], lease=300) == [m]
+    assert ledger.claim([m], lease=300) == []
+
+
+def test_claim_ignores_members_not_due(ledger):
+    assert ledger.claim(["123:nope"], lease=60) == []
+    assert ledger.claim([], lease=60) == []
+    assert not ledger.r.exists(ledger.k("rep", 123, "nope"))
+
+
+def test_claim_due_honours_scores_and_limit(ledger):
+    members = sealed_reports(ledger, "a", "b", "c", "d")
+    now = ledger.now()
+    ledger.r.zadd(ledger.k("due"), {members[0]: now + 600, members[1]: now - 5, members[2]: 0, members[3]: now - 1})
+    got = ledger.claim_due(lease=300, limit=2)
+    assert got == [members[2], members[1]]  # lowest scores first
+    assert ledger.claim_due(lease=300, limit=10) == [members[3]]
+    assert ledger.claim_due(lease=300, limit=10) == []  # members[0] not due for 10 minutes
+
+
+# Delivery states ----------------------------------------------------------------------
+
+
+def test_mark_delivered_removes_from_due_and_retrying(ledger):
+    (m,) = sealed_reports(ledger, "a")
+    assert ledger.claim([m], 300) == [m]
+    assert ledger.reserve_retry(m, ledger.now() + 60, cap=10)
+    ledger.mark_delivered(m, "delivered", "abc123def456", retention=3600)
+    start, sub = m.split(":")
+    rep = ledger.report(int(start), sub)
+    assert rep.state == "delivered"
+    assert ledger.r.hget(ledger.k("rep", start, sub), "user_id") == b"abc123def456"
+    assert 0 < ledger.r.ttl(ledger.k("rep", start, sub)) <= 3600
+    assert due_score(ledger, m) is None
+    assert ledger.r.zscore(ledger.k("retrying"), m) is None
+    assert ledger.due_count() == 0
+    assert ledger.claim_due(300, 10) == []
+    assert ledger.stats()["reports_delivered"] == 1
+
+
+def test_park_dead_letter_and_revive(ledger):
+    m1, m2 = sealed_reports(ledger, "a", "b")
+    s1, sub1 = m1.split(":")
+    now = ledger.now()
+
+    ledger.park(m1, now + 120, "HTTP 503")
+    rep = ledger.report(int(s1), sub1)
+    assert (rep.state, rep.reason) == ("due", "HTTP 503")
+    assert due_score(ledger, m1) == pytest.approx(now + 120, abs=0.01)
+    assert ledger.claim([m1], 300) == []  # not before next_at
+
+    ledger.dead_letter(m1, "rejected: HTTP 400")
+    rep = ledger.report(int(s1), sub1)
+    assert (rep.state, rep.reason) == ("dead", "rejected: HTTP 400")
+    assert due_score(ledger, m1) is None
+    assert [d.member for d in ledger.dead_letters()] == [m1]
+    assert ledger.claim([m1], 300) == []
+
+    assert ledger.revive(m2) is False  # not dead
+    assert ledger.revive(m1) is True
+    rep = ledger.report(int(s1), sub1)
+    assert (rep.state, rep.reason) == ("pending", "")
+    assert ledger.dead_letters() == []
+    assert due_score(ledger, m1) == 0
+    assert ledger.revive(m1) is False  # once
+    assert ledger.claim([m1], 300) == [m1]
+    assert ledger.stats()["reports_parked"] == 1 and ledger.stats()["reports_dead"] == 1
+
+
+def test_reserve_retry_is_capped(ledger):
+    now = ledger.now()
+    assert ledger.reserve_retry("1:a", now + 60, cap=2)
+    assert ledger.reserve_retry("1:b", now + 60, cap=2)
+    assert not ledger.reserve_retry("1:c", now + 60, cap=2)
+    assert ledger.reserve_retry("1:a", now + 90, cap=2)  # already holds a place
+    assert ledger.r.zscore(ledger.k("retrying"), "1:a") == pytest.approx(now + 90, abs=0.01)
+    # A wait that has ended frees its place.
+    ledger.r.zadd(ledger.k("retrying"), {"1:b": now - 1})
+    assert ledger.reserve_retry("1:c", now + 60, cap=2)
+    assert ledger.r.zscore(ledger.k("retrying"), "1:b") is None
+    assert ledger.r.zcard(ledger.k("retrying")) == 2
+
+
+# Expiry ---------------------------------------------------------------------------------
+
+
+def test_expire_intervals_never_drops_an_interval_with_an_undelivered_report(ledger):
+    (pending,) = sealed_reports(ledger, "a", ago=10)
+    (parked,) = sealed_reports(ledger, "b", ago=9)
+    (delivered,) = sealed_reports(ledger, "c", ago=8)
+    (dead,) = sealed_reports(ledger, "d", ago=7)
+    (recent,) = sealed_reports(ledger, "e", ago=1)
+    ledger.park(parked, ledger.now() + 3600, "HTTP 503")
+    ledger.mark_delivered(delivered, "delivered", "u", 3600)
+    ledger.dead_letter(dead, "rejected")
+    ledger.mark_delivered(recent, "delivered", "u", 3600)
+    start = {m: int(m.split(":")[0]) for m in (pending, parked, delivered, dead, recent)}
+
+    dropped = ledger.expire_intervals(older_than=start[recent])  # all but the recent one ended before
+    assert dropped == 2  # the delivered one and the dead one
+    for m in (pending, parked):
+        assert ledger.interval_totals(start[m]) != {}
+        assert ledger.r.zscore(ledger.k("sealed"), str(start[m])) is not None
+    for m in (delivered, dead):
+        assert ledger.interval_totals(start[m]) == {}
+    assert ledger.interval_totals(start[recent]) != {}  # not old enough
+    # The dead letter keeps its payload.
+    assert ledger.report(start[dead], "d").bytes_in == 1
+    assert ledger.expire_intervals(older_than=start[recent]) == 0
+
+    ledger.mark_delivered(pending, "delivered", "u", 3600)
+    assert ledger.expire_intervals(older_than=start[recent]) == 1
+    assert ledger.interval_totals(start[pending]) == {}

@@ -1,0 +1,298 @@
+"""Settings: the original service's defaults, and bad configuration stopping every entry
+point with exit status 2, one line naming the variable, and no secret in the output."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from app.platform import PATH, PlatformClient
+from app.settings import ConfigError, Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+SECRET = "hunter2-secret"
+REDIS_PASSWORD = "p4ssw0rd"
+SETTING_VARS = [name.upper() for name in Settings.model_fields] + ["POD_NAMESPACE"]
+SETTINGS_EXIT = "from app.settings import settings_or_exit; settings_or_exit()"
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without any scraper setting, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k.upper() not in SETTING_VARS}
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def no_setting_env(monkeypatch):
+    for name in SETTING_VARS:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+# Defaults ---------------------------------------------------------------------------
+
+
+def test_defaults_are_the_original_services(no_setting_env):
+    s = Settings()
+    assert s.platform_api_url == "http://platform.platform.svc.cluster.local:3000"
+    assert s.report_interval == 60
+    assert s.log_level == "INFO"
+    assert s.traefik_namespace == "traefik"
+    assert s.traefik_label_selector == "app.kubernetes.io/name=traefik"
+    assert s.tunnel_domain == "t.lum.tools"
+    assert s.fetch_interval is None and s.fetch_every == 10
+    assert s.fetch_max_bytes == 32 * 1024 * 1024
+    assert s.report_max_age == 24 * 3600
+    assert s.platform_internal_secret is None
+    assert s.scraper_id == "default"
+
+
+@pytest.mark.parametrize(("report_interval", "fetch_every"), [("5", 5), ("10", 10), ("60", 10), ("3600", 10)])
+def test_fetch_interval_defaults_to_min_of_10_and_report_interval(no_setting_env, report_interval, fetch_every):
+    no_setting_env.setenv("REPORT_INTERVAL", report_interval)
+    assert Settings().fetch_every == fetch_every
+
+
+def test_explicit_fetch_interval_is_used(no_setting_env):
+    no_setting_env.setenv("REPORT_INTERVAL", "60")
+    no_setting_env.setenv("FETCH_INTERVAL", "60")
+    assert Settings().fetch_every == 60
+
+
+def test_scraper_id_defaults_to_pod_namespace(no_setting_env):
+    no_setting_env.setenv("POD_NAMESPACE", "tunnels-prod")
+    assert Settings().scraper_id == "tunnels-prod"
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        ("http://platform.example:3000/", "http://platform.example:3000"),
+        ("http://platform.example:3000//", "http://platform.example:3000"),
+        ("https://platform.example/base/", "https://platform.example/base"),
+        ("http://platform.example", "http://platform.example"),
+    ],
+)
+def test_trailing_slash_on_platform_url_is_dropped(no_setting_env, given, kept):
+    no_setting_env.setenv("PLATFORM_API_URL", given)
+    s = Settings()
+    assert s.platform_api_url == kept
+    client = PlatformClient(s.platform_api_url, "x", 1, 1)
+    try:
+        assert client.url == kept + PATH
+        assert "//api" not in client.url
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("value", ["debug", "Debug", " warning ", "ERROR", "info"])
+def test_log_level_is_case_insensitive(no_setting_env, value):
+    no_setting_env.setenv("LOG_LEVEL", value)
+    assert Settings().log_level == value.strip().upper()
+
+
+def test_start_at_with_zone_is_utc(no_setting_env):
+    no_setting_env.setenv("START_AT", "2026-11-24T02:00:00+02:00")
+    s = Settings()
+    assert s.start_at is not None
+    assert s.start_at.isoformat() == "2026-11-24T00:00:00+00:00"
+
+
+def test_repr_and_dump_hide_the_secret(no_setting_env):
+    no_setting_env.setenv("PLATFORM_INTERNAL_SECRET", SECRET)
+    s = Settings()
+    assert s.require_secret() == SECRET
+    for text in (repr(s), str(s), s.model_dump_json(), repr(s.model_dump())):
+        assert SECRET not in text
+
+
+def test_empty_secret_counts_as_missing(no_setting_env):
+    no_setting_env.setenv("PLATFORM_INTERNAL_SECRET", "")
+    s = Settings()
+    assert s.platform_internal_secret is None
+    with pytest.raises(ConfigError, match="PLATFORM_INTERNAL_SECRET"):
+        s.require_secret()
+
+
+def test_load_settings_error_names_variable_without_value(no_setting_env):
+    no_setting_env.setenv("REDIS_URL", f"redis://:{REDIS_PASSWORD}@host:notaport")
+    no_setting_env.setenv("PLATFORM_INTERNAL_SECRET", SECRET)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    message = str(info.value)
+    assert "REDIS_URL" in message
+    assert REDIS_PASSWORD not in message and SECRET not in message
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+# Bad configuration, in real processes ----------------------------------------------
+
+# (case id, environment, the variable the error line must name)
+BAD = [
+    ("report-interval-not-number", {"REPORT_INTERVAL": "sixty"}, "REPORT_INTERVAL"),
+    ("report-interval-zero", {"REPORT_INTERVAL": "0"}, "REPORT_INTERVAL"),
+    ("report-interval-negative", {"REPORT_INTERVAL": "-60"}, "REPORT_INTERVAL"),
+    ("report-interval-not-dividing-a-day", {"REPORT_INTERVAL": "7"}, "REPORT_INTERVAL"),
+    ("fetch-interval-not-number", {"FETCH_INTERVAL": "1.5s"}, "FETCH_INTERVAL"),
+    ("fetch-interval-zero", {"FETCH_INTERVAL": "0"}, "FETCH_INTERVAL"),
+    ("fetch-interval-negative", {"FETCH_INTERVAL": "-10"}, "FETCH_INTERVAL"),
+    ("fetch-over-report", {"REPORT_INTERVAL": "30", "FETCH_INTERVAL": "31"}, "FETCH_INTERVAL"),
+    ("fetch-max-bytes-not-number", {"FETCH_MAX_BYTES": "32MiB"}, "FETCH_MAX_BYTES"),
+    ("fetch-max-bytes-zero", {"FETCH_MAX_BYTES": "0"}, "FETCH_MAX_BYTES"),
+    ("report-max-age-negative", {"REPORT_MAX_AGE": "-1"}, "REPORT_MAX_AGE"),
+    ("platform-url-no-scheme", {"PLATFORM_API_URL": "platform:3000"}, "PLATFORM_API_URL"),
+    ("platform-url-ftp", {"PLATFORM_API_URL": "ftp://platform.example"}, "PLATFORM_API_URL"),
+    ("platform-url-no-host", {"PLATFORM_API_URL": "http://"}, "PLATFORM_API_URL"),
+    ("platform-url-bad-port", {"PLATFORM_API_URL": "http://platform:99999"}, "PLATFORM_API_URL"),
+    ("log-level-unknown", {"LOG_LEVEL": "verbose"}, "LOG_LEVEL"),
+    ("redis-url-http", {"REDIS_URL": f"http://:{REDIS_PASSWORD}@localhost:6379"}, "REDIS_URL"),
+    ("redis-url-no-host", {"REDIS_URL": f"redis://:{REDIS_PASSWORD}@"}, "REDIS_URL"),
+    ("redis-url-bad-port", {"REDIS_URL": f"redis://:{REDIS_PASSWORD}@redis:port"}, "REDIS_URL"),
+    ("broker-url-amqp", {"CELERY_BROKER_URL": f"amqp://u:{REDIS_PASSWORD}@rabbit"}, "CELERY_BROKER_URL"),
+    ("start-at-no-zone", {"START_AT": "2026-11-24T00:00:00"}, "START_AT"),
+    ("start-at-garbage", {"START_AT": "yesterday"}, "START_AT"),
+    ("scraper-id-space", {"SCRAPER_ID": "two words"}, "SCRAPER_ID"),
+    ("scraper-id-too-long", {"SCRAPER_ID": "a" * 64}, "SCRAPER_ID"),
+    ("scraper-id-colon", {"SCRAPER_ID": "a:b"}, "SCRAPER_ID"),
+    ("tunnel-domain", {"TUNNEL_DOMAIN": "not a domain"}, "TUNNEL_DOMAIN"),
+]
+
+# Every run also carries the secret, which must never be printed.
+COMMANDS = {
+    "settings": [sys.executable, "-c", SETTINGS_EXIT],
+    "celery": [sys.executable, "-m", "celery", "-A", "app", "inspect", "ping", "--timeout", "1"],
+    "cli": [sys.executable, "-m", "app", "status"],
+}
+# In a real process: one bad value per variable (each run costs a Python start).
+PER_VARIABLE = [
+    "report-interval-not-number",
+    "fetch-interval-zero",
+    "fetch-over-report",
+    "fetch-max-bytes-not-number",
+    "report-max-age-negative",
+    "platform-url-ftp",
+    "log-level-unknown",
+    "redis-url-bad-port",
+    "broker-url-amqp",
+    "start-at-no-zone",
+    "scraper-id-space",
+    "tunnel-domain",
+]
+RUNS = [("settings", case, env, var) for case, env, var in BAD if case in PER_VARIABLE] + [
+    ("celery", "report-interval-not-number", {"REPORT_INTERVAL": "sixty"}, "REPORT_INTERVAL"),
+    ("celery", "redis-url-no-host", {"REDIS_URL": f"redis://:{REDIS_PASSWORD}@"}, "REDIS_URL"),
+    ("cli", "redis-url-bad-port", {"REDIS_URL": f"redis://:{REDIS_PASSWORD}@redis:port"}, "REDIS_URL"),
+    ("cli", "fetch-over-report", {"REPORT_INTERVAL": "30", "FETCH_INTERVAL": "31"}, "FETCH_INTERVAL"),
+]
+
+
+@pytest.mark.parametrize(("case", "env", "var"), BAD, ids=[b[0] for b in BAD])
+def test_bad_value_is_one_safe_line_naming_the_variable(no_setting_env, case, env, var):
+    no_setting_env.setenv("PLATFORM_INTERNAL_SECRET", SECRET)
+    for name, value in env.items():
+        no_setting_env.setenv(name, value)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    lines = str(info.value).splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"config error: {var} ")
+    assert SECRET not in lines[0] and REDIS_PASSWORD not in lines[0]
+    problem = lines[0].split("; expected ")[0]
+    for value in env.values():
+        if len(value) > 3:
+            assert value not in problem, "the bad value itself is echoed"
+
+
+def _run(command: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        COMMANDS[command],
+        env=clean_env(PLATFORM_INTERNAL_SECRET=SECRET, **env),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture(scope="module")
+def bad_runs():
+    """All bad-config runs at once (they are independent processes)."""
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        futures = {(cmd, case): pool.submit(_run, cmd, env) for cmd, case, env, _ in RUNS}
+        return {key: f.result() for key, f in futures.items()}
+
+
+@pytest.mark.parametrize(("command", "case", "env", "var"), RUNS, ids=[f"{r[0]}-{r[1]}" for r in RUNS])
+def test_bad_config_exits_2_with_one_line_naming_it(bad_runs, command, case, env, var):
+    proc = bad_runs[(command, case)]
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"config error: {var} ")
+    assert "Traceback" not in proc.stderr + proc.stdout
+    for secret in (SECRET, REDIS_PASSWORD):
+        assert secret not in proc.stdout
+        assert secret not in proc.stderr
+    problem = lines[0].split("; expected ")[0]
+    for value in env.values():
+        if len(value) > 3:
+            assert value not in problem, "the bad value itself is echoed"
+
+
+def test_good_config_passes_the_same_check():
+    proc = _run("settings", {})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+
+
+# The secret where reports are sent, and only there ------------------------------------
+
+
+def test_report_worker_without_secret_exits_2(redis_url):
+    env = clean_env(REDIS_URL=redis_url)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "app", "worker", "-Q", "report", "--pool", "solo", "-l", "WARNING"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.communicate()
+        pytest.fail("a report worker without PLATFORM_INTERNAL_SECRET kept running")
+    assert proc.returncode == 2, err[-2000:]
+    assert "PLATFORM_INTERNAL_SECRET" in err
+    assert "Traceback" not in out + err
+    assert "ready." not in out + err
+
+
+def test_scan_runs_without_the_secret():
+    if importlib.util.find_spec("app.scan") is None:
+        pytest.skip("app/scan.py (the `scan` command) does not exist yet")
+    line = (
+        b'{"DownstreamContentSize":2048,"DownstreamStatus":201,"RequestContentSize":1024,'
+        b'"RequestHost":"my-tunnel.t.lum.tools","StartUTC":"2026-11-24T01:50:22Z"}\n'
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "app", "scan", "-"],
+        input=line,
+        env=clean_env(),
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    assert b"PLATFORM_INTERNAL_SECRET" not in proc.stderr
+    assert b"my-tunnel" in proc.stdout
