@@ -76,6 +76,13 @@ def _check_worker(sender, **_: object) -> None:
     runtime.reset()
 
 
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _log_level(logger, **_: object) -> None:
+    """LOG_LEVEL rules, as in the original (celery's -l default is WARNING)."""
+    logger.setLevel(settings.log_level)
+
+
 @signals.worker_process_init.connect
 def _init_process(**_: object) -> None:
     runtime.init_process()

@@ -55,8 +55,7 @@ class PlatformClient:
         self._secret = secret
         self.timeout = (connect_timeout, read_timeout)
         self.session = requests.Session()
-        self.session.max_redirects = 0
-        self.session.verify = True
+        self.session.verify = True  # redirects: allow_redirects=False on every request
 
     def __repr__(self) -> str:  # never the secret
         return f"PlatformClient({self.url!r})"

@@ -26,7 +26,7 @@ SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 # What each field expects, said in the error line; pydantic's own text is not shown.
 EXPECTED = {
-    "platform_api_url": "an http:// or https:// URL with a host, e.g. http://platform.platform.svc.cluster.local:3000",
+    "platform_api_url": "an http:// or https:// URL with a host and no user:password, e.g. http://platform.platform.svc.cluster.local:3000",
     "platform_internal_secret": "a non-empty string",
     "report_interval": "a whole number of seconds from 1 to 86400 that divides 86400",
     "log_level": "one of DEBUG, INFO, WARNING, ERROR",
@@ -44,7 +44,9 @@ EXPECTED = {
     "scraper_id": "1-63 characters of A-Z a-z 0-9 . _ -",
     "redis_key_prefix": "1-63 characters of A-Z a-z 0-9 . _ -",
     "start_at": "an ISO 8601 time with a zone, e.g. 2026-11-24T00:00:00Z",
-    "visibility_timeout": "a whole number of seconds, larger than FETCH_TIME_LIMIT and REPORT_RETRY_MAX_DELAY",
+    "visibility_timeout": "a whole number of seconds above twice the largest of FETCH_TIME_LIMIT + 10, "
+    "REPORT_RETRY_MAX_DELAY and the report lease (REPORT_LEASE, default 300 or more); raise VISIBILITY_TIMEOUT "
+    "or lower those",
     "report_auto_retries": "a whole number from 0 to 20",
     "report_retry_max_delay": "a whole number of seconds from 1 to 3600",
     "report_due_max_delay": "a whole number of seconds from 1 to 86400",
@@ -176,6 +178,8 @@ class Settings(BaseSettings):
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
             raise ValueError("bad url")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("credentials in url")  # the secret goes in its own header
         _ = parts.port  # raises ValueError on a bad port
         return value.rstrip("/")
 

@@ -57,6 +57,12 @@ redis.call('HSET', KEYS[2], ARGV[2], ARGV[4])
 local c = 7 + 4 * n
 local m = tonumber(ARGV[c])
 for j = 0, m - 1 do
-  redis.call('HINCRBY', KEYS[3], ARGV[c + 1 + 2 * j], ARGV[c + 2 + 2 * j])
+  local name, inc = ARGV[c + 1 + 2 * j], ARGV[c + 2 + 2 * j]
+  -- a monitoring counter about to overflow starts again rather than fail the script
+  if tonumber(redis.call('HGET', KEYS[3], name) or '0') + tonumber(inc) > MAX then
+    redis.call('HSET', KEYS[3], name, inc)
+  else
+    redis.call('HINCRBY', KEYS[3], name, inc)
+  end
 end
 return {'ok', tostring(start)}
