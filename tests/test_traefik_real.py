@@ -1,0 +1,129 @@
+"""The parser against the real Traefik binary: what a client sent and received, per
+tunnel, must be exactly what the parser sums from Traefik's actual stdout."""
+
+from __future__ import annotations
+
+import http.client
+import json
+
+import pytest
+
+from app.parser import Aggregator
+from app.sim.loadgen import LoadGen
+from app.sim.traefik import TraefikProcess
+
+pytestmark = pytest.mark.traefik
+
+DOMAIN = "t.lum.tools"
+TUNNELS = ["alpha", "bravo-2", "charlie", "delta-echo", "x1"]
+
+
+def _access_lines(lines: list[bytes]) -> list[bytes]:
+    return [line for line in lines if line.startswith(b"{") and b'"StartUTC"' in line]
+
+
+@pytest.fixture(scope="module")
+def traefik():
+    with TraefikProcess(DOMAIN) as proc:
+        yield proc
+
+
+def _send(port: int, host: str, method: str = "GET", path: str = "/", body=None, size: int = 0):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, path, body=body, headers={"Host": host, "X-Size": str(size)})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def test_loadgen_mix_totals_equal_client_truth_exactly(traefik):
+    before = len(_access_lines(traefik.lines()))
+    gen = LoadGen(traefik.port, DOMAIN, tunnels=TUNNELS, seed=7, workers=4)
+    gen.run(n_requests=400, duration=120)
+    assert gen.errors == 0
+    assert gen.sent == gen.completed == 400
+    kinds = gen.by_kind
+    assert {"tunnel", "other", "no_route", "empty_host"} <= set(kinds), kinds
+
+    lines = traefik.wait_for_lines(
+        lambda ls: len(_access_lines(ls)) >= before + gen.sent, timeout=30
+    )
+    ours = _access_lines(lines)[before:]
+    assert len(ours) == gen.sent
+
+    agg = Aggregator(DOMAIN)
+    agg.feed_lines(ours)
+    result = agg.to_dict()
+    assert result["subdomains"] == gen.truth
+    assert agg.rejected == {}
+    assert agg.counted == sum(t["requests"] for t in gen.truth.values())
+    ignored = agg.ignored
+    # Every request that was not for a tunnel is an ignored access line, for a reason.
+    assert sum(ignored.values()) == gen.sent - agg.counted
+    assert set(ignored) <= {"other_host", "not_a_tunnel", "no_host"}
+    assert ignored["no_host"] == kinds["empty_host"]
+    assert agg.access_lines() == gen.sent
+
+
+def test_traefik_own_lines_are_not_access_log(traefik):
+    lines = traefik.lines()
+    own = [line for line in lines if not line.startswith(b"{")]
+    assert own, "Traefik wrote no log line of its own"
+    assert any(b"\x1b[" in line for line in own), "expected ANSI colour codes"
+    agg = Aggregator(DOMAIN)
+    agg.feed_lines(own)
+    assert agg.ignored == {"not_access_log": len(own)}
+    assert agg.counted == 0 and agg.rejected == {}
+    # The whole stdout in one stream, as a pod log would be read.
+    whole = Aggregator(DOMAIN)
+    tail = whole.feed_chunk(b"\n".join(lines) + b"\n")
+    whole.finish(tail)
+    assert whole.total == len(lines)
+    assert whole.ignored["not_access_log"] == len(own)
+
+
+def test_real_quirks_host_case_port_and_missing_host(traefik):
+    before = len(_access_lines(traefik.lines()))
+    assert _send(traefik.port, "My-Tunnel.T.LUM.TOOLS:8080", size=5)[0] == 200
+    assert _send(traefik.port, "quirk.t.lum.tools.", "POST", body=b"abc", size=2)[0] == 200
+    assert _send(traefik.port, "")[0] == 404
+    assert _send(traefik.port, "quirk.t.lum.tools", "PUT", path="/no-route/x")[0] == 404
+    assert _send(traefik.port, "head.t.lum.tools", "HEAD", path="/no-route/x") == (404, b"")
+    lines = traefik.wait_for_lines(lambda ls: len(_access_lines(ls)) >= before + 5, timeout=30)
+    first, dotted, hostless, unrouted, head = (
+        json.loads(line) for line in _access_lines(lines)[before:]
+    )
+
+    assert first["RequestHost"] == "My-Tunnel.T.LUM.TOOLS"  # case kept, port split off
+    assert first["RequestPort"] == "8080"
+    assert first["RequestAddr"] == "My-Tunnel.T.LUM.TOOLS:8080"
+    assert first["RouterName"] == "tunnel@file"
+    assert dotted["RequestHost"] == "quirk.t.lum.tools."
+    assert "RequestHost" not in hostless and "RouterName" not in hostless
+    assert "RouterName" not in unrouted and unrouted["DownstreamStatus"] == 404
+    # Traefik's own 404 to a HEAD: logged as 19 bytes out, though the client got none.
+    assert head["DownstreamContentSize"] == len(b"404 page not found\n")
+
+    agg = Aggregator(DOMAIN)
+    agg.feed_lines(_access_lines(lines)[before:])
+    assert agg.to_dict()["subdomains"] == {
+        "my-tunnel": {"bytes_in": 0, "bytes_out": 5, "requests": 1},
+        "quirk": {"bytes_in": 3, "bytes_out": 2 + len(b"404 page not found\n"), "requests": 2},
+        "head": {"bytes_in": 0, "bytes_out": len(b"404 page not found\n"), "requests": 1},
+    }
+    assert agg.ignored == {"no_host": 1}
+
+
+def test_clf_access_lines_are_recognised():
+    with TraefikProcess(DOMAIN, access_format="common") as proc:
+        assert _send(proc.port, "alpha.t.lum.tools", size=10)[0] == 200
+        assert _send(proc.port, "example.com", path="/no-route")[0] == 404
+        lines = proc.wait_for_lines(
+            lambda ls: sum(b'" 200 ' in x or b'" 404 ' in x for x in ls) >= 2
+        )
+    agg = Aggregator(DOMAIN)
+    agg.feed_lines(lines)
+    assert agg.ignored.get("clf_no_host") == 2
+    assert agg.counted == 0 and agg.access_lines() == 0
