@@ -90,7 +90,7 @@ the whole chunk) and only per line when a chunk holds non-ASCII bytes.
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 
@@ -180,7 +180,16 @@ class _Entry(msgspec.Struct, gc=False):
     DownstreamContentSize: _Size = 0
 
 
+class _LooseEntry(msgspec.Struct, gc=False):
+    """The same fields with any JSON type, to tell why the typed decoder refused a line."""
+
+    RequestHost: Any = msgspec.UNSET
+    RequestContentSize: Any = msgspec.UNSET
+    DownstreamContentSize: Any = msgspec.UNSET
+
+
 _decode_entry = msgspec.json.Decoder(_Entry).decode
+_decode_loose = msgspec.json.Decoder(_LooseEntry).decode
 _decode_any = msgspec.json.Decoder().decode
 _decode_keys = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
 
@@ -199,6 +208,9 @@ _CLF_TAIL = re.compile(rb" \d+ms")
 
 # JSON's whitespace (bytes.strip() would also strip \x0b and \x0c, which JSON refuses).
 _JSON_SPACE = b" \t\r\n"
+_OPEN_BRACE = ord("{")
+# First bytes of the JSON values that are not objects: array, string, number, literals.
+_JSON_VALUE_START = frozenset(b'["-0123456789tfn')
 
 
 def _is_clf(text: bytes) -> bool:
@@ -491,47 +503,52 @@ class Aggregator:
         if not text:
             self._ignore(NOT_ACCESS_LOG)
             return
-        looks_like_object = text[:1] == b"{"
-        try:
-            value = _decode_any(text)
-        except RecursionError:
-            self._reject(INVALID_JSON if looks_like_object else NOT_OBJECT)
-            return
-        except (msgspec.DecodeError, UnicodeDecodeError):
-            if looks_like_object:
+        first = text[0]
+        if first == _OPEN_BRACE:
+            try:
+                loose = _decode_loose(text)
+            except _DECODE_ERRORS:
                 self._reject(INVALID_JSON)
-            elif _is_clf(text):
-                self._ignore(CLF_NO_HOST)
+                return
+            self._classify_object(loose, text)
+            return
+        if first in _JSON_VALUE_START:
+            try:
+                _decode_any(text)
+            except RecursionError:  # an array nested deeper than msgspec decodes
+                self._reject(NOT_OBJECT)
+                return
+            except (msgspec.DecodeError, UnicodeDecodeError):
+                pass  # not JSON: text, see below
             else:
-                self._ignore(NOT_ACCESS_LOG)
-            return
-        if not isinstance(value, dict):
-            self._reject(NOT_OBJECT)
-            return
-        self._classify_object(value)
+                self._reject(NOT_OBJECT)
+                return
+        self._ignore(CLF_NO_HOST if _is_clf(text) else NOT_ACCESS_LOG)
 
-    def _classify_object(self, obj: dict) -> None:
+    def _classify_object(self, loose: _LooseEntry, text: bytes) -> None:
         """A JSON object the typed decoder refused: find which field is wrong."""
-        host = obj.get("RequestHost", "")
-        if not isinstance(host, str):
+        host = loose.RequestHost
+        if host is not msgspec.UNSET and type(host) is not str:
             self._reject(BAD_HOST_TYPE)
             return
-        for field in SIZE_FIELDS:
-            if field in obj:
-                problem = _size_problem(obj[field])
+        for value in (loose.RequestContentSize, loose.DownstreamContentSize):
+            if value is not msgspec.UNSET:
+                problem = _size_problem(value)
                 if problem:
                     self._reject(problem)
                     return
-        # Nothing wrong found (should not happen): apply the rule to the decoded values.
-        if not host:
-            self._ignore(NO_HOST if not ACCESS_KEYS.isdisjoint(obj) else NOT_ACCESS_LOG)
+        # Nothing wrong found (not expected: the typed decoder refused the line for one
+        # of the reasons above). Apply the rule to the decoded values rather than lose it.
+        if host is msgspec.UNSET or not host:
+            self._ignore(NO_HOST if self._has_access_key(text) else NOT_ACCESS_LOG)
             return
         sub, reason = _classify_host(host, self.domain)
         if sub is None:
             self._ignore(reason)
             return
         slot = self.subdomains.setdefault(sub, [0, 0, 0])
-        slot[0] += obj.get("RequestContentSize", 0)
-        slot[1] += obj.get("DownstreamContentSize", 0)
+        for index, value in enumerate((loose.RequestContentSize, loose.DownstreamContentSize)):
+            if value is not msgspec.UNSET:
+                slot[index] += value
         slot[2] += 1
         self.counted += 1
