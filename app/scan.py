@@ -1,0 +1,216 @@
+"""``traefik-metrics-scraper scan [FILE ...|-] [--json] [--domain D]``.
+
+Sums a Traefik access log per tunnel subdomain with the same parser and counting rule
+as the workers (``app.parser``), to check a log by hand or to compare with billing.
+Files (or stdin, ``-`` or no FILE) are streamed in large chunks, so memory stays
+constant whatever their size. Prints a table per subdomain, sorted by bytes out
+(human units and exact bytes), the totals, and the lines ignored or rejected by reason;
+``--json`` prints the same numbers in the shape of ``Aggregator.to_dict()``.
+
+The default domain is ``$TUNNEL_DOMAIN``, else ``t.lum.tools``. This module reads the
+environment directly and imports only the parser: starting ``scan`` must not load the
+settings, Celery or the Kubernetes client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import stat
+import sys
+import time
+from typing import BinaryIO, TextIO
+
+from app.parser import DEFAULT_DOMAIN, Aggregator
+
+CHUNK_BYTES = 256 * 1024
+PROGRESS_MIN_BYTES = 64 * 1024 * 1024  # show a progress bar only for files this large
+PROGRESS_EVERY = 0.25  # seconds between progress updates
+
+_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+
+
+class ScanError(Exception):
+    """A file could not be read; the message is the one line shown to the user."""
+
+
+def human_bytes(value: int) -> str:
+    """``1.2 MiB`` style (binary units, one decimal); plain bytes below 1 KiB."""
+    if value < 1024:
+        return f"{value} B"
+    amount = float(value)
+    for unit in _UNITS[1:]:
+        amount /= 1024
+        if amount < 1024 or unit == _UNITS[-1]:
+            return f"{amount:.1f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="traefik-metrics-scraper scan",
+        description="Sum a Traefik JSON access log per tunnel subdomain.",
+    )
+    ap.add_argument(
+        "files", nargs="*", metavar="FILE", help="log files to read; '-' or none reads stdin"
+    )
+    ap.add_argument("--json", action="store_true", help="print the totals as JSON")
+    ap.add_argument(
+        "--domain",
+        default=os.environ.get("TUNNEL_DOMAIN") or DEFAULT_DOMAIN,
+        help="tunnel domain (default: $TUNNEL_DOMAIN, else %(default)s)",
+    )
+    return ap
+
+
+class _Progress:
+    """A one-line progress bar on stderr, for large regular files on a terminal."""
+
+    def __init__(self, name: str, size: int, out: TextIO) -> None:
+        self.name = name
+        self.size = size
+        self.out = out
+        self.done = 0
+        self.last = 0.0
+
+    def advance(self, count: int) -> None:
+        self.done += count
+        now = time.monotonic()
+        if now - self.last >= PROGRESS_EVERY:
+            self.last = now
+            share = self.done / self.size if self.size else 1.0
+            bar = "#" * int(share * 30)
+            self.out.write(
+                f"\rscan: {self.name} [{bar:<30}] {share:6.1%} "
+                f"({human_bytes(self.done)} of {human_bytes(self.size)})"
+            )
+            self.out.flush()
+
+    def close(self) -> None:
+        if self.last:
+            self.out.write("\r\x1b[K")
+            self.out.flush()
+
+
+def _stream(agg: Aggregator, stream: BinaryIO, progress: _Progress | None) -> None:
+    read = getattr(stream, "read1", stream.read)
+    tail = b""
+    while chunk := read(CHUNK_BYTES):
+        tail = agg.feed_chunk(tail + chunk)
+        if progress is not None:
+            progress.advance(len(chunk))
+    agg.finish(tail)
+
+
+def _scan_file(agg: Aggregator, name: str, stderr: TextIO) -> None:
+    if name == "-":
+        try:
+            _stream(agg, sys.stdin.buffer, None)
+        except OSError as exc:
+            raise ScanError(f"scan: cannot read stdin: {exc.strerror or exc}") from None
+        return
+    try:
+        with open(name, "rb", buffering=0) as stream:
+            info = os.fstat(stream.fileno())
+            progress = None
+            if (
+                stat.S_ISREG(info.st_mode)
+                and info.st_size >= PROGRESS_MIN_BYTES
+                and stderr.isatty()
+            ):
+                progress = _Progress(name, info.st_size, stderr)
+            try:
+                _stream(agg, stream, progress)
+            finally:
+                if progress is not None:
+                    progress.close()
+    except OSError as exc:
+        raise ScanError(f"scan: cannot read {name}: {exc.strerror or exc}") from None
+
+
+def _table(agg: Aggregator) -> str:
+    rows = sorted(agg.subdomains.items(), key=lambda item: (-item[1][1], item[0]))
+    total_in = sum(slot[0] for _, slot in rows)
+    total_out = sum(slot[1] for _, slot in rows)
+    total_requests = sum(slot[2] for _, slot in rows)
+
+    def cells(name: str, bytes_in: int, bytes_out: int, requests: int) -> list[str]:
+        return [
+            name,
+            f"{human_bytes(bytes_in)} ({bytes_in})",
+            f"{human_bytes(bytes_out)} ({bytes_out})",
+            str(requests),
+        ]
+
+    header = ["SUBDOMAIN", "BYTES IN", "BYTES OUT", "REQUESTS"]
+    body = [cells(name, *slot) for name, slot in rows]
+    footer = cells(f"TOTAL ({len(rows)} tunnels)", total_in, total_out, total_requests)
+    widths = [max(len(row[i]) for row in [header, *body, footer]) for i in range(4)]
+
+    def fmt(row: list[str]) -> str:
+        return "  ".join(
+            cell.ljust(width) if i == 0 else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+
+    rule = "  ".join("-" * width for width in widths)
+    out = [fmt(header), rule, *(fmt(row) for row in body), rule, fmt(footer), ""]
+    out.append(f"lines: {agg.total} read, {agg.counted} counted")
+    for label, counts in (("ignored", agg.ignored), ("rejected", agg.rejected)):
+        detail = ", ".join(f"{reason} {count}" for reason, count in sorted(counts.items()))
+        out.append(f"{label}: {sum(counts.values())}" + (f" ({detail})" if detail else ""))
+    return "\n".join(out)
+
+
+def _notes(agg: Aggregator) -> list[str]:
+    notes = []
+    clf = agg.ignored.get("clf_no_host", 0)
+    if clf:
+        notes.append(
+            f"scan: {clf} access lines are in Common Log Format, which carries no Host and "
+            "no request size: set Traefik's accessLog.format to json to meter tunnels."
+        )
+    if agg.total and not agg.access_lines() and not clf:
+        notes.append(
+            f"scan: {agg.total} lines read but none is an access-log entry: is Traefik's "
+            "access log enabled, or moved to a file by accessLog.filePath?"
+        )
+    return notes
+
+
+def main(argv: list[str]) -> int:
+    """Run ``scan`` with the arguments after the word ``scan``; return the exit code."""
+    stdout, stderr = sys.stdout, sys.stderr
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already printed by argparse
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        agg = Aggregator(args.domain)
+    except ValueError as exc:
+        print(f"scan: {exc}", file=stderr)
+        return 2
+    try:
+        for name in args.files or ["-"]:
+            _scan_file(agg, name, stderr)
+    except ScanError as exc:
+        print(exc, file=stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("scan: interrupted", file=stderr)
+        return 130
+    try:
+        if args.json:
+            stdout.write(json.dumps(agg.to_dict(), indent=2) + "\n")
+        else:
+            stdout.write(_table(agg) + "\n")
+        stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): not an error worth a traceback.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stdout.fileno())
+        return 0
+    for note in _notes(agg):
+        print(note, file=stderr)
+    return 0

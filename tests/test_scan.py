@@ -1,0 +1,248 @@
+"""``scan``: totals of the committed sample, stdin, errors, notes, and a light import."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app import scan
+from app.scan import human_bytes, main
+
+DATA = Path(__file__).parent / "data"
+SAMPLE = DATA / "sample.log"
+EXPECTED = json.loads((DATA / "sample.expected.json").read_text())
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_json(capsys, *argv: str) -> dict:
+    assert main([*argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_sample_json_equals_committed_expected_totals(capsys):
+    assert run_json(capsys, str(SAMPLE)) == EXPECTED
+
+
+def test_sample_exercises_every_reason():
+    lines = EXPECTED["lines"]
+    assert set(lines["ignored"]) == {
+        "other_host",
+        "not_a_tunnel",
+        "no_host",
+        "not_access_log",
+        "clf_no_host",
+    }
+    assert set(lines["rejected"]) == {
+        "too_long",
+        "invalid_utf8",
+        "invalid_json",
+        "not_object",
+        "bad_host_type",
+        "bad_size_type",
+        "negative_size",
+        "size_too_large",
+    }
+    assert not SAMPLE.read_bytes().endswith(b"\n")  # the last line has no newline
+
+
+def test_same_totals_with_tiny_chunks(capsys, monkeypatch):
+    monkeypatch.setattr(scan, "CHUNK_BYTES", 7)
+    assert run_json(capsys, str(SAMPLE)) == EXPECTED
+
+
+def test_two_files_add_up(capsys, tmp_path):
+    copy = tmp_path / "copy.log"
+    copy.write_bytes(SAMPLE.read_bytes() + b"\n")
+    result = run_json(capsys, str(SAMPLE), str(copy))
+    for name, totals in EXPECTED["subdomains"].items():
+        assert result["subdomains"][name] == {k: 2 * v for k, v in totals.items()}
+    assert result["lines"]["total"] == 2 * EXPECTED["lines"]["total"]
+
+
+def test_table_sorted_by_bytes_out_with_human_and_exact_bytes(capsys):
+    assert main([str(SAMPLE)]) == 0
+    out = capsys.readouterr().out
+    rows = [
+        line.split()[0]
+        for line in out.splitlines()[2:]
+        if line and not line.startswith(("-", "TOTAL"))
+    ]
+    by_out = sorted(
+        EXPECTED["subdomains"], key=lambda s: (-EXPECTED["subdomains"][s]["bytes_out"], s)
+    )
+    assert rows[: len(by_out)] == by_out
+    top = by_out[0]
+    top_out = EXPECTED["subdomains"][top]["bytes_out"]
+    assert f"{human_bytes(top_out)} ({top_out})" in out
+    assert (
+        f"lines: {EXPECTED['lines']['total']} read, {EXPECTED['lines']['counted']} counted" in out
+    )
+    assert "too_long 1" in out and "clf_no_host 2" in out
+
+
+def test_human_bytes():
+    assert human_bytes(0) == "0 B"
+    assert human_bytes(1023) == "1023 B"
+    assert human_bytes(1024) == "1.0 KiB"
+    assert human_bytes(1_258_291) == "1.2 MiB"
+    assert human_bytes(2**63 - 1) == "8.0 EiB"
+
+
+def test_missing_file_one_line_exit_2(capsys, tmp_path):
+    missing = tmp_path / "nope.log"
+    assert main([str(SAMPLE), str(missing), "--json"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == f"scan: cannot read {missing}: No such file or directory\n"
+
+
+def test_directory_is_unreadable(capsys, tmp_path):
+    assert main([str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"scan: cannot read {tmp_path}: Is a directory\n"
+
+
+def test_bad_domain_exit_2(capsys):
+    assert main([str(SAMPLE), "--domain", ""]) == 2
+    assert capsys.readouterr().err.startswith("scan: invalid tunnel domain")
+
+
+def test_help_exits_0(capsys):
+    assert main(["--help"]) == 0
+    assert "--domain" in capsys.readouterr().out
+
+
+def test_domain_from_environment_and_option(capsys, monkeypatch, tmp_path):
+    log = tmp_path / "x.log"
+    log.write_bytes(
+        b'{"DownstreamContentSize":5,"RequestContentSize":1,"RequestHost":"a.example.org","StartUTC":"x"}\n'
+    )
+    monkeypatch.setenv("TUNNEL_DOMAIN", "example.org")
+    assert run_json(capsys, str(log))["subdomains"] == {
+        "a": {"bytes_in": 1, "bytes_out": 5, "requests": 1}
+    }
+    assert run_json(capsys, str(log), "--domain", "t.lum.tools")["subdomains"] == {}
+    monkeypatch.delenv("TUNNEL_DOMAIN")
+    assert run_json(capsys, str(log))["lines"]["ignored"] == {"other_host": 1}
+
+
+def test_clf_note(capsys, tmp_path):
+    log = tmp_path / "clf.log"
+    log.write_bytes(
+        b'10.0.0.9 - - [24/Nov/2026:03:12:03 +0000] "GET /a HTTP/1.1" 200 10 "-" "curl" 1 "r@file" "http://x" 1ms\n'
+    )
+    assert main([str(log)]) == 0
+    err = capsys.readouterr().err
+    assert "accessLog.format" in err and "json" in err
+
+
+def test_no_access_lines_note(capsys, tmp_path):
+    log = tmp_path / "own.log"
+    log.write_bytes(
+        b"\x1b[90m2026-11-24T03:11:53Z\x1b[0m \x1b[32mINF\x1b[0m Starting provider\nmore text\n"
+    )
+    assert main([str(log), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["lines"]["ignored"] == {"not_access_log": 2}
+    assert "none is an access-log entry" in captured.err and "accessLog.filePath" in captured.err
+
+
+def test_empty_input_no_note(capsys, tmp_path):
+    log = tmp_path / "empty.log"
+    log.write_bytes(b"")
+    assert main([str(log), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["lines"]["total"] == 0
+    assert captured.err == ""
+
+
+def test_progress_bar_only_on_a_terminal(capsys, monkeypatch):
+    class Terminal:
+        def __init__(self) -> None:
+            self.text = ""
+
+        def write(self, text: str) -> None:
+            self.text += text
+
+        def flush(self) -> None:
+            pass
+
+        def isatty(self) -> bool:
+            return True
+
+    term = Terminal()
+    monkeypatch.setattr(scan, "PROGRESS_MIN_BYTES", 1)
+    monkeypatch.setattr(scan, "PROGRESS_EVERY", 0.0)
+    monkeypatch.setattr(scan, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(sys, "stderr", term)
+    assert main([str(SAMPLE), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == EXPECTED
+    assert "\rscan: " in term.text and "%" in term.text
+    assert "\r\x1b[K" in term.text  # the bar is cleared before anything else is printed
+
+
+def _run_scan_subprocess(args: list[str], stdin: bytes = b"") -> subprocess.CompletedProcess:
+    code = "import sys; from app.scan import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], input=stdin, capture_output=True, cwd=ROOT, timeout=60
+    )
+
+
+def test_stdin_dash_and_default(tmp_path):
+    data = SAMPLE.read_bytes()
+    for args in (["-", "--json"], ["--json"]):
+        proc = _run_scan_subprocess(args, stdin=data)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout) == EXPECTED
+
+
+def test_missing_file_no_traceback_in_subprocess(tmp_path):
+    proc = _run_scan_subprocess([str(tmp_path / "missing.log")])
+    assert proc.returncode == 2
+    assert proc.stdout == b""
+    assert proc.stderr.decode().count("\n") == 1 and b"Traceback" not in proc.stderr
+
+
+def test_scan_does_not_import_celery_or_kubernetes():
+    code = (
+        "import io, sys, contextlib\n"
+        "from app.scan import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        f"    rc = main([{str(SAMPLE)!r}, '--json'])\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('celery', 'kombu', 'kubernetes', 'pydantic', 'pydantic_settings', 'redis'))\n"
+        "print(rc, heavy)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.decode().strip() == "0 []"
+
+
+@pytest.mark.parametrize("flag", ["--json", None])
+def test_broken_pipe_is_quiet(flag, tmp_path):
+    # Enough tunnels that the output overflows the pipe after the reader has gone.
+    log = tmp_path / "many.log"
+    log.write_bytes(
+        b"".join(
+            b'{"DownstreamContentSize":%d,"RequestContentSize":0,"RequestHost":"t%d.t.lum.tools"}\n'
+            % (i, i)
+            for i in range(4000)
+        )
+    )
+    code = "import sys; from app.scan import main; sys.exit(main(sys.argv[1:]))"
+    args = [sys.executable, "-c", code, str(log)] + ([flag] if flag else [])
+    reader = subprocess.Popen(
+        ["head", "-c", "10"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL
+    )
+    try:
+        proc = subprocess.run(
+            args, stdout=reader.stdin, stderr=subprocess.PIPE, cwd=ROOT, timeout=60
+        )
+    finally:
+        reader.stdin.close()
+        reader.wait(timeout=10)
+    assert proc.returncode == 0
+    assert proc.stderr == b""
