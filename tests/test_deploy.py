@@ -1,0 +1,551 @@
+"""The deployment files keep the invariants: k8s/ (rendered with ``kubectl kustomize``),
+docker-compose.yml and the Dockerfile.
+
+What is checked, in both k8s/ and compose where it applies:
+- exactly one celery beat (k8s: replicas 1, strategy Recreate; compose: a fixed
+  container name, so it cannot be scaled);
+- the ledger's Redis runs with appendonly yes, appendfsync always, noeviction, on a volume
+  (DESIGN.md invariant 6);
+- PLATFORM_INTERNAL_SECRET reaches only the report workers, only from the Secret
+  traefik-metrics-scraper-secrets key platform-internal-secret, never as a literal or on
+  a command line (invariant 7; compose: a dev default, sent only to the dev platform);
+- RBAC is one Role in ``traefik`` with exactly pods get/list/watch and pods/log get;
+- the scraper containers keep the original's resources, run as non-root on a read-only
+  root filesystem with no capabilities;
+- Flower runs only with basic auth, from the environment, with no default password;
+- every environment variable name is a field of app.settings.Settings (upper-cased) or
+  is listed in OTHER_READERS with what reads it, and the values load as valid settings.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from app.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+K8S_DIR = ROOT / "k8s"
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+
+NAMESPACE = "traefik-metrics-scraper"
+TRAEFIK_NAMESPACE = "traefik"
+SERVICE_ACCOUNT = "traefik-metrics-scraper"
+SECRET_NAME = "traefik-metrics-scraper-secrets"
+SECRET_KEY = "platform-internal-secret"
+SECRET_VAR = "PLATFORM_INTERNAL_SECRET"
+IMAGE = "ghcr.io/ethanke/traefik-metrics-scraper"
+
+# The original service's resources, per scraper container.
+ORIGINAL_RESOURCES = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": "100m", "memory": "128Mi"}}
+SCRAPER_WORKLOADS = ("worker-fetch", "worker-report", "beat")
+
+SETTINGS_VARS = {name.upper() for name in Settings.model_fields}
+# Variables the deployment sets that app.settings.Settings does not read as fields.
+OTHER_READERS = {
+    "POD_NAMESPACE": "app.settings: the default of SCRAPER_ID",
+    "KUBECONFIG": "the kubernetes client, outside a cluster (compose)",
+    "FLOWER_BASIC_AUTH": "Flower (FLOWER_* variables are its options)",
+    "FLOWER_MAX_TASKS": "Flower",
+}
+REDIS_FLAGS = {"--appendonly": "yes", "--appendfsync": "always", "--maxmemory-policy": "noeviction"}
+FLOWER_GUARD = 'test -n "$FLOWER_BASIC_AUTH"'
+
+
+# ----- helpers --------------------------------------------------------------------------
+
+
+def _flags(args: list[str]) -> dict[str, str]:
+    """``redis-server --a x --b y`` (or ``--a=x``) as {"--a": "x", "--b": "y"}."""
+    out: dict[str, str] = {}
+    items = [str(a) for a in args]
+    for i, item in enumerate(items):
+        if not item.startswith("--"):
+            continue
+        if "=" in item:
+            name, value = item.split("=", 1)
+            out[name] = value
+        elif i + 1 < len(items) and not items[i + 1].startswith("--"):
+            out[item] = items[i + 1]
+    return out
+
+
+def _cpu_millis(value: object) -> float:
+    text = str(value)
+    return float(text[:-1]) if text.endswith("m") else float(text) * 1000
+
+
+_MEMORY_UNITS = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "k": 10**3, "M": 10**6, "G": 10**9}
+
+
+def _memory_bytes(value: object) -> float:
+    text = str(value)
+    for unit, factor in _MEMORY_UNITS.items():
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * factor
+    return float(text)
+
+
+def _normalized(resources: dict) -> dict:
+    return {
+        kind: {"cpu": _cpu_millis(values["cpu"]), "memory": _memory_bytes(values["memory"])}
+        for kind, values in resources.items()
+    }
+
+
+def _settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Load the settings as a process with exactly ``env`` would (plus nothing else)."""
+    for name in [*SETTINGS_VARS, *OTHER_READERS]:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return load_settings()
+
+
+# ----- Kubernetes: render once ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def docs() -> list[dict]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed: cannot render k8s/ with `kubectl kustomize k8s`")
+    out = subprocess.run(
+        [kubectl, "kustomize", str(K8S_DIR)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert out.returncode == 0, f"kubectl kustomize k8s failed:\n{out.stderr}"
+    rendered = [d for d in yaml.safe_load_all(out.stdout) if d]
+    assert rendered, "kubectl kustomize k8s rendered nothing"
+    return rendered
+
+
+def _of_kind(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def _one(docs: list[dict], kind: str, name: str) -> dict:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
+    return found[0]
+
+
+def _workloads(docs: list[dict]) -> list[dict]:
+    kinds = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob", "Pod"}
+    return [d for d in docs if d["kind"] in kinds]
+
+
+def _pod_spec(workload: dict) -> dict:
+    if workload["kind"] == "Pod":
+        return workload["spec"]
+    if workload["kind"] == "CronJob":
+        return workload["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    return workload["spec"]["template"]["spec"]
+
+
+def _containers(workload: dict) -> list[dict]:
+    spec = _pod_spec(workload)
+    return [*spec.get("initContainers", []), *spec.get("containers", [])]
+
+
+def _argv(container: dict) -> list[str]:
+    return [str(a) for a in (container.get("command") or []) + (container.get("args") or [])]
+
+
+def _configmap_data(docs: list[dict], name: str) -> dict[str, str]:
+    cm = _one(docs, "ConfigMap", name)
+    return dict(cm.get("data") or {})
+
+
+def _env_names(docs: list[dict], container: dict) -> set[str]:
+    names = {e["name"] for e in container.get("env", [])}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            names |= set(_configmap_data(docs, source["configMapRef"]["name"]))
+    return names
+
+
+def _is_beat(argv: list[str]) -> bool:
+    return "celery" in " ".join(argv) and "beat" in argv
+
+
+def _scraper_workload(docs: list[dict], name: str) -> dict:
+    return _one(docs, "Deployment", name)
+
+
+# ----- Kubernetes: invariants -----------------------------------------------------------
+
+
+def test_k8s_exactly_one_beat_with_recreate(docs):
+    beats = [w for w in _workloads(docs) if any(_is_beat(_argv(c)) for c in _containers(w))]
+    assert [(w["kind"], w["metadata"]["name"]) for w in beats] == [("Deployment", "beat")]
+    beat = beats[0]
+    assert beat["spec"]["replicas"] == 1
+    assert beat["spec"]["strategy"] == {"type": "Recreate"}
+    assert sum(_is_beat(_argv(c)) for c in _containers(beat)) == 1
+    scaled = [h for h in _of_kind(docs, "HorizontalPodAutoscaler") if h["spec"]["scaleTargetRef"]["name"] == "beat"]
+    assert not scaled, "beat must never be autoscaled"
+
+
+def test_k8s_redis_is_durable_and_never_evicts(docs):
+    redis = _one(docs, "StatefulSet", "redis")
+    assert redis["spec"]["replicas"] == 1
+    (container,) = [c for c in _containers(redis) if c["name"] == "redis"]
+    flags = _flags(_argv(container))
+    for flag, value in REDIS_FLAGS.items():
+        assert flags.get(flag) == value, f"redis must run with {flag} {value}, got {flags.get(flag)!r}"
+    claims = {t["metadata"]["name"] for t in redis["spec"]["volumeClaimTemplates"]}
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    data_dir = flags.get("--dir", "/data")
+    assert any(mounts.get(claim) == data_dir for claim in claims), "the AOF directory must be on the PVC"
+    assert "redis://redis:" in _configmap_data(docs, _config_name(docs))["REDIS_URL"]
+
+
+def _config_name(docs: list[dict]) -> str:
+    names = [d["metadata"]["name"] for d in _of_kind(docs, "ConfigMap")]
+    (name,) = [n for n in names if n.startswith("traefik-metrics-scraper-config")]
+    return name
+
+
+def test_k8s_platform_secret_only_from_the_secret(docs):
+    holders = []
+    for workload in _workloads(docs):
+        for container in _containers(workload):
+            for entry in container.get("env", []):
+                if entry["name"] != SECRET_VAR:
+                    continue
+                assert "value" not in entry, f"{workload['metadata']['name']}: {SECRET_VAR} is a literal"
+                assert entry.get("valueFrom") == {"secretKeyRef": {"name": SECRET_NAME, "key": SECRET_KEY}}
+                holders.append(workload["metadata"]["name"])
+            for source in container.get("envFrom", []):
+                # A whole Secret or ConfigMap imported as variables could carry the name unseen.
+                assert "secretRef" not in source
+                if "configMapRef" in source:
+                    assert SECRET_VAR not in _configmap_data(docs, source["configMapRef"]["name"])
+            assert not any(SECRET_VAR in a or SECRET_KEY in a for a in _argv(container))
+    # Only the processes that send reports hold it: not Flower, beat or the fetch side.
+    assert holders == ["worker-report"]
+    for cm in _of_kind(docs, "ConfigMap"):
+        assert SECRET_VAR not in (cm.get("data") or {})
+    assert not _of_kind(docs, "Secret"), "no Secret is committed: it is created with kubectl (k8s/README.md)"
+
+
+def test_k8s_rbac_is_one_role_in_traefik(docs):
+    assert not _of_kind(docs, "ClusterRole") and not _of_kind(docs, "ClusterRoleBinding")
+    (role,) = _of_kind(docs, "Role")
+    assert role["metadata"]["namespace"] == TRAEFIK_NAMESPACE
+    granted: dict[str, set[str]] = {}
+    for rule in role["rules"]:
+        assert rule["apiGroups"] == [""]
+        assert not rule.get("resourceNames")
+        for resource in rule["resources"]:
+            granted.setdefault(resource, set()).update(rule["verbs"])
+    assert granted == {"pods": {"get", "list", "watch"}, "pods/log": {"get"}}
+
+    (binding,) = _of_kind(docs, "RoleBinding")
+    assert binding["metadata"]["namespace"] == TRAEFIK_NAMESPACE
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": NAMESPACE}]
+    sa = _one(docs, "ServiceAccount", SERVICE_ACCOUNT)
+    assert sa["metadata"]["namespace"] == NAMESPACE
+
+    # Only the fetch workers (plan, fetch, sweep) carry the ServiceAccount's token.
+    def mounts_token(pod: dict) -> bool:
+        default = sa.get("automountServiceAccountToken", True) if pod.get("serviceAccountName") == SERVICE_ACCOUNT else True
+        return pod.get("automountServiceAccountToken", default)
+
+    with_token = [w["metadata"]["name"] for w in _workloads(docs) if mounts_token(_pod_spec(w))]
+    assert with_token == ["worker-fetch"]
+    assert _pod_spec(_scraper_workload(docs, "worker-fetch"))["serviceAccountName"] == SERVICE_ACCOUNT
+
+
+def test_k8s_namespace_and_images(docs):
+    _one(docs, "Namespace", NAMESPACE)
+    for doc in docs:
+        if doc["kind"] in ("Namespace",):
+            continue
+        expected = TRAEFIK_NAMESPACE if doc["kind"] in ("Role", "RoleBinding") else NAMESPACE
+        assert doc["metadata"].get("namespace") == expected, f"{doc['kind']}/{doc['metadata']['name']}"
+    for name in (*SCRAPER_WORKLOADS, "flower"):
+        for container in _containers(_scraper_workload(docs, name)):
+            assert container["image"].startswith(IMAGE), container["image"]
+
+
+def test_k8s_scraper_workloads(docs):
+    queues = {"worker-fetch": "fetch", "worker-report": "report"}
+    for name, queue in queues.items():
+        workload = _scraper_workload(docs, name)
+        assert workload["spec"]["replicas"] == 1
+        (container,) = _containers(workload)
+        argv = _argv(container)
+        assert argv[:4] == ["celery", "-A", "app", "worker"]
+        assert argv[argv.index("-Q") + 1] == queue
+    for name in SCRAPER_WORKLOADS:
+        (container,) = _containers(_scraper_workload(docs, name))
+        assert _normalized(container["resources"]) == _normalized(ORIGINAL_RESOURCES), name
+        env = {e["name"]: e for e in container.get("env", [])}
+        assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+
+
+def test_k8s_security_context(docs):
+    for workload in _workloads(docs):
+        pod = _pod_spec(workload)
+        pod_sc = pod.get("securityContext", {})
+        tmp_volumes = {v["name"] for v in pod.get("volumes", []) if "emptyDir" in v}
+        for container in _containers(workload):
+            where = f"{workload['metadata']['name']}/{container['name']}"
+            sc = container.get("securityContext", {})
+            assert sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is True, where
+            assert sc.get("runAsUser", pod_sc.get("runAsUser", 1)) != 0, where
+            assert sc.get("readOnlyRootFilesystem") is True, where
+            assert sc.get("allowPrivilegeEscalation") is False, where
+            assert not sc.get("privileged"), where
+            assert "ALL" in sc.get("capabilities", {}).get("drop", []), where
+            assert not sc.get("capabilities", {}).get("add"), where
+            if container["image"].startswith(IMAGE):
+                # A writable /tmp (beat's schedule file, Python's tempfile) on a read-only root.
+                assert any(m["mountPath"] == "/tmp" and m["name"] in tmp_volumes for m in container["volumeMounts"]), where
+
+
+def test_k8s_flower_has_basic_auth(docs):
+    flower = _scraper_workload(docs, "flower")
+    (container,) = _containers(flower)
+    argv = _argv(container)
+    script = " ".join(argv)
+    assert "celery -A app flower" in script
+    assert FLOWER_GUARD in script, "Flower must refuse to start without FLOWER_BASIC_AUTH"
+    assert not any(a.startswith("--basic-auth=") and "$" not in a for a in argv), "no password on the command line"
+    env = {e["name"]: e for e in container["env"]}
+    auth = env["FLOWER_BASIC_AUTH"]
+    assert "value" not in auth
+    # Its own Secret (not optional: without it the pod does not start), not the platform's.
+    assert auth["valueFrom"] == {"secretKeyRef": {"name": "traefik-metrics-scraper-flower", "key": "basic-auth"}}
+    service = _one(docs, "Service", "flower")
+    assert service["spec"].get("type", "ClusterIP") == "ClusterIP"
+
+
+def test_k8s_env_names_are_settings_fields(docs):
+    for workload in _workloads(docs):
+        for container in _containers(workload):
+            if not container["image"].startswith(IMAGE):
+                continue
+            unknown = _env_names(docs, container) - SETTINGS_VARS - set(OTHER_READERS)
+            assert not unknown, f"{workload['metadata']['name']}: not a Settings field (typo?): {sorted(unknown)}"
+
+
+def test_k8s_config_loads_as_settings(docs, monkeypatch):
+    data = _configmap_data(docs, _config_name(docs))
+    s = _settings_from({**data, SECRET_VAR: "placeholder", "POD_NAMESPACE": NAMESPACE}, monkeypatch)
+    assert s.platform_api_url == "http://platform.platform.svc.cluster.local:3000"
+    assert s.report_interval == 60
+    assert s.log_level == "INFO"
+    assert s.traefik_namespace == TRAEFIK_NAMESPACE
+    assert s.scraper_id == NAMESPACE
+
+
+def test_other_readers_are_read():
+    """The names in OTHER_READERS are real: a typo there would hide one in the files."""
+    assert not set(OTHER_READERS) & SETTINGS_VARS
+    assert "POD_NAMESPACE" in (ROOT / "app" / "settings.py").read_text()
+    flower_options = pytest.importorskip("flower.options").options
+    for name in OTHER_READERS:
+        if name.startswith("FLOWER_"):
+            assert name.removeprefix("FLOWER_").lower() in flower_options, name
+
+
+def test_pod_namespace_names_the_scraper(monkeypatch):
+    assert _settings_from({"POD_NAMESPACE": "ns-from-downward-api"}, monkeypatch).scraper_id == "ns-from-downward-api"
+
+
+# ----- docker-compose.yml ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+def _command(service: dict) -> list[str]:
+    cmd = service.get("command") or []
+    return cmd.split() if isinstance(cmd, str) else [str(c) for c in cmd]
+
+
+def _environment(service: dict) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        return dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {k: "" if v is None else str(v) for k, v in env.items()}
+
+
+_INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
+
+
+def _interpolate(value: str) -> str:
+    """Compose's ${VAR:-default} / ${VAR:?message} / ${VAR} with no variable set."""
+
+    def one(m: re.Match[str]) -> str:
+        op = m.group("op") or ""
+        if op.endswith("-"):
+            return m.group("arg")
+        if op.endswith("?"):
+            return "set-by-operator"
+        return ""
+
+    return _INTERPOLATION.sub(one, value).replace("$$", "$")
+
+
+def _scraper_services(compose: dict) -> dict[str, dict]:
+    return {name: s for name, s in compose["services"].items() if str(s.get("image", "")).startswith(IMAGE)}
+
+
+def _celery_services(compose: dict) -> dict[str, dict]:
+    return {name: s for name, s in _scraper_services(compose).items() if "celery" in " ".join(_command(s))}
+
+
+def test_compose_services(compose):
+    assert {"redis", "platform", "worker-fetch", "worker-report", "beat", "flower"} <= set(compose["services"])
+    services = compose["services"]
+    assert _command(services["worker-fetch"])[:4] == ["celery", "-A", "app", "worker"]
+    assert _command(services["worker-fetch"])[_command(services["worker-fetch"]).index("-Q") + 1] == "fetch"
+    report = services["worker-report"]
+    assert _command(report)[_command(report).index("-Q") + 1] == "report"
+    # Scalable: nothing in it that two copies could not share.
+    assert "container_name" not in report and not report.get("ports")
+    assert _command(services["platform"])[:3] == ["python", "-m", "app.sim.platform_stub"]
+    assert "--secret" not in _command(services["platform"]), "the stub takes its secret from the environment"
+    # The kubeconfig: the host's, read-only, for the process that calls the Kubernetes API.
+    volumes = services["worker-fetch"]["volumes"]
+    assert any(v.startswith("${KUBECONFIG:-~/.kube/config}:") and v.endswith(":ro") for v in volumes)
+    for name, service in _scraper_services(compose).items():
+        assert service.get("read_only") is True, name
+        assert "ALL" in service.get("cap_drop", []), name
+
+
+def test_compose_exactly_one_beat(compose):
+    beats = [name for name, s in compose["services"].items() if _is_beat(_command(s))]
+    assert beats == ["beat"]
+    beat = compose["services"]["beat"]
+    # A fixed container name: `docker-compose up --scale beat=2` fails instead of running two.
+    assert beat.get("container_name")
+    assert beat.get("deploy", {}).get("replicas", 1) == 1 and beat.get("scale", 1) == 1
+
+
+def test_compose_redis_is_durable_and_never_evicts(compose):
+    redis = compose["services"]["redis"]
+    assert str(redis["image"]).startswith("redis:7")
+    flags = _flags(_command(redis))
+    for flag, value in REDIS_FLAGS.items():
+        assert flags.get(flag) == value, f"redis must run with {flag} {value}"
+    (volume,) = [v for v in redis["volumes"] if v.endswith(":/data")]
+    assert volume.split(":")[0] in (compose.get("volumes") or {}), "a named volume keeps the AOF"
+
+
+def test_compose_flower_basic_auth_without_default(compose):
+    flower = compose["services"]["flower"]
+    env = _environment(flower)
+    assert re.fullmatch(r"\$\{FLOWER_BASIC_AUTH:\?[^}]+\}", env["FLOWER_BASIC_AUTH"]), (
+        "FLOWER_BASIC_AUTH must be required (${FLOWER_BASIC_AUTH:?...}), with no default password"
+    )
+    script = " ".join(_command(flower)).replace("$$", "$")
+    assert "celery -A app flower" in script
+    assert FLOWER_GUARD in script
+    assert "--basic-auth" not in script or "${FLOWER_BASIC_AUTH" in script
+    assert all(str(p).startswith("127.0.0.1:") for p in flower.get("ports", [])), "Flower only on localhost"
+    assert SECRET_VAR not in env
+
+
+def test_compose_platform_secret(compose):
+    holders = {name for name, s in compose["services"].items() if SECRET_VAR in _environment(s)}
+    assert holders == {"platform", "worker-report"}
+    for name in holders:
+        # From the environment; the dev default is there only for the dev platform...
+        assert _environment(compose["services"][name])[SECRET_VAR] == "${PLATFORM_INTERNAL_SECRET:-dev-secret}"
+    # ...because the report worker sends reports to the dev platform and nowhere else.
+    assert _environment(compose["services"]["worker-report"])["PLATFORM_API_URL"] == "http://platform:3000"
+    for name, service in compose["services"].items():
+        assert not any(SECRET_VAR in a for a in _command(service)), name
+    text = COMPOSE_FILE.read_text()
+    assert text.count("dev-secret") == 2, "the dev default appears only for the platform and the report worker"
+
+
+def test_compose_env_names_are_settings_fields(compose):
+    for name, service in _scraper_services(compose).items():
+        unknown = set(_environment(service)) - SETTINGS_VARS - set(OTHER_READERS)
+        assert not unknown, f"{name}: not a Settings field (typo?): {sorted(unknown)}"
+
+
+def test_compose_env_loads_as_settings(compose, monkeypatch):
+    assert set(_celery_services(compose)) == {"worker-fetch", "worker-report", "beat", "flower"}
+    for name, service in _celery_services(compose).items():
+        env = {k: _interpolate(v) for k, v in _environment(service).items() if k in SETTINGS_VARS}
+        s = _settings_from(env, monkeypatch)
+        assert s.redis_url == "redis://redis:6379/0", name
+        assert s.report_interval == 60 and s.log_level == "INFO", name
+
+
+def test_compose_config_validates():
+    """``docker-compose config`` accepts the file, and refuses it without FLOWER_BASIC_AUTH."""
+    exe = shutil.which("docker-compose")
+    if exe is None:
+        pytest.skip("docker-compose is not installed (Debian: apt-get install docker-compose)")
+    env = {k: v for k, v in os.environ.items() if k != "FLOWER_BASIC_AUTH"}
+    cmd = [exe, "-f", str(COMPOSE_FILE), "config", "-q"]
+    ok = subprocess.run(cmd, env={**env, "FLOWER_BASIC_AUTH": "admin:pw"}, capture_output=True, text=True, timeout=60, check=False)
+    assert ok.returncode == 0, ok.stderr
+    refused = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode != 0 and "FLOWER_BASIC_AUTH" in refused.stderr
+
+
+# ----- Dockerfile -----------------------------------------------------------------------
+
+
+def test_dockerfile():
+    text = DOCKERFILE.read_text()
+    # One instruction a line: comments dropped, continuation lines joined.
+    kept = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    lines = [line.strip() for line in kept.replace("\\\n", " ").splitlines() if line.strip()]
+    assert lines[0].startswith("FROM python:3.11-slim")
+    assert "pip install -c requirements.lock ." in text
+    assert "[dev]" not in text
+    assert re.search(r"^ENV .*PYTHONUNBUFFERED=1", text, re.M)
+    # Each stage's parent, CMD and USER; the default target is the last stage.
+    stages: dict[str, dict[str, str]] = {}
+    current = ""
+    for line in lines:
+        if line.startswith("FROM "):
+            parts = line.split()
+            current = parts[3] if len(parts) > 3 else parts[1]
+            stages[current] = {"FROM": parts[1]}
+        elif line.startswith(("CMD ", "USER ")):
+            keyword, rest = line.split(None, 1)
+            stages[current][keyword] = rest
+
+    def effective(stage: str, keyword: str) -> str | None:
+        while stage in stages:
+            if keyword in stages[stage]:
+                return stages[stage][keyword]
+            stage = stages[stage]["FROM"]
+        return None
+
+    for stage in (current, "flower"):
+        assert effective(stage, "USER") not in (None, "root", "0", "0:0"), f"stage {stage} runs as root"
+    # The default target runs the worker on both queues.
+    assert effective(current, "CMD") == '["celery", "-A", "app", "worker", "-Q", "fetch,report"]'
+    assert "flower" in stages, "a separate target installs Flower"
+    for line in lines:
+        if line.startswith(("ENV ", "ARG ")):
+            assert not re.search(r"SECRET|PASSWORD|BASIC_AUTH", line, re.I), f"no secret baked in: {line}"
+    # Every COPY source is in the repository and let through by .dockerignore.
+    ignore = (ROOT / ".dockerignore").read_text().splitlines()
+    allowed = {p[1:].rstrip("/") for p in ignore if p.startswith("!")}
+    for line in lines:
+        if line.startswith("COPY ") and "--from" not in line:
+            for source in line.split()[1:-1]:
+                assert (ROOT / source).exists(), source
+                assert source.rstrip("/") in allowed, f"{source} is excluded by .dockerignore"
