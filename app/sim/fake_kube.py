@@ -654,17 +654,28 @@ class FakeKube:
 
         def pump() -> None:
             for raw in iter(stream.readline, b""):
-                line = raw[:-1] if raw.endswith(b"\n") else raw
-                with self._lock:
-                    pod = self._live(namespace, name)
-                    if pod is None:
-                        continue
-                    c = self._container(pod, container)
-                    self._append(c, [line], self.clock(), clamp=True)
+                self.append_now(name, raw[:-1] if raw.endswith(b"\n") else raw, namespace, container)
 
         thread = threading.Thread(target=pump, name=f"fake-kube-stream-{name}", daemon=True)
         thread.start()
         return thread
+
+    def append_now(
+        self,
+        name: str,
+        line: bytes,
+        namespace: str = "traefik",
+        container: str | None = None,
+    ) -> bool:
+        """Append one line of a live process's output, stamped with ``clock()`` on
+        arrival but never earlier than the previous line. False (line dropped) while
+        the pod does not exist."""
+        with self._lock:
+            pod = self._live(namespace, name)
+            if pod is None:
+                return False
+            self._append(self._container(pod, container), [line], self.clock(), clamp=True)
+            return True
 
     # ------------------------------------------------------------ inspection
 

@@ -47,6 +47,7 @@ class RedisServer:
             raise RuntimeError("redis-server is not installed: run 'make test' (it installs Debian's redis-server) "
                                "or 'apt-get install redis-server'")
         self.dir = workdir or tempfile.mkdtemp(prefix="tms-redis-")
+        os.makedirs(self.dir, exist_ok=True)
         self.port = 0
         self.proc: subprocess.Popen | None = None
 
