@@ -77,14 +77,21 @@ How it is fast
 
 Each line is decoded on its own by a typed msgspec decoder into a small ``Struct``
 holding only the three fields needed; sizes carry their range constraint, so type and
-range checks happen in C and a bad line raises, sending it to the slow path. Decoding
-lines one by one measured as fast as joining them into one JSON array (the join and the
-big list cost what the saved calls gain), and it keeps per-line semantics exact: no
-damaged line can merge with its neighbours. Host classification is cached per distinct
-host string (bounded); the cache maps a host straight to the ``[in, out, requests]``
-list it adds to -- a tunnel's list, or a per-reason bucket for ignored hosts -- so the
-common path has no branches. UTF-8 validity is checked per chunk (``bytes.isascii`` on
-the whole chunk) and only per line when a chunk holds non-ASCII bytes.
+range checks happen in C and a bad line raises, sending it to the slow path (which
+decodes the same three fields with any type to name the reason). Per-line decoding
+keeps the semantics exact -- no damaged line can merge with its neighbours -- and
+measured as fast as the batch alternatives: joining lines into one JSON array costs a
+copy and a big list for what it saves in calls, and ``Decoder.decode_lines`` (a
+whitespace-separated stream, so it needs ``bytes.count`` checks to prove one value per
+line) lost more on those checks than it gained. Host classification is cached per
+distinct host string (bounded, cleared when full); the cache maps a host straight to the
+``[in, out, requests]`` list it adds to -- a tunnel's list, or a per-reason bucket for
+ignored hosts -- so the common path is one dict lookup and three additions, and a miss
+is a ``KeyError``. ``feed_chunk`` checks UTF-8 once per chunk (``bytes.isascii``; per
+line only when the chunk holds non-ASCII bytes) and line lengths with one ``rfind`` per
+64 KiB window rather than per line. On ``bench/parse.py`` this runs at about 0.8 of a
+bare loop that only decodes each line with msgspec, and 5 to 6 times a ``json.loads``
+baseline.
 """
 
 from __future__ import annotations
@@ -286,6 +293,23 @@ def _is_utf8(data: bytes) -> bool:
     return True
 
 
+def _may_hold_long_line(data: bytes, end: int) -> bool:
+    """False if no line of ``data[:end]`` is longer than ``MAX_LINE_BYTES``.
+
+    Jumps from line start to line start with one ``rfind`` per ``MAX_LINE_BYTES``
+    window, instead of measuring every line: when the window after a line start holds
+    a newline, every line from that start up to that newline fits. True means "check
+    each line" (a window without a newline), not that a long line is certain.
+    """
+    start = 0
+    while end - start > MAX_LINE_BYTES:
+        newline = data.rfind(b"\n", start, start + MAX_LINE_BYTES + 1)
+        if newline < 0:
+            return True
+        start = newline + 1
+    return False
+
+
 def _size_problem(value: object) -> str:
     """The rejection reason for a size value, or "" if it is acceptable."""
     if type(value) is not int:  # bool is a subclass of int: excluded on purpose
@@ -334,7 +358,7 @@ class Aggregator:
         if not lines:
             return
         utf8_ok = all(map(bytes.isascii, lines))
-        self._feed(lines, utf8_ok)
+        self._feed(lines, utf8_ok, max(map(len, lines)) > MAX_LINE_BYTES)
 
     def feed_chunk(self, data: bytes) -> bytes:
         """Process the complete lines in ``data``; return the unfinished last line.
@@ -351,7 +375,7 @@ class Aggregator:
         lines = data.split(b"\n")
         tail = lines.pop()
         if lines:
-            self._feed(lines, data.isascii())
+            self._feed(lines, data.isascii(), _may_hold_long_line(data, len(data) - len(tail)))
         if len(tail) > MAX_LINE_BYTES:
             self.total += 1
             self._reject(TOO_LONG)
@@ -419,26 +443,26 @@ class Aggregator:
     def _reject(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
 
-    def _feed(self, lines: list[bytes], utf8_ok: bool) -> None:
+    def _feed(self, lines: list[bytes], utf8_ok: bool, may_hold_long: bool) -> None:
         self.total += len(lines)
-        if max(map(len, lines)) > MAX_LINE_BYTES:
+        if may_hold_long:
             lines = self._drop_long(lines)
         if not utf8_ok:
             lines = self._drop_invalid_utf8(lines)
 
         odd: list[bytes] = []
-        slots_get = self._slots.get
+        slots = self._slots
         resolve = self._resolve
         decode = _decode_entry
         for line in lines:
             try:
                 entry = decode(line)
+                slot = slots[entry.RequestHost]
+            except KeyError:  # a host not in the cache (msgspec never raises KeyError)
+                slot = resolve(entry.RequestHost, line)
             except _DECODE_ERRORS:
                 odd.append(line)
                 continue
-            slot = slots_get(entry.RequestHost)
-            if slot is None:
-                slot = resolve(entry.RequestHost, line)
             slot[0] += entry.RequestContentSize
             slot[1] += entry.DownstreamContentSize
             slot[2] += 1

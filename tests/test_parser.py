@@ -523,6 +523,31 @@ def test_chunks_equal_lines(size):
     assert agg.to_dict() == feed(*lines).to_dict()
 
 
+@pytest.mark.parametrize(
+    "length", [MAX_LINE_BYTES - 1, MAX_LINE_BYTES, MAX_LINE_BYTES + 1, 3 * MAX_LINE_BYTES]
+)
+@pytest.mark.parametrize("before", [0, 1, 5, 200])
+def test_long_line_found_anywhere_in_a_big_chunk(length, before):
+    base_length = len(make(msg=""))
+    long_line = make(msg="x" * (length - base_length))
+    assert len(long_line) == length
+    lines = [make()] * before + [long_line] + [make()] * 300
+    agg = Aggregator()
+    agg.finish(agg.feed_chunk(b"\n".join(lines) + b"\n"))
+    assert agg.to_dict() == feed(*lines).to_dict()
+    assert agg.rejected == ({"too_long": 1} if length > MAX_LINE_BYTES else {})
+    assert agg.counted == before + 300 + (length <= MAX_LINE_BYTES)
+
+
+def test_long_line_precheck():
+    short = (b"x" * 1000 + b"\n") * 500
+    assert not parser._may_hold_long_line(short, len(short))
+    spaced = b"x" * MAX_LINE_BYTES + b"\n" + b"y" * MAX_LINE_BYTES + b"\n"
+    assert not parser._may_hold_long_line(spaced, len(spaced))
+    long = b"x\n" + b"y" * (MAX_LINE_BYTES + 1) + b"\n"
+    assert parser._may_hold_long_line(long, len(long))
+
+
 def test_feed_chunk_returns_unfinished_tail():
     agg = Aggregator()
     assert agg.feed_chunk(make() + b"\n" + make()[:30]) == make()[:30]
