@@ -357,7 +357,11 @@ class Aggregator:
         """Process complete lines (without their newline; a trailing CR is fine)."""
         if not lines:
             return
-        utf8_ok = all(map(bytes.isascii, lines))
+        try:
+            utf8_ok = all(map(bytes.isascii, lines))
+        except TypeError:  # bytearray or memoryview items: work on bytes copies
+            lines = [bytes(line) for line in lines]
+            utf8_ok = all(map(bytes.isascii, lines))
         self._feed(lines, utf8_ok, max(map(len, lines)) > MAX_LINE_BYTES)
 
     def feed_chunk(self, data: bytes) -> bytes:

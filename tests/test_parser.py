@@ -458,6 +458,11 @@ def test_whitespace_and_crlf_tolerated():
     assert agg.subdomains == {"my-tunnel": [3 * 1024, 3 * 337, 3]}
 
 
+def test_buffer_types_accepted():
+    agg = feed(bytearray(make()), memoryview(make()), make())
+    assert agg.subdomains == {"my-tunnel": [3 * 1024, 3 * 337, 3]}
+
+
 def test_fields_decoded_by_json_rules():
     # Escapes in keys and values are JSON: these are the same field and host.
     line = b'{"Request\\u0048ost":"my-tunnel\\u002et.lum.tools","DownstreamContentSize":7}'

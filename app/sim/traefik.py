@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import os
 import re
 import shutil
@@ -67,6 +68,8 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
+
+log = logging.getLogger(__name__)
 
 DEFAULT_DOMAIN = "t.lum.tools"
 LOOPBACK = "127.0.0.1"
@@ -344,7 +347,12 @@ class TraefikProcess:
                     sink.write(raw)
                     sink.flush()
                 if self.on_line is not None:
-                    self.on_line(line)
+                    try:
+                        self.on_line(line)
+                    except Exception:
+                        # Keep reading: a reader that stops would fill the pipe and
+                        # block Traefik's writes.
+                        log.exception("on_line callback failed; line dropped for it")
                 with self._cond:
                     self._line_count += 1
                     if self.keep_lines:
