@@ -84,7 +84,7 @@ measured as fast as the batch alternatives: joining lines into one JSON array co
 copy and a big list for what it saves in calls, and ``Decoder.decode_lines`` (a
 whitespace-separated stream, so it needs ``bytes.count`` checks to prove one value per
 line) lost more on those checks than it gained. Host classification is cached per
-distinct host string (bounded, cleared when full); the cache maps a host straight to the
+distinct host string (at most 65536 hosts of at most 512 characters; cleared when full); the cache maps a host straight to the
 ``[in, out, requests]`` list it adds to -- a tunnel's list, or a per-reason bucket for
 ignored hosts -- so the common path is one dict lookup and three additions, and a miss
 is a ``KeyError``. ``feed_chunk`` checks UTF-8 once per chunk (``bytes.isascii``; per
@@ -174,6 +174,9 @@ ACCESS_KEYS = frozenset(
 SIZE_FIELDS = ("RequestContentSize", "DownstreamContentSize")
 
 _CACHE_MAX = 65536
+# Longer hosts (a client can send a Host header of many kilobytes) are classified
+# every time rather than cached; no tunnel host is anywhere near this long.
+_CACHE_HOST_MAX = 512
 _LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 
 _Size = Annotated[int, msgspec.Meta(ge=0, le=MAX_SIZE)]
@@ -512,9 +515,10 @@ class Aggregator:
             slot = self.subdomains.get(sub)
             if slot is None:
                 slot = self.subdomains[sub] = [0, 0, 0]
-        if len(self._slots) >= _CACHE_MAX:
-            self._slots.clear()
-        self._slots[host] = slot
+        if len(host) <= _CACHE_HOST_MAX:  # the cache is bounded in bytes, not only in count
+            if len(self._slots) >= _CACHE_MAX:
+                self._slots.clear()
+            self._slots[host] = slot
         return slot
 
     @staticmethod

@@ -648,6 +648,16 @@ def test_host_cache_is_bounded(monkeypatch):
     assert agg.subdomains == {f"h{i}": [2048, 2 * i, 2] for i in range(100)}
 
 
+def test_huge_hosts_are_not_cached():
+    agg = Aggregator()
+    huge = [f"h{i}" + "x" * 20_000 + ".example.com" for i in range(20)]
+    agg.feed_lines([host_line(host) for host in huge] * 2 + [make()])
+    assert agg.ignored == {"other_host": 40}
+    assert all(len(host) <= 512 for host in agg._slots)
+    long_label = "a" * 63 + ".t.lum.tools:65535"
+    assert tunnel_subdomain(long_label) == "a" * 63
+
+
 def test_fallback_counts_a_line_the_typed_decoder_would_accept():
     # The slow path is only reached for refused lines; if it ever sees a sound one it
     # applies the rule instead of losing the line.
