@@ -230,6 +230,9 @@ class Fetcher:
         cursor = Cursor.decode(raw)
         summary = {"pod": name, "status": "ok", "consumed": 0, "counted": 0}
 
+        if cursor is None and ctr.last_terminated_id and ctr.last_finished_ns >= start_at - 1_000_000_000:
+            # Never read, and a container already ended after START_AT: its log comes first.
+            cursor = Cursor(ctr.last_terminated_id, 0, 0)
         if cursor is not None and cursor.container_id != ctr.container_id:
             # The container restarted since the last read: drain the previous one first.
             raw, cursor, done = self._drain_previous(pod, ctr, field_, raw, cursor, start_at, summary)
@@ -237,9 +240,7 @@ class Fetcher:
                 return summary
         if cursor is None:
             cursor = Cursor(ctr.container_id, 0, 0)
-            since = start_at
-        else:
-            since = cursor.t_ns or None
+        since = cursor.t_ns or start_at
         res = consume(
             self.source.stream_log(name, ctr.name, since, self.limit),
             cursor,
@@ -258,7 +259,7 @@ class Fetcher:
         if ctr.last_terminated_id == cursor.container_id:
             try:
                 res = consume(
-                    self.source.stream_log(pod.name, ctr.name, cursor.t_ns or None, self.limit, previous=True),
+                    self.source.stream_log(pod.name, ctr.name, cursor.t_ns or start_at, self.limit, previous=True),
                     cursor,
                     start_at,
                     self.limit,

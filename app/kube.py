@@ -35,6 +35,7 @@ class Container:
     container_id: str  # "" while not started
     restart_count: int
     last_terminated_id: str  # the previous container's id, "" if none
+    last_finished_ns: int = 0  # when the previous container ended (epoch ns), 0 if unknown
 
 
 @dataclass(frozen=True)
@@ -65,15 +66,18 @@ def _pod_from(obj: client.V1Pod) -> Pod:
     containers = []
     for name in spec_names:
         s = statuses.get(name)
-        last = ""
+        last, finished = "", 0
         if s is not None and s.last_state is not None and s.last_state.terminated is not None:
             last = s.last_state.terminated.container_id or ""
+            if s.last_state.terminated.finished_at is not None:
+                finished = int(s.last_state.terminated.finished_at.timestamp()) * 1_000_000_000
         containers.append(
             Container(
                 name=name,
                 container_id=(s.container_id or "") if s is not None else "",
                 restart_count=(s.restart_count or 0) if s is not None else 0,
                 last_terminated_id=last,
+                last_finished_ns=finished,
             )
         )
     meta = obj.metadata

@@ -362,3 +362,17 @@ def test_kube_api_errors_keep_the_cursor(pipeline, kube, status):
     pipeline.wait_quiescent([POD])
     assert pipeline.delivered() == traffic.expected()
     assert pipeline.ledger.stats()["fetch_errors:kube"] >= 1
+
+
+def test_restart_before_the_first_read_drains_the_previous_container(pipeline, kube):
+    kube.add_pod(POD)
+    traffic = Traffic(seed=31)
+    pipeline.init_ledger()
+    kube.write_many(POD, traffic.lines(25))
+    kube.restart(POD)  # no cursor yet: the first read must start with the previous container
+    kube.write_many(POD, traffic.lines(25))
+    pipeline.worker()
+    pipeline.beat()
+    pipeline.wait_quiescent([POD])
+    assert pipeline.delivered() == traffic.expected()
+    assert pipeline.ledger.gaps() == []

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 
-from app.sim.procs import wait_until
 from tests.traffic import TRAEFIK_TEXT, Traffic
 
 
