@@ -80,8 +80,12 @@ class PlatformClient:
             raise PlatformRetryable(f"request failed: {truncate(str(e), 160)}") from e
         return self._sort(resp)
 
-    @staticmethod
-    def _sort(resp: requests.Response) -> Delivery:
+    def _text(self, resp: requests.Response) -> str:
+        """The answer's body for a message: truncated, and with the secret masked in case
+        the platform (or a proxy) echoes request headers back."""
+        return truncate(resp.text.replace(self._secret, "***"))
+
+    def _sort(self, resp: requests.Response) -> Delivery:
         status = resp.status_code
         if 200 <= status < 300:
             try:
@@ -89,18 +93,18 @@ class PlatformClient:
             except ValueError:
                 doc = None
             if not isinstance(doc, dict):
-                return Delivery("delivered", status, "", f"unexpected body: {truncate(resp.text)}")
+                return Delivery("delivered", status, "", f"unexpected body: {self._text(resp)}")
             if status == 200 and doc.get("status") == "skipped":
                 return Delivery("skipped", status, "", str(doc.get("reason", "")))
             user = doc.get("user_id")
             if status == 201 and doc.get("status") == "logged" and isinstance(user, str):
                 return Delivery("delivered", status, user, "")
-            return Delivery("delivered", status, user if isinstance(user, str) else "", f"unexpected body: {truncate(resp.text)}")
+            return Delivery("delivered", status, user if isinstance(user, str) else "", f"unexpected body: {self._text(resp)}")
         if 300 <= status < 400:
             host = urlsplit(resp.headers.get("Location", "")).hostname or "?"
             raise PlatformRejected(f"HTTP {status} redirect to host {host} (not followed)", status)
         if status in RETRYABLE or status >= 500:
             raise PlatformRetryable(
-                f"HTTP {status}: {truncate(resp.text)}", status, parse_retry_after(resp.headers.get("Retry-After"))
+                f"HTTP {status}: {self._text(resp)}", status, parse_retry_after(resp.headers.get("Retry-After"))
             )
-        raise PlatformRejected(f"HTTP {status}: {truncate(resp.text)}", status)
+        raise PlatformRejected(f"HTTP {status}: {self._text(resp)}", status)

@@ -435,3 +435,10 @@ def test_client_repr_hides_the_secret():
         assert "platform.example" in repr(c)
     finally:
         c.close()
+
+
+def test_client_masks_a_secret_echoed_in_an_error_body(platform, client):
+    platform.fail_next(1, status=400, body=f"bad request; headers were x-internal-secret: {STUB_SECRET}")
+    with pytest.raises(PlatformRejected) as info:
+        client.post(BODY, KEY)
+    assert STUB_SECRET not in str(info.value) and "***" in str(info.value)
