@@ -19,6 +19,7 @@ commands:
   status [--json]                           pipeline counters, gaps, reports waiting
   deadletters [--json]                      list reports parked in the dead-letter store
   replay (--all | KEY ...)                  send dead letters again (same idempotency keys)
+  metrics [--port 9108] [--addr 0.0.0.0]   serve Prometheus metrics read from the ledger
 
 Workers and beat: celery -A app worker -Q fetch,report ; celery -A app beat
 """
@@ -34,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         from app.scan import main as scan_main
 
         return scan_main(rest)
-    commands = {"init-ledger": init_ledger, "status": status, "deadletters": deadletters, "replay": replay}
+    commands = {"init-ledger": init_ledger, "status": status, "deadletters": deadletters, "replay": replay,
+                "metrics": metrics}
     if cmd not in commands:
         print(f"traefik-metrics-scraper: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
         return 2
@@ -140,3 +142,23 @@ def replay(argv: list[str]) -> int:
     for k in missing:
         print(f"not a dead letter: {k}", file=sys.stderr)
     return 1 if missing else 0
+
+
+def metrics(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="traefik-metrics-scraper metrics",
+                                description="Serve the pipeline's counters (kept in Redis) as Prometheus metrics.")
+    p.add_argument("--port", type=int, default=9108)
+    p.add_argument("--addr", default="0.0.0.0")
+    a = p.parse_args(argv)
+    import time
+
+    from prometheus_client import start_http_server
+    from prometheus_client.core import REGISTRY
+
+    from app.metrics import LedgerCollector
+
+    REGISTRY.register(LedgerCollector(_ledger()))
+    start_http_server(a.port, addr=a.addr)
+    print(f"serving metrics on http://{a.addr}:{a.port}/metrics", flush=True)
+    while True:
+        time.sleep(3600)

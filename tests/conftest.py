@@ -37,6 +37,14 @@ def redis_url(redis_server) -> str:
 
 
 @pytest.fixture
+def r(redis_url):
+    """A client of the test redis-server, flushed for this test."""
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
 def kube(tmp_path):
     fake = FakeKube()
     fake.start()

@@ -6,20 +6,12 @@ from __future__ import annotations
 import itertools
 
 import pytest
-import redis
 
 from app.ledger import Cursor, Ledger
 
 RI = 3600  # long intervals: a test never straddles an interval boundary by accident
 PREFIX = "tl"
 _seq = itertools.count()
-
-
-@pytest.fixture
-def r(redis_url):
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import time
 from datetime import UTC, datetime
 
 import pytest
-import redis
 
 from app.errors import PlatformRejected, PlatformRetryable
 from app.ledger import Ledger
@@ -61,13 +60,6 @@ def make_settings(**overrides) -> Settings:
     values = {"platform_internal_secret": "x", "report_interval": RI, "scraper_id": "cluster-a"}
     values.update(overrides)
     return Settings(**values)
-
-
-@pytest.fixture
-def r(redis_url):
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
 
 
 @pytest.fixture
