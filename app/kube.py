@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -133,7 +134,8 @@ class LogSource:
             config.load_incluster_config()
         except ConfigException:
             try:
-                config.load_kube_config()
+                # read KUBECONFIG now: the client's default was fixed when it was imported
+                config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
             except (ConfigException, OSError) as e:
                 raise KubeError(f"no Kubernetes config: not in a cluster and KUBECONFIG failed: {truncate(str(e))}") from e
         return client.ApiClient()
