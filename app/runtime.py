@@ -75,7 +75,7 @@ def init_process() -> None:
     try:
         fetcher()
     except KubeError as e:
-        log.warning("Kubernetes client not ready: %s", e)
+        log.info("no Kubernetes client in this process (fine for a report-only worker): %s", e)
 
 
 def reset() -> None:
