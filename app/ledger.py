@@ -260,8 +260,7 @@ class Ledger:
         """Drop count hashes of sealed intervals that ended before ``older_than`` and
         have no report left undelivered."""
         dropped = 0
-        # the score is the seal time, which is after the interval's end
-        for raw in self.r.zrangebyscore(self.k("sealed"), "-inf", older_than, start=0, num=1000):
+        for raw in self.r.zrangebyscore(self.k("sealed"), "-inf", "+inf"):
             start = int(raw)
             if start + self.ri > older_than:
                 continue
