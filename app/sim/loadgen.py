@@ -15,8 +15,37 @@ Ground truth (``truth``) is kept per tunnel name, from the client's side only: t
 request body bytes it sent, the response body bytes it received, and the number of
 requests -- recorded only once the whole response has been read. A tunnel request to
 ``/no-route`` is answered by Traefik's 404 and counts for the tunnel too (its line has
-the tunnel's ``RequestHost``); it is sent without a body. A request that fails (connection error, timeout) is counted in ``errors``
-and not in the truth; exact comparisons require ``errors == 0``.
+the tunnel's ``RequestHost``); it is sent without a body. A request that fails (connection
+error, timeout) is counted in ``errors`` and not in the truth; exact comparisons require
+``errors == 0``.
+
+A request with a Content-Length body (POST/PUT, not chunked, not empty) is sent with
+``Connection: close``. Without it Traefik cut the answer now and then under CPU load: the
+client got the headers and part of the body (``IncompleteRead``), Traefik logged
+``DownstreamStatus`` 200 with ``OriginStatus`` 0, its debug log said ``httputil:
+ReverseProxy read error during body copy: ... use of closed network connection``, and the
+echo backend got ``ConnectionResetError``. The cause is a race inside Go's net/http
+(golang/go#15527, #40747), in Traefik itself:
+
+1. Traefik's transport copies the declared Content-Length straight to the backend socket,
+   then reads the client's request body once more, to check it is not longer than
+   declared;
+2. the backend, having the whole body, answers; Traefik starts writing the answer to the
+   client;
+3. an HTTP/1 Go server that starts an answer on a connection it means to keep drains and
+   *closes* the request body (so that the next request can be read);
+4. when the transport's goroutine was descheduled between 1 and its extra read, that read
+   now fails (``http: invalid Read on closed Body``), and the transport drops the backend
+   connection, the answer half-copied.
+
+With ``Connection: close`` from the client the server will not read another request on
+that connection, so it leaves the body alone (step 3 does not happen), and the extra read
+finds it open. Chunked request bodies are not exposed: the backend cannot see their end
+before the transport has read the body to EOF and closed it itself. Neither are requests
+without a body. Not the cause: timeouts (the cut answers took a few ms), the backend's
+keep-alive, backlog or resets (Traefik closed its own backend connection, after the
+backend had written the whole answer), Traefik's stdout pipe. Under 3 CPU burners every
+failure was a Content-Length body (about 1 request in 7 of the mix); with this, none.
 
 ``LoadGen`` is thread-safe: ``run()`` may be called from a worker thread while another
 thread reads ``truth`` or calls ``stop()``. It only talks to loopback addresses, and
@@ -284,6 +313,9 @@ class LoadGen:
         if planned.body is not None and planned.chunked:
             headers["Transfer-Encoding"] = "chunked"
             body = _pieces(planned.body)
+        elif planned.body:
+            # Else Traefik may cut the answer (see the module docstring).
+            headers["Connection"] = "close"
         conn.request(
             planned.method, planned.path, body=body, headers=headers, encode_chunked=planned.chunked
         )

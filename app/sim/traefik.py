@@ -48,6 +48,15 @@ Quirks of real Traefik 3.7 output seen while writing this (they shape the parser
   is what the handler wrote, not what was sent.
 - ``RequestContentSize`` counts the request body bytes the proxy actually read from the
   client: a request Traefik answers itself (404) logs 0 whatever body was sent.
+- A request with a Content-Length body on a connection the client keeps alive may get
+  its answer cut when the machine is busy: a race in Go's net/http between the server
+  closing the request body as the answer starts and the transport's last read of it
+  (golang/go#40747). Traefik drops the backend connection mid-answer (its debug log:
+  ``ReverseProxy read error during body copy: ... use of closed network connection``;
+  the backend: ``ConnectionResetError``), the client gets ``IncompleteRead``, and the
+  line says ``DownstreamStatus`` 200, ``OriginStatus`` 0. Nothing on the backend side
+  causes or prevents it; the client avoids it with ``Connection: close`` on such
+  requests (see ``app.sim.loadgen``).
 """
 
 from __future__ import annotations
