@@ -28,10 +28,6 @@ from app.sim.platform_stub import PlatformStub, Record
 from app.sim.procs import RedisServer
 from app.sim.traefik import TraefikProcess
 
-# Python's test backend and Go's connection pool race on idle keep-alive connections:
-# Traefik then writes a request into a connection the backend is closing, and answers
-# the client with a cut-off body (OriginStatus 0). Not what is being demonstrated here.
-NO_BACKEND_KEEPALIVE = ("--serversTransport.maxIdleConnsPerHost=-1",)
 TUNNELS = ("alpha", "bravo-2", "charlie", "delta-echo", "x1", "foxtrot", "golf-7")
 
 
@@ -55,8 +51,7 @@ class TraefikFleet:
             self._start_one(name)
 
     def _start_one(self, name: str) -> None:
-        proc = TraefikProcess(on_line=lambda line, n=name: self.kube.append_now(n, line), keep_lines=False,
-                              extra_args=NO_BACKEND_KEEPALIVE)
+        proc = TraefikProcess(on_line=lambda line, n=name: self.kube.append_now(n, line), keep_lines=False)
         proc.start()
         self.procs[name] = proc
         load = LoadGen(proc.port, tunnels=TUNNELS, seed=self.seed * 1000 + len(self.loads))
