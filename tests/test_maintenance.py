@@ -37,3 +37,46 @@ def test_cursors_go_only_for_pods_gone_for_an_hour(r, kube, tmp_path, monkeypatc
     left = {field.split("/")[0] for field in ledger.cursors()}
     assert left == {live, recent}
     assert set(ledger.pods()) == {live, recent}
+
+
+def test_ensure_ledger_initialises_only_an_empty_ledger_without_start_at(r):
+    from datetime import UTC, datetime
+
+    from app.maintenance import ensure_ledger
+
+    fresh = Ledger(r, "fresh", 60)
+    assert ensure_ledger(fresh, Settings())
+    assert abs(fresh.start_at_ns() / 1e9 - fresh.now()) < 5  # counting starts now
+    assert ensure_ledger(fresh, Settings())  # already initialised
+
+    explicit = Ledger(r, "explicit", 60)
+    assert not ensure_ledger(explicit, Settings(start_at=datetime(2026, 1, 1, tzinfo=UTC)))
+    assert explicit.init_record() is None  # START_AT set: init-ledger is an explicit step
+
+    lost = Ledger(r, "lost", 60)
+    lost.incr({"lines_read": 1})  # data, but the record is gone: Redis lost part of its data
+    assert not ensure_ledger(lost, Settings())
+    assert lost.init_record() is None
+
+
+def test_init_ledger_command(r, redis_url):
+    import pathlib
+    import subprocess
+    import sys
+
+    env = {"PATH": "/usr/bin:/bin", "REDIS_URL": redis_url, "REDIS_KEY_PREFIX": "cli"}
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "app", "init-ledger", *args], env=env, capture_output=True,
+                              text=True, timeout=60, cwd=str(pathlib.Path(__file__).parents[1]))
+
+    first = run("--start-at", "2026-11-24T00:00:00Z")
+    assert first.returncode == 0, first.stderr
+    ledger = Ledger(r, "cli", 60)
+    assert ledger.start_at_ns() == 1_795_478_400 * 10**9
+    again = run("--start-at", "2026-11-25T00:00:00Z")
+    assert again.returncode == 1 and "already initialised" in again.stderr
+    assert ledger.start_at_ns() == 1_795_478_400 * 10**9
+    forced = run("--start-at", "2026-11-25T00:00:00Z", "--force")
+    assert forced.returncode == 0
+    assert ledger.start_at_ns() == (1_795_478_400 + 86_400) * 10**9
