@@ -363,7 +363,3 @@ def settings_or_exit() -> Settings:
     except ConfigError as e:
         print(str(e), file=sys.stderr)
         raise SystemExit(2) from None
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
