@@ -20,6 +20,7 @@ from app.parser import (
     is_tunnel_label,
     tunnel_subdomain,
 )
+from tests.data.make_sample import V211_SERVICE_URL  # Go's url.URL, as v2.11 logs ServiceURL
 
 DROP = object()
 
@@ -65,21 +66,7 @@ V211 = {
     key: value
     for key, value in V3.items()
     if key not in ("SpanId", "TraceId", "TLSCipher", "TLSVersion")
-} | {
-    "ServiceURL": {
-        "ForceQuery": False,
-        "Fragment": "",
-        "Host": "10.42.1.7:8080",
-        "OmitHost": False,
-        "Opaque": "",
-        "Path": "",
-        "RawFragment": "",
-        "RawPath": "",
-        "RawQuery": "",
-        "Scheme": "http",
-        "User": None,
-    }
-}
+} | {"ServiceURL": V211_SERVICE_URL}
 
 
 def make(base: dict = V3, **fields) -> bytes:
