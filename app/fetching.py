@@ -350,34 +350,34 @@ class Fetcher:
         return True
 
     def _watch_access(self, pod: Pod, res: ReadResult) -> None:
-        """Warn once per pod whose log shows lines but no access lines for a while."""
+        """Warn once per pod whose log shows lines but no access lines for a while, and
+        once per pod that writes CLF. One read of the pod's state, at most one write."""
         agg = res.agg
-        if agg.ignored.get("clf_no_host"):
-            state = self.ledger.pod_state(pod.uid)
-            if not state.get("warned_clf"):
-                log.warning(
-                    "pod %s/%s writes its access log in CLF, which has no Host: traffic cannot be "
-                    "attributed to tunnels. Set Traefik's accessLog.format to json",
-                    pod.namespace, pod.name,
-                )
-                self.ledger.update_pod_state(pod.uid, warned_clf=True)
-        if agg.access_lines() > 0:
-            if self.ledger.pod_state(pod.uid).get("reads_without_access"):
-                self.ledger.update_pod_state(pod.uid, reads_without_access=0)
-            return
         if agg.total == 0:
             return
         state = self.ledger.pod_state(pod.uid)
-        count = int(state.get("reads_without_access", 0)) + 1
-        warned = state.get("warned_no_access", False)
-        if count >= NO_ACCESS_WARN_AFTER and not warned:
+        changes: dict[str, object] = {}
+        if agg.ignored.get("clf_no_host") and not state.get("warned_clf"):
             log.warning(
-                "pod %s/%s: %d reads showed log lines but no access-log lines. Traefik must write "
-                "its access log to stdout as JSON: set accessLog.format=json, do not set "
-                "accessLog.filePath, and check accessLog.filters",
-                pod.namespace, pod.name, count,
+                "pod %s/%s writes its access log in CLF, which has no Host: traffic cannot be "
+                "attributed to tunnels. Set Traefik's accessLog.format to json",
+                pod.namespace, pod.name,
             )
-            self.ledger.update_pod_state(pod.uid, reads_without_access=count, warned_no_access=True)
-            self.ledger.incr({"pods_without_access_lines": 1})
+            changes["warned_clf"] = True
+        if agg.access_lines() > 0:
+            if state.get("reads_without_access"):
+                changes["reads_without_access"] = 0
         else:
-            self.ledger.update_pod_state(pod.uid, reads_without_access=count)
+            count = int(state.get("reads_without_access", 0)) + 1
+            changes["reads_without_access"] = count
+            if count >= NO_ACCESS_WARN_AFTER and not state.get("warned_no_access"):
+                log.warning(
+                    "pod %s/%s: %d reads showed log lines but no access-log lines. Traefik must write "
+                    "its access log to stdout as JSON: set accessLog.format=json, do not set "
+                    "accessLog.filePath, and check accessLog.filters",
+                    pod.namespace, pod.name, count,
+                )
+                changes["warned_no_access"] = True
+                self.ledger.incr({"pods_without_access_lines": 1})
+        if changes:
+            self.ledger.update_pod_state(pod.uid, **changes)
