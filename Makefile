@@ -37,7 +37,7 @@ test: $(STAMP) redis-server lint
 	$(BIN)/pytest -q
 
 demo: $(STAMP) redis-server
-	$(BIN)/python -m app.sim.demo --seconds $(DEMO_SECONDS)
+	$(BIN)/python -m sim.demo --seconds $(DEMO_SECONDS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/parse.py

@@ -26,7 +26,7 @@ app = Celery(
     "traefik_metrics_scraper",
     broker=settings.broker_url,
     backend=settings.result_backend,
-    include=["workers.fetch", "workers.report", "workers.maintenance"],
+    include=["workers.fetch", "workers.report", "workers.rounds"],
 )
 
 _transport = {

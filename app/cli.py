@@ -1,5 +1,9 @@
 """``traefik-metrics-scraper`` (also ``python -m app``): the commands beside the workers.
 
+Exit statuses, for every command: 0 done, 1 failed (Redis unreachable, not a dead
+letter, already initialised), 2 usage or configuration error (argparse's own errors,
+a bad environment variable, an unreadable file).
+
 Each command imports only what it needs: ``scan`` loads neither Celery nor the
 Kubernetes client, so it stays the quickest way to check a log by hand.
 """
@@ -11,36 +15,74 @@ import json
 import sys
 from datetime import UTC, datetime
 
-USAGE = """traefik-metrics-scraper COMMAND [ARGS]
+from app import scan
 
-commands:
-  scan [FILE ...|-] [--json] [--domain D]   sum a Traefik access log per tunnel
-  init-ledger [--start-at TIME] [--force]   create the ledger's initialisation record
-  status [--json]                           pipeline counters, gaps, reports waiting
-  deadletters [--json]                      list reports parked in the dead-letter store
-  replay (--all | KEY ...)                  send dead letters again (same idempotency keys)
-  metrics [--port 9108] [--addr 0.0.0.0]   serve Prometheus metrics read from the ledger
+EPILOG = "Workers and beat: celery -A app worker -Q fetch,report ; celery -A app beat"
 
-Workers and beat: celery -A app worker -Q fetch,report ; celery -A app beat
-"""
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: one subcommand per command, each with its own ``--help``."""
+    ap = argparse.ArgumentParser(
+        prog="traefik-metrics-scraper",
+        description="Meters tunnel traffic from Traefik access logs. Exit status: 0 done, "
+        "1 failed, 2 usage or configuration error.",
+        epilog=EPILOG,
+    )
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("scan", help="sum a Traefik access log per tunnel", description=scan.DESCRIPTION)
+    scan.add_arguments(p)
+    p.set_defaults(run=scan.run)
+
+    p = sub.add_parser("init-ledger", help="create the ledger's initialisation record",
+                       description="Create the ledger's initialisation record: log lines before "
+                       "--start-at (default: START_AT, else now) are never counted.")
+    p.add_argument("--start-at", type=_parse_time, help="ISO 8601 time with a zone")
+    p.add_argument("--force", action="store_true", help="replace an existing record (after Redis lost its data)")
+    p.set_defaults(run=init_ledger)
+
+    p = sub.add_parser("status", help="pipeline counters, gaps, reports waiting",
+                       description="Print the pipeline's counters, recent gaps, reports waiting and cursors.")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(run=status)
+
+    p = sub.add_parser("deadletters", help="list reports parked in the dead-letter store",
+                       description="List reports parked in the dead-letter store, with their reasons.")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.set_defaults(run=deadletters)
+
+    p = sub.add_parser("replay", help="send dead letters again (same idempotency keys)",
+                       description="Send dead letters again, with their original idempotency keys. "
+                       "Exit status 1 when a KEY is not a dead letter.")
+    p.add_argument("--all", action="store_true", help="every dead letter")
+    p.add_argument("keys", nargs="*", metavar="KEY", help="<interval start>:<subdomain>, as deadletters lists")
+    p.set_defaults(run=replay)
+
+    p = sub.add_parser("metrics", help="serve Prometheus metrics read from the ledger",
+                       description="Serve the pipeline's counters (kept in Redis) as Prometheus metrics.")
+    p.add_argument("--port", type=int, default=9108, help="TCP port (default %(default)s)")
+    p.add_argument("--addr", default="0.0.0.0", help="address to listen on (default %(default)s)")
+    p.set_defaults(run=metrics)
+    return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if not args or args[0] in ("-h", "--help", "help"):
-        print(USAGE)
-        return 0 if args else 2
-    cmd, rest = args[0], args[1:]
-    if cmd == "scan":
-        from app.scan import main as scan_main
+    """Run one command; returns its exit status (see the module docstring)."""
+    ap = build_parser()
+    try:
+        args = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    except SystemExit as exc:  # --help (0) or a usage error already printed (2)
+        return exc.code if isinstance(exc.code, int) else 2
+    if args.run is scan.run:
+        return scan.run(args)
+    import redis
 
-        return scan_main(rest)
-    commands = {"init-ledger": init_ledger, "status": status, "deadletters": deadletters, "replay": replay,
-                "metrics": metrics}
-    if cmd not in commands:
-        print(f"traefik-metrics-scraper: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
-        return 2
-    return commands[cmd](rest)
+    try:
+        return args.run(args)
+    except redis.RedisError as e:
+        # redis-py's messages name the host and port, never the password.
+        print(f"traefik-metrics-scraper {args.command}: Redis: {type(e).__name__}: {str(e)[:200]}", file=sys.stderr)
+        return 1
 
 
 def _ledger():
@@ -52,19 +94,25 @@ def _ledger():
 
 
 def _parse_time(value: str) -> int:
-    when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {value!r}") from None
     if when.tzinfo is None:
         raise argparse.ArgumentTypeError("give a zone, e.g. 2026-11-24T00:00:00Z")
     return int(when.astimezone(UTC).timestamp() * 1_000_000_000)
 
 
-def init_ledger(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="traefik-metrics-scraper init-ledger",
-                                description="Create the ledger's initialisation record: log lines before "
-                                "--start-at (default: START_AT, else now) are never counted.")
-    p.add_argument("--start-at", type=_parse_time, help="ISO 8601 time with a zone")
-    p.add_argument("--force", action="store_true", help="replace an existing record (after Redis lost its data)")
-    a = p.parse_args(argv)
+def _report_key(value: str):
+    from app.model import ReportKey
+
+    try:
+        return ReportKey.parse(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def init_ledger(a: argparse.Namespace) -> int:
     from app.settings import settings_or_exit
 
     s = settings_or_exit()
@@ -80,10 +128,7 @@ def init_ledger(argv: list[str]) -> int:
     return 1
 
 
-def status(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="traefik-metrics-scraper status")
-    p.add_argument("--json", action="store_true")
-    a = p.parse_args(argv)
+def status(a: argparse.Namespace) -> int:
     ledger = _ledger()
     doc = {
         "initialised": ledger.init_record(),
@@ -101,55 +146,50 @@ def status(argv: list[str]) -> int:
     return 0
 
 
-def deadletters(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="traefik-metrics-scraper deadletters")
-    p.add_argument("--json", action="store_true")
-    a = p.parse_args(argv)
+def deadletters(a: argparse.Namespace) -> int:
     from app.ledger import iso
 
     reports = _ledger().dead_letters()
     if a.json:
-        print(json.dumps([{**r.__dict__, "key": r.member, "interval": iso(r.start)} for r in reports], indent=2))
+        print(json.dumps([{**r.__dict__, "key": str(r.key), "interval": iso(r.start)} for r in reports], indent=2))
         return 0
     if not reports:
         print("no dead letters")
         return 0
     print(f"{'KEY':<28} {'INTERVAL':<21} {'SUBDOMAIN':<24} {'IN':>12} {'OUT':>12} {'REQ':>7} {'TRIES':>5}  REASON")
     for r in reports:
-        print(f"{r.member:<28} {iso(r.start):<21} {r.subdomain:<24} {r.bytes_in:>12} {r.bytes_out:>12} "
+        print(f"{str(r.key):<28} {iso(r.start):<21} {r.subdomain:<24} {r.bytes_in:>12} {r.bytes_out:>12} "
               f"{r.requests:>7} {r.attempts:>5}  {r.reason}")
     return 0
 
 
-def replay(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="traefik-metrics-scraper replay",
-                                description="Send dead letters again, with their original idempotency keys.")
-    p.add_argument("--all", action="store_true")
-    p.add_argument("keys", nargs="*", metavar="KEY", help="<interval start>:<subdomain>, as deadletters lists")
-    a = p.parse_args(argv)
+def replay(a: argparse.Namespace) -> int:
     if bool(a.all) == bool(a.keys):
-        p.error("give --all or KEYs")
+        print("traefik-metrics-scraper replay: give --all or KEYs", file=sys.stderr)
+        return 2
+    try:
+        wanted = None if a.all else [_report_key(k) for k in a.keys]
+    except argparse.ArgumentTypeError as e:
+        print(f"traefik-metrics-scraper replay: {e}", file=sys.stderr)
+        return 2
     ledger = _ledger()
+    from app.celery import app as celery_app
+    from app.queues import REPORT_TASK, Queue
     from app.runtime import settings
-    from workers.report import enqueue_reports
 
-    keys = [r.member for r in ledger.dead_letters()] if a.all else a.keys
+    keys = [r.key for r in ledger.dead_letters()] if wanted is None else wanted
     revived = [k for k in keys if ledger.revive(k)]
     missing = sorted(set(keys) - set(revived))
     claimed = ledger.claim(revived, settings().lease_seconds)
-    enqueue_reports(claimed)
+    for key in claimed:
+        celery_app.send_task(REPORT_TASK, (key.start, key.subdomain), queue=Queue.REPORT)
     print(f"replayed {len(claimed)} report(s)")
     for k in missing:
         print(f"not a dead letter: {k}", file=sys.stderr)
     return 1 if missing else 0
 
 
-def metrics(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="traefik-metrics-scraper metrics",
-                                description="Serve the pipeline's counters (kept in Redis) as Prometheus metrics.")
-    p.add_argument("--port", type=int, default=9108)
-    p.add_argument("--addr", default="0.0.0.0")
-    a = p.parse_args(argv)
+def metrics(a: argparse.Namespace) -> int:
     import time
 
     from prometheus_client import start_http_server

@@ -18,7 +18,8 @@ from datetime import UTC, datetime
 
 from app.errors import KubeError, KubeForbidden, LedgerLost, NoPreviousLog, PodGone
 from app.kube import Container, LogSource, Pod
-from app.ledger import Cursor, Ledger
+from app.ledger import Ledger
+from app.model import CommitStatus, Cursor, FetchStatus
 from app.parser import Aggregator
 
 log = logging.getLogger(__name__)
@@ -204,19 +205,19 @@ class Fetcher:
             return self._fetch(ns, name, uid, start_at)
         except LedgerLost as e:
             log.error("fetch %s/%s: %s", ns, name, e)
-            return {"pod": name, "status": "ledger_lost"}
+            return {"pod": name, "status": FetchStatus.LEDGER_LOST}
         except PodGone:
             log.info("fetch %s/%s: pod is gone", ns, name)
             self.ledger.update_pod_state(uid, gone_at=self.ledger.now())
-            return {"pod": name, "status": "gone"}
+            return {"pod": name, "status": FetchStatus.GONE}
         except KubeForbidden as e:
             log.error("fetch %s/%s: %s", ns, name, e)
             self.ledger.incr({"fetch_errors:forbidden": 1})
-            return {"pod": name, "status": "forbidden"}
+            return {"pod": name, "status": FetchStatus.FORBIDDEN}
         except KubeError as e:
             log.warning("fetch %s/%s: %s; the cursor stays, next round retries", ns, name, e)
             self.ledger.incr({"fetch_errors:kube": 1})
-            return {"pod": name, "status": "kube_error"}
+            return {"pod": name, "status": FetchStatus.KUBE_ERROR}
 
     def _fetch(self, ns: str, name: str, uid: str, start_at: int) -> dict:
         pod = self.source.get_pod(name)
@@ -224,11 +225,11 @@ class Fetcher:
             raise PodGone(f"{name} now has uid {pod.uid}")
         ctr = pod.container(self.container)
         if ctr is None or not ctr.container_id:
-            return {"pod": name, "status": "not_started"}
+            return {"pod": name, "status": FetchStatus.NOT_STARTED}
         field_ = f"{uid}/{ctr.name}"
         raw = self.ledger.cursor_raw(field_)
         cursor = Cursor.decode(raw)
-        summary = {"pod": name, "status": "ok", "consumed": 0, "counted": 0}
+        summary = {"pod": name, "status": FetchStatus.OK, "consumed": 0, "counted": 0}
 
         if cursor is None and ctr.last_terminated_id and ctr.last_finished_ns >= start_at - 1_000_000_000:
             # Never read, and a container already ended after START_AT: its log comes first.
@@ -281,8 +282,8 @@ class Fetcher:
         else:
             moved = Cursor(ctr.container_id, 0, 0)
             result = self.ledger.commit(field_, raw, moved.encode(), {}, {})
-            if result.status != "ok":
-                summary["status"] = result.status
+            if result.status != CommitStatus.OK:
+                summary["status"] = FetchStatus(result.status)
                 return raw, cursor, False
             self._gap(pod, ctr, cursor.t_ns, None, reason)
         new = Cursor(ctr.container_id, 0, 0)
@@ -313,7 +314,7 @@ class Fetcher:
                 pod.namespace, pod.name, fmt_ns(res.cursor.t_ns) if res.cursor.t_ns else "the start", self.limit,
             )
             self.ledger.incr({"no_progress": 1})
-            summary["status"] = "no_progress"
+            summary["status"] = FetchStatus.NO_PROGRESS
         if res.consumed == 0 and res.cursor.encode() == expected:
             return True  # nothing new
         # A restart (or a replacement under the same name) between listing and reading
@@ -326,20 +327,20 @@ class Fetcher:
         if moved:
             log.info("fetch %s/%s: the container changed during the read; nothing committed", pod.namespace, pod.name)
             self.ledger.incr({"fetch_restarted": 1})
-            summary["status"] = "restarted"
+            summary["status"] = FetchStatus.RESTARTED
             return False
         counters = counters_of(res)
         result = self.ledger.commit(field_, expected, res.cursor.encode(), res.agg.subdomains, counters)
-        if result.status == "conflict":
+        if result.status == CommitStatus.CONFLICT:
             log.info("fetch %s/%s: another fetch committed first; nothing committed", pod.namespace, pod.name)
             self.ledger.incr({"fetch_conflicts": 1})
-            summary["status"] = "conflict"
+            summary["status"] = FetchStatus.CONFLICT
             return False
-        if result.status == "noledger":
+        if result.status == CommitStatus.NO_LEDGER:
             raise LedgerLost("the ledger's initialisation record vanished during the fetch")
-        if result.status == "overflow":
+        if result.status == CommitStatus.OVERFLOW:
             log.error("fetch %s/%s: counts for %s would overflow a 64-bit counter; nothing committed", pod.namespace, pod.name, result.detail)
-            summary["status"] = "overflow"
+            summary["status"] = FetchStatus.OVERFLOW
             return False
         if res.gap_from_ns is not None:
             self._gap(pod, ctr, res.gap_from_ns, res.gap_to_ns, "the log was rotated past the cursor")

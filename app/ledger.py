@@ -37,6 +37,8 @@ from importlib import resources
 
 import redis
 
+from app.model import CommitStatus, ReportKey, ReportState
+
 SUBDOMAIN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 MAX_GAPS = 1000
 
@@ -55,28 +57,8 @@ def iso(ts: int) -> str:
 
 
 @dataclass(frozen=True)
-class Cursor:
-    """Where reading a container's log stands: the last consumed line's time and how
-    many consumed lines carry exactly that time. ``t_ns == 0``: from the start."""
-
-    container_id: str
-    t_ns: int
-    n: int
-
-    def encode(self) -> str:
-        return f"{self.container_id}|{self.t_ns}|{self.n}"
-
-    @classmethod
-    def decode(cls, raw: str) -> Cursor | None:
-        if not raw:
-            return None
-        cid, t, n = raw.rsplit("|", 2)
-        return cls(cid, int(t), int(n))
-
-
-@dataclass(frozen=True)
 class CommitResult:
-    status: str  # ok | conflict | noledger | overflow
+    status: CommitStatus
     detail: str  # interval start, the winning cursor, or the subdomain
 
 
@@ -87,18 +69,13 @@ class Report:
     bytes_in: int
     bytes_out: int
     requests: int
-    state: str
+    state: ReportState
     attempts: int
     reason: str
 
     @property
-    def member(self) -> str:
-        return f"{self.start}:{self.subdomain}"
-
-
-def split_member(member: str) -> tuple[int, str]:
-    start, sub = member.split(":", 1)
-    return int(start), sub
+    def key(self) -> ReportKey:
+        return ReportKey(self.start, self.subdomain)
 
 
 class Ledger:
@@ -175,7 +152,7 @@ class Ledger:
             args += [name, inc]
         keys = [self.k("init"), self.k("cursors"), self.k("stats"), self.k("open"), self.k("sealed")]
         status, detail = self._commit(keys=keys, args=args)
-        return CommitResult(status.decode(), detail.decode())
+        return CommitResult(CommitStatus(status.decode()), detail.decode())
 
     def note_pods(self, pods: list[dict]) -> None:
         """Record when each listed pod was last seen (for cursor clean-up)."""
@@ -264,7 +241,7 @@ class Ledger:
             start = int(raw)
             if start + self.ri > older_than:
                 continue
-            pending = self.r.zscan_iter(self.k("due"), match=f"{start}:*", count=1000)
+            pending = self.r.zscan_iter(self.k("due"), match=ReportKey.interval_pattern(start), count=1000)
             if next(pending, None) is not None:
                 continue
             with self.r.pipeline() as pipe:
@@ -276,110 +253,119 @@ class Ledger:
 
     # Reports ----------------------------------------------------------------------------
 
-    def report(self, start: int, sub: str) -> Report | None:
-        raw = self.r.hgetall(self.k("rep", start, sub))
+    def rep_key(self, key: ReportKey) -> str:
+        """The Redis key of a report's hash (``seal.lua`` builds the same)."""
+        return self.k("rep", key)
+
+    def report_keys(self) -> list[ReportKey]:
+        """Every report with a hash in the ledger (a scan: for tests and audits)."""
+        head = len(self.k("rep", ""))
+        return [ReportKey.parse(raw[head:]) for raw in self.r.scan_iter(match=self.k("rep", "*"), count=1000)]
+
+    def report(self, key: ReportKey) -> Report | None:
+        raw = self.r.hgetall(self.rep_key(key))
         if not raw:
             return None
         d = {k.decode(): v.decode() for k, v in raw.items()}
         return Report(
-            start=start,
-            subdomain=sub,
+            start=key.start,
+            subdomain=key.subdomain,
             bytes_in=int(d["bytes_in"]),
             bytes_out=int(d["bytes_out"]),
             requests=int(d["requests"]),
-            state=d.get("state", "pending"),
+            state=ReportState(d.get("state", ReportState.PENDING)),
             attempts=int(d.get("attempts", 0)),
             reason=d.get("reason", ""),
         )
 
-    def claim(self, members: list[str], lease: int) -> list[str]:
-        if not members:
+    def claim(self, keys: list[ReportKey], lease: int) -> list[ReportKey]:
+        """Give each key that is due a lease; the ones claimed now (see ``claim.lua``)."""
+        if not keys:
             return []
-        out = self._claim(keys=[self.k("due")], args=[self.p, lease, *members])
-        return [m.decode() for m in out]
+        out = self._claim(keys=[self.k("due")], args=[self.p, lease, *map(str, keys)])
+        return [ReportKey.parse(m) for m in out]
 
-    def claim_due(self, lease: int, limit: int) -> list[str]:
+    def claim_due(self, lease: int, limit: int) -> list[ReportKey]:
         out = self._claim(keys=[self.k("due")], args=[self.p, lease, f"#{limit}"])
-        return [m.decode() for m in out]
+        return [ReportKey.parse(m) for m in out]
 
-    def extend_lease(self, member: str, until: float) -> None:
-        self.r.zadd(self.k("due"), {member: until}, xx=True)
+    def extend_lease(self, key: ReportKey, until: float) -> None:
+        self.r.zadd(self.k("due"), {str(key): until}, xx=True)
 
-    def acquire_send_lock(self, member: str, token: str, seconds: int) -> bool:
-        return bool(self.r.set(self.k("lock", member), token, nx=True, ex=seconds))
+    def acquire_send_lock(self, key: ReportKey, token: str, seconds: int) -> bool:
+        return bool(self.r.set(self.k("lock", key), token, nx=True, ex=seconds))
 
-    def release_send_lock(self, member: str, token: str) -> None:
-        key = self.k("lock", member)
+    def release_send_lock(self, key: ReportKey, token: str) -> None:
+        lock = self.k("lock", key)
         with self.r.pipeline() as pipe:
             try:
-                pipe.watch(key)
-                if pipe.get(key) == token.encode():
+                pipe.watch(lock)
+                if pipe.get(lock) == token.encode():
                     pipe.multi()
-                    pipe.delete(key)
+                    pipe.delete(lock)
                     pipe.execute()
             except redis.WatchError:
                 pass  # it expired and someone else holds it now: not ours to drop
 
-    def begin_attempt(self, member: str) -> int:
+    def begin_attempt(self, key: ReportKey) -> int:
         """Count an attempt about to go on the wire; returns the attempt number."""
-        start, sub = split_member(member)
-        return int(self.r.hincrby(self.k("rep", start, sub), "attempts", 1))
+        return int(self.r.hincrby(self.rep_key(key), "attempts", 1))
 
-    def mark_delivered(self, member: str, outcome: str, user_id: str, retention: int) -> None:
-        start, sub = split_member(member)
-        key = self.k("rep", start, sub)
+    def mark_delivered(self, key: ReportKey, outcome: ReportState, user_id: str, retention: int) -> None:
+        """Record a final answer (``delivered`` or ``skipped``); the hash expires after
+        ``retention`` seconds."""
+        member = str(key)
         with self.r.pipeline() as pipe:
-            pipe.hset(key, mapping={"state": outcome, "user_id": user_id, "delivered_at": f"{self.now():.3f}", "reason": ""})
-            pipe.expire(key, retention)
+            pipe.hset(self.rep_key(key), mapping={"state": outcome, "user_id": user_id,
+                                                  "delivered_at": f"{self.now():.3f}", "reason": ""})
+            pipe.expire(self.rep_key(key), retention)
             pipe.zrem(self.k("due"), member)
             pipe.zrem(self.k("retrying"), member)
             pipe.hincrby(self.k("stats"), f"reports_{outcome}", 1)
             pipe.execute()
 
-    def park(self, member: str, next_at: float, reason: str) -> None:
-        start, sub = split_member(member)
+    def park(self, key: ReportKey, next_at: float, reason: str) -> None:
+        member = str(key)
         with self.r.pipeline() as pipe:
-            pipe.hset(self.k("rep", start, sub), mapping={"state": "due", "next_at": f"{next_at:.3f}", "reason": reason})
+            pipe.hset(self.rep_key(key), mapping={"state": ReportState.DUE, "next_at": f"{next_at:.3f}", "reason": reason})
             pipe.zadd(self.k("due"), {member: next_at})
             pipe.zrem(self.k("retrying"), member)
             pipe.hincrby(self.k("stats"), "reports_parked", 1)
             pipe.execute()
 
-    def dead_letter(self, member: str, reason: str) -> None:
-        start, sub = split_member(member)
+    def dead_letter(self, key: ReportKey, reason: str) -> None:
+        member = str(key)
         with self.r.pipeline() as pipe:
-            pipe.hset(self.k("rep", start, sub), mapping={"state": "dead", "reason": reason, "dead_at": f"{self.now():.3f}"})
+            pipe.hset(self.rep_key(key), mapping={"state": ReportState.DEAD, "reason": reason, "dead_at": f"{self.now():.3f}"})
             pipe.zrem(self.k("due"), member)
             pipe.zrem(self.k("retrying"), member)
             pipe.zadd(self.k("dead"), {member: self.now()})
             pipe.hincrby(self.k("stats"), "reports_dead", 1)
             pipe.execute()
 
-    def reserve_retry(self, member: str, until: float, cap: int) -> bool:
-        return bool(self._reserve(keys=[self.k("retrying")], args=[member, until, cap]))
+    def reserve_retry(self, key: ReportKey, until: float, cap: int) -> bool:
+        return bool(self._reserve(keys=[self.k("retrying")], args=[str(key), until, cap]))
 
     def dead_letters(self) -> list[Report]:
         out = []
         for raw in self.r.zrange(self.k("dead"), 0, -1):
-            start, sub = split_member(raw.decode())
-            rep = self.report(start, sub)
+            rep = self.report(ReportKey.parse(raw))
             if rep is not None:
                 out.append(rep)
         return out
 
-    def revive(self, member: str) -> bool:
+    def revive(self, key: ReportKey) -> bool:
         """Move a dead letter back to the due set, claimable at once."""
-        start, sub = split_member(member)
-        key = self.k("rep", start, sub)
+        rep_key = self.rep_key(key)
         with self.r.pipeline() as pipe:
             try:
-                pipe.watch(key)
-                if pipe.hget(key, "state") != b"dead":
+                pipe.watch(rep_key)
+                if pipe.hget(rep_key, "state") != ReportState.DEAD.encode():
                     return False
                 pipe.multi()
-                pipe.hset(key, mapping={"state": "pending", "reason": ""})
-                pipe.zrem(self.k("dead"), member)
-                pipe.zadd(self.k("due"), {member: 0})
+                pipe.hset(rep_key, mapping={"state": ReportState.PENDING, "reason": ""})
+                pipe.zrem(self.k("dead"), str(key))
+                pipe.zadd(self.k("due"), {str(key): 0})
                 pipe.execute()
             except redis.WatchError:
                 return False

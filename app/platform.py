@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import requests
 
 from app.errors import PlatformRejected, PlatformRetryable, truncate
+from app.model import ReportOutcome
 
 PATH = "/api/v1/activity-logs/tunnel-traffic"
 RETRYABLE = {408, 409, 425, 429}
@@ -25,7 +26,7 @@ RETRYABLE = {408, 409, 425, 429}
 
 @dataclass(frozen=True)
 class Delivery:
-    outcome: str  # "delivered" | "skipped"
+    outcome: ReportOutcome  # DELIVERED or SKIPPED
     status: int
     user_id: str
     note: str  # why a 2xx looked odd, else ""
@@ -93,13 +94,13 @@ class PlatformClient:
             except ValueError:
                 doc = None
             if not isinstance(doc, dict):
-                return Delivery("delivered", status, "", f"unexpected body: {self._text(resp)}")
+                return Delivery(ReportOutcome.DELIVERED, status, "", f"unexpected body: {self._text(resp)}")
             if status == 200 and doc.get("status") == "skipped":
-                return Delivery("skipped", status, "", str(doc.get("reason", "")))
+                return Delivery(ReportOutcome.SKIPPED, status, "", str(doc.get("reason", "")))
             user = doc.get("user_id")
             if status == 201 and doc.get("status") == "logged" and isinstance(user, str):
-                return Delivery("delivered", status, user, "")
-            return Delivery("delivered", status, user if isinstance(user, str) else "", f"unexpected body: {self._text(resp)}")
+                return Delivery(ReportOutcome.DELIVERED, status, user, "")
+            return Delivery(ReportOutcome.DELIVERED, status, user if isinstance(user, str) else "", f"unexpected body: {self._text(resp)}")
         if 300 <= status < 400:
             host = urlsplit(resp.headers.get("Location", "")).hostname or "?"
             raise PlatformRejected(f"HTTP {status} redirect to host {host} (not followed)", status)

@@ -8,3 +8,8 @@ from enum import StrEnum
 class Queue(StrEnum):
     FETCH = "fetch"
     REPORT = "report"
+
+
+# Sent by name from outside the workers (the ``replay`` command), so that ``app/``
+# never imports ``workers/``. The task-name snapshot test checks it is registered.
+REPORT_TASK = "workers.report.report"

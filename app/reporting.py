@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from app.errors import PlatformRejected, PlatformRetryable
 from app.ledger import Ledger, Report, iso, valid_subdomain
+from app.model import ReportKey, ReportOutcome, ReportState
 from app.platform import PlatformClient
 from app.settings import Settings
 
@@ -32,7 +33,7 @@ BASE_DELAY = 1.0  # seconds, first automatic retry (before jitter)
 
 @dataclass(frozen=True)
 class Outcome:
-    action: str  # delivered | skipped | noop | busy | retry | parked | dead
+    action: ReportOutcome
     countdown: float = 0.0
     detail: str = ""
 
@@ -68,58 +69,58 @@ class Reporter:
         """One attempt of one report. ``retries``: Celery retries of this message so far."""
         if not valid_subdomain(sub):
             log.error("report: refusing invalid subdomain %r", sub[:80])
-            return Outcome("noop", detail="invalid subdomain")
-        member = f"{start}:{sub}"
+            return Outcome(ReportOutcome.NOOP, detail="invalid subdomain")
+        key = ReportKey(start, sub)
         token = uuid.uuid4().hex
-        if not self.ledger.acquire_send_lock(member, token, self.s.report_time_limit + 5):
-            return Outcome("busy", detail="another copy is sending it")
+        if not self.ledger.acquire_send_lock(key, token, self.s.report_time_limit + 5):
+            return Outcome(ReportOutcome.BUSY, detail="another copy is sending it")
         try:
-            rep = self.ledger.report(start, sub)
-            if rep is None or rep.state in ("delivered", "skipped", "dead"):
-                return Outcome("noop", detail=rep.state if rep else "no such report")
-            self.ledger.begin_attempt(member)
-            key = idempotency_key(self.s.scraper_id, start, self.s.report_interval, sub)
+            rep = self.ledger.report(key)
+            if rep is None or rep.state.final:
+                return Outcome(ReportOutcome.NOOP, detail=rep.state if rep else "no such report")
+            self.ledger.begin_attempt(key)
+            idem = idempotency_key(self.s.scraper_id, start, self.s.report_interval, sub)
             try:
-                done = self.client.post(report_body(rep, self.s.report_interval), key)
+                done = self.client.post(report_body(rep, self.s.report_interval), idem)
             except PlatformRetryable as e:
                 return self._retry_or_park(rep, retries, str(e), e.retry_after)
             except PlatformRejected as e:
                 reason = f"rejected: {e}"
                 log.error("❌ %s (%s): %s; parked in the dead-letter store", sub, iso(start), reason)
-                self.ledger.dead_letter(member, reason)
-                return Outcome("dead", detail=reason)
-            self.ledger.mark_delivered(member, done.outcome, done.user_id, self.s.interval_retention)
+                self.ledger.dead_letter(key, reason)
+                return Outcome(ReportOutcome.DEAD, detail=reason)
+            self.ledger.mark_delivered(key, ReportState(done.outcome), done.user_id, self.s.interval_retention)
             if done.note:
                 log.warning("report %s (%s): HTTP %d, %s; taken as delivered", sub, iso(start), done.status, done.note)
-            if done.outcome == "skipped":
+            if done.outcome == ReportOutcome.SKIPPED:
                 log.info("⏭️ %s: ↓%dB ↑%dB (%dreq) skipped by the platform: %s", sub, rep.bytes_in, rep.bytes_out, rep.requests, done.note)
             else:
                 log.info("✅ %s: ↓%dB ↑%dB (%dreq) → User:%s", sub, rep.bytes_in, rep.bytes_out, rep.requests, done.user_id or "?")
             return Outcome(done.outcome)
         finally:
-            self.ledger.release_send_lock(member, token)
+            self.ledger.release_send_lock(key, token)
 
     def _retry_or_park(self, rep: Report, retries: int, reason: str, retry_after: float | None) -> Outcome:
         now = self.ledger.now()
-        member = rep.member
+        key = rep.key
         age = now - (rep.start + self.s.report_interval)
         if age > self.s.report_max_age:
             why = f"undeliverable for over REPORT_MAX_AGE ({self.s.report_max_age}s); last error: {reason}"
             log.error("❌ %s (%s): %s; parked in the dead-letter store", rep.subdomain, iso(rep.start), why)
-            self.ledger.dead_letter(member, why)
-            return Outcome("dead", detail=why)
+            self.ledger.dead_letter(key, why)
+            return Outcome(ReportOutcome.DEAD, detail=why)
         if retries < self.s.report_auto_retries:
             countdown = backoff(retries, self.s.report_retry_max_delay)
             if retry_after is not None:
                 countdown = min(max(countdown, retry_after), self.s.report_retry_max_delay)
             until = now + countdown + self.s.report_time_limit
-            if self.ledger.reserve_retry(member, until, self.s.max_waiting_retries):
-                self.ledger.extend_lease(member, now + countdown + self.s.lease_seconds)
+            if self.ledger.reserve_retry(key, until, self.s.max_waiting_retries):
+                self.ledger.extend_lease(key, now + countdown + self.s.lease_seconds)
                 log.warning("report %s (%s): %s; retry %d in %.1fs", rep.subdomain, iso(rep.start), reason, retries + 1, countdown)
-                return Outcome("retry", countdown=countdown, detail=reason)
+                return Outcome(ReportOutcome.RETRY, countdown=countdown, detail=reason)
         delay = backoff(rep.attempts, self.s.report_due_max_delay)
         if retry_after is not None:
             delay = min(max(delay, retry_after), self.s.report_due_max_delay)
-        self.ledger.park(member, now + delay, reason)
+        self.ledger.park(key, now + delay, reason)
         log.warning("report %s (%s): %s; parked, next attempt in %.0fs", rep.subdomain, iso(rep.start), reason, delay)
-        return Outcome("parked", countdown=delay, detail=reason)
+        return Outcome(ReportOutcome.PARKED, countdown=delay, detail=reason)

@@ -47,11 +47,11 @@ def human_bytes(value: int) -> str:
     raise AssertionError("unreachable")
 
 
-def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="traefik-metrics-scraper scan",
-        description="Sum a Traefik JSON access log per tunnel subdomain.",
-    )
+DESCRIPTION = "Sum a Traefik JSON access log per tunnel subdomain."
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The arguments of ``scan`` (also used by the ``traefik-metrics-scraper`` CLI)."""
     ap.add_argument(
         "files", nargs="*", metavar="FILE", help="log files to read; '-' or none reads stdin"
     )
@@ -61,7 +61,6 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("TUNNEL_DOMAIN") or DEFAULT_DOMAIN,
         help="tunnel domain (default: $TUNNEL_DOMAIN, else %(default)s)",
     )
-    return ap
 
 
 class _Progress:
@@ -181,11 +180,18 @@ def _notes(agg: Aggregator) -> list[str]:
 
 def main(argv: list[str]) -> int:
     """Run ``scan`` with the arguments after the word ``scan``; return the exit code."""
-    stdout, stderr = sys.stdout, sys.stderr
+    ap = argparse.ArgumentParser(prog="traefik-metrics-scraper scan", description=DESCRIPTION)
+    add_arguments(ap)
     try:
-        args = _parser().parse_args(argv)
+        args = ap.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error already printed by argparse
         return exc.code if isinstance(exc.code, int) else 2
+    return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Scan with parsed arguments: 0 done, 2 a file could not be read or a bad domain."""
+    stdout, stderr = sys.stdout, sys.stderr
     try:
         agg = Aggregator(args.domain)
     except ValueError as exc:

@@ -9,9 +9,9 @@ import pytest
 import redis
 from hypothesis import HealthCheck, settings
 
-from app.sim.fake_kube import FakeKube
-from app.sim.platform_stub import PlatformStub
-from app.sim.procs import RedisServer
+from sim.fake_kube import FakeKube
+from sim.platform_stub import PlatformStub
+from sim.procs import RedisServer
 
 settings.register_profile(
     "ci", max_examples=200, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow]

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from celery import Celery
 
-from app.sim.cluster import LocalPipeline
-from app.sim.fake_kube import FakeKube
-from app.sim.platform_stub import PlatformStub
+from sim.cluster import LocalPipeline
+from sim.fake_kube import FakeKube
+from sim.platform_stub import PlatformStub
 
 TEST_ENV = {
     "REPORT_INTERVAL": "2",

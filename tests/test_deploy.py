@@ -417,7 +417,7 @@ def test_compose_services(compose):
     assert _command(report)[_command(report).index("-Q") + 1] == "report"
     # Scalable: nothing in it that two copies could not share.
     assert "container_name" not in report and not report.get("ports")
-    assert _command(services["platform"])[:3] == ["python", "-m", "app.sim.platform_stub"]
+    assert _command(services["platform"])[:3] == ["python", "-m", "sim.platform_stub"]
     assert "--secret" not in _command(services["platform"]), "the stub takes its secret from the environment"
     # The kubeconfig: the host's, read-only, for the process that calls the Kubernetes API.
     volumes = services["worker-fetch"]["volumes"]

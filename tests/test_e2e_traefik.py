@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from app.sim.demo import TraefikFleet
-from app.sim.procs import wait_until
+from sim.demo import TraefikFleet
+from sim.procs import wait_until
 
 pytestmark = [pytest.mark.traefik, pytest.mark.slow]
 

@@ -15,7 +15,7 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from app.sim.fake_kube import NS_PER_S, FakeKube, ManualClock, PodNotFound, format_ts
+from sim.fake_kube import NS_PER_S, FakeKube, ManualClock, PodNotFound, format_ts
 
 T0 = 1_795_000_000 * NS_PER_S  # 2026-11-18T11:06:40Z, a whole second
 T0_TEXT = "2026-11-18T11:06:40"

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from app.sim.procs import wait_until
+from sim.procs import wait_until
 from tests.traffic import TRAEFIK_TEXT, Traffic
 
 NS = 1_000_000_000

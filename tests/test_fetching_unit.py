@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app.fetching import complete_lines, consume, fmt_ns, parse_timestamp
-from app.ledger import Cursor
+from app.model import Cursor
 
 NS = 1_000_000_000
 DOMAIN = "t.lum.tools"

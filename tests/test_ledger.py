@@ -7,7 +7,8 @@ import itertools
 
 import pytest
 
-from app.ledger import Cursor, Ledger
+from app.ledger import Ledger
+from app.model import CommitStatus, Cursor, ReportKey, ReportState
 
 RI = 3600  # long intervals: a test never straddles an interval boundary by accident
 PREFIX = "tl"
@@ -51,8 +52,8 @@ def past_interval(led: Ledger, counts: dict[str, tuple[int, int, int]], ago: int
     return start
 
 
-def due_score(led: Ledger, member: str) -> float | None:
-    return led.r.zscore(led.k("due"), member)
+def due_score(led: Ledger, key: ReportKey) -> float | None:
+    return led.r.zscore(led.k("due"), str(key))
 
 
 # Commit --------------------------------------------------------------------------------
@@ -61,7 +62,7 @@ def due_score(led: Ledger, member: str) -> float | None:
 def test_commit_adds_counts_moves_cursor_and_counts(ledger):
     new = Cursor("cid-1", 1_000, 2).encode()
     res = ledger.commit("uid/traefik", "", new, {"a": [10, 20, 1], "b": [0, 5, 2]}, {"lines_read": 3, "zero": 0})
-    assert res.status == "ok"
+    assert res.status == CommitStatus.OK
     start = int(res.detail)
     assert start % RI == 0 and start == current_start(ledger)
     assert ledger.cursor_raw("uid/traefik") == new
@@ -70,19 +71,19 @@ def test_commit_adds_counts_moves_cursor_and_counts(ledger):
     assert ledger.open_intervals(ledger.now() + RI) == [start]
 
     again = ledger.commit("uid/traefik", new, Cursor("cid-1", 2_000, 1).encode(), {"a": [1, 1, 1]}, {"lines_read": 1})
-    assert again.status == "ok"
+    assert again.status == CommitStatus.OK
     assert ledger.interval_totals(start)["a"] == [11, 21, 2]
     assert ledger.stats() == {"lines_read": 4}
 
 
 def test_commit_with_wrong_cursor_is_a_conflict_and_changes_nothing(ledger):
     first = Cursor("cid-1", 1_000, 1).encode()
-    assert ledger.commit("uid/traefik", "", first, {"a": [10, 20, 1]}, {"lines_read": 1}).status == "ok"
+    assert ledger.commit("uid/traefik", "", first, {"a": [10, 20, 1]}, {"lines_read": 1}).status == CommitStatus.OK
     before = snapshot(ledger)
 
     stale = ledger.commit("uid/traefik", Cursor("cid-1", 500, 1).encode(), Cursor("cid-1", 900, 1).encode(),
                           {"a": [99, 99, 9]}, {"lines_read": 9})
-    assert (stale.status, stale.detail) == ("conflict", first)
+    assert (stale.status, stale.detail) == (CommitStatus.CONFLICT, first)
     assert snapshot(ledger) == before
 
 
@@ -90,21 +91,21 @@ def test_no_cursor_yet_is_compared_like_any_value(ledger):
     field = "uid/traefik"
     # Expecting a cursor where there is none: conflict, reported as "".
     res = ledger.commit(field, Cursor("cid", 5, 1).encode(), Cursor("cid", 6, 1).encode(), {"a": [1, 1, 1]}, {"x": 1})
-    assert (res.status, res.detail) == ("conflict", "")
+    assert (res.status, res.detail) == (CommitStatus.CONFLICT, "")
     assert ledger.cursor_raw(field) == "" and ledger.stats() == {} and ledger.open_intervals(ledger.now() + RI) == []
 
     # Expecting none: the first commit wins, a second "none yet" commit conflicts.
-    assert ledger.commit(field, "", Cursor("cid", 6, 1).encode(), {"a": [1, 1, 1]}, {"x": 1}).status == "ok"
+    assert ledger.commit(field, "", Cursor("cid", 6, 1).encode(), {"a": [1, 1, 1]}, {"x": 1}).status == CommitStatus.OK
     before = snapshot(ledger)
     dup = ledger.commit(field, "", Cursor("cid", 6, 1).encode(), {"a": [1, 1, 1]}, {"x": 1})
-    assert (dup.status, dup.detail) == ("conflict", Cursor("cid", 6, 1).encode())
+    assert (dup.status, dup.detail) == (CommitStatus.CONFLICT, Cursor("cid", 6, 1).encode())
     assert snapshot(ledger) == before
 
 
 def test_commit_without_init_record_is_noledger_and_writes_nothing(r):
     led = Ledger(r, f"{PREFIX}{next(_seq)}", RI)
     res = led.commit("uid/traefik", "", "cid|1|1", {"a": [1, 2, 3]}, {"lines_read": 3})
-    assert (res.status, res.detail) == ("noledger", "")
+    assert (res.status, res.detail) == (CommitStatus.NO_LEDGER, "")
     assert list(r.scan_iter(match=led.p + ":*")) == []
 
 
@@ -113,7 +114,7 @@ def test_commit_into_a_sealed_interval_goes_to_the_first_unsealed_after_it(ledge
     # Seal the current interval and the two after it (a clock that stepped back, say).
     ledger.r.zadd(ledger.k("sealed"), {str(start + i * RI): 1 for i in range(3)})
     res = ledger.commit("uid/traefik", "", "cid|1|1", {"a": [1, 2, 3]}, {})
-    assert res.status == "ok"
+    assert res.status == CommitStatus.OK
     assert int(res.detail) == start + 3 * RI
     for sealed in (start, start + RI, start + 2 * RI):
         assert ledger.interval_totals(sealed) == {}
@@ -131,17 +132,17 @@ def test_commit_that_would_overflow_writes_nothing(ledger):
 
     res = ledger.commit("uid/traefik", "cid|1|1", "cid|2|1", {"a": [5, 5, 1], "b": [200_000_000_000_000_000, 0, 1]},
                         {"lines_read": 2})
-    assert (res.status, res.detail) == ("overflow", "b")
+    assert (res.status, res.detail) == (CommitStatus.OVERFLOW, "b")
     assert snapshot(ledger) == before
 
     # A single partial above the limit on its own is refused too.
     res = ledger.commit("uid/traefik", "cid|1|1", "cid|2|1", {"c": [0, 2**63 - 1, 1]}, {})
-    assert res.status == "overflow"
+    assert res.status == CommitStatus.OVERFLOW
     assert snapshot(ledger) == before
 
     # Just below it is fine.
     ok = ledger.commit("uid/traefik", "cid|1|1", "cid|2|1", {"b": [1, 0, 1]}, {})
-    assert ok.status == "ok"
+    assert ok.status == CommitStatus.OK
     assert ledger.interval_totals(int(ok.detail))["b"] == [near + 1, 0, 2]
 
 
@@ -163,10 +164,10 @@ def test_seal_creates_reports_once(ledger):
     assert ledger.open_intervals(ledger.now()) == [start]
 
     assert ledger.seal(start) == ["a-tun", "b-tun"]  # no report without requests
-    rep = ledger.report(start, "a-tun")
-    assert (rep.bytes_in, rep.bytes_out, rep.requests, rep.state, rep.attempts) == (1, 2, 3, "pending", 0)
-    assert ledger.report(start, "idle") is None
-    assert due_score(ledger, f"{start}:a-tun") == 0
+    rep = ledger.report(ReportKey(start, "a-tun"))
+    assert (rep.bytes_in, rep.bytes_out, rep.requests, rep.state, rep.attempts) == (1, 2, 3, ReportState.PENDING, 0)
+    assert ledger.report(ReportKey(start, "idle")) is None
+    assert due_score(ledger, ReportKey(start, "a-tun")) == 0
     assert ledger.open_intervals(ledger.now()) == []
 
     before = snapshot(ledger)
@@ -177,12 +178,12 @@ def test_seal_creates_reports_once(ledger):
 def test_seal_twice_after_a_late_partial_does_not_recreate_reports(ledger):
     start = past_interval(ledger, {"a-tun": (1, 2, 3)})
     assert ledger.seal(start) == ["a-tun"]
-    ledger.mark_delivered(f"{start}:a-tun", "delivered", "u1", 3600)
+    ledger.mark_delivered(ReportKey(start, "a-tun"), ReportState.DELIVERED, "u1", 3600)
     # Something re-opens the interval (a stray write); sealing again creates nothing.
     ledger.r.zadd(ledger.k("open"), {str(start): start})
     assert ledger.seal(start) == []
-    assert ledger.report(start, "a-tun").state == "delivered"
-    assert due_score(ledger, f"{start}:a-tun") is None
+    assert ledger.report(ReportKey(start, "a-tun")).state == ReportState.DELIVERED
+    assert due_score(ledger, ReportKey(start, "a-tun")) is None
     assert ledger.open_intervals(ledger.now()) == []
 
 
@@ -190,7 +191,7 @@ def test_open_intervals_lists_only_ended_ones(ledger):
     old = past_interval(ledger, {"a": (1, 1, 1)}, ago=3)
     ended = past_interval(ledger, {"a": (1, 1, 1)}, ago=1)
     res = ledger.commit("uid/traefik", "", "cid|1|1", {"a": [1, 1, 1]}, {})
-    assert res.status == "ok"
+    assert res.status == CommitStatus.OK
     assert ledger.open_intervals(ledger.now()) == [old, ended]
     assert ledger.open_intervals(ended + RI - 1) == [old]
 
@@ -198,37 +199,37 @@ def test_open_intervals_lists_only_ended_ones(ledger):
 # Claim --------------------------------------------------------------------------------
 
 
-def sealed_reports(led: Ledger, *subs: str, ago: int = 2) -> list[str]:
+def sealed_reports(led: Ledger, *subs: str, ago: int = 2) -> list[ReportKey]:
     start = past_interval(led, {s: (1, 2, 3) for s in subs}, ago=ago)
     assert led.seal(start) == sorted(subs)
-    return [f"{start}:{s}" for s in sorted(subs)]
+    return [ReportKey(start, s) for s in sorted(subs)]
 
 
 def test_claim_gives_a_member_once_until_its_lease_expires(ledger):
     (m,) = sealed_reports(ledger, "a")
     assert ledger.claim([m], lease=300) == [m]
-    start, sub = m.split(":")
-    assert ledger.report(int(start), sub).state == "queued"
+    assert ledger.report(m).state == ReportState.QUEUED
     assert due_score(ledger, m) >= ledger.now() + 298
     assert ledger.claim([m], lease=300) == []
     assert ledger.claim_due(lease=300, limit=10) == []
 
     # The lease runs out (a lost message): claimable again, once.
-    ledger.r.zadd(ledger.k("due"), {m: ledger.now() - 1})
+    ledger.r.zadd(ledger.k("due"), {str(m): ledger.now() - 1})
     assert ledger.claim([m], lease=300) == [m]
     assert ledger.claim([m], lease=300) == []
 
 
 def test_claim_ignores_members_not_due(ledger):
-    assert ledger.claim(["123:nope"], lease=60) == []
+    assert ledger.claim([ReportKey(123, "nope")], lease=60) == []
     assert ledger.claim([], lease=60) == []
-    assert not ledger.r.exists(ledger.k("rep", 123, "nope"))
+    assert not ledger.r.exists(ledger.rep_key(ReportKey(123, "nope")))
 
 
 def test_claim_due_honours_scores_and_limit(ledger):
     members = sealed_reports(ledger, "a", "b", "c", "d")
     now = ledger.now()
-    ledger.r.zadd(ledger.k("due"), {members[0]: now + 600, members[1]: now - 5, members[2]: 0, members[3]: now - 1})
+    scores = [now + 600, now - 5, 0, now - 1]
+    ledger.r.zadd(ledger.k("due"), {str(m): score for m, score in zip(members, scores, strict=True)})
     got = ledger.claim_due(lease=300, limit=2)
     assert got == [members[2], members[1]]  # lowest scores first
     assert ledger.claim_due(lease=300, limit=10) == [members[3]]
@@ -242,14 +243,13 @@ def test_mark_delivered_removes_from_due_and_retrying(ledger):
     (m,) = sealed_reports(ledger, "a")
     assert ledger.claim([m], 300) == [m]
     assert ledger.reserve_retry(m, ledger.now() + 60, cap=10)
-    ledger.mark_delivered(m, "delivered", "abc123def456", retention=3600)
-    start, sub = m.split(":")
-    rep = ledger.report(int(start), sub)
-    assert rep.state == "delivered"
-    assert ledger.r.hget(ledger.k("rep", start, sub), "user_id") == b"abc123def456"
-    assert 0 < ledger.r.ttl(ledger.k("rep", start, sub)) <= 3600
+    ledger.mark_delivered(m, ReportState.DELIVERED, "abc123def456", retention=3600)
+    rep = ledger.report(m)
+    assert rep.state == ReportState.DELIVERED
+    assert ledger.r.hget(ledger.rep_key(m), "user_id") == b"abc123def456"
+    assert 0 < ledger.r.ttl(ledger.rep_key(m)) <= 3600
     assert due_score(ledger, m) is None
-    assert ledger.r.zscore(ledger.k("retrying"), m) is None
+    assert ledger.r.zscore(ledger.k("retrying"), str(m)) is None
     assert ledger.due_count() == 0
     assert ledger.claim_due(300, 10) == []
     assert ledger.stats()["reports_delivered"] == 1
@@ -257,26 +257,25 @@ def test_mark_delivered_removes_from_due_and_retrying(ledger):
 
 def test_park_dead_letter_and_revive(ledger):
     m1, m2 = sealed_reports(ledger, "a", "b")
-    s1, sub1 = m1.split(":")
     now = ledger.now()
 
     ledger.park(m1, now + 120, "HTTP 503")
-    rep = ledger.report(int(s1), sub1)
-    assert (rep.state, rep.reason) == ("due", "HTTP 503")
+    rep = ledger.report(m1)
+    assert (rep.state, rep.reason) == (ReportState.DUE, "HTTP 503")
     assert due_score(ledger, m1) == pytest.approx(now + 120, abs=0.01)
     assert ledger.claim([m1], 300) == []  # not before next_at
 
     ledger.dead_letter(m1, "rejected: HTTP 400")
-    rep = ledger.report(int(s1), sub1)
-    assert (rep.state, rep.reason) == ("dead", "rejected: HTTP 400")
+    rep = ledger.report(m1)
+    assert (rep.state, rep.reason) == (ReportState.DEAD, "rejected: HTTP 400")
     assert due_score(ledger, m1) is None
-    assert [d.member for d in ledger.dead_letters()] == [m1]
+    assert [d.key for d in ledger.dead_letters()] == [m1]
     assert ledger.claim([m1], 300) == []
 
     assert ledger.revive(m2) is False  # not dead
     assert ledger.revive(m1) is True
-    rep = ledger.report(int(s1), sub1)
-    assert (rep.state, rep.reason) == ("pending", "")
+    rep = ledger.report(m1)
+    assert (rep.state, rep.reason) == (ReportState.PENDING, "")
     assert ledger.dead_letters() == []
     assert due_score(ledger, m1) == 0
     assert ledger.revive(m1) is False  # once
@@ -286,14 +285,15 @@ def test_park_dead_letter_and_revive(ledger):
 
 def test_reserve_retry_is_capped(ledger):
     now = ledger.now()
-    assert ledger.reserve_retry("1:a", now + 60, cap=2)
-    assert ledger.reserve_retry("1:b", now + 60, cap=2)
-    assert not ledger.reserve_retry("1:c", now + 60, cap=2)
-    assert ledger.reserve_retry("1:a", now + 90, cap=2)  # already holds a place
+    a, b, c = (ReportKey(1, s) for s in "abc")
+    assert ledger.reserve_retry(a, now + 60, cap=2)
+    assert ledger.reserve_retry(b, now + 60, cap=2)
+    assert not ledger.reserve_retry(c, now + 60, cap=2)
+    assert ledger.reserve_retry(a, now + 90, cap=2)  # already holds a place
     assert ledger.r.zscore(ledger.k("retrying"), "1:a") == pytest.approx(now + 90, abs=0.01)
     # A wait that has ended frees its place.
     ledger.r.zadd(ledger.k("retrying"), {"1:b": now - 1})
-    assert ledger.reserve_retry("1:c", now + 60, cap=2)
+    assert ledger.reserve_retry(c, now + 60, cap=2)
     assert ledger.r.zscore(ledger.k("retrying"), "1:b") is None
     assert ledger.r.zcard(ledger.k("retrying")) == 2
 
@@ -308,10 +308,10 @@ def test_expire_intervals_never_drops_an_interval_with_an_undelivered_report(led
     (dead,) = sealed_reports(ledger, "d", ago=7)
     (recent,) = sealed_reports(ledger, "e", ago=1)
     ledger.park(parked, ledger.now() + 3600, "HTTP 503")
-    ledger.mark_delivered(delivered, "delivered", "u", 3600)
+    ledger.mark_delivered(delivered, ReportState.DELIVERED, "u", 3600)
     ledger.dead_letter(dead, "rejected")
-    ledger.mark_delivered(recent, "delivered", "u", 3600)
-    start = {m: int(m.split(":")[0]) for m in (pending, parked, delivered, dead, recent)}
+    ledger.mark_delivered(recent, ReportState.DELIVERED, "u", 3600)
+    start = {m: m.start for m in (pending, parked, delivered, dead, recent)}
 
     dropped = ledger.expire_intervals(older_than=start[recent])  # all but the recent one ended before
     assert dropped == 2  # the delivered one and the dead one
@@ -322,9 +322,9 @@ def test_expire_intervals_never_drops_an_interval_with_an_undelivered_report(led
         assert ledger.interval_totals(start[m]) == {}
     assert ledger.interval_totals(start[recent]) != {}  # not old enough
     # The dead letter keeps its payload.
-    assert ledger.report(start[dead], "d").bytes_in == 1
+    assert ledger.report(dead).bytes_in == 1
     assert ledger.expire_intervals(older_than=start[recent]) == 0
 
-    ledger.mark_delivered(pending, "delivered", "u", 3600)
+    ledger.mark_delivered(pending, ReportState.DELIVERED, "u", 3600)
     assert ledger.expire_intervals(older_than=start[recent]) == 1
     assert ledger.interval_totals(start[pending]) == {}

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from app.sim.platform_stub import ENDPOINT_PATH, PlatformStub, user_id_for
+from sim.platform_stub import ENDPOINT_PATH, PlatformStub, user_id_for
 
 SECRET = "test-secret"
 ROOT = Path(__file__).resolve().parents[1]
@@ -323,7 +323,7 @@ def test_wait_for_returns_true_when_condition_holds_false_on_timeout(stub):
 def test_on_record_and_verbose_log_never_show_the_secret(session, caplog):
     seen = []
     with PlatformStub(secret=SECRET, verbose=True, on_record=seen.append) as s:
-        with caplog.at_level(logging.INFO, logger="app.sim.platform_stub"):
+        with caplog.at_level(logging.INFO, logger="sim.platform_stub"):
             post(session, s, report(), key="k")
             post(session, s, report(), secret="wrong-" + SECRET)
     assert [r.subdomain for r in seen] == ["my-tunnel"]
@@ -355,7 +355,7 @@ def test_runs_standalone_and_stops_on_ctrl_c():
         [
             sys.executable,
             "-m",
-            "app.sim.platform_stub",
+            "sim.platform_stub",
             "--port",
             "0",
             "--secret",

@@ -14,11 +14,12 @@ import pytest
 
 from app.errors import PlatformRejected, PlatformRetryable
 from app.ledger import Ledger
+from app.model import ReportKey, ReportOutcome, ReportState
 from app.platform import PATH, Delivery, PlatformClient, parse_retry_after
 from app.reporting import Reporter, idempotency_key, report_body
 from app.settings import Settings
-from app.sim.platform_stub import user_id_for
-from app.sim.procs import free_port
+from sim.platform_stub import user_id_for
+from sim.procs import free_port
 
 RI = 60
 SUB = "my-tunnel"
@@ -46,8 +47,8 @@ class FakeClient:
         return answer
 
 
-LOGGED = Delivery("delivered", 201, "abc123def456", "")
-SKIPPED = Delivery("skipped", 200, "", "tunnel not found or inactive")
+LOGGED = Delivery(ReportOutcome.DELIVERED, 201, "abc123def456", "")
+SKIPPED = Delivery(ReportOutcome.SKIPPED, 200, "", "tunnel not found or inactive")
 
 
 @pytest.fixture
@@ -77,7 +78,7 @@ def sealed_report(led: Ledger, sub: str = SUB, counts=(1024, 2048, 15), ago: int
     led.r.hset(led.k("iv", start), mapping={f"{sub}:i": bi, f"{sub}:o": bo, f"{sub}:r": rq})
     led.r.zadd(led.k("open"), {str(start): start})
     assert led.seal(start) == [sub]
-    assert led.claim([f"{start}:{sub}"], 300) == [f"{start}:{sub}"]
+    assert led.claim([ReportKey(start, sub)], 300) == [ReportKey(start, sub)]
     return start
 
 
@@ -101,11 +102,11 @@ def test_idempotency_key_format():
 
 def test_body_is_the_contracts_with_the_interval_end_as_timestamp(ledger):
     start = sealed_report(ledger)
-    rep = ledger.report(start, SUB)
+    rep = ledger.report(ReportKey(start, SUB))
     body = report_body(rep, RI)
     end = datetime.fromtimestamp(start + RI, UTC).strftime("%Y-%m-%dT%H:%M:%S.000000")
     assert body == {"subdomain": SUB, "bytes_in": 1024, "bytes_out": 2048, "requests": 15, "timestamp": end}
-    assert report_body(ledger.report(start, SUB), RI) == body
+    assert report_body(ledger.report(ReportKey(start, SUB)), RI) == body
 
 
 # Reporter.send ---------------------------------------------------------------------------
@@ -116,11 +117,11 @@ def test_delivered_marks_the_report_and_logs_the_original_line(settings_env, led
     client = FakeClient(LOGGED)
     caplog.set_level(logging.INFO, logger="app.reporting")
     out = reporter(ledger, client).send(start, SUB, 0)
-    assert out.action == "delivered"
-    rep = ledger.report(start, SUB)
-    assert (rep.state, rep.attempts) == ("delivered", 1)
+    assert out.action == ReportOutcome.DELIVERED
+    rep = ledger.report(ReportKey(start, SUB))
+    assert (rep.state, rep.attempts) == (ReportState.DELIVERED, 1)
     assert ledger.due_count() == 0
-    assert ledger.r.hget(ledger.k("rep", start, SUB), "user_id") == b"abc123def456"
+    assert ledger.r.hget(ledger.rep_key(ReportKey(start, SUB)), "user_id") == b"abc123def456"
     fmt = logging.Formatter("[%(levelname)s] %(message)s")
     lines = [fmt.format(rec) for rec in caplog.records if rec.name == "app.reporting"]
     assert "[INFO] ✅ my-tunnel: ↓1024B ↑2048B (15req) → User:abc123def456" in lines
@@ -134,20 +135,20 @@ def test_skipped_is_final(settings_env, ledger, caplog):
     start = sealed_report(ledger)
     caplog.set_level(logging.INFO, logger="app.reporting")
     client = FakeClient(SKIPPED)
-    assert reporter(ledger, client).send(start, SUB, 0).action == "skipped"
-    assert ledger.report(start, SUB).state == "skipped"
+    assert reporter(ledger, client).send(start, SUB, 0).action == ReportOutcome.SKIPPED
+    assert ledger.report(ReportKey(start, SUB)).state == ReportState.SKIPPED
     assert ledger.due_count() == 0
     assert any("skipped" in rec.getMessage() and SUB in rec.getMessage() for rec in caplog.records)
-    assert reporter(ledger, client).send(start, SUB, 0).action == "noop"
+    assert reporter(ledger, client).send(start, SUB, 0).action == ReportOutcome.NOOP
     assert len(client.calls) == 1
 
 
 def test_retryable_retries_with_a_capped_countdown(settings_env, ledger):
     start = sealed_report(ledger)
-    member = f"{start}:{SUB}"
+    member = str(ReportKey(start, SUB))
     rep = reporter(ledger, FakeClient(PlatformRetryable("HTTP 503: busy", 503)))
     out = rep.send(start, SUB, 0)
-    assert out.action == "retry"
+    assert out.action == ReportOutcome.RETRY
     assert 0.5 <= out.countdown <= 1.0  # first backoff step, with jitter
     assert "503" in out.detail
     now = ledger.now()
@@ -155,11 +156,11 @@ def test_retryable_retries_with_a_capped_countdown(settings_env, ledger):
     # In automatic retry: a place reserved, and the lease covers the wait.
     assert ledger.r.zscore(ledger.k("retrying"), member) is not None
     assert ledger.r.zscore(ledger.k("due"), member) >= now + out.countdown + s.lease_seconds - 2
-    assert ledger.report(start, SUB).attempts == 1
+    assert ledger.report(ReportKey(start, SUB)).attempts == 1
 
     for retries in range(1, s.report_auto_retries):
         out = rep.send(start, SUB, retries)
-        assert out.action == "retry"
+        assert out.action == ReportOutcome.RETRY
         assert 0.5 * min(60, 2**retries) <= out.countdown <= min(s.report_retry_max_delay, 2**retries)
 
 
@@ -168,21 +169,21 @@ def test_retry_honours_retry_after_within_the_cap(settings_env, ledger, retry_af
     start = sealed_report(ledger)
     client = FakeClient(PlatformRetryable("HTTP 429", 429, retry_after))
     out = reporter(ledger, client, report_retry_max_delay=60).send(start, SUB, 0)
-    assert out.action == "retry"
+    assert out.action == ReportOutcome.RETRY
     assert out.countdown == pytest.approx(expected)
 
 
 def test_after_the_automatic_retries_it_is_parked_in_due(settings_env, ledger):
     start = sealed_report(ledger)
-    member = f"{start}:{SUB}"
+    member = str(ReportKey(start, SUB))
     client = FakeClient(PlatformRetryable("HTTP 503: busy", 503, 120.0))
     rep = reporter(ledger, client, report_auto_retries=3)
     before = ledger.now()
     out = rep.send(start, SUB, 3)
-    assert out.action == "parked"
+    assert out.action == ReportOutcome.PARKED
     assert 120.0 <= out.countdown <= rep.s.report_due_max_delay
-    report = ledger.report(start, SUB)
-    assert report.state == "due" and "503" in report.reason
+    report = ledger.report(ReportKey(start, SUB))
+    assert report.state == ReportState.DUE and "503" in report.reason
     next_at = float(ledger.r.hget(ledger.k("rep", start, SUB), "next_at"))
     assert next_at >= before + 120
     assert ledger.r.zscore(ledger.k("due"), member) == pytest.approx(next_at, abs=0.01)
@@ -196,18 +197,18 @@ def test_parked_at_once_when_too_many_reports_wait_for_a_retry(settings_env, led
     assert ledger.reserve_retry("1:other", ledger.now() + 600, cap=1)
     client = FakeClient(PlatformRetryable("HTTP 503", 503))
     out = reporter(ledger, client, max_waiting_retries=1).send(start, SUB, 0)
-    assert out.action == "parked"
-    assert ledger.report(start, SUB).state == "due"
-    assert ledger.r.zscore(ledger.k("retrying"), f"{start}:{SUB}") is None
+    assert out.action == ReportOutcome.PARKED
+    assert ledger.report(ReportKey(start, SUB)).state == ReportState.DUE
+    assert ledger.r.zscore(ledger.k("retrying"), str(ReportKey(start, SUB))) is None
 
 
 def test_older_than_report_max_age_goes_to_the_dead_letters(settings_env, ledger):
     start = sealed_report(ledger, ago=3)  # ended at least two minutes ago
     client = FakeClient(PlatformRetryable("HTTP 503", 503))
     out = reporter(ledger, client, report_max_age=60).send(start, SUB, 0)
-    assert out.action == "dead"
+    assert out.action == ReportOutcome.DEAD
     (dead,) = ledger.dead_letters()
-    assert (dead.member, dead.state, dead.bytes_in, dead.requests) == (f"{start}:{SUB}", "dead", 1024, 15)
+    assert (dead.key, dead.state, dead.bytes_in, dead.requests) == (ReportKey(start, SUB), ReportState.DEAD, 1024, 15)
     assert "REPORT_MAX_AGE" in dead.reason and "503" in dead.reason
     assert ledger.due_count() == 0
 
@@ -216,29 +217,29 @@ def test_rejected_goes_to_the_dead_letters(settings_env, ledger):
     start = sealed_report(ledger)
     client = FakeClient(PlatformRejected("HTTP 400: bad request", 400))
     out = reporter(ledger, client).send(start, SUB, 0)
-    assert out.action == "dead"
+    assert out.action == ReportOutcome.DEAD
     (dead,) = ledger.dead_letters()
     assert dead.reason == "rejected: HTTP 400: bad request"
     assert ledger.due_count() == 0
-    assert reporter(ledger, client).send(start, SUB, 0).action == "noop"
+    assert reporter(ledger, client).send(start, SUB, 0).action == ReportOutcome.NOOP
     assert len(client.calls) == 1
 
 
 def test_a_delivered_report_is_never_sent_again(settings_env, ledger):
     start = sealed_report(ledger)
-    ledger.mark_delivered(f"{start}:{SUB}", "delivered", "u", 3600)
+    ledger.mark_delivered(ReportKey(start, SUB), ReportState.DELIVERED, "u", 3600)
     client = FakeClient(LOGGED)
     out = reporter(ledger, client).send(start, SUB, 0)
-    assert (out.action, out.detail) == ("noop", "delivered")
+    assert (out.action, out.detail) == (ReportOutcome.NOOP, ReportState.DELIVERED)
     assert client.calls == []
-    assert ledger.report(start, SUB).attempts == 0
+    assert ledger.report(ReportKey(start, SUB)).attempts == 0
 
 
 def test_unknown_or_invalid_report_is_noop(settings_env, ledger):
     client = FakeClient(LOGGED)
-    assert reporter(ledger, client).send(120, "nope", 0).action == "noop"
-    assert reporter(ledger, client).send(120, "Bad_Sub", 0).action == "noop"
-    assert reporter(ledger, client).send(120, "x:y", 0).action == "noop"
+    assert reporter(ledger, client).send(120, "nope", 0).action == ReportOutcome.NOOP
+    assert reporter(ledger, client).send(120, "Bad_Sub", 0).action == ReportOutcome.NOOP
+    assert reporter(ledger, client).send(120, "x:y", 0).action == ReportOutcome.NOOP
     assert client.calls == []
 
 
@@ -250,12 +251,12 @@ def test_every_attempt_sends_the_same_key_and_body(settings_env, ledger):
         LOGGED,
     )
     rep = reporter(ledger, client)
-    assert [rep.send(start, SUB, i).action for i in range(3)] == ["retry", "retry", "delivered"]
+    assert [rep.send(start, SUB, i).action for i in range(3)] == [ReportOutcome.RETRY, ReportOutcome.RETRY, ReportOutcome.DELIVERED]
     bodies = {repr(sorted(body.items())) for body, _ in client.calls}
     keys = {key for _, key in client.calls}
     assert len(client.calls) == 3 and len(bodies) == 1 and len(keys) == 1
     assert keys == {f"cluster-a:{iso_z(start)}/{RI}:{SUB}"}
-    assert ledger.report(start, SUB).attempts == 3
+    assert ledger.report(ReportKey(start, SUB)).attempts == 3
 
 
 def test_the_lock_keeps_a_second_copy_off_the_wire(settings_env, ledger):
@@ -269,15 +270,15 @@ def test_the_lock_keeps_a_second_copy_off_the_wire(settings_env, ledger):
     try:
         assert client.entered.wait(10)
         second = rep.send(start, SUB, 0)
-        assert second.action == "busy"
+        assert second.action == ReportOutcome.BUSY
         assert len(client.calls) == 1
     finally:
         client.release.set()
         first.join(10)
-    assert [o.action for o in results] == ["delivered"]
+    assert [o.action for o in results] == [ReportOutcome.DELIVERED]
     # The lock is released: a later copy sees the report delivered.
-    assert rep.send(start, SUB, 0).action == "noop"
-    assert not ledger.r.exists(ledger.k("lock", f"{start}:{SUB}"))
+    assert rep.send(start, SUB, 0).action == ReportOutcome.NOOP
+    assert not ledger.r.exists(ledger.k("lock", ReportKey(start, SUB)))
 
 
 # parse_retry_after -----------------------------------------------------------------------
@@ -322,7 +323,7 @@ def assert_no_secret(exc: BaseException, *secrets: str) -> None:
 def test_client_201_logged(platform, client):
     assert client.url == platform.url + PATH
     done = client.post(BODY, KEY)
-    assert done == Delivery("delivered", 201, user_id_for(SUB), "")
+    assert done == Delivery(ReportOutcome.DELIVERED, 201, user_id_for(SUB), "")
     (rec,) = platform.records
     assert rec.key == KEY and rec.body == BODY
 
@@ -330,7 +331,7 @@ def test_client_201_logged(platform, client):
 def test_client_skipped(platform, client):
     platform.skip = {SUB}
     done = client.post(BODY, KEY)
-    assert (done.outcome, done.status) == ("skipped", 200)
+    assert (done.outcome, done.status) == (ReportOutcome.SKIPPED, 200)
     assert "not found" in done.note
     assert platform.records == []
 
@@ -365,7 +366,7 @@ def test_client_409_is_retryable(platform, client):
         client.post(BODY, KEY)
     assert info.value.status == 409
     # The retry of the same key and body is then logged once.
-    assert client.post(BODY, KEY).outcome == "delivered"
+    assert client.post(BODY, KEY).outcome == ReportOutcome.DELIVERED
     assert len(platform.records) == 1
 
 

@@ -19,10 +19,11 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from app.ledger import Report, split_member
+from app.ledger import Report
+from app.model import ReportKey, ReportOutcome, ReportState
 from app.reporting import idempotency_key, report_body
-from app.sim.platform_stub import ENDPOINT_PATH
-from app.sim.procs import wait_until
+from sim.platform_stub import ENDPOINT_PATH
+from sim.procs import wait_until
 from tests.traffic import Traffic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,21 +79,19 @@ def capture_bodies(platform) -> list[tuple[str | None, bytes]]:
     return seen
 
 
-def ledger_reports(pipeline) -> dict[str, Report]:
-    """Every report record in the ledger, by member ``<start>:<sub>``."""
-    out: dict[str, Report] = {}
-    for key in pipeline.r.scan_iter(match=f"{pipeline.prefix}:rep:*", count=1000):
-        _, _, start_s, sub = key.decode().split(":", 3)
-        rep = pipeline.ledger.report(int(start_s), sub)
+def ledger_reports(pipeline) -> dict[ReportKey, Report]:
+    """Every report record in the ledger, by key."""
+    out: dict[ReportKey, Report] = {}
+    for key in pipeline.ledger.report_keys():
+        rep = pipeline.ledger.report(key)
         if rep is not None:
-            out[rep.member] = rep
+            out[key] = rep
     return out
 
 
-def key_of(pipeline, member: str) -> str:
-    """The Idempotency-Key of report ``<start>:<sub>``, as the contract defines it."""
-    start_s, sub = split_member(member)
-    return idempotency_key(SCRAPER_ID, start_s, pipeline.ledger.ri, sub)
+def key_of(pipeline, key: ReportKey) -> str:
+    """The Idempotency-Key of a report, as the contract defines it."""
+    return idempotency_key(SCRAPER_ID, key.start, pipeline.ledger.ri, key.subdomain)
 
 
 def attempts_by_key(platform) -> dict[str | None, list]:
@@ -132,15 +131,14 @@ def assert_delivered_once(platform) -> None:
         assert final[0] == len(attempts) - 1, f"{key} sent again after delivery: {[(a.status, a.outcome) for a in attempts]}"
 
 
-def replay_in_process(pipeline, members: list[str]) -> None:
+def replay_in_process(pipeline, keys: list[ReportKey]) -> None:
     """What ``traefik-metrics-scraper replay`` does: revive, claim, enqueue."""
-    for m in members:
-        assert pipeline.ledger.revive(m)
-    claimed = pipeline.ledger.claim(members, 6)
-    assert sorted(claimed) == sorted(members)
-    for m in claimed:
-        start_s, sub = split_member(m)
-        pipeline.send("workers.report.report", start_s, sub, queue="report")
+    for key in keys:
+        assert pipeline.ledger.revive(key)
+    claimed = pipeline.ledger.claim(keys, 6)
+    assert sorted(claimed) == sorted(keys)
+    for key in claimed:
+        pipeline.send("workers.report.report", key.start, key.subdomain, queue="report")
 
 
 def cli(pipeline, *args: str) -> subprocess.CompletedProcess:
@@ -168,7 +166,7 @@ def test_500s_then_recovery_same_key_and_body(pipeline, kube, platform):
     assert_delivered_once(platform)
 
     reports = ledger_reports(pipeline)
-    assert {r.state for r in reports.values()} == {"delivered"}
+    assert {r.state for r in reports.values()} == {ReportState.DELIVERED}
     assert sum(r.attempts for r in reports.values()) == len(attempts)
     by_key = {key_of(pipeline, m): r for m, r in reports.items()}
     assert set(by_key) == {r.key for r in platform.records}
@@ -219,22 +217,21 @@ def test_retry_after_is_honoured_and_capped(pipeline, kube, platform):
 # 3. Outage longer than the automatic retries ------------------------------------------
 
 
-def parked_now(pipeline) -> list[tuple[str, float, float]]:
-    """Reports parked in the due set: (member, due score, next_at), read atomically."""
-    due = f"{pipeline.prefix}:due"
-    members = [m.decode() for m in pipeline.r.zrange(due, 0, -1)]
-    if not members:
+def parked_now(pipeline) -> list[tuple[ReportKey, float, float]]:
+    """Reports parked in the due set: (key, due score, next_at), read atomically."""
+    due = pipeline.ledger.k("due")
+    keys = [ReportKey.parse(m) for m in pipeline.r.zrange(due, 0, -1)]
+    if not keys:
         return []
     with pipeline.r.pipeline(transaction=True) as pipe:
-        for m in members:
-            start_s, sub = split_member(m)
-            pipe.zscore(due, m)
-            pipe.hmget(f"{pipeline.prefix}:rep:{start_s}:{sub}", "state", "next_at")
+        for key in keys:
+            pipe.zscore(due, str(key))
+            pipe.hmget(pipeline.ledger.rep_key(key), "state", "next_at")
         res = pipe.execute()
     out = []
-    for m, score, (state, next_at) in zip(members, res[::2], res[1::2], strict=True):
-        if score is not None and state == b"due":
-            out.append((m, float(score), float(next_at)))
+    for key, score, (state, next_at) in zip(keys, res[::2], res[1::2], strict=True):
+        if score is not None and state == ReportState.DUE.encode():
+            out.append((key, float(score), float(next_at)))
     return out
 
 
@@ -264,7 +261,7 @@ def test_outage_longer_than_auto_retries_is_parked_then_swept(pipeline, kube, pl
     assert_delivered_once(platform)
     assert platform.duplicates_deduped == 0
     assert pipeline.ledger.dead_letters() == []
-    assert {r.state for r in ledger_reports(pipeline).values()} == {"delivered"}
+    assert {r.state for r in ledger_reports(pipeline).values()} == {ReportState.DELIVERED}
 
 
 # 4. Answer lost after the platform committed --------------------------------------------
@@ -289,7 +286,7 @@ def test_drop_after_commit_is_deduplicated_by_key(pipeline, kube, platform):
         # Lost answer, then the retry with the same key got the first answer back.
         assert outcomes[0] == "dropped" and outcomes[-1] == "replayed", outcomes
         assert "logged" not in outcomes
-    assert {r.state for r in ledger_reports(pipeline).values()} == {"delivered"}
+    assert {r.state for r in ledger_reports(pipeline).values()} == {ReportState.DELIVERED}
 
 
 # 5. 401: dead letters, fix, replay -------------------------------------------------------
@@ -308,14 +305,14 @@ def test_wrong_secret_dead_letters_then_replay(pipeline, kube, platform):
     assert sums(dead) == traffic.expected()  # nothing lost: all of it is parked
     assert len(attempts) == len(dead)  # rejected at once, no retries
     failed_keys = {a.key for a in attempts}
-    assert failed_keys == {key_of(pipeline, r.member) for r in dead}
+    assert failed_keys == {key_of(pipeline, r.key) for r in dead}
     assert all(r.reason.startswith("rejected: HTTP 401") and r.attempts == 1 for r in dead)
     assert pipeline.ledger.stats()["reports_dead"] == len(dead)
 
     listed = cli(pipeline, "deadletters")
     assert listed.returncode == 0, listed.stderr
     for r in dead:
-        line = next(ln for ln in listed.stdout.splitlines() if ln.startswith(r.member + " "))
+        line = next(ln for ln in listed.stdout.splitlines() if ln.startswith(f"{r.key} "))
         assert r.subdomain in line and "HTTP 401" in line and str(r.bytes_out) in line
     assert SECRET not in listed.stdout + listed.stderr
 
@@ -345,12 +342,12 @@ def dead_then_replay(pipeline, platform, pods, traffic, n_dead: int) -> list[Rep
     assert add(pipeline.delivered(), sums(dead)) == traffic.expected()
     by_key = attempts_by_key(platform)
     for r in dead:
-        assert r.state == "dead" and r.attempts == 1
-        assert len(by_key[key_of(pipeline, r.member)]) == 1  # not retried
+        assert r.state == ReportState.DEAD and r.attempts == 1
+        assert len(by_key[key_of(pipeline, r.key)]) == 1  # not retried
     assert pipeline.ledger.stats()["reports_dead"] == n_dead
     assert len(platform.attempts) == len(platform.records) + n_dead
 
-    replay_in_process(pipeline, [r.member for r in dead])
+    replay_in_process(pipeline, [r.key for r in dead])
     pipeline.wait_quiescent(pods)
     assert pipeline.delivered() == traffic.expected()
     assert_delivered_once(platform)
@@ -413,9 +410,9 @@ def test_skipped_is_final_and_not_retried(pipeline, kube, platform):
     assert sums(platform.skipped) == {"tun-1": skipped_truth}
     reports = ledger_reports(pipeline)
     states = {m: r.state for m, r in reports.items()}
-    skipped = [m for m, s in states.items() if s == "skipped"]
-    assert skipped and all(split_member(m)[1] == "tun-1" for m in skipped)
-    assert all(s == "delivered" for m, s in states.items() if split_member(m)[1] != "tun-1")
+    skipped = [m for m, s in states.items() if s == ReportState.SKIPPED]
+    assert skipped and all(m.subdomain == "tun-1" for m in skipped)
+    assert all(s == ReportState.DELIVERED for m, s in states.items() if m.subdomain != "tun-1")
     assert all(reports[m].attempts == 1 for m in skipped)
     by_key = attempts_by_key(platform)
     for m in skipped:
@@ -426,9 +423,9 @@ def test_skipped_is_final_and_not_retried(pipeline, kube, platform):
 
     # Sent again by hand: still final, nothing goes on the wire.
     before = len(platform.attempts)
-    start_s, sub = split_member(skipped[0])
-    res = pipeline.client.send_task("workers.report.report", args=(start_s, sub), queue="report")
-    assert res.get(timeout=20) == {"action": "noop", "detail": "skipped"}
+    res = pipeline.client.send_task("workers.report.report", args=(skipped[0].start, skipped[0].subdomain),
+                                    queue="report")
+    assert res.get(timeout=20) == {"action": ReportOutcome.NOOP, "detail": ReportState.SKIPPED}
     assert len(platform.attempts) == before
 
 
@@ -511,13 +508,12 @@ def test_report_task_redelivered_after_delivery_is_not_resent(pipeline, kube, pl
     assert pipeline.delivered() == traffic.expected()
     attempts_before = len(platform.attempts)
     reports = ledger_reports(pipeline)
-    assert reports and {r.state for r in reports.values()} == {"delivered"}
+    assert reports and {r.state for r in reports.values()} == {ReportState.DELIVERED}
 
     # Each delivered report's task sent twice more by hand, as a redelivery would.
-    for member in reports:
-        start_s, sub = split_member(member)
-        pipeline.send("workers.report.report", start_s, sub, queue="report")
-        pipeline.send("workers.report.report", start_s, sub, queue="report")
+    for key in reports:
+        pipeline.send("workers.report.report", key.start, key.subdomain, queue="report")
+        pipeline.send("workers.report.report", key.start, key.subdomain, queue="report")
     # A copy is a no-op ("delivered"), or "busy" when it raced its twin for the lock.
     noop = "{'action': 'noop', 'detail': 'delivered'}"
     busy = "{'action': 'busy', 'detail': 'another copy is sending it'}"

@@ -152,3 +152,9 @@ def test_visibility_timeout_exceeds_every_countdown_and_time_limit(wiring):
     for name, t in wiring["tasks"].items():
         if t["soft_time_limit"]:
             assert t["soft_time_limit"] < t["time_limit"], name
+
+
+def test_the_report_task_name_sent_by_replay_is_registered(wiring):
+    from app.queues import REPORT_TASK
+
+    assert REPORT_TASK in wiring["tasks"]

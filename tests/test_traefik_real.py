@@ -9,8 +9,8 @@ import json
 import pytest
 
 from app.parser import Aggregator
-from app.sim.loadgen import LoadGen
-from app.sim.traefik import TraefikProcess
+from sim.loadgen import LoadGen
+from sim.traefik import TraefikProcess
 
 pytestmark = pytest.mark.traefik
 

@@ -8,6 +8,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from app import runtime
 from app.celery import app, settings
+from app.model import FetchStatus
 from app.queues import Queue
 
 log = logging.getLogger(__name__)
@@ -15,7 +16,7 @@ log = logging.getLogger(__name__)
 
 @app.task(
     name="workers.fetch.fetch",
-    queue=Queue.FETCH.value,
+    queue=Queue.FETCH,
     acks_late=True,
     soft_time_limit=settings.fetch_time_limit,
     time_limit=settings.fetch_time_limit + 10,
@@ -28,4 +29,4 @@ def fetch(name: str, uid: str) -> dict:
         return runtime.fetcher().fetch(name, uid)
     except SoftTimeLimitExceeded:
         log.warning("fetch %s: over FETCH_TIME_LIMIT (%ss); nothing committed, next round retries", name, settings.fetch_time_limit)
-        return {"pod": name, "status": "timeout"}
+        return {"pod": name, "status": FetchStatus.TIMEOUT}

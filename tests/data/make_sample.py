@@ -28,8 +28,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
-from app.sim.loadgen import LoadGen  # noqa: E402
-from app.sim.traefik import TraefikProcess  # noqa: E402
+from sim.loadgen import LoadGen  # noqa: E402
+from sim.traefik import TraefikProcess  # noqa: E402
 
 DOMAIN = "t.lum.tools"
 SEED = 2026

@@ -1,23 +1,55 @@
-"""Plan, merge and sweep: the rounds around the fetches and reports.
+"""The rounds: plan -> chord(fetch per pod) -> merge, and the sweep.
 
-Plain functions over the ledger and the log source; the Celery tasks in
-``workers/maintenance.py`` only wire them to queues.
+``plan`` lists the Traefik pods of one fetch round; ``merge`` (the chord callback)
+seals every report interval that has ended and claims its reports; ``sweep`` merges
+what no callback merged, re-claims reports that were never delivered and expires old
+data (docs/design.md, "Data flow" and "Failure model").
+
+Plain functions over the ledger and the log source. They return what must be
+dispatched (the pods to fetch, the report keys to send); the Celery tasks in
+``workers/rounds.py`` do the dispatching.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from app.errors import KubeError, PodGone
 from app.kube import LogSource, Pod
 from app.ledger import Ledger, iso
+from app.model import ReportKey, RoundStatus
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
 GONE_AFTER = 3600  # seconds a pod must be unseen before its cursors may go
 SWEEP_BATCH = 1000  # reports re-enqueued by one sweep at most
+
+
+@dataclass
+class Plan:
+    """One fetch round. ``dispatch``: whether the round sends its chord (a fetch per pod
+    in ``pods``, then merge; with no pods, merge alone)."""
+
+    status: RoundStatus
+    round: int
+    pods: list[Pod] = field(default_factory=list)
+    dispatch: bool = False
+
+    def summary(self) -> dict:
+        out: dict = {"status": self.status, "round": self.round}
+        if self.status == RoundStatus.OK:
+            out["pods"] = len(self.pods)
+        return out
+
+
+@dataclass
+class Merge:
+    """What a merge or a sweep did; ``reports``: the keys claimed now, to be sent."""
+
+    sealed: int
+    reports: list[ReportKey]
 
 
 def ensure_ledger(ledger: Ledger, settings: Settings) -> bool:
@@ -50,62 +82,63 @@ def ensure_ledger(ledger: Ledger, settings: Settings) -> bool:
     return False
 
 
-def plan(ledger: Ledger, source: LogSource, settings: Settings, dispatch: Callable[[list[Pod]], None]) -> dict:
-    """One fetch round: list the Traefik pods and hand them to ``dispatch`` (a chord).
+def plan(ledger: Ledger, source: LogSource, settings: Settings) -> Plan:
+    """One fetch round: list the Traefik pods to fetch.
 
     Guarded with ``SET NX`` on the round number, so a duplicate round does nothing.
+    A round whose pods cannot be listed still dispatches merge alone, so intervals are
+    sealed while the Kubernetes API is down.
     """
     every = settings.fetch_every
     round_no = int(ledger.now() // every)
     if not ledger.try_round(round_no, ttl=3 * every):
-        return {"status": "duplicate", "round": round_no}
+        return Plan(RoundStatus.DUPLICATE, round_no)
     if not ensure_ledger(ledger, settings):
-        return {"status": "ledger_lost", "round": round_no}
+        return Plan(RoundStatus.LEDGER_LOST, round_no)
     try:
         pods = source.list_pods()
     except KubeError as e:
         log.error("plan: cannot list Traefik pods: %s", e)
-        dispatch([])
-        return {"status": "kube_error", "round": round_no}
+        return Plan(RoundStatus.KUBE_ERROR, round_no, dispatch=True)
     ledger.note_pods([{"uid": p.uid, "name": p.name, "namespace": p.namespace, "deleting": p.deleting} for p in pods])
     if not pods:
         log.warning("plan: no pod in namespace %s matches %s", settings.traefik_namespace, settings.traefik_label_selector)
     for p in pods:
         if p.deleting:
             log.info("plan: pod %s is terminating: reading it every round until it is gone", p.name)
-    dispatch(pods)
-    return {"status": "ok", "round": round_no, "pods": len(pods)}
+    return Plan(RoundStatus.OK, round_no, pods, dispatch=True)
 
 
-def merge(ledger: Ledger, settings: Settings, enqueue: Callable[[list[str]], None], min_age: float = 0.0) -> dict:
+def merge(ledger: Ledger, settings: Settings, min_age: float = 0.0) -> Merge:
     """Seal every report interval that ended (at least ``min_age`` seconds ago) and
-    enqueue its reports. Reads Redis, never the fetch results; safe to run twice."""
+    claim its reports. Reads Redis, never the fetch results; safe to run twice."""
     now = ledger.now()
-    created: list[str] = []
+    created: list[ReportKey] = []
     starts = ledger.open_intervals(now - min_age)
     for start in starts:
         subs = ledger.seal(start)
-        created += [f"{start}:{sub}" for sub in subs]
+        created += [ReportKey(start, sub) for sub in subs]
         if subs:
             log.info("Reporting %d tunnel(s) for %s", len(subs), iso(start))
-    claimed = ledger.claim(created, settings.lease_seconds)
-    enqueue(claimed)
-    return {"sealed": len(starts), "reports": len(claimed)}
+    return Merge(len(starts), ledger.claim(created, settings.lease_seconds))
 
 
-def sweep(ledger: Ledger, source: LogSource | None, settings: Settings, enqueue: Callable[[list[str]], None]) -> dict:
-    """Recover what the normal path left behind, and expire old data."""
+def sweep(ledger: Ledger, source: LogSource | None, settings: Settings) -> tuple[dict, list[ReportKey]]:
+    """Recover what the normal path left behind, and expire old data.
+
+    Returns the sweep's summary and the report keys claimed now, to be sent.
+    """
     if ledger.init_record() is None:
-        return {"status": "ledger_lost"}
-    merged = merge(ledger, settings, enqueue, min_age=settings.sweep_merge_age)
+        return {"status": RoundStatus.LEDGER_LOST}, []
+    merged = merge(ledger, settings, min_age=settings.sweep_merge_age)
     claimed = ledger.claim_due(settings.lease_seconds, SWEEP_BATCH)
     if claimed:
         log.info("sweep: re-enqueueing %d report(s) never delivered", len(claimed))
-    enqueue(claimed)
     now = ledger.now()
     expired = ledger.expire_intervals(now - settings.interval_retention)
     forgotten = _forget_gone_pods(ledger, source, now) if source is not None else 0
-    return {"merged": merged["sealed"], "requeued": len(claimed), "expired": expired, "forgotten_pods": forgotten}
+    summary = {"merged": merged.sealed, "requeued": len(claimed), "expired": expired, "forgotten_pods": forgotten}
+    return summary, merged.reports + claimed
 
 
 def _forget_gone_pods(ledger: Ledger, source: LogSource, now: float) -> int:

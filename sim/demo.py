@@ -21,12 +21,12 @@ import threading
 import time
 from pathlib import Path
 
-from app.sim.cluster import LocalPipeline
-from app.sim.fake_kube import FakeKube
-from app.sim.loadgen import LoadGen
-from app.sim.platform_stub import PlatformStub, Record
-from app.sim.procs import RedisServer
-from app.sim.traefik import TraefikProcess
+from sim.cluster import LocalPipeline
+from sim.fake_kube import FakeKube
+from sim.loadgen import LoadGen
+from sim.platform_stub import PlatformStub, Record
+from sim.procs import RedisServer
+from sim.traefik import TraefikProcess
 
 TUNNELS = ("alpha", "bravo-2", "charlie", "delta-echo", "x1", "foxtrot", "golf-7")
 
@@ -122,7 +122,7 @@ def reconcile(truth: dict[str, dict[str, int]], got: dict[str, dict[str, int]], 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m app.sim.demo", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m sim.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=90.0, help="traffic duration before reconciling (default 90)")
     p.add_argument("--rate", type=float, default=20.0, help="requests per second per Traefik (default 20)")
     p.add_argument("--report-interval", type=int, default=5, help="REPORT_INTERVAL for the demo (default 5 s)")

@@ -6,7 +6,8 @@ import json
 
 from app.kube import LogSource
 from app.ledger import Ledger
-from app.maintenance import GONE_AFTER, sweep
+from app.model import CommitStatus
+from app.rounds import GONE_AFTER, sweep
 from app.settings import Settings
 
 
@@ -22,7 +23,7 @@ def test_cursors_go_only_for_pods_gone_for_an_hour(r, kube, tmp_path, monkeypatc
                                         (replaced_old, "traefik-replaced")]}
     ledger.note_pods([{"uid": uid, "name": name, "namespace": "traefik", "deleting": False} for uid, name in pods.items()])
     for uid in pods:
-        assert ledger.commit(f"{uid}/traefik", "", "containerd://x|1|1", {}, {}).status == "ok"
+        assert ledger.commit(f"{uid}/traefik", "", "containerd://x|1|1", {}, {}).status == CommitStatus.OK
     long_ago = ledger.now() - GONE_AFTER - 60
     for uid, name in pods.items():  # all unseen for over an hour, except "recent"
         if name != "traefik-recent":
@@ -31,7 +32,7 @@ def test_cursors_go_only_for_pods_gone_for_an_hour(r, kube, tmp_path, monkeypatc
     kube.delete("traefik-recent")
     kube.replace_pod("traefik-replaced")  # same name, another uid
     source = LogSource("traefik", "app.kubernetes.io/name=traefik", 5)
-    out = sweep(ledger, source, Settings(), lambda members: None)
+    out, _ = sweep(ledger, source, Settings())
     source.close()
     assert out["forgotten_pods"] == 2
     left = {field.split("/")[0] for field in ledger.cursors()}
@@ -42,7 +43,7 @@ def test_cursors_go_only_for_pods_gone_for_an_hour(r, kube, tmp_path, monkeypatc
 def test_ensure_ledger_initialises_only_an_empty_ledger_without_start_at(r):
     from datetime import UTC, datetime
 
-    from app.maintenance import ensure_ledger
+    from app.rounds import ensure_ledger
 
     fresh = Ledger(r, "fresh", 60)
     assert ensure_ledger(fresh, Settings())

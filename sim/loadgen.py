@@ -7,7 +7,7 @@ It sends a mix meant to exercise the counting rule through the real proxy:
 - other hosts: other domains and lookalikes (``evil<domain>``, ``x.<domain>.evil.com``,
   ``a.b.<domain>``, the bare domain);
 - requests Traefik answers itself with a 404 and no ``RouterName``: any host on the
-  path ``/no-route/...`` (see ``app.sim.traefik``), and an empty Host header;
+  path ``/no-route/...`` (see ``sim.traefik``), and an empty Host header;
 - methods GET, POST, PUT, HEAD; request bodies with Content-Length or chunked; response
   sizes from 0 to about 1 MiB, some answered chunked by the backend.
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import redis
 
 from app.ledger import Cursor, Ledger
-from app.sim.fake_kube import FakeKube, PodNotFound
-from app.sim.platform_stub import PlatformStub
-from app.sim.procs import CeleryProcess, free_port, wait_until
+from sim.fake_kube import FakeKube, PodNotFound
+from sim.platform_stub import PlatformStub
+from sim.procs import CeleryProcess, free_port, wait_until
 
 # Variables of the parent environment that must not leak into the pipeline's processes.
 _OWN = ("CELERY_", "REDIS_", "PLATFORM_", "FETCH_", "REPORT_", "TRAEFIK_", "START_AT", "SCRAPER_ID", "KUBECONFIG")

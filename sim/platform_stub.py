@@ -825,7 +825,7 @@ def _phrase(status: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the stub standalone as the development platform; Ctrl-C or SIGTERM stops it."""
     parser = argparse.ArgumentParser(
-        prog="python -m app.sim.platform_stub",
+        prog="python -m sim.platform_stub",
         description="Development platform endpoint: logs every tunnel-traffic report it receives.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 in a container)")

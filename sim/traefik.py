@@ -56,7 +56,7 @@ Quirks of real Traefik 3.7 output seen while writing this (they shape the parser
   the backend: ``ConnectionResetError``), the client gets ``IncompleteRead``, and the
   line says ``DownstreamStatus`` 200, ``OriginStatus`` 0. Nothing on the backend side
   causes or prevents it; the client avoids it with ``Connection: close`` on such
-  requests (see ``app.sim.loadgen``).
+  requests (see ``sim.loadgen``).
 """
 
 from __future__ import annotations

@@ -1,0 +1,62 @@
+"""Plan, merge and sweep tasks (queue ``fetch``: they are quick and must not wait
+behind report retries). The rules are in ``app/rounds.py``; these tasks dispatch
+what it returns.
+
+The task names keep their first module's name (``workers.maintenance.*``): a worker
+discards a message whose task name it does not know, so renaming one would strand
+queued messages.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import chord, group
+
+from app import rounds, runtime
+from app.celery import app, settings
+from app.errors import KubeError
+from app.model import RoundStatus
+from app.queues import Queue
+from workers.fetch import fetch
+from workers.report import enqueue_reports
+
+log = logging.getLogger(__name__)
+
+
+@app.task(name="workers.maintenance.plan", queue=Queue.FETCH, expires=float(settings.fetch_every))
+def plan() -> dict:
+    """List the Traefik pods and send chord(fetch per pod, merge)."""
+    try:
+        source = runtime.log_source()
+    except KubeError as e:
+        log.error("plan: %s", e)
+        merge.apply_async()
+        return {"status": RoundStatus.KUBE_ERROR}
+    out = rounds.plan(runtime.ledger(), source, settings)
+    if out.dispatch:
+        if out.pods:
+            chord(group(fetch.s(p.name, p.uid) for p in out.pods), merge.si()).apply_async()
+        else:
+            merge.apply_async()
+    return out.summary()
+
+
+@app.task(name="workers.maintenance.merge", queue=Queue.FETCH, acks_late=True)
+def merge() -> dict:
+    """The chord callback: seal ended intervals and send their reports."""
+    out = rounds.merge(runtime.ledger(), settings)
+    enqueue_reports(out.reports)
+    return {"sealed": out.sealed, "reports": len(out.reports)}
+
+
+@app.task(name="workers.maintenance.sweep", queue=Queue.FETCH, acks_late=True, expires=float(3 * settings.fetch_every))
+def sweep() -> dict:
+    try:
+        source = runtime.log_source()
+    except KubeError as e:
+        log.warning("sweep: not checking gone pods: %s", e)
+        source = None
+    summary, keys = rounds.sweep(runtime.ledger(), source, settings)
+    enqueue_reports(keys)
+    return summary
