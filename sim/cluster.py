@@ -9,7 +9,8 @@ from pathlib import Path
 
 import redis
 
-from app.ledger import Cursor, Ledger
+from app.ledger import Ledger
+from app.model import Cursor
 from sim.fake_kube import FakeKube, PodNotFound
 from sim.platform_stub import PlatformStub
 from sim.procs import CeleryProcess, free_port, wait_until

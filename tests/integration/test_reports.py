@@ -26,7 +26,7 @@ from sim.platform_stub import ENDPOINT_PATH
 from sim.procs import wait_until
 from tests.traffic import Traffic
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRAPER_ID = "test"  # the harness's SCRAPER_ID
 SECRET = "s3cret-value"  # the platform fixture's secret
 

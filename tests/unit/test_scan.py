@@ -13,10 +13,10 @@ from app import scan
 from app.parser import IGNORED_REASONS, REJECTED_REASONS
 from app.scan import human_bytes, main
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 SAMPLE = DATA / "sample.log"
 EXPECTED = json.loads((DATA / "sample.expected.json").read_text())
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_json(capsys, *argv: str) -> dict:

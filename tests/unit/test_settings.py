@@ -15,7 +15,7 @@ import pytest
 from app.platform import PATH, PlatformClient
 from app.settings import ConfigError, Settings, load_settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SECRET = "hunter2-secret"
 REDIS_PASSWORD = "p4ssw0rd"
 SETTING_VARS = [name.upper() for name in Settings.model_fields] + ["POD_NAMESPACE"]

@@ -23,7 +23,7 @@ import requests
 from sim.platform_stub import ENDPOINT_PATH, PlatformStub, user_id_for
 
 SECRET = "test-secret"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

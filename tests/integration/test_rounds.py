@@ -69,7 +69,7 @@ def test_init_ledger_command(r, redis_url):
 
     def run(*args):
         return subprocess.run([sys.executable, "-m", "app", "init-ledger", *args], env=env, capture_output=True,
-                              text=True, timeout=60, cwd=str(pathlib.Path(__file__).parents[1]))
+                              text=True, timeout=60, cwd=str(pathlib.Path(__file__).parents[2]))
 
     first = run("--start-at", "2026-11-24T00:00:00Z")
     assert first.returncode == 0, first.stderr
