@@ -1,0 +1,56 @@
+"""The Lua scripts build the same strings as app/model.py: the report key's string form
+(due/dead members, ``rep:`` and ``lock:`` keys) and the report states they write."""
+
+from __future__ import annotations
+
+from app.ledger import Ledger
+from app.model import ReportKey, ReportState
+
+RI = 60
+
+
+def sealed(ledger: Ledger, subs: dict[str, tuple[int, int, int]]) -> int:
+    now = int(ledger.now())
+    start = now - now % RI - 2 * RI
+    for sub, (bi, bo, rq) in subs.items():
+        ledger.r.hset(ledger.k("iv", start), mapping={f"{sub}:i": bi, f"{sub}:o": bo, f"{sub}:r": rq})
+    ledger.r.zadd(ledger.k("open"), {str(start): start})
+    assert ledger.seal(start) == sorted(subs)
+    return start
+
+
+def test_seal_lua_writes_the_report_key_and_state_python_reads(r):
+    ledger = Ledger(r, "agree", RI)
+    start = sealed(ledger, {"a-tun": (1, 2, 3), "b": (4, 5, 6)})
+    keys = {ReportKey(start, "a-tun"), ReportKey(start, "b")}
+    # The due set's members parse as report keys, and each has its hash where Python looks.
+    due = {ReportKey.parse(m) for m in r.zrange(ledger.k("due"), 0, -1)}
+    assert due == keys
+    assert set(ledger.report_keys()) == keys
+    for key in keys:
+        assert r.hget(ledger.rep_key(key), "state") == ReportState.PENDING.encode()
+        assert ledger.report(key).state is ReportState.PENDING
+
+
+def test_claim_lua_marks_the_hash_python_reads_as_queued(r):
+    ledger = Ledger(r, "agree", RI)
+    start = sealed(ledger, {"a-tun": (1, 2, 3)})
+    key = ReportKey(start, "a-tun")
+    assert ledger.claim([key], lease=60) == [key]
+    assert ledger.report(key).state is ReportState.QUEUED
+    # Nothing else was created under another spelling of the key.
+    assert sorted(k.decode() for k in r.scan_iter(match=ledger.k("rep", "*"))) == [ledger.rep_key(key)]
+
+
+def test_every_state_a_script_or_the_ledger_writes_is_a_report_state(r):
+    ledger = Ledger(r, "agree", RI)
+    start = sealed(ledger, {"a": (1, 1, 1), "b": (1, 1, 1), "c": (1, 1, 1)})
+    a, b, c = (ReportKey(start, s) for s in "abc")
+    ledger.claim([a, b, c], lease=60)
+    ledger.mark_delivered(a, ReportState.SKIPPED, "", 60)
+    ledger.park(b, ledger.now() + 60, "HTTP 503")
+    ledger.dead_letter(c, "rejected")
+    states = {k: r.hget(ledger.rep_key(k), "state").decode() for k in (a, b, c)}
+    assert states == {a: "skipped", b: "due", c: "dead"}
+    assert all(s in set(ReportState) for s in states.values())
+    assert [str(m.decode()) for m in r.zrange(ledger.k("dead"), 0, -1)] == [str(c)]
