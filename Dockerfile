@@ -1,10 +1,15 @@
-# Two targets from one file:
+# Three targets from one file:
 #
 #   docker build -t ghcr.io/ethanke/traefik-metrics-scraper:TAG .
-#       the default (last) target: workers, beat, the CLI and the dev platform stub
+#       the default (last) target: workers, beat and the CLI
 #   docker build --target flower -t ghcr.io/ethanke/traefik-metrics-scraper-flower:TAG .
 #       the same image plus Flower (pinned by requirements.lock), for the monitoring UI
+#   docker build --target dev-platform -t traefik-metrics-scraper-dev-platform:dev .
+#       development only: the platform stub (sim.platform_stub) that docker-compose runs
+#       as the dev platform; never deployed, so never pushed
 #
+# The production targets hold app/ and workers/ only: no simulator code (sim/ is a
+# development package and is not in the wheel either).
 # Only runtime dependencies are installed (no dev extras), pinned by requirements.lock.
 # No secret is baked in: PLATFORM_INTERNAL_SECRET, FLOWER_BASIC_AUTH and any Redis
 # password come from the environment at run time (a Kubernetes Secret, or compose's env).
@@ -45,6 +50,15 @@ EXPOSE 5555
 # (user:password) in the environment: Flower reads FLOWER_* variables itself, so the
 # password is never on a command line. Without it the container refuses to start.
 CMD ["sh", "-c", "test -n \"$FLOWER_BASIC_AUTH\" || { echo 'FLOWER_BASIC_AUTH (user:password) is not set: refusing to run Flower without auth' >&2; exit 2; }; exec celery -A app flower --port=5555"]
+
+# Development only: the platform stub, for docker-compose's dev platform. It uses only the
+# standard library; `python -m` puts the working directory on sys.path, so `sim` is
+# importable from /opt/dev.
+FROM base AS dev-platform
+WORKDIR /opt/dev
+COPY sim ./sim
+EXPOSE 3000
+CMD ["python", "-m", "sim.platform_stub", "--host", "0.0.0.0", "--port", "3000"]
 
 # The default target: the scraper image.
 FROM base AS scraper

@@ -401,7 +401,13 @@ def _interpolate(value: str) -> str:
 
 
 def _scraper_services(compose: dict) -> dict[str, dict]:
-    return {name: s for name, s in compose["services"].items() if str(s.get("image", "")).startswith(IMAGE)}
+    """The services built from this repository's Dockerfile (the scraper images and the
+    dev platform), as opposed to third-party images such as redis."""
+    return {
+        name: s
+        for name, s in compose["services"].items()
+        if str(s.get("image", "")).startswith(IMAGE) or "build" in s
+    }
 
 
 def _celery_services(compose: dict) -> dict[str, dict]:
@@ -419,6 +425,13 @@ def test_compose_services(compose):
     assert "container_name" not in report and not report.get("ports")
     assert _command(services["platform"])[:3] == ["python", "-m", "sim.platform_stub"]
     assert "--secret" not in _command(services["platform"]), "the stub takes its secret from the environment"
+    # The stub comes from its own development-only target, under a local image name (never
+    # the scraper's, which holds no simulator code, and never pushed to the registry).
+    assert services["platform"]["build"]["target"] == "dev-platform"
+    assert not str(services["platform"]["image"]).startswith(("ghcr.io/", IMAGE))
+    for name, service in _scraper_services(compose).items():
+        if name != "platform":
+            assert service["build"]["target"] in ("scraper", "flower"), name
     # The kubeconfig: the host's, read-only, for the process that calls the Kubernetes API.
     volumes = services["worker-fetch"]["volumes"]
     assert any(v.startswith("${KUBECONFIG:-~/.kube/config}:") and v.endswith(":ro") for v in volumes)
@@ -489,6 +502,13 @@ def test_compose_env_loads_as_settings(compose, monkeypatch):
         assert s.report_interval == 60 and s.log_level == "INFO", name
 
 
+def test_compose_build_targets_are_dockerfile_stages(compose):
+    stages = set(re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", DOCKERFILE.read_text(), re.M | re.I))
+    for name, service in compose["services"].items():
+        if "build" in service:
+            assert service["build"].get("target") in stages, f"{name}: build target is not a Dockerfile stage"
+
+
 def test_compose_config_validates():
     """``docker-compose config`` accepts the file, and refuses it without FLOWER_BASIC_AUTH."""
     exe = shutil.which("docker-compose")
@@ -514,17 +534,21 @@ def test_dockerfile():
     assert "pip install -c requirements.lock ." in text
     assert "[dev]" not in text
     assert re.search(r"^ENV .*PYTHONUNBUFFERED=1", text, re.M)
-    # Each stage's parent, CMD and USER; the default target is the last stage.
+    # Each stage's parent, CMD, USER and COPY sources; the default target is the last stage.
     stages: dict[str, dict[str, str]] = {}
+    copies: dict[str, list[str]] = {}
     current = ""
     for line in lines:
         if line.startswith("FROM "):
             parts = line.split()
             current = parts[3] if len(parts) > 3 else parts[1]
             stages[current] = {"FROM": parts[1]}
+            copies[current] = []
         elif line.startswith(("CMD ", "USER ")):
             keyword, rest = line.split(None, 1)
             stages[current][keyword] = rest
+        elif line.startswith("COPY "):
+            copies[current] += [a.rstrip("/") for a in line.split()[1:-1] if not a.startswith("--")]
 
     def effective(stage: str, keyword: str) -> str | None:
         while stage in stages:
@@ -533,11 +557,28 @@ def test_dockerfile():
             stage = stages[stage]["FROM"]
         return None
 
-    for stage in (current, "flower"):
+    def ancestry(stage: str) -> list[str]:
+        chain = []
+        while stage in stages:
+            chain.append(stage)
+            stage = stages[stage]["FROM"]
+        return chain
+
+    assert current == "scraper", "the default (last) target is the scraper image"
+    for stage in (current, "flower", "dev-platform"):
         assert effective(stage, "USER") not in (None, "root", "0", "0:0"), f"stage {stage} runs as root"
     # The default target runs the worker on both queues.
     assert effective(current, "CMD") == '["celery", "-A", "app", "worker", "-Q", "fetch,report"]'
     assert "flower" in stages, "a separate target installs Flower"
+    # The runtime images hold the product only: no simulator (sim/), no tests.
+    product = {"pyproject.toml", "requirements.lock", "README.md", "beat_schedule.py", "app", "workers"}
+    for stage in (current, "flower"):
+        copied = {source for s in ancestry(stage) for source in copies[s]}
+        assert copied <= product, f"stage {stage} copies {sorted(copied - product)}"
+    # The dev platform: its own target on top of the same base, the stub and nothing else added.
+    assert stages["dev-platform"]["FROM"] == stages[current]["FROM"]
+    assert copies["dev-platform"] == ["sim"]
+    assert effective("dev-platform", "CMD").startswith('["python", "-m", "sim.platform_stub"')
     for line in lines:
         if line.startswith(("ENV ", "ARG ")):
             assert not re.search(r"SECRET|PASSWORD|BASIC_AUTH", line, re.I), f"no secret baked in: {line}"
