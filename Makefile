@@ -1,4 +1,4 @@
-# make test  - set up .venv and redis-server if missing, then lint and run the tests
+# make test  - set up .venv, redis-server and docker-compose if missing, then lint and run the tests
 # make demo  - the whole pipeline on this machine: redis, 3 real Traefiks, fake k8s API, workers
 # make bench - benchmarks (not part of make test)
 SHELL := /bin/bash
@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_SECONDS ?= 90
 
-.PHONY: test demo bench lint lock redis-server clean
+.PHONY: test demo bench lint lock redis-server docker-compose clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -23,17 +23,30 @@ redis-server:
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	  echo "redis-server missing: installing Debian's redis-server package"; \
 	  (apt-get install -y -qq redis-server >/dev/null 2>&1 || \
-	   (apt-get update -qq >/dev/null && apt-get install -y -qq redis-server >/dev/null)) && \
+	   (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq redis-server >/dev/null 2>&1)) && \
 	  systemctl disable --now redis-server >/dev/null 2>&1 || true; \
 	  command -v redis-server >/dev/null 2>&1 || { echo "could not install redis-server with apt-get"; exit 1; }; \
 	else \
 	  echo "redis-server is not installed: run 'sudo apt-get install redis-server' (Debian/Ubuntu) or put redis-server on PATH"; exit 1; \
 	fi
 
+# Only `docker-compose config` is run (the tests validate docker-compose.yml), so no Docker
+# engine: --no-install-recommends keeps Debian's package from pulling docker.io in.
+docker-compose:
+	@command -v docker-compose >/dev/null 2>&1 && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "docker-compose missing: installing Debian's docker-compose package"; \
+	  apt-get install -y -qq --no-install-recommends docker-compose >/dev/null 2>&1 || \
+	   (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends docker-compose >/dev/null 2>&1) || true; \
+	  command -v docker-compose >/dev/null 2>&1 || { echo "could not install docker-compose with apt-get"; exit 1; }; \
+	else \
+	  echo "docker-compose is not installed: run 'sudo apt-get install docker-compose' (Debian/Ubuntu) or put docker-compose on PATH"; exit 1; \
+	fi
+
 lint: $(STAMP)
 	$(BIN)/ruff check app workers tests bench beat_schedule.py
 
-test: $(STAMP) redis-server lint
+test: $(STAMP) redis-server docker-compose lint
 	$(BIN)/pytest -q
 
 demo: $(STAMP) redis-server
