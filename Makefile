@@ -13,6 +13,10 @@ DEMO_SECONDS ?= 90
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
+# pip may print "WARNING: Location 'file:///…/simple/<project>/' is ignored" for an
+# extra-index-url of the machine's own pip config (`pip config list`) that is a local mirror
+# without that project: the machine's configuration, left as it is (where the mirror is the
+# only index, it is what makes the install work).
 $(STAMP): $(BIN)/python pyproject.toml requirements.lock
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c requirements.lock -e '.[dev]'
