@@ -1,28 +1,6 @@
 """The Redis ledger: cursors, per-interval counts, report records, dead letters, counters.
 
-Every key starts with ``<REDIS_KEY_PREFIX>:``:
-
-==========================  =====================================================
-``init``                    hash: the ledger's initialisation record (start_at_ns)
-``cursors``                 hash: ``<pod uid>/<container>`` -> ``<cid>|<t_ns>|<n>``
-``pods``                    hash: pod uid -> JSON (namespace, name, when last listed)
-``podstate``                hash: pod uid -> JSON (warnings given, reads without access lines)
-``iv:<start>``              hash: ``<sub>:i|o|r`` -> bytes in, bytes out, requests
-``open``                    zset: interval starts with counts, not sealed yet
-``sealed``                  zset: interval start -> when it was sealed
-``rep:<start>:<sub>``       hash: one report: counts, state, attempts, reason, ...
-``due``                     zset: ``<start>:<sub>`` -> when it may next be claimed
-``dead``                    zset: ``<start>:<sub>`` -> when it was dead-lettered
-``retrying``                zset: reports in automatic retry -> when the wait ends
-``lock:<start>:<sub>``      string: held while one attempt is on the wire
-``stats``                   hash: pipeline counters, right across all processes
-``gaps``                    list: JSON records of log spans that may be lost
-``round:<n>``               string: a plan round already ran (SET NX)
-==========================  =====================================================
-
-Report states: ``pending`` (sealed, never claimed), ``queued`` (a message carries
-it), ``due`` (parked until its next attempt), ``delivered``, ``skipped`` (the
-platform answered "skipped": final), ``dead`` (dead-letter store).
+The keys (all under ``<REDIS_KEY_PREFIX>:``) and report states: docs/design.md, "Redis key schema".
 
 Subdomains are validated before they become part of a key (``valid_subdomain``).
 """

@@ -3,7 +3,7 @@
 Why: the scraper reads Traefik pod logs through the official ``kubernetes`` client.
 Tests (including Celery workers in subprocesses, which only get a kubeconfig) and the
 demo need an apiserver that behaves like the real one in the ways that matter for
-exact metering, as listed in DESIGN.md ("Kubernetes pod log endpoint"):
+exact metering, as listed in docs/design.md ("Kubernetes pod log endpoint"):
 
 * ``sinceTime`` is honoured at whole-second precision (truncated), so a read from a
   cursor re-delivers the lines of the cursor's second;

@@ -2,11 +2,12 @@
 
 The test suite points Celery workers (in other processes) at it, and ``make demo`` /
 docker-compose run it as the development platform that logs every report it receives.
-It answers like the platform described in DESIGN.md ("Platform API contract"), honours
+It answers like the platform described in docs/design.md ("Platform API contract"), honours
 ``Idempotency-Key`` as the IETF draft describes (replay, 409 in flight, 422 on another
 body), keeps a ledger of what it accepted, and can be told at any moment to misbehave
 (5xx, 429 with ``Retry-After``, slowness, dropped connections after commit, redirects),
-so that invariant 3 (idempotent delivery) can be checked end to end.
+so that invariant 3 (idempotent delivery; docs/design.md, "Invariants") can be checked
+end to end.
 
 Only the standard library is used. Every request is handled on its own daemon thread;
 one lock (inside a ``threading.Condition``) guards all state, and the condition is

@@ -1,4 +1,5 @@
-"""FakeKube behaves like the apiserver facts in DESIGN.md, seen through the official client.
+"""FakeKube behaves like the apiserver facts in docs/design.md ("Kubernetes pod log endpoint"),
+seen through the official client.
 
 Every check goes over HTTP with kubernetes 37.x (kubeconfig written by the fake), so
 what the scraper will see is what is tested here.

@@ -5,7 +5,7 @@ What is checked, in both k8s/ and compose where it applies:
 - exactly one celery beat (k8s: replicas 1, strategy Recreate; compose: a fixed
   container name, so it cannot be scaled);
 - the ledger's Redis runs with appendonly yes, appendfsync always, noeviction, on a volume
-  (DESIGN.md invariant 6);
+  (docs/design.md, "Invariants", 6);
 - PLATFORM_INTERNAL_SECRET reaches only the report workers, only from the Secret
   traefik-metrics-scraper-secrets key platform-internal-secret, never as a literal or on
   a command line (invariant 7; compose: a dev default, sent only to the dev platform);
