@@ -1,4 +1,5 @@
-# make test  - set up .venv, redis-server and docker-compose if missing, then lint and run the tests
+# make test  - set up .venv, redis-server and docker-compose if missing, then lint
+#              (ruff, import contracts) and run the tests
 # make demo  - the whole pipeline on this machine: redis, 3 real Traefiks, fake k8s API, workers
 # make bench - benchmarks (not part of make test)
 SHELL := /bin/bash
@@ -47,8 +48,10 @@ docker-compose:
 	  echo "docker-compose is not installed: run 'sudo apt-get install docker-compose' (Debian/Ubuntu) or put docker-compose on PATH"; exit 1; \
 	fi
 
+# lint-imports checks the import contracts in .importlinter (it finds that file itself).
 lint: $(STAMP)
 	$(BIN)/ruff check app workers tests bench beat_schedule.py
+	$(BIN)/lint-imports
 
 test: $(STAMP) redis-server docker-compose lint
 	$(BIN)/pytest -q
@@ -59,8 +62,20 @@ demo: $(STAMP) redis-server
 bench: $(STAMP)
 	$(BIN)/python bench/parse.py
 
-lock: $(BIN)/python
-	$(BIN)/pip freeze --exclude-editable | grep -vi '^traefik-metrics-scraper' > requirements.lock.new && mv requirements.lock.new requirements.lock
+# Resolve pyproject.toml's dependencies (dev extras included) in a scratch venv, keeping
+# the versions requirements.lock already pins, and write the full set. To move a package
+# to a newer release, delete its line first.
+LOCK_VENV := .lock-venv
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PY) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install -q --upgrade pip
+	$(LOCK_VENV)/bin/pip install -q -c requirements.lock '.[dev]'
+	{ echo "# Resolved dependency set, installed by make as constraints: pip install -c requirements.lock -e '.[dev]'"; \
+	  echo "# Regenerate: make lock"; \
+	  $(LOCK_VENV)/bin/pip freeze --exclude-editable | grep -vi '^traefik-metrics-scraper'; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock
+	rm -rf $(LOCK_VENV) build
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(LOCK_VENV) .pytest_cache .ruff_cache *.egg-info
