@@ -1,7 +1,8 @@
-# make test  - set up .venv, redis-server and docker-compose if missing, then lint
-#              (ruff, import contracts) and run the tests
-# make demo  - the whole pipeline on this machine: redis, 3 real Traefiks, fake k8s API, workers
-# make bench - benchmarks (not part of make test)
+# make test      - set up .venv, redis-server and docker-compose if missing, then lint
+#                  (ruff, import contracts) and run every test (unit, integration, e2e)
+# make test-unit - lint and the unit tests only (tests/unit: no servers), in seconds
+# make demo      - the whole pipeline on this machine: redis, 3 real Traefiks, fake k8s API, workers
+# make bench     - benchmarks (not part of make test)
 SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
@@ -9,7 +10,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_SECONDS ?= 90
 
-.PHONY: test demo bench lint lock redis-server docker-compose clean
+.PHONY: test test-unit demo bench lint lock redis-server docker-compose clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -55,6 +56,9 @@ lint: $(STAMP)
 
 test: $(STAMP) redis-server docker-compose lint
 	$(BIN)/pytest -q
+
+test-unit: $(STAMP) docker-compose lint
+	$(BIN)/pytest -q tests/unit
 
 demo: $(STAMP) redis-server
 	$(BIN)/python -m sim.demo --seconds $(DEMO_SECONDS)
