@@ -3,6 +3,7 @@
 # make test-unit - lint and the unit tests only (tests/unit: no servers), in seconds
 # make demo      - the whole pipeline on this machine: redis, 3 real Traefiks, fake k8s API, workers
 # make bench     - benchmarks (not part of make test)
+# make docs      - regenerate README.md's configuration table from app/settings.py
 SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
@@ -10,7 +11,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_SECONDS ?= 90
 
-.PHONY: test test-unit demo bench lint lock redis-server docker-compose clean
+.PHONY: test test-unit demo bench docs lint lock redis-server docker-compose clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -51,7 +52,7 @@ docker-compose:
 
 # lint-imports checks the import contracts in .importlinter (it finds that file itself).
 lint: $(STAMP)
-	$(BIN)/ruff check app workers tests bench beat_schedule.py
+	$(BIN)/ruff check app workers sim tests bench docs beat_schedule.py
 	$(BIN)/lint-imports
 
 test: $(STAMP) redis-server docker-compose lint
@@ -65,6 +66,10 @@ demo: $(STAMP) redis-server
 
 bench: $(STAMP)
 	$(BIN)/python bench/parse.py
+
+# README.md's configuration table, regenerated from app/settings.py (a unit test fails when stale).
+docs: $(STAMP)
+	$(BIN)/python docs/settings_table.py --write
 
 # Resolve pyproject.toml's dependencies (dev extras included) in a scratch venv, keeping
 # the versions requirements.lock already pins, and write the full set. To move a package
