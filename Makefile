@@ -53,7 +53,7 @@ docker-compose:
 # lint-imports checks the import contracts in .importlinter (it finds that file itself).
 lint: $(STAMP)
 	$(BIN)/ruff check app workers sim tests bench docs beat_schedule.py
-	$(BIN)/lint-imports
+	$(BIN)/lint-imports --no-logo
 
 test: $(STAMP) redis-server docker-compose lint
 	$(BIN)/pytest -q
