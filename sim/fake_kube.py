@@ -105,19 +105,40 @@ def _rfc3339_seconds(ns: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ns // NS_PER_S))
 
 
-def format_ts(ns: int, old_kubelet: bool = False) -> str:
+def format_ts(ns: int, old_kubelet: bool = False, zone: str | None = None) -> str:
     """The log-line timestamp the kubelet writes for ``timestamps=true``.
 
     Kubelets >= 1.19 use a fixed-width RFC3339Nano form (9 fraction digits); older
-    ones used Go's RFC3339Nano, which trims trailing zeros (and the dot).
+    ones used Go's RFC3339Nano, which trims trailing zeros (and the dot). ``zone``
+    (``"+08:00"``): the instant written in that offset, as the kubelet keeps the offset
+    of the runtime's stamp (containerd stamps in the node's local zone): it parses the
+    CRI file with ``time.Parse(RFC3339NanoLenient)`` and writes
+    ``msg.timestamp.Format(RFC3339NanoFixed)`` ("...05.000000000Z07:00", ``Z`` for a
+    zero offset), pkg/kubelet/kuberuntime/logs/logs.go (``parseCRILog``,
+    ``(*logWriter).write``).
     """
-    sec, frac = divmod(ns, NS_PER_S)
+    offset = _zone_seconds(zone)
+    sec, frac = divmod(ns + offset * NS_PER_S, NS_PER_S)
     base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+    suffix = zone if offset else "Z"
     digits = f"{frac:09d}"
     if old_kubelet:
         digits = digits.rstrip("0")
-        return f"{base}.{digits}Z" if digits else f"{base}Z"
-    return f"{base}.{digits}Z"
+        return f"{base}.{digits}{suffix}" if digits else f"{base}{suffix}"
+    return f"{base}.{digits}{suffix}"
+
+
+_ZONE = re.compile(r"^[+-](?:[01]\d|2[0-3]):[0-5]\d$")
+
+
+def _zone_seconds(zone: str | None) -> int:
+    """Seconds east of UTC of ``"+HH:MM"`` / ``"-HH:MM"``; 0 for None or ``"Z"``."""
+    if zone is None or zone == "Z":
+        return 0
+    if not _ZONE.match(zone):
+        raise ValueError(f"not a UTC offset: {zone!r}")
+    sign = 1 if zone[0] == "+" else -1
+    return sign * (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60)
 
 
 _RFC3339 = re.compile(
@@ -247,11 +268,20 @@ def _parse_field_selector(text: str) -> Callable[[_Pod], bool]:
 
 @dataclass
 class _Log:
-    """One container log file: line bytes and their timestamps, oldest first."""
+    """One container log file as the runtime writes it: line bytes and their stamps,
+    in file (arrival) order.
+
+    containerd reads stdout and stderr in one goroutine each (``redirectLogs``, started
+    per stream by ``NewCRILogger`` in pkg/cri/io/logger.go), stamps each line with
+    ``time.Now()`` when its reader has it, then writes it to the one file: stamps are
+    monotonic per stream, not across the two.
+    """
 
     stamps: list[int] = field(default_factory=list)
     lines: list[bytes] = field(default_factory=list)
     size: int = 0  # approximate CRI file size, for size-based rotation
+    last: dict[str, int] = field(default_factory=dict)  # per stream: the last stamp
+    ordered: bool = True  # stamps non-decreasing in file order (a bisect is exact)
 
 
 @dataclass
@@ -425,6 +455,7 @@ class FakeKube:
         self._fail: list[list] = []  # [remaining, status, path_contains]
         self._forbidden = False
         self._delay = 0.0
+        self._log_setup: dict[tuple[str, str], dict[str, Any]] = {}  # configure_log, per pod name
         self._stopped = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -603,6 +634,34 @@ class FakeKube:
 
     # ------------------------------------------------------------------ logs
 
+    def configure_log(
+        self,
+        name: str,
+        namespace: str = "traefik",
+        *,
+        zone: str | None = None,
+        skew: dict[str, float | Callable[[], float]] | None = None,
+    ) -> None:
+        """How the node of pod ``name`` stamps and serves its log lines (kept across
+        restarts and replacements of the pod).
+
+        ``zone`` (``"+08:00"``, ``"-05:30"``; None or ``"Z"``: UTC): containerd stamps
+        in the node's local zone and the kubelet keeps the offset, so the lines are
+        served with stamps in that offset (the same instants).
+
+        ``skew``: per stream (``"stdout"``, ``"stderr"``), seconds added to ``clock()``
+        when the fake stamps a line of that stream (``write`` without ``ts_ns``,
+        ``append_now``), or a callable giving them per line. The runtime reads each
+        stream in its own goroutine and stamps a line when its reader has it, so the
+        file (arrival order) is monotonic per stream only: a stderr line can carry a
+        stamp a little before or after the stdout line written just before it
+        (``redirectLogs`` in containerd's pkg/cri/io/logger.go, one per stream, stamp
+        ``time.Now()``). A stream's stamps still never go backwards.
+        """
+        _zone_seconds(zone)  # ValueError early
+        with self._lock:
+            self._log_setup[(namespace, name)] = {"zone": zone, "skew": dict(skew or {})}
+
     def write(
         self,
         name: str,
@@ -610,13 +669,17 @@ class FakeKube:
         ts_ns: int | None = None,
         namespace: str = "traefik",
         container: str | None = None,
+        *,
+        stream: str = "stdout",
     ) -> int:
         """Append one log line (without its newline) to the pod's current container.
 
-        ``ts_ns`` defaults to ``clock()``; returns the timestamp used. Timestamps must
-        not go backwards within a container (ValueError), as in a real log file.
+        ``ts_ns`` defaults to ``clock()`` (plus the stream's skew, see
+        :meth:`configure_log`); returns the timestamp used. ``stream`` is ``"stdout"``
+        or ``"stderr"``: timestamps must not go backwards within a stream
+        (ValueError), as in a real log file; across the two streams they may.
         """
-        return self.write_many(name, [line], ts_ns, namespace, container)
+        return self.write_many(name, [line], ts_ns, namespace, container, stream=stream)
 
     def write_many(
         self,
@@ -625,14 +688,16 @@ class FakeKube:
         ts_ns: int | None = None,
         namespace: str = "traefik",
         container: str | None = None,
+        *,
+        stream: str = "stdout",
     ) -> int:
-        """Append many lines that all carry the same timestamp; returns it."""
+        """Append many lines of one stream that all carry the same timestamp; returns it."""
         encoded = [_encode_line(line) for line in lines]
         with self._lock:
             pod = self._require(namespace, name)
             c = self._container(pod, container)
-            ts = self.clock() if ts_ns is None else ts_ns
-            self._append(c, encoded, ts, clamp=False)
+            ts = self._stamp(namespace, name, stream) if ts_ns is None else ts_ns
+            self._append(c, encoded, ts, clamp=False, stream=stream)
             return ts
 
     def attach_stream(
@@ -666,16 +731,27 @@ class FakeKube:
         line: bytes,
         namespace: str = "traefik",
         container: str | None = None,
+        *,
+        stream: str = "stdout",
     ) -> bool:
-        """Append one line of a live process's output, stamped with ``clock()`` on
-        arrival but never earlier than the previous line. False (line dropped) while
-        the pod does not exist."""
+        """Append one line of a live process's output, stamped with ``clock()`` (plus
+        the stream's skew) on arrival but never earlier than the previous line of its
+        stream. False (line dropped) while the pod does not exist."""
         with self._lock:
             pod = self._live(namespace, name)
             if pod is None:
                 return False
-            self._append(self._container(pod, container), [line], self.clock(), clamp=True)
+            ts = self._stamp(namespace, name, stream)
+            self._append(self._container(pod, container), [line], ts, clamp=True, stream=stream)
             return True
+
+    def _stamp(self, namespace: str, name: str, stream: str) -> int:
+        """The stamp the runtime's reader of ``stream`` gives a line arriving now."""
+        if stream not in ("stdout", "stderr"):
+            raise ValueError(f"stream must be stdout or stderr, not {stream!r}")
+        skew = self._log_setup.get((namespace, name), {}).get("skew", {}).get(stream, 0.0)
+        seconds = skew() if callable(skew) else skew
+        return self.clock() + int(round(seconds * NS_PER_S))
 
     # ------------------------------------------------------------ inspection
 
@@ -793,19 +869,25 @@ class FakeKube:
         except KeyError:
             raise ValueError(f"container {container} is not valid for pod {pod.name}") from None
 
-    def _append(self, c: _Container, lines: list[bytes], ts: int, clamp: bool) -> None:
+    def _append(self, c: _Container, lines: list[bytes], ts: int, clamp: bool, stream: str = "stdout") -> None:
+        """Append lines of one stream, in arrival order; stamps never go backwards
+        within the stream (ValueError, or clamped to its last stamp)."""
+        if stream not in ("stdout", "stderr"):
+            raise ValueError(f"stream must be stdout or stderr, not {stream!r}")
         log = c.log
-        if log.stamps and ts < log.stamps[-1]:
+        last = log.last.get(stream)
+        if last is not None and ts < last:
             if not clamp:
-                raise ValueError(
-                    f"timestamp {ts} is before the last line's {log.stamps[-1]} in {c.name}"
-                )
-            ts = log.stamps[-1]
+                raise ValueError(f"timestamp {ts} is before the last {stream} line's {last} in {c.name}")
+            ts = last
+        if log.stamps and ts < log.stamps[-1]:
+            log.ordered = False
+        log.last[stream] = ts
         log.stamps.extend([ts] * len(lines))
         log.lines.extend(lines)
         log.size += sum(len(line) + CRI_LINE_OVERHEAD for line in lines)
         if self.rotate_bytes is not None and log.size >= self.rotate_bytes:
-            c.log = _Log()
+            c.log = _Log(last=dict(log.last))  # the runtime's readers go on stamping
         self._changed.notify_all()
 
     # ------------------------------------------------------------------- HTTP
@@ -975,12 +1057,25 @@ class FakeKube:
             since = opts["sinceTime"]
             if opts["sinceSeconds"] is not None:
                 since = self.clock() - opts["sinceSeconds"] * NS_PER_S
-            if since is not None:
-                start = max(start, bisect.bisect_left(log.stamps, since))
             stamps = log.stamps[start:]
             lines = log.lines[start:]
+            if since is not None:
+                # The kubelet tests every line on its own: ``if msg.timestamp.Before(
+                # w.opts.since) { return nil }`` in (*logWriter).write, called by ReadLogs
+                # for each parsed line (pkg/kubelet/kuberuntime/logs/logs.go; since 1.30
+                # staging/src/k8s.io/cri-client/pkg/logs/logs.go). Stamps are instants (the
+                # zone is only how they are written). The file is in arrival order and its
+                # stamps are monotonic per stream only, so a line older than sinceTime after
+                # a newer one is dropped alone: no bisect, unless the stamps are sorted.
+                if log.ordered:
+                    cut = bisect.bisect_left(stamps, since)
+                    stamps, lines = stamps[cut:], lines[cut:]
+                else:
+                    keep = [i for i, ts in enumerate(stamps) if ts >= since]
+                    stamps, lines = [stamps[i] for i in keep], [lines[i] for i in keep]
             old = pod.old_kubelet
-        req.send_chunked(_log_chunks(stamps, lines, opts["timestamps"], old, opts["limitBytes"]))
+            zone = self._log_setup.get((namespace, name), {}).get("zone")
+        req.send_chunked(_log_chunks(stamps, lines, opts["timestamps"], old, opts["limitBytes"], zone))
 
 
 def _encode_line(line: bytes | str) -> bytes:
@@ -1033,23 +1128,27 @@ def _log_chunks(
     timestamps: bool,
     old_kubelet: bool,
     limit: int | None,
+    zone: str | None = None,
 ) -> Iterator[bytes]:
-    """The log body in chunks of about CHUNK_BYTES, cut at exactly ``limit`` bytes."""
+    """The log body in chunks of about CHUNK_BYTES, cut at exactly ``limit`` bytes;
+    stamps written in ``zone`` (see :func:`format_ts`)."""
     remaining = limit
     buf: list[bytes] = []
     size = 0
     prefix_sec = None
     prefix_cache = b""
+    offset = _zone_seconds(zone)
+    suffix = zone.encode() if offset else b"Z"
     for ts, line in zip(stamps, lines, strict=True):
         if timestamps:
             if old_kubelet:
-                piece = format_ts(ts, True).encode() + b" " + line + b"\n"
+                piece = format_ts(ts, True, zone).encode() + b" " + line + b"\n"
             else:
                 sec, frac = divmod(ts, NS_PER_S)
                 if sec != prefix_sec:
                     prefix_sec = sec
-                    prefix_cache = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)).encode()
-                piece = b"%s.%09dZ %s\n" % (prefix_cache, frac, line)
+                    prefix_cache = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec + offset)).encode()
+                piece = b"%s.%09d%s %s\n" % (prefix_cache, frac, suffix, line)
         else:
             piece = line + b"\n"
         if remaining is not None:

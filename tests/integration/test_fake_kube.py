@@ -562,3 +562,85 @@ def test_stop_closes_the_server(clock: ManualClock, tmp_path) -> None:
     finally:
         api.close()
     assert url.startswith("http://127.0.0.1:")
+
+
+# ------------------------------------------- two streams, zones, per-line sinceTime
+
+
+def test_two_streams_merge_in_arrival_order_monotonic_per_stream(fake: FakeKube, v1) -> None:
+    """containerd stamps each stream in its own reader: the file is in arrival order,
+    stamps go backwards only across the two streams."""
+    fake.add_pod("traefik-0")
+    fake.write("traefik-0", "access", T0 + 500_000_000)
+    fake.write("traefik-0", "error", T0 + 400_000_000, stream="stderr")  # stamped earlier, written after
+    fake.write("traefik-0", "access-2", T0 + 600_000_000)
+    with pytest.raises(ValueError):
+        fake.write("traefik-0", "back", T0 + 550_000_000)  # stdout never goes backwards
+    with pytest.raises(ValueError):
+        fake.write("traefik-0", "back", T0 + 300_000_000, stream="stderr")
+    with pytest.raises(ValueError):
+        fake.write("traefik-0", "x", stream="stdin")
+    assert fake.log_lines("traefik-0") == [
+        (T0 + 500_000_000, b"access"),
+        (T0 + 400_000_000, b"error"),
+        (T0 + 600_000_000, b"access-2"),
+    ]
+    assert v1.read_namespaced_pod_log("traefik-0", "traefik", timestamps=True) == (
+        f"{T0_TEXT}.500000000Z access\n{T0_TEXT}.400000000Z error\n{T0_TEXT}.600000000Z access-2\n"
+    )
+
+
+def test_stream_skew_stamps_lines_when_their_reader_has_them(fake: FakeKube, clock: ManualClock) -> None:
+    fake.add_pod("traefik-0")
+    jitter = iter([0.003, -0.002])
+    fake.configure_log("traefik-0", skew={"stderr": -0.004, "stdout": lambda: next(jitter)})
+    fake.append_now("traefik-0", b"out-1")
+    fake.append_now("traefik-0", b"err-1", stream="stderr")
+    fake.append_now("traefik-0", b"out-2")  # its reader's stamp is before out-1's: clamped
+    assert fake.write("traefik-0", "err-2", stream="stderr") == T0 - 4_000_000
+    assert fake.log_lines("traefik-0") == [
+        (T0 + 3_000_000, b"out-1"),
+        (T0 - 4_000_000, b"err-1"),
+        (T0 + 3_000_000, b"out-2"),
+        (T0 - 4_000_000, b"err-2"),
+    ]
+
+
+def test_local_zone_stamps_keep_the_offset(fake: FakeKube, v1, api_client) -> None:
+    """containerd stamps in the node's zone and the kubelet keeps the offset."""
+    fake.add_pod("traefik-0")
+    fake.add_pod("traefik-old", old_kubelet=True)
+    for pod in ("traefik-0", "traefik-old"):
+        fake.configure_log(pod, zone="+08:00")
+        fake.write(pod, "a", T0 + 250_000_000)
+        fake.write(pod, "b", T0 + NS_PER_S)
+    assert v1.read_namespaced_pod_log("traefik-0", "traefik", timestamps=True) == (
+        "2026-11-18T19:06:40.250000000+08:00 a\n2026-11-18T19:06:41.000000000+08:00 b\n"
+    )
+    assert v1.read_namespaced_pod_log("traefik-old", "traefik", timestamps=True) == (
+        "2026-11-18T19:06:40.25+08:00 a\n2026-11-18T19:06:41+08:00 b\n"
+    )
+    # sinceTime compares instants, whatever zone either side is written in
+    assert lines_of(since(api_client, "traefik-0", "2026-11-18T11:06:41Z")) == [b"b"]
+    assert lines_of(since(api_client, "traefik-0", "2026-11-18T06:06:41-05:00")) == [b"b"]
+    assert format_ts(T0, zone="-05:30") == "2026-11-18T05:36:40.000000000-05:30"
+    assert format_ts(T0, zone="+00:00") == f"{T0_TEXT}.000000000Z"  # Go writes Z for UTC
+    with pytest.raises(ValueError):
+        fake.configure_log("traefik-0", zone="+8")
+
+
+def test_since_time_drops_each_older_line_on_its_own(fake: FakeKube, api_client) -> None:
+    """The kubelet tests every line against sinceTime: a stderr line stamped before it,
+    written after newer lines, is dropped alone; the lines around it stay, in order."""
+    fake.add_pod("traefik-0")
+    fake.write("traefik-0", "out-0.8", T0 + 800_000_000)
+    fake.write("traefik-0", "out-1.5", T0 + 1_500_000_000)
+    fake.write("traefik-0", "err-0.9", T0 + 900_000_000, stream="stderr")
+    fake.write("traefik-0", "out-2.1", T0 + 2_100_000_000)
+    fake.write("traefik-0", "err-1.0", T0 + NS_PER_S, stream="stderr")
+    assert lines_of(since(api_client, "traefik-0", "2026-11-18T11:06:41.7Z")) == [b"out-1.5", b"out-2.1", b"err-1.0"]
+    assert lines_of(since(api_client, "traefik-0", f"{T0_TEXT}Z")) == [
+        b"out-0.8", b"out-1.5", b"err-0.9", b"out-2.1", b"err-1.0"
+    ]
+    body = since(api_client, "traefik-0", "2026-11-18T11:06:42Z", limitBytes="40")
+    assert body == f"{format_ts(T0 + 2_100_000_000)} out-2.1\n"[:40].encode()
