@@ -48,6 +48,11 @@ class NoPreviousLog(KubeError):
     """``previous=true`` answered 400: the previous container's log is gone."""
 
 
+class WatchExpired(KubeError):
+    """410 Gone on a watch (an ``ERROR`` event or the answer's status): the resourceVersion
+    is older than the apiserver's history. List again and watch from the list's version."""
+
+
 # Platform ---------------------------------------------------------------------
 
 

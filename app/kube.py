@@ -6,6 +6,13 @@ The client's ``read_namespaced_pod_log`` has no ``since_time`` (``sinceTime`` is
 missing from the OpenAPI spec), so the log request is built with
 ``ApiClient.param_serialize`` and sent with ``call_api``, and the urllib3 response
 is streamed in chunks instead of read whole.
+
+The pod watch (``list_pods_at`` then ``watch_pods``) uses the client's
+``kubernetes.watch.Watch().stream(CoreV1Api.list_namespaced_pod, ...)``. With
+``timeout_seconds`` given, that stream never retries by itself: an ``ERROR`` event is
+raised as an ``ApiException`` with the event's code (``watch/watch.py`` in client 37),
+and a 410 (the resourceVersion is older than the apiserver's history) becomes
+:class:`app.errors.WatchExpired`, upon which the caller lists again.
 """
 
 from __future__ import annotations
@@ -18,11 +25,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import urllib3
-from kubernetes import client, config
+from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
-from app.errors import KubeError, KubeForbidden, KubeUnavailable, NoPreviousLog, PodGone, truncate
+from app.errors import (
+    KubeError,
+    KubeForbidden,
+    KubeUnavailable,
+    NoPreviousLog,
+    PodGone,
+    WatchExpired,
+    truncate,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +52,11 @@ class Container:
     restart_count: int
     last_terminated_id: str  # the previous container's id, "" if none
     last_finished_ns: int = 0  # when the previous container ended (epoch ns), 0 if unknown
+    # The current container has ended (state.terminated) and when (finishedAt, epoch ns,
+    # whole seconds; 0 if unknown). Not part of equality: a fetch that sees the container
+    # exit between its two looks at the pod still reads the same container's log.
+    exited: bool = field(default=False, compare=False)
+    finished_ns: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True)
@@ -46,6 +66,8 @@ class Pod:
     uid: str
     deleting: bool
     containers: tuple[Container, ...] = field(default_factory=tuple)
+    deletion_ns: int = field(default=0, compare=False)  # metadata.deletionTimestamp, epoch ns; 0 if none
+    resource_version: str = field(default="", compare=False)
 
     def container(self, wanted: str) -> Container | None:
         """The container to read: ``wanted``, else the one named traefik, else the first."""
@@ -61,6 +83,11 @@ def format_since(t_ns: int) -> str:
     return datetime.fromtimestamp(t_ns // 1_000_000_000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _epoch_ns(when: datetime | None) -> int:
+    """A metav1.Time (whole seconds) as epoch ns; 0 for None."""
+    return int(when.timestamp()) * 1_000_000_000 if when is not None else 0
+
+
 def _pod_from(obj: client.V1Pod) -> Pod:
     spec_names = [c.name for c in (obj.spec.containers if obj.spec else [])]
     statuses = {s.name: s for s in ((obj.status.container_statuses if obj.status else None) or [])}
@@ -70,8 +97,8 @@ def _pod_from(obj: client.V1Pod) -> Pod:
         last, finished = "", 0
         if s is not None and s.last_state is not None and s.last_state.terminated is not None:
             last = s.last_state.terminated.container_id or ""
-            if s.last_state.terminated.finished_at is not None:
-                finished = int(s.last_state.terminated.finished_at.timestamp()) * 1_000_000_000
+            finished = _epoch_ns(s.last_state.terminated.finished_at)
+        ended = s.state.terminated if s is not None and s.state is not None else None
         containers.append(
             Container(
                 name=name,
@@ -79,6 +106,8 @@ def _pod_from(obj: client.V1Pod) -> Pod:
                 restart_count=(s.restart_count or 0) if s is not None else 0,
                 last_terminated_id=last,
                 last_finished_ns=finished,
+                exited=ended is not None,
+                finished_ns=_epoch_ns(ended.finished_at) if ended is not None else 0,
             )
         )
     meta = obj.metadata
@@ -88,7 +117,69 @@ def _pod_from(obj: client.V1Pod) -> Pod:
         uid=meta.uid,
         deleting=meta.deletion_timestamp is not None,
         containers=tuple(containers),
+        deletion_ns=_epoch_ns(meta.deletion_timestamp),
+        resource_version=meta.resource_version or "",
     )
+
+
+@dataclass(frozen=True)
+class PodEvent:
+    """One watch event: ``ADDED``, ``MODIFIED`` or ``DELETED`` (a ``DELETED`` pod is its
+    last state), and the resourceVersion to resume the watch from."""
+
+    kind: str
+    pod: Pod
+    resource_version: str
+
+
+class PodWatch:
+    """One watch request, iterated for its events. ``stop()`` (from any thread) ends it.
+
+    Raises :class:`WatchExpired` on 410 Gone, else the usual :class:`KubeError` kinds.
+    """
+
+    def __init__(self, core: client.CoreV1Api, namespace: str, label_selector: str, resource_version: str,
+                 timeout_seconds: int, connect_timeout: float) -> None:
+        self._core = core
+        self._namespace = namespace
+        self._selector = label_selector
+        self._rv = resource_version
+        self._seconds = timeout_seconds
+        # The server ends the stream after timeout_seconds; a read this much longer
+        # means the connection died silently.
+        self._request_timeout = (connect_timeout, timeout_seconds + 30.0)
+        self._watch = watch.Watch()
+        self._stopped = False
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._watch.stop()
+
+    def __iter__(self) -> Iterator[PodEvent]:
+        what = f"watch pods in {self._namespace}"
+        try:
+            stream = self._watch.stream(
+                self._core.list_namespaced_pod,
+                self._namespace,
+                label_selector=self._selector,
+                resource_version=self._rv,
+                timeout_seconds=self._seconds,
+                _request_timeout=self._request_timeout,
+            )
+            for event in stream:
+                obj = event.get("object") if isinstance(event, dict) else None
+                kind = event.get("type") if isinstance(event, dict) else None
+                if kind not in ("ADDED", "MODIFIED", "DELETED") or not isinstance(obj, client.V1Pod):
+                    continue  # BOOKMARK, or an object this client cannot model
+                yield PodEvent(kind, _pod_from(obj), obj.metadata.resource_version or "")
+        except ApiException as e:
+            if e.status == 410:
+                raise WatchExpired(f"{what}: HTTP 410: {truncate(e.reason or _status_message(e.body))}") from e
+            raise _wrap(e.status or 0, e.body or e.reason, what) from e
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            if self._stopped:
+                return  # stop() cut the connection
+            raise KubeUnavailable(f"{what}: {truncate(str(e))}") from e
 
 
 def _status_message(body: bytes | str | None) -> str:
@@ -144,6 +235,10 @@ class LogSource:
         self.api_client.close()
 
     def list_pods(self) -> list[Pod]:
+        return self.list_pods_at()[0]
+
+    def list_pods_at(self) -> tuple[list[Pod], str]:
+        """The Traefik pods and the list's resourceVersion, to watch from."""
         try:
             pods = self.core.list_namespaced_pod(
                 self.namespace, label_selector=self.label_selector, _request_timeout=self.timeout
@@ -152,7 +247,14 @@ class LogSource:
             raise _wrap(e.status or 0, e.body, f"list pods in {self.namespace}") from e
         except (urllib3.exceptions.HTTPError, OSError) as e:
             raise KubeUnavailable(f"list pods in {self.namespace}: {truncate(str(e))}") from e
-        return [_pod_from(p) for p in pods.items]
+        return [_pod_from(p) for p in pods.items], (pods.metadata.resource_version or "")
+
+    def watch_pods(self, resource_version: str, timeout_seconds: int) -> PodWatch:
+        """A watch of the Traefik pods from ``resource_version`` (a list's): iterate it
+        for the changes after that version, until the server ends it after
+        ``timeout_seconds``; resume from the last event's version."""
+        return PodWatch(self.core, self.namespace, self.label_selector, resource_version,
+                        timeout_seconds, self.timeout[0])
 
     def get_pod(self, name: str) -> Pod:
         try:

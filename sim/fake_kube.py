@@ -13,9 +13,17 @@ exact metering, as listed in docs/design.md ("Kubernetes pod log endpoint"):
 * only the current log file is served (rotation drops lines), ``previous=true`` serves
   only the last terminated container;
 * a terminating pod stays readable during its grace period, a deleted one is 404;
+  a graceful deletion runs as the kubelet runs it: ``deletionTimestamp`` is set, the
+  containers keep running until they exit (or are killed when the grace period ends),
+  and the pod object, with its logs, goes about a second after its last container
+  exited (``terminate``, ``exit_container``);
+* ``?watch=true`` on the pod list streams ``ADDED``/``MODIFIED``/``DELETED`` events
+  from a ``resourceVersion``, with ``timeoutSeconds`` and the selectors, and an
+  ``ERROR`` event with a 410 Status once that version is older than the bounded event
+  history (``compact_watch_history`` forces it);
 * errors are ``Status`` objects with the apiserver's reasons and messages.
 
-Only the read side is served (list/get pods, pod logs); the state is changed through
+Only the read side is served (list/watch/get pods, pod logs); the state is changed through
 the Python API of :class:`FakeKube` (``add_pod``, ``write``, ``restart``...). Stdlib only.
 """
 
@@ -32,6 +40,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -310,6 +319,20 @@ class _Pod:
     resource_version: int
     deletion_ns: int | None = None
     grace_seconds: float | None = None
+    # Containers that exited during the deletion: name -> (finishedAt ns, exit code).
+    exited: dict[str, tuple[int, int]] = field(default_factory=dict)
+    removal_ns: int | None = None  # when the kubelet deletes the object (all containers exited)
+
+
+@dataclass(frozen=True)
+class _WatchEvent:
+    """One entry of the watch history: the object as it was at ``rv``."""
+
+    rv: int
+    kind: str  # ADDED, MODIFIED, DELETED
+    pod: _Pod  # for the selectors (name, namespace and labels never change)
+    labels: dict[str, str]
+    body: bytes  # the serialised event line, newline included
 
 
 def _new_container_id() -> str:
@@ -451,6 +474,13 @@ class FakeKube:
         self._pods: dict[tuple[str, str], _Pod] = {}
         self._templates: dict[tuple[str, str], dict[str, Any]] = {}
         self._rv = 1
+        # Watch events, oldest first, bounded like the apiserver's watch cache; a watch
+        # from a resourceVersion older than the floor gets 410 Gone.
+        self._history: deque[_WatchEvent] = deque()
+        self.watch_history = 1000  # events kept
+        self._history_floor = self._rv  # every event after this version is kept
+        # Seconds from a pod's last container exit to the removal of the pod object.
+        self.removal_delay = 1.0
         self._ip_seq = 10
         self._fail: list[list] = []  # [remaining, status, path_contains]
         self._forbidden = False
@@ -560,28 +590,62 @@ class FakeKube:
             template = self._templates.get((namespace, name))
             if template is None:
                 raise PodNotFound(f"{namespace}/{name}")
-            self._pods.pop((namespace, name), None)
+            old = self._pods.pop((namespace, name), None)
+            if old is not None:
+                old.resource_version = self._bump()
+                self._emit("DELETED", old)
             return self._create(name, namespace, template, uid)
 
     def delete(self, name: str, namespace: str = "traefik") -> None:
-        """Remove the pod at once: 404 on get and log, absent from lists."""
+        """Remove the pod at once (``kubectl delete --grace-period=0 --force``, or a lost
+        node's pods being cleaned up): 404 on get and log, absent from lists, a
+        ``DELETED`` watch event."""
         with self._lock:
-            self._require(namespace, name)
+            pod = self._require(namespace, name)
             del self._pods[(namespace, name)]
-            self._bump()
+            pod.resource_version = self._bump()
+            self._emit("DELETED", pod)
 
     def terminate(self, name: str, grace_seconds: float, namespace: str = "traefik") -> None:
-        """Start a graceful deletion, as ``kubectl delete`` does.
+        """Start a graceful deletion, as ``kubectl delete`` (or a rolling update) does.
 
         Like the apiserver, sets ``metadata.deletionTimestamp`` to now + grace and
-        ``deletionGracePeriodSeconds``; the pod and its logs stay readable until the
-        clock passes the deletion timestamp, then the pod is gone (404).
+        ``deletionGracePeriodSeconds`` (a ``MODIFIED`` event). The containers keep running
+        (the test may keep writing lines) until :meth:`exit_container`, or until the
+        grace period ends, when the kubelet kills what is left (exit code 137). The pod
+        object and its logs go ``removal_delay`` seconds after the last container exited
+        (then 404 and a ``DELETED`` event).
+
+        Upstream: kubernetes.io "Termination of Pods" (docs/concepts/workloads/pods/
+        pod-termination: SIGTERM, then KILL once the grace period expired, "and the Pod
+        is then deleted from the API Server"); the kubelet's status manager deletes the
+        object with grace 0 once every container is terminated (kubernetes commit
+        "wires together the graceful delete option for pods on the Kubelet": "if the pod
+        has DeletionTimestamp set and all containers are terminated, the Kubelet will
+        update the status one last time and then invoke Delete(pod, grace: 0)").
         """
         with self._lock:
             pod = self._require(namespace, name)
             pod.deletion_ns = self.clock() + int(round(grace_seconds * NS_PER_S))
             pod.grace_seconds = grace_seconds
             pod.resource_version = self._bump()
+            self._emit("MODIFIED", pod)
+
+    def exit_container(self, name: str, namespace: str = "traefik", container: str | None = None,
+                       exit_code: int = 0) -> int:
+        """A container of a terminating pod exits now (Traefik finished its in-flight
+        requests after SIGTERM): its status becomes ``state.terminated`` with
+        ``finishedAt`` (a ``MODIFIED`` event). ``container`` None: every container still
+        running. Once none is left, the pod goes ``removal_delay`` seconds later.
+        Returns the exit time (ns). Write no line to an exited container."""
+        with self._lock:
+            pod = self._require(namespace, name)
+            if pod.deletion_ns is None:
+                raise ValueError(f"pod {name} is not terminating: terminate() it first (or restart() it)")
+            names = [self._container(pod, container).name] if container else list(pod.containers)
+            now = self.clock()
+            self._stop_containers(pod, [n for n in names if n not in pod.exited], now, exit_code)
+            return now
 
     def restart(
         self,
@@ -613,6 +677,7 @@ class FakeKube:
             c.restart_count += 1
             c.started_ns = now
             pod.resource_version = self._bump()
+            self._emit("MODIFIED", pod)
 
     def rotate(
         self,
@@ -845,16 +910,57 @@ class FakeKube:
         )
         self._pods[(namespace, name)] = pod
         self._templates[(namespace, name)] = template
+        self._emit("ADDED", pod)
         return pod.uid
 
     def _live(self, namespace: str, name: str) -> _Pod | None:
-        """The pod if it exists; a terminating pod past its deletion time is removed."""
+        """The pod if it exists, after the steps of its deletion that are due by now."""
         pod = self._pods.get((namespace, name))
-        if pod is not None and pod.deletion_ns is not None and self.clock() > pod.deletion_ns:
+        if pod is None or pod.deletion_ns is None:
+            return pod
+        now = self.clock()
+        if now >= pod.deletion_ns:  # the grace period is over: the kubelet kills what runs
+            self._stop_containers(pod, [n for n in pod.containers if n not in pod.exited], pod.deletion_ns, 137)
+        if pod.removal_ns is not None and now >= pod.removal_ns:
             del self._pods[(namespace, name)]
-            self._bump()
+            pod.resource_version = self._bump()
+            self._emit("DELETED", pod)
             return None
         return pod
+
+    def _stop_containers(self, pod: _Pod, names: list[str], at_ns: int, exit_code: int) -> None:
+        """Containers of a terminating pod exit at ``at_ns``; the pod object goes
+        ``removal_delay`` after the last one."""
+        if not names:
+            return
+        for n in names:
+            pod.exited[n] = (at_ns, exit_code)
+        if len(pod.exited) == len(pod.containers):
+            pod.removal_ns = max(t for t, _ in pod.exited.values()) + int(round(self.removal_delay * NS_PER_S))
+        pod.resource_version = self._bump()
+        self._emit("MODIFIED", pod)
+
+    def _reap(self) -> None:
+        """Apply every pod's due deletion steps (their watch events included)."""
+        for ns, name in list(self._pods):
+            self._live(ns, name)
+
+    def _emit(self, kind: str, pod: _Pod) -> None:
+        """Record a watch event with the pod as it is now (its resourceVersion bumped by
+        the caller) and wake the watches. Holds the lock."""
+        obj = {"kind": "Pod", "apiVersion": "v1", **self._pod_json(pod)}
+        body = json.dumps({"type": kind, "object": obj}).encode() + b"\n"
+        if len(self._history) >= self.watch_history:
+            self._history_floor = self._history.popleft().rv
+        self._history.append(_WatchEvent(pod.resource_version, kind, pod, dict(pod.labels), body))
+        self._changed.notify_all()
+
+    def compact_watch_history(self) -> None:
+        """Forget every watch event so far (like an etcd compaction): a watch from an
+        older resourceVersion then gets 410 Gone."""
+        with self._lock:
+            self._history.clear()
+            self._history_floor = self._rv
 
     def _require(self, namespace: str, name: str) -> _Pod:
         pod = self._live(namespace, name)
@@ -931,10 +1037,16 @@ class FakeKube:
                 405,
                 f"the server does not allow this method on the requested resource ({req.command})",
             )
-        if seg == ["api", "v1", "pods"]:
-            req.send_json(200, self._list(None, query))
-        elif len(seg) == 5 and seg[:3] == ["api", "v1", "namespaces"] and seg[4] == "pods":
-            req.send_json(200, self._list(seg[3], query))
+        if seg == ["api", "v1", "pods"] or (len(seg) == 5 and seg[:3] == ["api", "v1", "namespaces"] and seg[4] == "pods"):
+            namespace = seg[3] if len(seg) == 5 else None
+            try:
+                watching = _parse_bool(query["watch"]) if "watch" in query else False
+            except ValueError:
+                raise ApiError(400, f'invalid boolean value: "{query["watch"]}"') from None
+            if watching:
+                self._serve_watch(req, namespace, query)
+            else:
+                req.send_json(200, self._list(namespace, query))
         elif len(seg) == 6 and seg[:3] == ["api", "v1", "namespaces"] and seg[4] == "pods":
             req.send_json(200, self._get(seg[3], seg[5]))
         elif (
@@ -968,6 +1080,90 @@ class FakeKube:
                 "items": items,
             }
 
+    def _serve_watch(self, req: _Handler, namespace: str | None, query: dict[str, str]) -> None:
+        """``GET .../pods?watch=true``: a chunked stream of JSON event lines.
+
+        Upstream semantics (kubernetes/website content/en/docs/reference/using-api/
+        api-concepts.md, "Efficient detection of changes"): list, then watch from the
+        list's ``resourceVersion``; the server sends every change *after* that version,
+        one ``{"type": ..., "object": ...}`` per line, ``Transfer-Encoding: chunked``,
+        ``Content-Type: application/json``; with no version (or "0") it starts with an
+        ``ADDED`` event per existing object. History is kept for a limited time: a
+        version older than it fails with 410 Gone, and the client must list again.
+        That failure is not an HTTP status but an ``ERROR`` event whose object is the
+        Status (kubernetes staging/src/k8s.io/apiserver/pkg/storage/cacher/cacher.go:
+        "other errors must fail with a watch event of type ERROR, rather than a
+        directly returned error", ``newErrWatcher``; watch_cache.go:
+        ``errors.NewResourceExpired(fmt.Sprintf("too old resource version: %d (%d)",
+        resourceVersion, oldest-1))``, reason Expired, code 410). ``timeoutSeconds``
+        ends the stream (staging/.../endpoints/handlers/get.go: without it the server
+        picks minRequestTimeout x [1, 2), 1800 s by default). The official Python
+        client's ``Watch.stream`` (kubernetes/watch/watch.py) turns an ``ERROR`` event
+        into ``ApiException(status=code)``, retrying a 410 once by itself only when no
+        ``timeout_seconds`` was given.
+        """
+        try:
+            by_labels = _parse_label_selector(query.get("labelSelector", ""))
+            by_fields = _parse_field_selector(query.get("fieldSelector", ""))
+        except ValueError as err:
+            raise ApiError(400, str(err)) from None
+        try:
+            seconds = int(query.get("timeoutSeconds") or 0) or 1800
+        except ValueError:
+            raise ApiError(400, f'timeoutSeconds: invalid value "{query["timeoutSeconds"]}"') from None
+        rv_text = query.get("resourceVersion", "")
+        if rv_text not in ("", "0") and not rv_text.isdigit():
+            raise ApiError(400, f'invalid resource version: "{rv_text}"')
+
+        def wanted(event_ns: str, pod: _Pod, labels: dict[str, str]) -> bool:
+            return (namespace is None or event_ns == namespace) and by_labels(labels) and by_fields(pod)
+
+        deadline = time.monotonic() + seconds
+        first: list[bytes] = []
+        with self._lock:
+            self._reap()
+            if rv_text in ("", "0"):
+                since = self._rv
+                for ns, name in sorted(self._pods):
+                    pod = self._pods[(ns, name)]
+                    if wanted(ns, pod, pod.labels):
+                        obj = {"kind": "Pod", "apiVersion": "v1", **self._pod_json(pod)}
+                        first.append(json.dumps({"type": "ADDED", "object": obj}).encode() + b"\n")
+            else:
+                since = int(rv_text)
+        req.send_response(200)
+        req.send_header("Content-Type", "application/json")
+        req.send_header("Transfer-Encoding", "chunked")
+        req.end_headers()
+
+        def send(lines: list[bytes]) -> None:
+            for line in lines:
+                req.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+
+        send(first)
+        while not self._stopped.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            with self._changed:
+                self._reap()  # timed steps (a container killed at the end of its grace) happen now
+                if since < self._history_floor:
+                    expired = _status_body(
+                        410, f"too old resource version: {since} ({self._history_floor})"
+                    )
+                    lines, since = [json.dumps({"type": "ERROR", "object": expired}).encode() + b"\n"], -1
+                else:
+                    news = [e for e in self._history if e.rv > since]
+                    lines = [e.body for e in news if wanted(e.pod.namespace, e.pod, e.labels)]
+                    if news:
+                        since = news[-1].rv
+                    else:
+                        self._changed.wait(min(0.05, remaining))
+            send(lines)
+            if since < 0:
+                break  # after an ERROR event the apiserver ends the watch
+        req.wfile.write(b"0\r\n\r\n")
+
     def _get(self, namespace: str, name: str) -> dict:
         with self._lock:
             pod = self._live(namespace, name)
@@ -991,16 +1187,28 @@ class FakeKube:
             meta["deletionGracePeriodSeconds"] = int(pod.grace_seconds or 0)
         statuses = []
         for c in pod.containers.values():
+            state: dict[str, Any] = {"running": {"startedAt": _rfc3339_seconds(c.started_ns)}}
+            if c.name in pod.exited:
+                finished, code = pod.exited[c.name]
+                state = {
+                    "terminated": {
+                        "containerID": c.container_id,
+                        "exitCode": code,
+                        "reason": "Completed" if code == 0 else "Error",
+                        "startedAt": _rfc3339_seconds(c.started_ns),
+                        "finishedAt": _rfc3339_seconds(finished),
+                    }
+                }
             statuses.append(
                 {
                     "name": c.name,
                     "containerID": c.container_id,
                     "image": c.image,
                     "imageID": _image_id(c.image),
-                    "ready": True,
-                    "started": True,
+                    "ready": "running" in state,
+                    "started": "running" in state,
                     "restartCount": c.restart_count,
-                    "state": {"running": {"startedAt": _rfc3339_seconds(c.started_ns)}},
+                    "state": state,
                     "lastState": {"terminated": dict(c.last_terminated)}
                     if c.last_terminated
                     else {},

@@ -380,7 +380,14 @@ def test_terminating_pod_readable_during_grace(fake: FakeKube, v1, clock: Manual
     listed = v1.list_namespaced_pod("traefik", label_selector="app.kubernetes.io/name=traefik")
     assert [p.metadata.name for p in listed.items] == ["traefik-0"]
 
+    # The grace period is over: the kubelet kills the container; the pod object and its
+    # log stay until the kubelet deletes it, about a second later.
     clock.advance(1.5)
+    state = v1.read_namespaced_pod("traefik-0", "traefik").status.container_statuses[0].state
+    assert state.running is None and state.terminated.exit_code == 137
+    assert state.terminated.finished_at.timestamp() == (T0 + 30 * NS_PER_S) / NS_PER_S
+    assert v1.read_namespaced_pod_log("traefik-0", "traefik") == "last words\n"
+    clock.advance(0.5)
     for call in (
         lambda: v1.read_namespaced_pod("traefik-0", "traefik"),
         lambda: v1.read_namespaced_pod_log("traefik-0", "traefik"),
