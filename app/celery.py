@@ -13,7 +13,7 @@ import redis
 from celery import Celery, signals
 from kombu import Queue as KombuQueue
 
-from app import runtime
+from app import health, runtime
 from app.queues import Queue
 from app.settings import ConfigError, settings_or_exit
 from beat_schedule import build_schedule
@@ -59,6 +59,8 @@ app.conf.update(
     enable_utc=True,
     beat_schedule=build_schedule(settings),
 )
+# Probes that mean something: worker pings through its own direct queue, beat ticks.
+health.install(app)
 
 
 @signals.worker_init.connect

@@ -56,6 +56,9 @@ EXPECTED = {
     "platform_read_timeout": "a number of seconds above 0",
     "kube_request_timeout": "a number of seconds above 0",
     "interval_retention": "a whole number of seconds, at least REPORT_MAX_AGE",
+    "log_format": "human or json",
+    "health_dir": "an absolute directory path",
+    "health_interval": "a whole number of seconds from 1 to 300",
 }
 
 
@@ -171,6 +174,23 @@ class Settings(BaseSettings):
     """Seconds interval data is kept after its interval ended (7 days), for audit;
     never less than ``REPORT_MAX_AGE``."""
 
+    log_format: Literal["human", "json"] = "human"
+    """How log records are written: ``human`` is the original's ``[INFO] message``;
+    ``json`` is one JSON object a line (``time``, ``level``, ``logger``, ``message``, and
+    ``pod``, ``interval``, ``tunnel``, ``outcome``... where the code gives them), Celery's
+    own records included. The worker's start-up banner is printed, not logged: run
+    ``celery -A app --quiet worker`` in JSON mode. Secrets are masked in both formats."""
+
+    health_dir: str = "/tmp/health"
+    """Directory of the files the Kubernetes probes read (``app/health.py``): ``live`` and
+    ``ready`` (workers), ``beat`` (beat), each holding the unix time until which the
+    process counts as alive or ready."""
+
+    health_interval: int = 15
+    """Seconds between the pings a worker sends itself on its own direct queue to prove
+    it still consumes (``app/health.py``); the liveness and readiness budgets derive from
+    it and from the task time limits."""
+
     @field_validator("platform_api_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
@@ -207,6 +227,18 @@ class Settings(BaseSettings):
     @classmethod
     def _upper(cls, value: object) -> object:
         return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("health_dir")
+    @classmethod
+    def _absolute_dir(cls, value: str) -> str:
+        if not value.startswith("/") or any(c in value for c in "\n\r\t"):
+            raise ValueError("not absolute")
+        return value.rstrip("/") or "/"
 
     @field_validator("tunnel_domain")
     @classmethod
@@ -268,6 +300,7 @@ class Settings(BaseSettings):
             "platform_read_timeout": self.platform_read_timeout > 0,
             "kube_request_timeout": self.kube_request_timeout > 0,
             "interval_retention": self.interval_retention >= self.report_max_age,
+            "health_interval": 1 <= self.health_interval <= 300,
             "visibility_timeout": self.visibility_timeout
             > 2 * max(self.fetch_time_limit + 10, self.report_retry_max_delay, self.lease_seconds),
         }

@@ -594,3 +594,25 @@ def test_dockerfile():
             for source in line.split()[1:-1]:
                 assert (ROOT / source).exists(), source
                 assert source.rstrip("/") in allowed, f"{source} is excluded by .dockerignore"
+
+
+def test_k8s_probes_are_the_health_files(docs):
+    """Workers and beat are probed on the files app/health.py writes, with its commands:
+    liveness that fails when a worker stops consuming or beat stops scheduling, readiness
+    that fails when a worker cannot reach the broker (tests/integration/test_health.py)."""
+    from app import health
+
+    def shell(probe: dict) -> str:
+        argv = probe["exec"]["command"]
+        assert argv[:2] == ["sh", "-c"] and len(argv) == 3, argv
+        return argv[2]
+
+    for name in ("worker-fetch", "worker-report"):
+        (container,) = _containers(_scraper_workload(docs, name))
+        assert shell(container["livenessProbe"]) == health.LIVE_PROBE, name
+        assert shell(container["readinessProbe"]) == health.READY_PROBE, name
+        assert shell(container["startupProbe"]) == "test -s /tmp/health/live", name
+    (container,) = _containers(_scraper_workload(docs, "beat"))
+    assert shell(container["livenessProbe"]) == health.BEAT_PROBE
+    assert shell(container["startupProbe"]) == "test -s /tmp/health/beat"
+    assert "readinessProbe" not in container, "beat serves nothing; readiness would only slow a Recreate"

@@ -91,6 +91,8 @@ def test_registered_tasks_and_their_queues(wiring):
         "workers.maintenance.merge": "fetch",
         "workers.maintenance.sweep": "fetch",
         "workers.report.report": "report",
+        # Nominal: always sent to one worker's own direct queue (app/health.py).
+        "app.health.ping": "fetch",
     }
 
 
