@@ -1,12 +1,15 @@
 """Reading one Traefik pod's log from its cursor and committing the counts, exactly once.
 
-The cursor of a (pod uid, container) is the container id, T = the time of the last
-complete line consumed, and N = how many consumed lines carry exactly T. A read asks
-``sinceTime = floor(T)`` (the apiserver honours whole seconds only), drops the lines
-before T and the first N lines at T, and never consumes a partial last line. The
-counts and the new cursor go to Redis in one script that first checks the cursor is
-still the one this read started from, so a redelivered, duplicated or concurrent
-fetch changes nothing twice.
+The cursor of a (pod uid, container) (``app.model.Cursor``) is the container id, the
+highest stamp consumed H, a floor F = H - W that never moves backwards (W =
+``LOG_REORDER_WINDOW``), and the fingerprints of the consumed lines stamped at or
+after F. Stamps are monotonic per stream only (stdout and stderr are stamped by
+separate readers), so lines are told apart by fingerprint, not by position. A read
+asks ``sinceTime = floor(F)`` (the apiserver honours whole seconds only), takes the
+lines before F and those matching a fingerprint as consumed, and never consumes a
+partial last line. The counts and the new cursor go to Redis in one script that
+first checks (by digest) that the cursor is still the one this read started from, so
+a redelivered, duplicated or concurrent fetch changes nothing twice.
 """
 
 from __future__ import annotations
@@ -19,55 +22,109 @@ from datetime import UTC, datetime
 from app.errors import KubeError, KubeForbidden, LedgerLost, NoPreviousLog, PodGone
 from app.kube import Container, LogSource, Pod
 from app.ledger import Ledger
-from app.model import CommitStatus, Cursor, FetchStatus
+from app.model import CommitStatus, Cursor, FetchStatus, fingerprint
 from app.parser import Aggregator
 
 log = logging.getLogger(__name__)
 
 BATCH_LINES = 2048
 NO_ACCESS_WARN_AFTER = 3  # reads with lines but no access line before the warning
+# LOG_REORDER_WINDOW's default (app/settings.py says why), for callers without settings.
+DEFAULT_REORDER_WINDOW_NS = 1_000_000_000
+UNREADABLE_STAMP_REASONS = ("rejected:bad_timestamp", "rejected:no_timestamp")
 
 
 def parse_timestamp(line: bytes) -> tuple[int, int] | None:
-    """``(t_ns, start of the log text)`` of a kubelet ``timestamps=true`` line.
+    """``(t_ns UTC, start of the log text)`` of a kubelet ``timestamps=true`` line.
 
-    The prefix is RFC3339Nano with 9 fraction digits and a space; kubelets older than
-    1.19 trim trailing zeros of the fraction (and the dot when it is zero).
+    The prefix is RFC 3339 with a zone and a space. The kubelet writes
+    ``time.Format("2006-01-02T15:04:05.000000000Z07:00")`` of the runtime's stamp
+    (``RFC3339NanoFixed`` in pkg/kubelet/kuberuntime/logs/logs.go), keeping the offset
+    the runtime wrote: ``Z``, or ``+08:00`` when containerd stamps in the node's local
+    zone, numeric offsets from CRI-O. Kubelets older than 1.19 trim trailing zeros of
+    the fraction (and the dot when it is zero): 0 to 9 fraction digits are accepted.
+    Go writes ``Z`` for a zero offset, so ``+00:00`` / ``-00:00`` never come from a
+    kubelet and are refused. ``None`` when the prefix cannot be read.
     """
-    space = line.find(b" ", 0, 40)
-    if space < 20 or line[space - 1 : space] != b"Z":
+    # Fast path: the fixed-width form (9 digits), "Z" or a known offset, a minute seen before.
+    if line[19:20] == b".":
+        if line[29:31] == b"Z ":
+            zone, off = 0, 31
+        elif line[35:36] == b" ":
+            zone, off = _ZONES.get(line[29:35]), 36
+        else:
+            zone = None
+        if zone is not None:
+            base = _MINUTES.get(line[:17])
+            sec = line[17:19]
+            digits = line[20:29]
+            if base is not None and sec.isdigit() and sec <= b"60" and digits.isdigit():
+                return (base + int(sec) - zone) * 1_000_000_000 + int(digits), off
+    return _parse_timestamp_any(line)
+
+
+def _parse_timestamp_any(line: bytes) -> tuple[int, int] | None:
+    space = line.find(b" ", 0, 36)  # the longest prefix: 19 + 10 + 6 characters
+    if space < 20:
         return None
-    try:
-        secs = _epoch_seconds(line[:19])
-    except ValueError:
+    stamp = line[:space]
+    if stamp[-1:] == b"Z":
+        zone, body = 0, stamp[:-1]
+    else:
+        zone = _ZONES.get(stamp[-6:])
+        if zone is None:
+            return None
+        body = stamp[:-6]
+    base = _minute_epoch(body[:17])
+    sec = body[17:19]
+    if base is None or len(sec) != 2 or not sec.isdigit() or sec > b"60":
         return None
-    frac = line[19 : space - 1]
+    frac = body[19:]
     nanos = 0
     if frac:
         digits = frac[1:]
         if frac[:1] != b"." or not digits.isdigit() or len(digits) > 9:
             return None
         nanos = int(digits.ljust(9, b"0"))
-    return secs * 1_000_000_000 + nanos, space + 1
+    return (base + int(sec) - zone) * 1_000_000_000 + nanos, space + 1
 
 
-_SECONDS_CACHE: dict[bytes, int] = {}
+# "+HH:MM" / "-HH:MM" -> seconds east of UTC; no "+00:00" or "-00:00" (Go writes "Z").
+_ZONES: dict[bytes, int] = {
+    f"{sign}{h:02d}:{m:02d}".encode(): (1 if sign == "+" else -1) * (h * 3600 + m * 60)
+    for sign in "+-"
+    for h in range(24)
+    for m in range(60)
+    if h or m
+}
+# "YYYY-MM-DDTHH:MM:" -> epoch seconds of that minute (as if UTC), filled by _minute_epoch.
+_MINUTES: dict[bytes, int] = {}
 
 
-def _epoch_seconds(stamp: bytes) -> int:
-    """Seconds since the epoch of ``YYYY-MM-DDTHH:MM:SS``; the date part is cached."""
-    day = _SECONDS_CACHE.get(stamp[:10])
-    if day is None:
-        if len(_SECONDS_CACHE) > 64:
-            _SECONDS_CACHE.clear()
-        day = int(datetime.strptime(stamp[:10].decode("ascii"), "%Y-%m-%d").replace(tzinfo=UTC).timestamp())
-        _SECONDS_CACHE[stamp[:10]] = day
-    if stamp[10:11] != b"T" or stamp[13:14] != b":" or stamp[16:17] != b":":
-        raise ValueError("bad time")
-    h, m, s = int(stamp[11:13]), int(stamp[14:16]), int(stamp[17:19])
-    if h > 23 or m > 59 or s > 60:
-        raise ValueError("bad time")
-    return day + h * 3600 + m * 60 + s
+def _minute_epoch(head: bytes) -> int | None:
+    """Seconds since the epoch of ``YYYY-MM-DDTHH:MM:`` read as UTC, or ``None``."""
+    base = _MINUTES.get(head)
+    if base is not None:
+        return base
+    if (
+        len(head) != 17
+        or head[4:5] != b"-" or head[7:8] != b"-" or head[10:11] != b"T"
+        or head[13:14] != b":" or head[16:17] != b":"
+        or not (head[:4] + head[5:7] + head[8:10] + head[11:13] + head[14:16]).isdigit()
+    ):
+        return None
+    try:
+        day = datetime.strptime(head[:10].decode("ascii"), "%Y-%m-%d").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    h, m = int(head[11:13]), int(head[14:16])
+    if h > 23 or m > 59:
+        return None
+    base = int(day.timestamp()) + h * 3600 + m * 60
+    if len(_MINUTES) >= 4096:
+        _MINUTES.clear()
+    _MINUTES[head] = base
+    return base
 
 
 def complete_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
@@ -109,15 +166,44 @@ def consume(
     start_at_ns: int,
     limit_bytes: int,
     domain: str,
+    window_ns: int = DEFAULT_REORDER_WINDOW_NS,
 ) -> ReadResult:
-    """Walk a log stream from ``floor(cursor.T)`` and aggregate what is new."""
+    """Walk a log stream read from ``floor(cursor.floor_ns)`` and aggregate what is new.
+
+    A line stamped before the cursor's floor F is taken as consumed; one at or after F
+    is consumed iff it matches a remaining count of the cursor's fingerprints (each
+    occurrence matches one count). The rest is new: counted, and fingerprinted into
+    the new cursor when it lands within ``window_ns`` of the new highest stamp H.
+    The floor then moves to ``max(F, H - window_ns)``.
+
+    The kubelet drops each line stamped before sinceTime on its own (``if
+    msg.timestamp.Before(w.opts.since)`` in ``(*logWriter).write``,
+    pkg/kubelet/kuberuntime/logs/logs.go), and a read asks sinceTime = floor(F): a line
+    written more than ``window_ns`` after a line stamped later than it is never
+    returned, and is lost. The window covers the runtime's stream skew (a few ms).
+    """
     agg = Aggregator(domain)
     res = ReadResult(agg=agg, cursor=cursor)
-    t, n = cursor.t_ns, cursor.n
-    skip_at_t = cursor.n  # lines at exactly T already consumed
-    check_rotation = cursor.t_ns > 0 and cursor.n > 0
+    floor, old_high = cursor.floor_ns, cursor.high_ns
+    remaining = cursor.counts()  # counts of the cursor's lines not yet met in this read
+    unmatched = sum(remaining.values())
+    legacy_left = cursor.legacy_n  # old form: the first n lines stamped exactly floor
+    matched = 0
+    matched_legacy: dict[tuple[int, bytes], int] = {}
+    check_gap = unmatched + legacy_left > 0
+    high = old_high
+    tail: list[tuple[int, bytes]] = []  # new lines that may end within the window of H
+    prune_at = 4096
+    # A line whose prefix cannot be read takes the stamp of the line before it in this
+    # read, so that its fingerprint is the same in every read that returns it. First in
+    # a read from a cursor that consumed lines, it is one of those: a re-read starts with
+    # consumed lines (the newest one is stamped at or after F, so it comes back unless
+    # the log rotated), and its predecessor may be older than sinceTime: taken as
+    # consumed. First in a first read, it takes H.
+    prev_ts: int | None = None if (cursor.seen or cursor.legacy_n) else old_high
     batch: list[bytes] = []
-    before_start = no_ts = 0
+    before_start = 0
+    unreadable = {"rejected:no_timestamp": 0, "rejected:bad_timestamp": 0}
 
     def counting(stream: Iterable[bytes]) -> Iterator[bytes]:
         for chunk in stream:
@@ -127,41 +213,82 @@ def consume(
     for line in complete_lines(counting(chunks)):
         parsed = parse_timestamp(line)
         if parsed is None:
-            no_ts += 1
-            continue
-        ts, off = parsed
-        if ts < cursor.t_ns:
-            continue
-        if check_rotation:
-            check_rotation = False
-            if ts > cursor.t_ns:
-                # The cursor's own lines are gone: the log was rotated past it.
-                res.gap_from_ns, res.gap_to_ns = cursor.t_ns, ts
-        if ts == cursor.t_ns and skip_at_t:
-            skip_at_t -= 1
-            continue
-        # Consumed from here on.
-        if ts == t:
-            n += 1
+            if prev_ts is None:
+                continue
+            ts, text, readable = prev_ts, line, False
         else:
-            t, n = ts, 1
+            ts, off = parsed
+            prev_ts = ts
+            text, readable = line[off:], True
+        if ts < floor:
+            continue  # consumed (or more than the window out of order: never returned)
+        if ts <= old_high and (unmatched or legacy_left):
+            key = (ts, fingerprint(ts, text))
+            if legacy_left and ts == floor:
+                legacy_left -= 1
+                matched += 1
+                matched_legacy[key] = matched_legacy.get(key, 0) + 1
+                continue
+            count = remaining.get(key)
+            if count:
+                remaining[key] = count - 1
+                unmatched -= 1
+                matched += 1
+                continue
+        # New: consumed from here on.
+        if readable and check_gap:
+            # All consumed lines come before all new ones in log order. None of the
+            # cursor's lines was met before this new one: the log lost them, and maybe
+            # lines after them (rotated past the cursor). When some were met, only
+            # lines already consumed went (a rotation inside the window): no gap.
+            # Nothing after a new line was consumed before: stop matching (a line
+            # identical to a lost one, same stamp and bytes, is new).
+            check_gap = False
+            if matched == 0:
+                res.gap_from_ns, res.gap_to_ns = old_high, ts
+            unmatched = legacy_left = 0
         res.consumed += 1
+        if ts > high:
+            high = ts
+        if ts >= high - window_ns:
+            tail.append((ts, text))
+            if len(tail) >= prune_at:
+                tail = [(t, x) for t, x in tail if t >= high - window_ns]
+                prune_at = max(4096, 2 * len(tail))
+        if not readable:
+            unreadable["rejected:bad_timestamp" if _looks_stamped(line) else "rejected:no_timestamp"] += 1
+            continue
         if ts < start_at_ns:
             before_start += 1
             continue
-        batch.append(line[off:])
+        batch.append(text)
         if len(batch) >= BATCH_LINES:
             agg.feed_lines(batch)
             batch = []
     if batch:
         agg.feed_lines(batch)
     res.cut = res.received >= limit_bytes
-    res.cursor = Cursor(cursor.container_id, t, n) if res.consumed else cursor
+    if res.consumed:
+        new_floor = max(floor, high - window_ns)
+        counts = cursor.counts()  # consumed lines, met in this read or not
+        for key, c in matched_legacy.items():
+            counts[key] = counts.get(key, 0) + c
+        for t, text in tail:
+            if t >= new_floor:
+                key = (t, fingerprint(t, text))
+                counts[key] = counts.get(key, 0) + 1
+        res.cursor = Cursor.build(cursor.container_id, high, new_floor, counts)
     if before_start:
         res.extra["ignored:before_start"] = before_start
-    if no_ts:
-        res.extra["rejected:no_timestamp"] = no_ts
+    for reason, count in unreadable.items():
+        if count:
+            res.extra[reason] = count
     return res
+
+
+def _looks_stamped(line: bytes) -> bool:
+    """A line that starts like a date (``YYYY-``): its stamp is there but cannot be read."""
+    return line[:4].isdigit() and line[4:5] == b"-"
 
 
 def counters_of(res: ReadResult) -> dict[str, int]:
@@ -184,12 +311,14 @@ def counters_of(res: ReadResult) -> dict[str, int]:
 class Fetcher:
     """Fetches pods' logs into the ledger. One per worker process."""
 
-    def __init__(self, source: LogSource, ledger: Ledger, *, domain: str, container: str, limit_bytes: int) -> None:
+    def __init__(self, source: LogSource, ledger: Ledger, *, domain: str, container: str, limit_bytes: int,
+                 reorder_window_ns: int = DEFAULT_REORDER_WINDOW_NS) -> None:
         self.source = source
         self.ledger = ledger
         self.domain = domain
         self.container = container
         self.limit = limit_bytes
+        self.window = reorder_window_ns
 
     def fetch(self, name: str, uid: str) -> dict:
         """Read one pod from its cursor and commit. Handled errors are returned, never raised."""
@@ -241,13 +370,14 @@ class Fetcher:
                 return summary
         if cursor is None:
             cursor = Cursor(ctr.container_id, 0, 0)
-        since = cursor.t_ns or start_at
+        since = cursor.floor_ns or start_at
         res = consume(
             self.source.stream_log(name, ctr.name, since, self.limit),
             cursor,
             start_at,
             self.limit,
             self.domain,
+            self.window,
         )
         self._commit(pod, ctr, field_, raw, res, summary)
         return summary
@@ -260,11 +390,12 @@ class Fetcher:
         if ctr.last_terminated_id == cursor.container_id:
             try:
                 res = consume(
-                    self.source.stream_log(pod.name, ctr.name, cursor.t_ns or start_at, self.limit, previous=True),
+                    self.source.stream_log(pod.name, ctr.name, cursor.floor_ns or start_at, self.limit, previous=True),
                     cursor,
                     start_at,
                     self.limit,
                     self.domain,
+                    self.window,
                 )
             except NoPreviousLog as e:
                 reason = f"previous container's log unavailable ({e})"
@@ -307,11 +438,14 @@ class Fetcher:
 
     def _commit(self, pod: Pod, ctr: Container, field_: str, expected: str, res: ReadResult, summary: dict) -> bool:
         """Commit one read if the container did not change under it. True when committed."""
+        summary["cut"] = res.cut  # the last read stopped at limitBytes (more waiting); metrics' lag
         if res.consumed == 0 and res.cut:
             log.warning(
-                "NO PROGRESS reading pod %s/%s: one second of log at %s holds more than "
-                "FETCH_MAX_BYTES (%d); raise FETCH_MAX_BYTES",
-                pod.namespace, pod.name, fmt_ns(res.cursor.t_ns) if res.cursor.t_ns else "the start", self.limit,
+                "NO PROGRESS reading pod %s/%s: the log from %s (the cursor's second and "
+                "LOG_REORDER_WINDOW before %s) holds more than FETCH_MAX_BYTES (%d); raise FETCH_MAX_BYTES",
+                pod.namespace, pod.name,
+                fmt_ns(res.cursor.floor_ns // 1_000_000_000 * 1_000_000_000) if res.cursor.floor_ns else "the start",
+                fmt_ns(res.cursor.t_ns) if res.cursor.t_ns else "the start", self.limit,
             )
             self.ledger.incr({"no_progress": 1})
             summary["status"] = FetchStatus.NO_PROGRESS
@@ -351,13 +485,29 @@ class Fetcher:
         return True
 
     def _watch_access(self, pod: Pod, res: ReadResult) -> None:
-        """Warn once per pod whose log shows lines but no access lines for a while, and
-        once per pod that writes CLF. One read of the pod's state, at most one write."""
+        """Warn once per pod whose log shows lines but no access lines for a while, once
+        per pod that writes CLF, and once per pod with lines whose timestamp cannot be
+        read. One read of the pod's state, at most one write."""
         agg = res.agg
-        if agg.total == 0:
+        unreadable = sum(res.extra.get(reason, 0) for reason in UNREADABLE_STAMP_REASONS)
+        if agg.total == 0 and not unreadable:
             return
         state = self.ledger.pod_state(pod.uid)
         changes: dict[str, object] = {}
+        if unreadable and not state.get("warned_bad_timestamp"):
+            log.warning(
+                "pod %s/%s: %d log lines in this read have a timestamp prefix that cannot be read; they "
+                "are skipped, not billed (counted as rejected:bad_timestamp / rejected:no_timestamp). "
+                "The scraper reads RFC 3339 stamps with a zone (Z or +HH:MM) as the kubelet writes them "
+                "with timestamps=true",
+                pod.namespace, pod.name, unreadable,
+            )
+            changes["warned_bad_timestamp"] = True
+            self.ledger.incr({"pods_with_bad_timestamps": 1})
+        if agg.total == 0:
+            if changes:
+                self.ledger.update_pod_state(pod.uid, **changes)
+            return
         if agg.ignored.get("clf_no_host") and not state.get("warned_clf"):
             log.warning(
                 "pod %s/%s writes its access log in CLF, which has no Host: traffic cannot be "

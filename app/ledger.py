@@ -7,6 +7,7 @@ Subdomains are validated before they become part of a key (``valid_subdomain``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -37,7 +38,13 @@ def iso(ts: int) -> str:
 @dataclass(frozen=True)
 class CommitResult:
     status: CommitStatus
-    detail: str  # interval start, the winning cursor, or the subdomain
+    detail: str  # interval start, the winning cursor (read after the conflict), or the subdomain
+    digest: str = ""  # on a conflict: SHA-1 of the cursor the script compared ("" = none)
+
+
+def cursor_digest(raw: str) -> str:
+    """What ``commit.lua`` compares: the SHA-1 (hex) of an encoded cursor, "" for none."""
+    return hashlib.sha1(raw.encode()).hexdigest() if raw else ""
 
 
 @dataclass(frozen=True)
@@ -121,7 +128,9 @@ class Ledger:
         partial: dict[str, list[int]],
         counters: dict[str, int],
     ) -> CommitResult:
-        args: list[object] = [self.p, field, expected, new, self.ri, len(partial)]
+        """Atomically: if the stored cursor is still ``expected`` (compared by digest),
+        add ``partial`` to the open interval, store ``new`` and add the counters."""
+        args: list[object] = [self.p, field, cursor_digest(expected), new, self.ri, len(partial)]
         for sub, (bi, bo, rq) in partial.items():
             args += [sub, bi, bo, rq]
         nonzero = {k: v for k, v in counters.items() if v}
@@ -130,7 +139,12 @@ class Ledger:
             args += [name, inc]
         keys = [self.k("init"), self.k("cursors"), self.k("stats"), self.k("open"), self.k("sealed")]
         status, detail = self._commit(keys=keys, args=args)
-        return CommitResult(CommitStatus(status.decode()), detail.decode())
+        result = CommitResult(CommitStatus(status.decode()), detail.decode())
+        if result.status == CommitStatus.CONFLICT:
+            # The script answers with a digest only; the winning cursor, for messages, is
+            # read now (rare: a duplicated or concurrent fetch).
+            return CommitResult(CommitStatus.CONFLICT, self.cursor_raw(field), result.detail)
+        return result
 
     def note_pods(self, pods: list[dict]) -> None:
         """Record when each listed pod was last seen (for cursor clean-up)."""

@@ -33,6 +33,7 @@ HELP = {
     "fetch_conflicts": "Fetches that lost the cursor race to another fetch (nothing committed)",
     "fetch_restarted": "Fetches that saw the container change during the read (nothing committed)",
     "pods_without_access_lines": "Pods warned about for showing no access-log lines",
+    "pods_with_bad_timestamps": "Pods warned about for log lines whose timestamp cannot be read",
 }
 
 

@@ -11,8 +11,11 @@ JSON task result or a Redis field unchanged.
 
 from __future__ import annotations
 
+import base64
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
+from hashlib import blake2b
 
 
 @dataclass(frozen=True, order=True)
@@ -46,29 +49,168 @@ class ReportKey:
         return cls(int(start), sub)
 
 
+def fingerprint(t_ns: int, text: bytes) -> bytes:
+    """A line's fingerprint: 8 bytes of BLAKE2b over its stamp (UTC ns) and its text
+    (the line without the kubelet's prefix)."""
+    h = blake2b(digest_size=8)
+    h.update(t_ns.to_bytes(8, "little", signed=True))
+    h.update(text)
+    return h.digest()
+
+
+_V2 = "v2|"
+FP_BYTES = 8
+
+
 @dataclass(frozen=True)
 class Cursor:
-    """Where reading a container's log stands: the last consumed line's time and how
-    many consumed lines carry exactly that time. ``t_ns == 0``: from the start.
+    """Where reading a container's log stands, exact when stamps are not monotonic.
 
-    Encoded as ``<container id>|<t_ns>|<n>`` in the ``cursors`` hash; the commit script
-    compares the encoded strings and never looks inside them.
+    The runtime stamps stdout and stderr lines in separate readers, so the log file is
+    in arrival order but its stamps are monotonic only per stream (docs/design.md,
+    "Two-stream cursor"). The cursor keeps:
+
+    * ``high_ns`` (H): the highest stamp consumed (0: nothing yet);
+    * ``floor_ns`` (F): every line stamped before F counts as consumed. F = H - W for
+      the reorder window W (``LOG_REORDER_WINDOW``), and never moves backwards;
+    * ``seen``: the consumed lines stamped at or after F, as a multiset of
+      ``(stamp, fingerprint, count)``, sorted: a line at or after F is consumed iff it
+      matches a remaining count (identical lines at one stamp stay distinct);
+    * ``legacy_n``: for a cursor stored in the old ``<cid>|<t_ns>|<n>`` form (F = H =
+      t): the first n lines stamped exactly t are consumed. 0 in the new form.
+
+    ``Cursor(cid, t, n)`` is the old form; ``Cursor(cid, 0, 0)`` reads from the start.
+    Encoded as ``<cid>|<t_ns>|<n>`` while it has no fingerprints (so old cursors and
+    fresh ones keep their strings), else ``v2|<cid>|<base64>``; the commit script
+    compares digests of the encoded strings and never looks inside them.
     """
 
     container_id: str
-    t_ns: int
-    n: int
+    high_ns: int = 0
+    legacy_n: int = 0
+    floor_ns: int = -1  # -1: the old form, F = H
+    seen: tuple[tuple[int, bytes, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.floor_ns < 0:
+            object.__setattr__(self, "floor_ns", self.high_ns)
+
+    # What the old (T, N) cursor said, for messages and checks ------------------------
+
+    @property
+    def t_ns(self) -> int:
+        """The highest stamp consumed (the old cursor's T)."""
+        return self.high_ns
+
+    @property
+    def n(self) -> int:
+        """How many consumed lines carry exactly ``t_ns`` (the old cursor's N)."""
+        return self.legacy_n + sum(c for s, _, c in self.seen if s == self.high_ns)
+
+    # Building ------------------------------------------------------------------------
+
+    @classmethod
+    def build(cls, container_id: str, high_ns: int, floor_ns: int, counts: dict[tuple[int, bytes], int]) -> Cursor:
+        """A new-form cursor; entries stamped before ``floor_ns`` are dropped."""
+        seen = tuple(sorted((s, fp, c) for (s, fp), c in counts.items() if s >= floor_ns and c > 0))
+        return cls(container_id, high_ns, 0, floor_ns, seen)
+
+    def counts(self) -> dict[tuple[int, bytes], int]:
+        """``seen`` as a dict ``(stamp, fingerprint) -> count`` (a new dict)."""
+        return {(s, fp): c for s, fp, c in self.seen}
+
+    def covers(self, lines: Iterable[tuple[int, bytes]]) -> bool:
+        """True when every one of ``lines`` (a whole log as ``(stamp ns, text)`` pairs, in
+        log order) is consumed by this cursor and the newest of them is ``t_ns``."""
+        top = 0
+        at_floor = 0
+        need: dict[tuple[int, bytes], int] = {}
+        for ts, text in lines:
+            top = max(top, ts)
+            if ts < self.floor_ns:
+                continue
+            if self.legacy_n and ts == self.floor_ns and at_floor < self.legacy_n:
+                at_floor += 1
+                continue
+            key = (ts, fingerprint(ts, text))
+            need[key] = need.get(key, 0) + 1
+        have = self.counts()
+        return top == self.high_ns and all(have.get(k, 0) >= c for k, c in need.items())
+
+    # String form ---------------------------------------------------------------------
 
     def encode(self) -> str:
-        return f"{self.container_id}|{self.t_ns}|{self.n}"
+        if not self.seen and self.floor_ns == self.high_ns:
+            return f"{self.container_id}|{self.high_ns}|{self.legacy_n}"
+        out = bytearray()
+        _uvarint(out, self.high_ns)
+        _uvarint(out, self.high_ns - self.floor_ns)
+        _uvarint(out, self.legacy_n)
+        _uvarint(out, len(self.seen))
+        prev = self.floor_ns
+        for s, fp, c in self.seen:
+            _uvarint(out, s - prev)
+            out += fp
+            _uvarint(out, c)
+            prev = s
+        return f"{_V2}{self.container_id}|{base64.b64encode(out).decode()}"
 
     @classmethod
     def decode(cls, raw: str) -> Cursor | None:
         """``None`` for an empty string (never read). Raises ``ValueError`` on garbage."""
         if not raw:
             return None
-        cid, t, n = raw.rsplit("|", 2)
-        return cls(cid, int(t), int(n))
+        if not raw.startswith(_V2):
+            cid, t, n = raw.rsplit("|", 2)
+            return cls(cid, int(t), int(n))
+        cid, sep, payload = raw[len(_V2) :].rpartition("|")
+        if not sep:
+            raise ValueError("not a cursor")
+        data = base64.b64decode(payload, validate=True)
+        try:
+            pos = 0
+            high, pos = _read_uvarint(data, pos)
+            width, pos = _read_uvarint(data, pos)
+            legacy_n, pos = _read_uvarint(data, pos)
+            count, pos = _read_uvarint(data, pos)
+            floor = high - width
+            prev = floor
+            seen = []
+            for _ in range(count):
+                delta, pos = _read_uvarint(data, pos)
+                fp = data[pos : pos + FP_BYTES]
+                if len(fp) != FP_BYTES:
+                    raise ValueError("truncated cursor")
+                c, pos = _read_uvarint(data, pos + FP_BYTES)
+                prev += delta
+                seen.append((prev, bytes(fp), c))
+        except IndexError:
+            raise ValueError("truncated cursor") from None
+        if pos != len(data) or floor < 0:
+            raise ValueError("not a cursor")
+        return cls(cid, high, legacy_n, floor, tuple(seen))
+
+
+def _uvarint(out: bytearray, n: int) -> None:
+    if n < 0:
+        raise ValueError("negative")
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+
+
+def _read_uvarint(data: bytes, pos: int) -> tuple[int, int]:
+    n = shift = 0
+    while True:
+        b = data[pos]
+        pos += 1
+        n |= (b & 0x7F) << shift
+        if b < 0x80:
+            return n, pos
+        shift += 7
+        if shift > 70:
+            raise ValueError("bad varint")
 
 
 class CommitStatus(StrEnum):

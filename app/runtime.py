@@ -52,7 +52,8 @@ def fetcher() -> Fetcher:
     if "fetcher" not in _state:
         s = settings()
         _state["fetcher"] = Fetcher(
-            log_source(), ledger(), domain=s.tunnel_domain, container=s.traefik_container, limit_bytes=s.fetch_max_bytes
+            log_source(), ledger(), domain=s.tunnel_domain, container=s.traefik_container, limit_bytes=s.fetch_max_bytes,
+            reorder_window_ns=int(round(s.log_reorder_window * 1_000_000_000)),
         )
     return _state["fetcher"]  # type: ignore[return-value]
 

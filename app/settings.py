@@ -40,6 +40,7 @@ EXPECTED = {
     "fetch_interval": "a whole number of seconds from 1 to REPORT_INTERVAL",
     "fetch_max_bytes": "a whole number of bytes from 4096 to 1073741824",
     "fetch_time_limit": "a whole number of seconds from 5 to 3600",
+    "log_reorder_window": "a number of seconds from 0.001 to 60",
     "report_max_age": "a whole number of seconds, at least 60",
     "scraper_id": "1-63 characters of A-Z a-z 0-9 . _ -",
     "redis_key_prefix": "1-63 characters of A-Z a-z 0-9 . _ -",
@@ -120,6 +121,18 @@ class Settings(BaseSettings):
 
     fetch_time_limit: int = 120
     """Hard time limit of one fetch task, in seconds (a 32 MiB read takes a few)."""
+
+    log_reorder_window: float = 1.0
+    """Seconds a log line's stamp may be older than a line before it in the log. The
+    runtime stamps stdout and stderr in separate readers (containerd: one goroutine per
+    stream, stamp taken when the line is read), so a stderr line can land in the file
+    after a stdout line stamped later: the skew is scheduling delay, milliseconds. A
+    line more out of order than this is never read (the kubelet filters sinceTime per
+    line). 1 s is a thousand times the usual skew and still covers a runtime stalled
+    for most of a second; 2 s would double the cost for stalls that long. The cost:
+    each read re-reads up to this plus one second of log (FETCH_MAX_BYTES must hold
+    more than that), and the cursor keeps 16 bytes per line of the window (12 binary,
+    base64'd): 32 KB at 2,000 lines/s."""
 
     report_max_age: int = 24 * 3600
     """Seconds after its interval ended that a report is still retried; older ones
@@ -290,6 +303,7 @@ class Settings(BaseSettings):
             "fetch_interval": self.fetch_interval is None or 1 <= self.fetch_interval <= self.report_interval,
             "fetch_max_bytes": 4096 <= self.fetch_max_bytes <= 1 << 30,
             "fetch_time_limit": 5 <= self.fetch_time_limit <= 3600,
+            "log_reorder_window": 0.001 <= self.log_reorder_window <= 60,
             "report_max_age": self.report_max_age >= 60,
             "report_auto_retries": 0 <= self.report_auto_retries <= 20,
             "report_retry_max_delay": 1 <= self.report_retry_max_delay <= 3600,

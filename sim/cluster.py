@@ -84,7 +84,7 @@ class LocalPipeline:
     # Quiescence ---------------------------------------------------------------------
 
     def at_end(self, pods: list[str]) -> bool:
-        """Every listed pod's cursor stands at the last line of its current log."""
+        """Every listed pod's cursor has consumed every line of its current log."""
         cursors = self.ledger.cursors()
         for name in pods:
             try:
@@ -94,9 +94,8 @@ class LocalPipeline:
                 continue
             if not lines:
                 continue
-            last = lines[-1][0]
-            n = sum(1 for ts, _ in lines if ts == last)
-            if cursors.get(f"{uid}/traefik") != Cursor(cid, last, n).encode():
+            cursor = Cursor.decode(cursors.get(f"{uid}/traefik", ""))
+            if cursor is None or cursor.container_id != cid or not cursor.covers(lines):
                 return False
         return True
 

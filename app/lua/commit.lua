@@ -3,11 +3,13 @@
 --
 -- KEYS[1] init record   KEYS[2] cursors hash   KEYS[3] stats hash
 -- KEYS[4] open zset     KEYS[5] sealed zset
--- ARGV: prefix, cursor field, expected cursor ("" = none yet), new cursor,
+-- ARGV: prefix, cursor field, expected cursor's SHA-1 in hex ("" = none yet), new cursor,
 --       report interval (s), n subdomains, then n x (sub, bytes_in, bytes_out, requests),
 --       then m counters, then m x (name, increment)
--- Returns {"ok", interval start} | {"conflict", current cursor} | {"noledger", ""}
---         | {"overflow", subdomain}
+-- Returns {"ok", interval start} | {"conflict", current cursor's SHA-1 ("" = none)}
+--         | {"noledger", ""} | {"overflow", subdomain}
+-- A cursor holds the fingerprints of a window of lines (tens of KB on a busy pod), so
+-- the compare is on digests: the blob goes in once (the new cursor), never back out.
 -- Interval keys are built here (the interval is chosen from TIME inside the
 -- script): this needs a single Redis, not a cluster.
 local MAX = 9.2e18  -- below 2^63 by far more than a double's error at that size
@@ -16,8 +18,12 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'noledger', ''}
 end
 local current = redis.call('HGET', KEYS[2], ARGV[2]) or ''
-if current ~= ARGV[3] then
-  return {'conflict', current}
+local digest = ''
+if current ~= '' then
+  digest = redis.sha1hex(current)
+end
+if digest ~= ARGV[3] then
+  return {'conflict', digest}
 end
 
 local ri = tonumber(ARGV[5])

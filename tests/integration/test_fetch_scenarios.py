@@ -8,11 +8,13 @@ generated ground truth once the pipeline is quiescent.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import time
 
 import pytest
 
+from app.model import Cursor
 from sim.procs import wait_until
 from tests.traffic import TRAEFIK_TEXT, Traffic
 
@@ -177,7 +179,7 @@ def test_no_progress_is_reported(pipeline, kube):
     pipeline.wait_quiescent(["traefik-ok"])
     # the first read of the stuck pod consumed the complete lines within 8 KiB: those
     # are counted, once; nothing after them ever is
-    consumed = int(pipeline.ledger.cursors()[f"{kube.pod_uid(POD)}/traefik"].split("|")[2])
+    consumed = Cursor.decode(pipeline.ledger.cursors()[f"{kube.pod_uid(POD)}/traefik"]).n
     assert 0 < consumed < 40
     assert pipeline.delivered() == stuck.first(consumed).merged(fine)
 
@@ -249,7 +251,7 @@ def test_rotation_past_the_cursor_is_a_gap(pipeline, kube):
     kube.write_many(POD, read.lines(10))
     pipeline.fetch(POD)
     wait_read(pipeline, [POD])
-    cursor_t = int(pipeline.ledger.cursors()[f"{kube.pod_uid(POD)}/traefik"].split("|")[1])
+    cursor_t = Cursor.decode(pipeline.ledger.cursors()[f"{kube.pod_uid(POD)}/traefik"]).t_ns
     time.sleep(0.002)  # distinct timestamps for what follows
     for line in lost.lines(10):
         kube.write(POD, line)
@@ -376,3 +378,31 @@ def test_restart_before_the_first_read_drains_the_previous_container(pipeline, k
     pipeline.wait_quiescent([POD])
     assert pipeline.delivered() == traffic.expected()
     assert pipeline.ledger.gaps() == []
+
+
+def test_zoned_stamps_and_busy_stderr_are_billed_exactly(pipeline, kube):
+    """A node stamping in +08:00, and Traefik's own log busy on stderr: its reader stamps
+    lines up to 0.3 s before or after the access lines around them (within
+    LOG_REORDER_WINDOW), across many reads."""
+    kube.add_pod(POD)
+    rng = random.Random(32)
+    kube.configure_log(POD, zone="+08:00", skew={"stderr": lambda: rng.uniform(-0.3, 0.3)})
+    traffic = Traffic(seed=32)
+    pipeline.init_ledger()
+    pipeline.worker()
+    pipeline.beat()
+    for _ in range(5):
+        for _ in range(40):
+            kube.append_now(POD, traffic.line())
+            for _ in range(rng.randrange(3)):
+                kube.append_now(POD, TRAEFIK_TEXT, stream="stderr")
+            time.sleep(rng.choice([0, 0, 0.01]))
+        wait_read(pipeline, [POD])
+    lines = kube.log_lines(POD)
+    assert any(b < a for (a, _), (b, _) in zip(lines, lines[1:], strict=False)), "stamps never went backwards"
+    pipeline.wait_quiescent([POD])
+    assert pipeline.delivered() == traffic.expected()
+    assert pipeline.ledger.gaps() == []
+    stats = pipeline.ledger.stats()
+    assert not any("timestamp" in key for key in stats)
+    assert stats["lines_read"] == len(lines)

@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from app.ledger import Ledger
+from app.ledger import Ledger, cursor_digest
 from app.model import CommitStatus, Cursor, ReportKey, ReportState
 
 RI = 3600  # long intervals: a test never straddles an interval boundary by accident
@@ -100,6 +100,25 @@ def test_no_cursor_yet_is_compared_like_any_value(ledger):
     dup = ledger.commit(field, "", Cursor("cid", 6, 1).encode(), {"a": [1, 1, 1]}, {"x": 1})
     assert (dup.status, dup.detail) == (CommitStatus.CONFLICT, Cursor("cid", 6, 1).encode())
     assert snapshot(ledger) == before
+
+
+def test_commit_compares_digests_and_never_ships_a_large_cursor_back(ledger):
+    """A busy pod's cursor is tens of KB: the script compares SHA-1 digests, and a
+    conflict answers with the stored cursor's digest."""
+    counts = {(1_000 + i, i.to_bytes(8, "big")): 1 for i in range(2_000)}
+    big = Cursor.build("cid", 3_000, 1_000, counts).encode()
+    assert len(big) > 25_000
+    assert ledger.commit("uid/traefik", "", big, {"a": [1, 1, 1]}, {}).status == CommitStatus.OK
+    assert ledger.cursor_raw("uid/traefik") == big
+    script = ledger._commit  # the registered script: its answer, not the Python wrapper's
+    keys = [ledger.k("init"), ledger.k("cursors"), ledger.k("stats"), ledger.k("open"), ledger.k("sealed")]
+    status, detail = script(keys=keys, args=[ledger.p, "uid/traefik", cursor_digest("stale"), "new", RI, 0, 0])
+    assert (status, detail) == (b"conflict", cursor_digest(big).encode())
+    stale = ledger.commit("uid/traefik", "stale", "new", {"a": [1, 1, 1]}, {})
+    assert (stale.status, stale.digest) == (CommitStatus.CONFLICT, cursor_digest(big))
+    nxt = Cursor.build("cid", 3_001, 2_001, counts).encode()
+    assert ledger.commit("uid/traefik", big, nxt, {"a": [1, 1, 1]}, {}).status == CommitStatus.OK
+    assert ledger.cursor_raw("uid/traefik") == nxt
 
 
 def test_commit_without_init_record_is_noledger_and_writes_nothing(r):

@@ -1,0 +1,160 @@
+"""The Fetcher against the fake Kubernetes API (official client, real Redis): logs as
+containerd writes them, with stdout and stderr stamped by separate readers and stamps
+in the node's zone. Each of the issue's three cases, with its exact totals."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from app.fetching import Fetcher
+from app.kube import LogSource
+from app.ledger import Ledger
+from app.metrics import LedgerCollector
+from app.model import Cursor
+from sim.fake_kube import NS_PER_S, FakeKube, ManualClock
+
+NS = NS_PER_S
+DAY = int(datetime(2026, 11, 30, tzinfo=UTC).timestamp()) * NS
+POD = "traefik-0"
+ERROR_LINE = b"\x1b[90m2026-11-30T10:10:05Z\x1b[0m \x1b[31mERR\x1b[0m Error while proxying error=\"context canceled\""
+
+
+def at(h: int, m: int, s: int, nanos: int = 0) -> int:
+    return DAY + (h * 3600 + m * 60 + s) * NS + nanos
+
+
+def access(sub: str, bytes_in: int, bytes_out: int) -> bytes:
+    return (
+        b'{"DownstreamContentSize":%d,"DownstreamStatus":200,"RequestContentSize":%d,'
+        b'"RequestHost":"%s.t.lum.tools","StartUTC":"2026-11-30T10:10:05.1Z"}' % (bytes_out, bytes_in, sub.encode())
+    )
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    fk = FakeKube(clock=ManualClock(at(10, 10, 0)))
+    fk.start()
+    monkeypatch.setenv("KUBECONFIG", fk.write_kubeconfig(tmp_path / "kubeconfig"))
+    fk.add_pod(POD)
+    yield fk
+    fk.stop()
+
+
+@pytest.fixture
+def ledger(r):
+    led = Ledger(r, "fs", 3600)
+    led.initialise(0)
+    return led
+
+
+@pytest.fixture
+def fetcher(fake, ledger):
+    source = LogSource("traefik", "app.kubernetes.io/name=traefik", 5)
+    yield Fetcher(source, ledger, domain="t.lum.tools", container="", limit_bytes=1 << 20)
+    source.close()
+
+
+def fetch(fetcher: Fetcher, fake: FakeKube) -> dict:
+    out = fetcher.fetch(POD, fake.pod_uid(POD))
+    assert out["status"] == "ok", out
+    return out
+
+
+def billed(ledger: Ledger) -> dict[str, list[int]]:
+    total: dict[str, list[int]] = {}
+    for start in ledger.open_intervals(ledger.now() + 2 * ledger.ri):
+        for sub, counts in ledger.interval_totals(start).items():
+            total[sub] = [a + b for a, b in zip(total.get(sub, [0, 0, 0]), counts, strict=True)]
+    return total
+
+
+def test_stderr_line_stamped_before_the_access_line_ahead_of_it(fake, fetcher, ledger):
+    fake.write(POD, access("acme", 0, 1000), at(10, 10, 5, 500_000_000))
+    fake.write(POD, ERROR_LINE, at(10, 10, 5, 400_000_000), stream="stderr")
+    fetch(fetcher, fake)
+    fake.write(POD, access("acme", 0, 500), at(10, 10, 9))
+    fetch(fetcher, fake)
+    assert billed(ledger) == {"acme": [0, 1500, 2]}
+    assert ledger.gaps() == []
+
+
+def test_access_line_stamped_before_the_stderr_line_that_ended_the_read(fake, fetcher, ledger):
+    fake.write(POD, ERROR_LINE, at(10, 10, 5, 500_000_000), stream="stderr")
+    fetch(fetcher, fake)
+    fake.write(POD, access("acme", 0, 300), at(10, 10, 5, 400_000_000))
+    fake.write(POD, access("acme", 0, 700), at(10, 10, 9))
+    fetch(fetcher, fake)
+    assert billed(ledger) == {"acme": [0, 1000, 2]}
+    assert ledger.gaps() == []
+
+
+def test_stamps_in_the_nodes_zone(fake, fetcher, ledger, caplog):
+    fake.configure_log(POD, zone="+08:00")  # served as 2026-11-30T18:08:00.250000000+08:00
+    fake.write(POD, access("acme", 70, 700), at(10, 8, 0, 250_000_000))
+    fake.write(POD, access("acme", 30, 300), at(10, 8, 1, 250_000_000))
+    with caplog.at_level(logging.WARNING):
+        first = fetch(fetcher, fake)
+        second = fetch(fetcher, fake)
+    assert (first["consumed"], second["consumed"]) == (2, 0)
+    assert billed(ledger) == {"acme": [100, 1000, 2]}
+    stats = ledger.stats()
+    assert stats["lines_counted"] == 2
+    assert not any("timestamp" in key for key in stats)
+    assert "timestamp prefix" not in caplog.text
+    cursor = Cursor.decode(ledger.cursor_raw(f"{fake.pod_uid(POD)}/traefik"))
+    assert cursor.t_ns == at(10, 8, 1, 250_000_000)
+
+
+class _Mangled:
+    """The fake API's pod and log, with the stamp of some lines written in a form no
+    kubelet writes (an offset without its colon)."""
+
+    def __init__(self, source: LogSource, marker: bytes) -> None:
+        self.source = source
+        self.namespace = source.namespace
+        self.marker = marker
+
+    def get_pod(self, name):
+        return self.source.get_pod(name)
+
+    def stream_log(self, *args, **kwargs):
+        body = b"".join(self.source.stream_log(*args, **kwargs))
+        out = []
+        for line in body.split(b"\n"):
+            if self.marker in line:
+                stamp, _, text = line.partition(b" ")
+                line = stamp[:19] + b".5+0800 " + text
+            out.append(line)
+        yield b"\n".join(out)
+
+
+def test_unreadable_stamps_are_counted_once_and_warned_about_once(fake, ledger, caplog, tmp_path):
+    source = LogSource("traefik", "app.kubernetes.io/name=traefik", 5)
+    fetcher = Fetcher(_Mangled(source, b"mangle"), ledger, domain="t.lum.tools", container="", limit_bytes=1 << 20)
+    try:
+        fake.write(POD, access("acme", 1, 10), at(10, 10, 1))
+        fake.write(POD, b'{"level":"info","msg":"mangle me"}', at(10, 10, 2))
+        fake.write(POD, b"no stamp at all: mangle", at(10, 10, 3))
+        with caplog.at_level(logging.WARNING):
+            fetch(fetcher, fake)
+            fake.write(POD, access("acme", 2, 20), at(10, 10, 4))
+            fake.write(POD, b"mangle again", at(10, 10, 5))
+            fetch(fetcher, fake)
+            fetch(fetcher, fake)
+    finally:
+        source.close()
+    assert billed(ledger) == {"acme": [3, 30, 2]}
+    stats = ledger.stats()
+    assert stats["rejected:bad_timestamp"] == 3  # each unreadable line once, over three reads
+    assert stats["pods_with_bad_timestamps"] == 1
+    warnings = [r for r in caplog.records if "timestamp prefix that cannot be read" in r.getMessage()]
+    assert len(warnings) == 1 and f"traefik/{POD}" in warnings[0].getMessage()
+    registry = CollectorRegistry()
+    registry.register(LedgerCollector(ledger))
+    text = generate_latest(registry).decode()
+    assert 'traefik_metrics_scraper_rejected_lines_total{reason="bad_timestamp"} 3.0' in text
+    assert "traefik_metrics_scraper_pods_with_bad_timestamps_total 1.0" in text
