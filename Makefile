@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_SECONDS ?= 90
 
-.PHONY: test test-unit demo bench docs lint lock redis-server docker-compose clean
+.PHONY: test test-unit demo bench docs lint lock redis-server docker-compose promtool clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -39,6 +39,19 @@ redis-server:
 
 # Only `docker-compose config` is run (the tests validate docker-compose.yml), so no Docker
 # engine: --no-install-recommends keeps Debian's package from pulling docker.io in.
+# promtool checks the alert rules and the dashboard's queries (tests/unit/test_monitoring.py);
+# Debian ships it in the prometheus package (--no-install-recommends: no extra services).
+promtool:
+	@command -v promtool >/dev/null 2>&1 && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "promtool missing: installing Debian's prometheus package"; \
+	  apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 || \
+	   (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1) || true; \
+	  command -v promtool >/dev/null 2>&1 || { echo "could not install promtool with apt-get"; exit 1; }; \
+	else \
+	  echo "promtool is not installed: run 'sudo apt-get install prometheus' (Debian/Ubuntu) or put promtool on PATH"; exit 1; \
+	fi
+
 docker-compose:
 	@command -v docker-compose >/dev/null 2>&1 && exit 0; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -55,10 +68,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check app workers sim tests bench docs beat_schedule.py
 	$(BIN)/lint-imports --no-logo
 
-test: $(STAMP) redis-server docker-compose lint
+test: $(STAMP) redis-server docker-compose promtool lint
 	$(BIN)/pytest -q
 
-test-unit: $(STAMP) docker-compose lint
+test-unit: $(STAMP) docker-compose promtool lint
 	$(BIN)/pytest -q tests/unit
 
 demo: $(STAMP) redis-server

@@ -439,6 +439,7 @@ class Fetcher:
     def _commit(self, pod: Pod, ctr: Container, field_: str, expected: str, res: ReadResult, summary: dict) -> bool:
         """Commit one read if the container did not change under it. True when committed."""
         summary["cut"] = res.cut  # the last read stopped at limitBytes (more waiting); metrics' lag
+        summary["cut"] = res.cut  # the last read stopped at limitBytes (more waiting); metrics' lag
         if res.consumed == 0 and res.cut:
             log.warning(
                 "NO PROGRESS reading pod %s/%s: the log from %s (the cursor's second and "

@@ -19,6 +19,26 @@ import redis
 from app.model import CommitStatus, ReportKey, ReportState
 
 SUBDOMAIN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+PODFETCH_TTL = 86400  # seconds a pod's fetch metrics outlive its last fetch
+# Undelivered reports by state and the oldest interval among them, in one pass inside
+# Redis (a day's platform outage is ~1,440 intervals x tunnels: not worth a round trip each).
+REPORT_STATES_LUA = """
+local members = redis.call('ZRANGE', KEYS[1], 0, -1)
+local counts = {}
+local oldest = -1
+for _, m in ipairs(members) do
+  local state = redis.call('HGET', ARGV[1] .. ':rep:' .. m, 'state') or 'missing'
+  counts[state] = (counts[state] or 0) + 1
+  local start = tonumber(string.match(m, '^(%d+):'))
+  if start and (oldest < 0 or start < oldest) then oldest = start end
+end
+local out = {tostring(oldest)}
+for state, n in pairs(counts) do
+  out[#out + 1] = state
+  out[#out + 1] = tostring(n)
+end
+return out
+"""
 MAX_GAPS = 1000
 
 
@@ -74,6 +94,7 @@ class Ledger:
         self._seal = r.register_script(_script("seal.lua"))
         self._claim = r.register_script(_script("claim.lua"))
         self._reserve = r.register_script(_script("reserve_retry.lua"))
+        self._states = r.register_script(REPORT_STATES_LUA)
 
     def k(self, *parts: object) -> str:
         return ":".join([self.p, *map(str, parts)])
@@ -177,6 +198,8 @@ class Ledger:
                 pipe.hdel(self.k("cursors"), *fields)
             pipe.hdel(self.k("pods"), uid)
             pipe.hdel(self.k("podstate"), uid)
+            pipe.delete(self.k("podfetch", uid))
+            pipe.zrem(self.k("podfetch"), uid)
             pipe.execute()
         return len(fields)
 
@@ -369,3 +392,58 @@ class Ledger:
     def try_round(self, round_no: int, ttl: int) -> bool:
         """True the first time a plan round is claimed (``SET NX``)."""
         return bool(self.r.set(self.k("round", round_no), "1", nx=True, ex=ttl))
+
+    # Metrics ------------------------------------------------------------------------------
+
+    def note_fetch(self, uid: str, name: str, seconds: float, reached_end: bool, error: str = "") -> None:
+        """Record one fetch of a pod for the metrics (``podfetch:<uid>`` and the
+        ``podfetch`` index): its duration, whether its read reached the end of the log
+        (at Redis time), and its error kind if it failed. Kept a day after the last fetch."""
+        now = self.now()
+        key = self.k("podfetch", uid)
+        with self.r.pipeline() as pipe:
+            pipe.hset(key, mapping={"name": name, "last_at": f"{now:.3f}", "last_seconds": f"{seconds:.6f}"})
+            pipe.hsetnx(key, "since", f"{now:.3f}")
+            pipe.hincrby(key, "fetches", 1)
+            pipe.hincrbyfloat(key, "seconds_sum", round(seconds, 6))
+            if reached_end:
+                pipe.hset(key, "end_at", f"{now:.3f}")
+            if error:
+                pipe.hincrby(key, f"err:{error}", 1)
+            pipe.expire(key, PODFETCH_TTL)
+            pipe.zadd(self.k("podfetch"), {uid: now})
+            pipe.zremrangebyscore(self.k("podfetch"), "-inf", now - PODFETCH_TTL)
+            pipe.execute()
+
+    def pod_fetches(self) -> dict[str, dict]:
+        """uid -> the ``podfetch`` record of every pod fetched in the last day."""
+        uids = [u.decode() for u in self.r.zrange(self.k("podfetch"), 0, -1)]
+        with self.r.pipeline(transaction=False) as pipe:
+            for uid in uids:
+                pipe.hgetall(self.k("podfetch", uid))
+            records = pipe.execute()
+        out = {}
+        for uid, rec in zip(uids, records, strict=True):
+            if rec:
+                out[uid] = {k.decode(): v.decode() for k, v in rec.items()}
+        return out
+
+    def report_states(self) -> tuple[dict[str, int], int | None]:
+        """Undelivered reports (the ``due`` set) by state, and the start of the oldest
+        one's interval (None when there is none). One pass over ``due`` inside Redis."""
+        out = self._states(keys=[self.k("due")], args=[self.p])
+        oldest = int(out[0])
+        counts = {out[i].decode(): int(out[i + 1]) for i in range(1, len(out), 2)}
+        return counts, (oldest if oldest >= 0 else None)
+
+    def metric_counts(self) -> dict[str, int]:
+        """Cardinalities the metrics read: open and sealed intervals, dead letters, and
+        reports in automatic retry now."""
+        now = self.now()
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.zcard(self.k("open"))
+            pipe.zcard(self.k("sealed"))
+            pipe.zcard(self.k("dead"))
+            pipe.zcount(self.k("retrying"), f"({now}", "+inf")
+            opened, sealed, dead, retrying = pipe.execute()
+        return {"open": opened, "sealed": sealed, "dead": dead, "retrying": retrying}

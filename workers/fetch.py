@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import time
 
+import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
 from app import runtime
@@ -12,6 +14,13 @@ from app.model import FetchStatus
 from app.queues import Queue
 
 log = logging.getLogger(__name__)
+
+# Outcomes counted as fetch errors of the pod in the metrics. Not a conflict (another
+# fetch committed), a restart seen mid-read, a pod gone or not started: nothing is wrong.
+ERROR_STATUSES = frozenset({
+    FetchStatus.FORBIDDEN, FetchStatus.KUBE_ERROR, FetchStatus.TIMEOUT, FetchStatus.NO_PROGRESS,
+    FetchStatus.OVERFLOW, FetchStatus.LEDGER_LOST, FetchStatus.NO_LEDGER,
+})
 
 
 @app.task(
@@ -25,8 +34,23 @@ log = logging.getLogger(__name__)
 def fetch(name: str, uid: str) -> dict:
     """Read pod ``name`` (uid ``uid``) from its cursor and commit. Never raises for a
     handled error, so the round's chord always completes; the cursor stays put."""
+    started = time.monotonic()
     try:
-        return runtime.fetcher().fetch(name, uid)
+        summary = runtime.fetcher().fetch(name, uid)
     except SoftTimeLimitExceeded:
         log.warning("fetch %s: over FETCH_TIME_LIMIT (%ss); nothing committed, next round retries", name, settings.fetch_time_limit)
-        return {"pod": name, "status": FetchStatus.TIMEOUT}
+        summary = {"pod": name, "status": FetchStatus.TIMEOUT}
+    _note(name, uid, summary, time.monotonic() - started)
+    return summary
+
+
+def _note(name: str, uid: str, summary: dict, seconds: float) -> None:
+    """Per-pod metrics (app/metrics.py): duration, error kind, and whether the read
+    reached the end of the log (committed, or nothing new, and not cut at limitBytes)."""
+    status = summary.get("status")
+    reached_end = status == FetchStatus.OK and summary.get("cut") is False
+    error = str(status) if status in ERROR_STATUSES else ""
+    try:
+        runtime.ledger().note_fetch(uid, name, seconds, reached_end, error)
+    except redis.RedisError as e:  # metrics must never fail a fetch that committed
+        log.warning("fetch %s: could not record its metrics: %s", name, type(e).__name__)

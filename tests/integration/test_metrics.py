@@ -1,27 +1,201 @@
-"""The Prometheus exporter translates the ledger's counters."""
+"""The Prometheus exporter (app/metrics.py) reads everything from Redis: right across
+processes (two real workers committing), with conventional names and bounded labels."""
 
 from __future__ import annotations
 
+import re
+import time
+
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.ledger import Ledger
-from app.metrics import LedgerCollector
+from app.metrics import NS, LedgerCollector, queue_keys
+from app.model import ReportKey
+from app.settings import Settings
+from tests.traffic import TRAEFIK_TEXT, Traffic
 
 
-def test_metrics_reflect_the_ledger(r):
+def scrape(ledger: Ledger, **settings: object) -> dict[tuple[str, tuple], float]:
+    """One scrape: {(sample name, sorted labels): value}."""
+    s = Settings(**{"redis_url": "redis://127.0.0.1:1/0", "report_interval": 60, "fetch_interval": 10, **settings})
+    registry = CollectorRegistry()
+    registry.register(LedgerCollector(ledger, s, broker=ledger.r))
+    text = generate_latest(registry).decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    return samples[(f"{NS}_{name}", tuple(sorted(labels.items())))]
+
+
+def test_counters_and_gauges_from_the_ledger(r):
     ledger = Ledger(r, "m", 60)
     ledger.initialise(0)
     ledger.incr({"lines_read": 7, "lines_counted": 4, "ignored:other_host": 2, "rejected:invalid_json": 1,
-                 "reports_delivered": 3, "gaps": 1, "fetch_errors:kube": 2})
-    registry = CollectorRegistry()
-    registry.register(LedgerCollector(ledger))
-    text = generate_latest(registry).decode()
-    assert "traefik_metrics_scraper_lines_read_total 7.0" in text
-    assert "traefik_metrics_scraper_lines_counted_total 4.0" in text
-    assert 'traefik_metrics_scraper_ignored_lines_total{reason="other_host"} 2.0' in text
-    assert 'traefik_metrics_scraper_rejected_lines_total{reason="invalid_json"} 1.0' in text
-    assert 'traefik_metrics_scraper_reports_total{outcome="delivered"} 3.0' in text
-    assert 'traefik_metrics_scraper_fetch_errors_total{kind="kube"} 2.0' in text
-    assert "traefik_metrics_scraper_gaps_total 1.0" in text
-    assert "traefik_metrics_scraper_reports_waiting 0.0" in text
-    assert "traefik_metrics_scraper_dead_letters 0.0" in text
+                 "bytes_in": 10, "bytes_out": 20, "requests": 4, "reports_delivered": 3, "gaps": 1,
+                 "no_progress": 2, "fetch_errors:kube": 2, "something_new": 5})
+    now = ledger.now()
+    start = int(now // 60 * 60) - 600  # an interval that ended 9 to 10 minutes ago
+    r.hset(f"m:rep:{start}:tun-a", mapping={"state": "due", "bytes_in": 1, "bytes_out": 1, "requests": 1})
+    r.zadd("m:due", {f"{start}:tun-a": now + 100})
+    r.hset(f"m:rep:{start + 60}:tun-b", mapping={"state": "pending", "bytes_in": 1, "bytes_out": 1, "requests": 1})
+    r.zadd("m:due", {f"{start + 60}:tun-b": 0})
+    r.zadd("m:dead", {"100:tun-c": now, "160:tun-c": now})
+    r.zadd("m:retrying", {f"{start}:tun-a": now + 30, "1:old": now - 30})
+    r.zadd("m:open", {str(start + 600): start + 600})
+    r.zadd("m:sealed", {str(start): now, str(start - 60): now})
+    r.rpush("report", "m1", "m2")
+    r.rpush("report\x06\x163", "m3")
+    r.rpush("fetch\x06\x169", "m4")
+    r.hset("unacked", "tag", "x")
+
+    s = scrape(ledger)
+    assert value(s, "log_lines_total", outcome="counted", reason="tunnel") == 4
+    assert value(s, "log_lines_total", outcome="ignored", reason="other_host") == 2
+    assert value(s, "log_lines_total", outcome="rejected", reason="invalid_json") == 1
+    assert value(s, "log_lines_read_total") == 7
+    assert value(s, "counted_bytes_total", direction="in") == 10
+    assert value(s, "counted_bytes_total", direction="out") == 20
+    assert value(s, "counted_requests_total") == 4
+    assert value(s, "reports_total", outcome="delivered") == 3
+    assert value(s, "reports_total", outcome="dead") == 0
+    assert value(s, "gaps_total") == 1
+    assert value(s, "no_progress_reads_total") == 2
+    assert value(s, "fetch_errors_total", kind="kube") == 2
+    assert value(s, "something_new_total") == 5
+    assert value(s, "undelivered_reports", state="due") == 1
+    assert value(s, "undelivered_reports", state="pending") == 1
+    assert value(s, "undelivered_reports", state="queued") == 0
+    assert value(s, "undelivered_reports", state="dead") == 2
+    assert value(s, "dead_letters") == 2
+    assert 540 <= value(s, "oldest_undelivered_report_age_seconds") <= 600 + 5
+    assert value(s, "reports_in_retry") == 1
+    assert value(s, "intervals", state="open") == 1
+    assert value(s, "intervals", state="sealed") == 2
+    assert value(s, "queue_messages", queue="report") == 3
+    assert value(s, "queue_messages", queue="fetch") == 1
+    assert value(s, "broker_unacked_messages") == 1
+    assert value(s, "fetch_interval_seconds") == 10
+    assert value(s, "report_interval_seconds") == 60
+    assert value(s, "ledger_initialised") == 1
+    assert value(s, "redis_up") == 1
+
+
+def test_queue_keys_are_kombus():
+    """kombu's Redis transport: the queue's name for priority 0, then <name>\\x06\\x16<step>."""
+    from kombu.transport.redis import PRIORITY_STEPS, Channel
+
+    channel = Channel.__new__(Channel)
+    channel.priority_steps = PRIORITY_STEPS
+    assert queue_keys("report") == [channel._q_for_pri("report", p) for p in PRIORITY_STEPS]
+
+
+def test_pod_metrics_lag_and_the_pods_that_count(r):
+    ledger = Ledger(r, "p", 60)
+    ledger.initialise(0)
+    ledger.note_fetch("uid-a", "traefik-a", 0.25, reached_end=True)
+    ledger.note_fetch("uid-a", "traefik-a", 0.75, reached_end=False, error="kube_error")
+    ledger.note_fetch("uid-b", "traefik-b", 0.5, reached_end=False, error="no_progress")  # never at the end
+    ledger.note_fetch("uid-gone", "traefik-gone", 0.1, reached_end=True)
+    ledger.update_pod_state("uid-gone", gone_at=ledger.now())
+    r.hset("p:podfetch:uid-old", mapping={"name": "traefik-a", "last_at": "1", "since": "1", "end_at": "1",
+                                          "fetches": "1", "seconds_sum": "1", "last_seconds": "1"})
+    r.zadd("p:podfetch", {"uid-old": ledger.now()})  # a replaced pod under the same name, fetched long ago
+    time.sleep(1.1)
+    s = scrape(ledger)
+    pods = {dict(labels)["pod"] for (name, labels) in s if name == f"{NS}_pod_lag_seconds"}
+    assert pods == {"traefik-a", "traefik-b"}, "gone pods and stale records are not exported"
+    assert 1 <= value(s, "pod_lag_seconds", pod="traefik-a") < 5
+    assert 1 <= value(s, "pod_lag_seconds", pod="traefik-b") < 5  # since its first fetch
+    assert value(s, "pod_fetch_duration_seconds_count", pod="traefik-a") == 2
+    assert value(s, "pod_fetch_duration_seconds_sum", pod="traefik-a") == 1.0
+    assert value(s, "pod_last_fetch_duration_seconds", pod="traefik-a") == 0.75
+    assert value(s, "pod_fetch_errors_total", pod="traefik-a", kind="kube_error") == 1
+    assert value(s, "pod_fetch_errors_total", pod="traefik-b", kind="no_progress") == 1
+    assert (f"{NS}_pod_last_read_at_end_timestamp_seconds", (("pod", "traefik-b"),)) not in s
+    assert 1 <= value(s, "min_pod_lag_seconds") < 5
+    ledger.forget_pod("uid-a")
+    assert "uid-a" not in ledger.pod_fetches()
+
+
+def test_redis_down_is_a_gauge_not_an_error():
+    import redis
+
+    ledger = Ledger(redis.Redis(port=1, socket_connect_timeout=0.5), "x", 60)
+    s = scrape(ledger)
+    assert value(s, "redis_up") == 0
+    assert value(s, "fetch_interval_seconds") == 10
+
+
+def test_metrics_right_across_two_workers(pipeline, kube):
+    """Two real worker processes fetch and report; the exporter, reading only Redis,
+    matches what the platform received and what was written, per pod too."""
+    pods = [f"traefik-{i}" for i in range(4)]
+    for p in pods:
+        kube.add_pod(p)
+    traffic = Traffic(seed=11)
+    pipeline.init_ledger()
+    workers = [pipeline.worker(concurrency=1, name="wa"), pipeline.worker(concurrency=1, name="wb")]
+    pipeline.beat()
+    written = 0
+    end = time.monotonic() + 6
+    while time.monotonic() < end:
+        for p in pods:
+            kube.write_many(p, traffic.lines(10))
+            kube.write(p, TRAEFIK_TEXT)
+            written += 11
+        time.sleep(0.2)
+    pipeline.wait_quiescent(pods)
+    # Both processes committed fetches.
+    for w in workers:
+        assert re.search(r"Task workers\.fetch\.fetch\[[^]]+\] succeeded", w.output()), w.log_path.name
+    time.sleep(1.5)  # at least one more round: every pod read to the end since quiescence
+    s = scrape(pipeline.ledger, report_interval=2, fetch_interval=1)
+    truth = traffic.expected()
+    assert value(s, "counted_requests_total") == sum(t["requests"] for t in truth.values())
+    assert value(s, "counted_bytes_total", direction="in") == sum(t["bytes_in"] for t in truth.values())
+    assert value(s, "counted_bytes_total", direction="out") == sum(t["bytes_out"] for t in truth.values())
+    lines = {dict(labels)["reason"]: v for (name, labels), v in s.items() if name == f"{NS}_log_lines_total"}
+    assert sum(lines.values()) == value(s, "log_lines_read_total") == written
+    assert lines["tunnel"] == sum(t["requests"] for t in truth.values())
+    assert lines["not_access_log"] == written // 11
+    assert value(s, "reports_total", outcome="delivered") == len(pipeline.platform.records)
+    assert pipeline.delivered() == truth
+    for state in ("pending", "queued", "due", "dead"):
+        assert value(s, "undelivered_reports", state=state) == 0
+    assert value(s, "oldest_undelivered_report_age_seconds") == 0
+    for p in pods:
+        assert value(s, "pod_fetch_duration_seconds_count", pod=p) >= 1
+        assert value(s, "pod_lag_seconds", pod=p) < 3, p
+        assert (f"{NS}_pod_fetch_errors_total", (("kind", "kube_error"), ("pod", p))) not in s
+    assert value(s, "min_pod_lag_seconds") < 3
+    assert value(s, "gaps_total") == 0
+    assert value(s, "queue_messages", queue="report") == 0
+
+
+def test_every_metric_the_rules_and_dashboard_use_is_served(r):
+    """A scrape with every kind of data present serves each name the alert rules and the
+    Grafana dashboard use (tests/unit/test_monitoring.py checks their PromQL)."""
+    from tests.unit.test_monitoring import dashboard_exprs, metric_names, rule_exprs
+
+    ledger = Ledger(r, "n", 60)
+    ledger.initialise(0)
+    ledger.incr({"lines_read": 3, "lines_counted": 1, "ignored:other_host": 1, "rejected:invalid_json": 1,
+                 "gaps": 1, "no_progress": 1, "fetch_errors:kube": 1})
+    ledger.note_fetch("uid-a", "traefik-a", 0.5, reached_end=True, error="kube_error")
+    served = set()
+    for name, _labels in scrape(ledger):
+        served.add(name)
+    used = metric_names(rule_exprs()) | metric_names(dashboard_exprs())
+    assert used, "no metric names found"
+    assert used <= served, f"not served: {sorted(used - served)}"
+
+
+def test_the_report_key_shape_the_lua_parses():
+    """REPORT_STATES_LUA takes the interval start from ``<start>:<sub>``."""
+    assert str(ReportKey(1795485000, "my-tunnel")).split(":")[0] == "1795485000"
