@@ -23,7 +23,7 @@ from app.errors import KubeError, KubeForbidden, LedgerLost, NoPreviousLog, PodG
 from app.kube import Container, LogSource, Pod
 from app.ledger import Ledger
 from app.model import CommitStatus, Cursor, FetchStatus, fingerprint
-from app.parser import Aggregator
+from app.parser import LINE_PREFIX_ROOM, MAX_LINE_BYTES, Aggregator, LineFramer
 
 log = logging.getLogger(__name__)
 
@@ -127,19 +127,21 @@ def _minute_epoch(head: bytes) -> int | None:
     return base
 
 
-def complete_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """Lines ending in a newline, without it; an unfinished last line is dropped."""
-    tail = b""
+def complete_lines(
+    chunks: Iterable[bytes], max_line_bytes: int = MAX_LINE_BYTES + LINE_PREFIX_ROOM
+) -> Iterator[bytes]:
+    """Lines ending in a newline, without it; an unfinished last line is never yielded.
+
+    Framed by ``app.parser.LineFramer``, the one framing (``scan`` uses it too): time
+    linear in the stream however it is chunked, and a line over ``max_line_bytes`` is
+    never held: it comes out as a ``LongLine`` (its first bytes, timestamp prefix
+    included, and its length) that the parser rejects as ``too_long``. The default
+    leaves room for the kubelet's timestamp prefix in front of a line of the parser's
+    default bound.
+    """
+    framer = LineFramer(max_line_bytes)
     for chunk in chunks:
-        if not chunk:
-            continue
-        data = tail + chunk if tail else chunk
-        end = data.rfind(b"\n")
-        if end < 0:
-            tail = data
-            continue
-        yield from data[:end].split(b"\n")
-        tail = data[end + 1 :]
+        yield from framer.feed(chunk)
 
 
 def fmt_ns(t_ns: int) -> str:
@@ -479,6 +481,11 @@ class Fetcher:
             return False
         if res.gap_from_ns is not None:
             self._gap(pod, ctr, res.gap_from_ns, res.gap_to_ns, "the log was rotated past the cursor")
+        for length in res.agg.too_long_lengths:  # after the commit: once per line
+            log.error(
+                "pod %s/%s: a log line of %d bytes is longer than LOG_LINE_MAX_BYTES (%d); not counted "
+                "(rejected:too_long)", pod.namespace, pod.name, length, res.agg.max_line_bytes,
+            )
         summary["consumed"] += res.consumed
         summary["counted"] += res.agg.counted
         summary["interval"] = int(result.detail)

@@ -8,7 +8,8 @@ The counting rule
 
 A line is *counted* for tunnel ``<sub>`` when all of these hold:
 
-1. It is at most ``MAX_LINE_BYTES`` (64 KiB) long and valid UTF-8.
+1. It is at most ``max_line_bytes`` long (``MAX_LINE_BYTES``, 16 MiB, by default; the
+   workers' ``LOG_LINE_MAX_BYTES``) and valid UTF-8.
 2. It is a JSON object (surrounding whitespace and a trailing ``\\r`` are tolerated).
 3. It is an access-log entry: it has at least one of the keys in ``ACCESS_KEYS``
    (Traefik's own log lines never carry these capitalised core fields).
@@ -46,7 +47,8 @@ Ignored reasons (``IGNORED_REASONS``):
 
 Rejected reasons (``REJECTED_REASONS``):
 
-- ``too_long``: longer than ``MAX_LINE_BYTES`` (checked first).
+- ``too_long``: longer than ``max_line_bytes`` (checked first). Its length is kept in
+  ``Aggregator.too_long_lengths``, for the caller to log.
 - ``invalid_utf8``: not valid UTF-8 anywhere in the line. Traefik (Go's JSON encoder)
   never writes invalid UTF-8, so such a line is corrupt and is not trusted.
 - ``invalid_json``: starts like a JSON object (``{``) but is not valid JSON, e.g. a
@@ -78,7 +80,7 @@ How it is fast
 Each line is decoded on its own by a typed msgspec decoder into a small ``Struct``
 holding only the three fields needed; sizes carry their range constraint, so type and
 range checks happen in C and a bad line raises, sending it to the slow path (which
-decodes the same three fields with any type to name the reason). Per-line decoding
+decodes the same three fields as raw JSON to name the reason). Per-line decoding
 keeps the semantics exact -- no damaged line can merge with its neighbours -- and
 measured as fast as the batch alternatives: joining lines into one JSON array costs a
 copy and a big list for what it saves in calls, and ``Decoder.decode_lines`` (a
@@ -88,20 +90,55 @@ distinct host string (at most 65536 hosts of at most 512 characters; cleared whe
 ``[in, out, requests]`` list it adds to -- a tunnel's list, or a per-reason bucket for
 ignored hosts -- so the common path is one dict lookup and three additions, and a miss
 is a ``KeyError``. ``feed_chunk`` checks UTF-8 once per chunk (``bytes.isascii``; per
-line only when the chunk holds non-ASCII bytes) and line lengths with one ``rfind`` per
-64 KiB window rather than per line. On ``bench/parse.py`` this runs at about 0.8 of a
-bare loop that only decodes each line with msgspec, and 5 to 6 times a ``json.loads``
-baseline.
+line only when the chunk holds non-ASCII bytes), and its framing (``LineFramer``) splits
+each chunk once and joins a line's pieces once, when its newline arrives. On
+``bench/parse.py`` this runs at about 0.8 to 1.1 times a bare loop that only decodes each
+line with msgspec, and 5 to 6 times a ``json.loads`` baseline.
+
+Long lines and memory
+=====================
+
+Traefik takes request heads up to 1 MiB (Go's ``http.DefaultMaxHeaderBytes``;
+``maxHeaderBytes`` from v3.2) and logs ``RequestPath`` whole, query included, so access
+lines of hundreds of KiB are legitimate: a bound that drops them lets any client move
+traffic unbilled by padding its URLs. The bound (``MAX_LINE_BYTES``) is therefore sized
+from what Traefik can write, not from what is usual (see its comment). Lines up to it are
+decoded like any other; nothing is found by substring search (``ClientHost`` and
+``RequestAddr`` sort before ``RequestHost`` and carry client-chosen text). Memory per line
+stays a small multiple of the line's length: the typed decoder builds only the host
+string, the slow path decodes raw JSON spans (``msgspec.Raw``) and never builds the
+containers a hostile line may hold, UTF-8 is checked in 64 KiB windows, and long hosts
+are classified from bounded slices. A line over the bound is never held whole:
+``LineFramer`` drops its bytes as they arrive and hands on a ``LongLine`` (its first
+bytes and its length), which is rejected as ``too_long``.
 """
 
 from __future__ import annotations
 
+import codecs
+import itertools
 import re
-from typing import Annotated, Any
+from typing import Annotated
 
 import msgspec
 
-MAX_LINE_BYTES = 64 * 1024
+# The default bound on a line, in bytes (the workers' LOG_LINE_MAX_BYTES default).
+# Traefik takes request heads up to 1 MiB (Go's http.DefaultMaxHeaderBytes = 1 << 20,
+# net/http/server.go; Traefik's maxHeaderBytes from v3.2) and logs RequestPath whole.
+# Go's encoding/json writes '<', '>', '&' and control bytes as "\u00XX" and each invalid
+# UTF-8 byte as "\ufffd": 6 bytes for 1 ((*encodeState).string / stringBytes and
+# HTMLEscape in src/encoding/json/encode.go, golang/go; Marshal escapes HTML by default).
+# So one maximal head's path can take 6 MiB of a line, and logged headers add more:
+# 16 MiB holds that with room. A line over the bound is rejected (too_long), not billed.
+MAX_LINE_BYTES = 16 * 1024 * 1024
+# Room for what a log transport puts in front of a line: the kubelet's timestamp prefix
+# ("2026-11-30T18:08:00.250000000+08:00 ", 36 bytes). The fetch side frames lines at
+# max_line_bytes + LINE_PREFIX_ROOM and the parser applies the bound to the text.
+LINE_PREFIX_ROOM = 64
+# Bytes of an over-bound line kept in its LongLine (a timestamp prefix and a glimpse).
+LONG_LINE_HEAD = 256
+# Lengths of over-bound lines an Aggregator keeps for logging (the count is unbounded).
+TOO_LONG_KEPT = 100
 MAX_SIZE = 2**63 - 1
 DEFAULT_DOMAIN = "t.lum.tools"
 
@@ -191,17 +228,33 @@ class _Entry(msgspec.Struct, gc=False):
 
 
 class _LooseEntry(msgspec.Struct, gc=False):
-    """The same fields with any JSON type, to tell why the typed decoder refused a line."""
+    """The same fields as raw JSON, to tell why the typed decoder refused a line.
 
-    RequestHost: Any = msgspec.UNSET
-    RequestContentSize: Any = msgspec.UNSET
-    DownstreamContentSize: Any = msgspec.UNSET
+    Raw spans are views into the line: decoding validates the whole line but builds no
+    value, so a hostile value (say a host of a million empty arrays) costs no memory.
+    """
 
+    RequestHost: msgspec.Raw = msgspec.UNSET
+    RequestContentSize: msgspec.Raw = msgspec.UNSET
+    DownstreamContentSize: msgspec.Raw = msgspec.UNSET
+
+
+# Which access keys a line holds, as raw spans (other keys are skipped, not built).
+_AccessKeys = msgspec.defstruct(
+    "_AccessKeys", [(key, msgspec.Raw, msgspec.UNSET) for key in sorted(ACCESS_KEYS)], gc=False
+)
 
 _decode_entry = msgspec.json.Decoder(_Entry).decode
 _decode_loose = msgspec.json.Decoder(_LooseEntry).decode
-_decode_any = msgspec.json.Decoder().decode
-_decode_keys = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
+_decode_raw = msgspec.json.Decoder(msgspec.Raw).decode  # validates, builds nothing
+_decode_access_keys = msgspec.json.Decoder(_AccessKeys).decode
+_decode_host = msgspec.json.Decoder(str).decode
+_decode_value = msgspec.json.Decoder().decode  # only on short spans (a size's)
+# A size span longer than this is never an acceptable size (2**63 - 1 has 19 digits).
+_SHORT_SIZE = 32
+_INT_LITERAL = re.compile(rb"-?[0-9]+")
+_NUMBER_START = frozenset(b"-0123456789")
+_MINUS = ord("-")
 
 # What msgspec can raise on hostile input: DecodeError (ValidationError is a subclass),
 # UnicodeDecodeError for invalid UTF-8 inside a string it decodes, RecursionError for
@@ -219,6 +272,7 @@ _CLF_TAIL = re.compile(rb" \d+ms")
 # JSON's whitespace (bytes.strip() would also strip \x0b and \x0c, which JSON refuses).
 _JSON_SPACE = b" \t\r\n"
 _OPEN_BRACE = ord("{")
+_QUOTE = ord('"')
 # First bytes of the JSON values that are not objects: array, string, number, literals.
 _JSON_VALUE_START = frozenset(b'["-0123456789tfn')
 
@@ -254,24 +308,34 @@ def is_tunnel_label(label: str) -> bool:
     )
 
 
+_PORT_DIGITS = re.compile(r"[0-9]*")  # a str pattern: ASCII digits only
+
+
 def _classify_host(host: str, domain: str) -> tuple[str | None, str]:
     """Return (subdomain, "") for a tunnel host, else (None, ignored reason).
 
-    ``domain`` must already be normalised (lower case, no trailing dot).
+    ``domain`` must already be normalised (lower case, no trailing dot). Works on
+    indices and short slices, never on a copy of the whole host: a host can be
+    megabytes long, and only its end (the domain) and a label of at most 63 characters
+    decide. Lower-casing maps ASCII letters only, so doing it after finding the
+    ``:port`` and the trailing dot gives what lower-casing first would.
     """
     if not host:
         return None, NO_HOST
-    name = _ascii_lower(host)
-    before, colon, port = name.rpartition(":")
-    if colon and (not port or (port.isascii() and port.isdigit())):
-        name = before
-    name = name.removesuffix(".")
-    if name == domain:
+    end = len(host)
+    colon = host.rfind(":")
+    if colon >= 0 and _PORT_DIGITS.fullmatch(host, colon + 1) is not None:
+        end = colon  # a ":port" suffix (digits, possibly none)
+    if end and host[end - 1] == ".":
+        end -= 1  # one trailing dot
+    if end == len(domain) and _ascii_lower(host[:end]) == domain:
         return None, NOT_A_TUNNEL
-    suffix = "." + domain
-    if not name.endswith(suffix):
+    start = end - len(domain) - 1  # where "." + domain would start
+    if start < 0 or _ascii_lower(host[start:end]) != "." + domain:
         return None, OTHER_HOST
-    label = name[: -len(suffix)]
+    if start > 63:
+        return None, NOT_A_TUNNEL  # longer than any DNS label
+    label = _ascii_lower(host[:start])
     if is_tunnel_label(label):
         return label, ""
     return None, NOT_A_TUNNEL
@@ -288,29 +352,24 @@ def tunnel_subdomain(host: str, domain: str = DEFAULT_DOMAIN) -> str | None:
     return sub
 
 
+_UTF8_WINDOW = 64 * 1024
+
+
 def _is_utf8(data: bytes) -> bool:
+    """True if ``data`` is valid UTF-8. Long data is checked in windows, so that no
+    string of the whole line (up to 4 bytes a character) is ever built."""
     try:
-        data.decode("utf-8")
+        if len(data) <= _UTF8_WINDOW:
+            data.decode("utf-8")
+        else:
+            check = codecs.getincrementaldecoder("utf-8")().decode
+            view = memoryview(data)
+            for start in range(0, len(view), _UTF8_WINDOW):
+                check(view[start : start + _UTF8_WINDOW])
+            check(b"", True)
     except UnicodeDecodeError:
         return False
     return True
-
-
-def _may_hold_long_line(data: bytes, end: int) -> bool:
-    """False if no line of ``data[:end]`` is longer than ``MAX_LINE_BYTES``.
-
-    Jumps from line start to line start with one ``rfind`` per ``MAX_LINE_BYTES``
-    window, instead of measuring every line: when the window after a line start holds
-    a newline, every line from that start up to that newline fits. True means "check
-    each line" (a window without a newline), not that a long line is certain.
-    """
-    start = 0
-    while end - start > MAX_LINE_BYTES:
-        newline = data.rfind(b"\n", start, start + MAX_LINE_BYTES + 1)
-        if newline < 0:
-            return True
-        start = newline + 1
-    return False
 
 
 def _size_problem(value: object) -> str:
@@ -324,6 +383,159 @@ def _size_problem(value: object) -> str:
     return ""
 
 
+def _raw_size(raw: msgspec.Raw) -> tuple[int, str]:
+    """A size field's raw JSON: ``(value, "")`` when acceptable, else ``(0, reason)``.
+
+    Only short spans are decoded. A longer one is never an acceptable size, and its
+    reason follows from its form, as decoding it would give: not a JSON integer (a
+    float, a string, a container...) is ``bad_size_type``; an integer (JSON has no
+    leading zeros, so it has more than 19 digits) is ``negative_size`` or
+    ``size_too_large`` by its sign.
+    """
+    if len(raw) <= _SHORT_SIZE:
+        try:
+            value = _decode_value(raw)
+        except _DECODE_ERRORS:  # a float out of range, such as 1e999
+            return 0, BAD_SIZE_TYPE
+        problem = _size_problem(value)
+        return (0, problem) if problem else (value, "")
+    view = memoryview(raw)
+    if view[0] not in _NUMBER_START or _INT_LITERAL.fullmatch(view) is None:
+        return 0, BAD_SIZE_TYPE
+    return 0, NEGATIVE_SIZE if view[0] == _MINUS else SIZE_TOO_LARGE
+
+
+class LongLine(bytes):
+    """Stands in for a line longer than the bound, which is never held whole.
+
+    Its bytes are the line's first ``LONG_LINE_HEAD`` bytes (room for a timestamp
+    prefix), then ``0xFF`` and the line's length in decimal; ``length`` is that length in
+    bytes (without the newline). ``0xFF`` is never valid UTF-8, so code that takes a
+    LongLine for an ordinary line can only reject it, never count it; ``Aggregator``
+    rejects it as ``too_long`` and keeps its length. Slicing off a prefix (``line[off:]``,
+    as ``app.fetching.consume`` drops the kubelet's timestamp) gives the LongLine of the
+    rest; other slices are plain bytes.
+    """
+
+    length: int
+
+    def __new__(cls, head: bytes, length: int) -> LongLine:
+        head = bytes(head[:LONG_LINE_HEAD])
+        self = super().__new__(cls, head + b"\xff%d" % length)
+        self.length = length
+        self._head_size = len(head)
+        return self
+
+    def __getitem__(self, key):  # type: ignore[override]
+        if isinstance(key, slice) and key.stop is None and key.step is None:
+            start = key.start or 0
+            if 0 <= start <= self._head_size:
+                return LongLine(bytes.__getitem__(self, slice(start, self._head_size)), self.length - start)
+        return bytes.__getitem__(self, key)
+
+    def __reduce__(self):
+        return (LongLine, (bytes.__getitem__(self, slice(0, self._head_size)), self.length))
+
+    def __repr__(self) -> str:
+        return f"LongLine(length={self.length}, head={bytes.__getitem__(self, slice(0, min(40, self._head_size)))!r})"
+
+
+def _first_bytes(pieces: list[bytes], last: bytes, count: int) -> bytes:
+    """The first ``count`` bytes of ``pieces`` followed by ``last``."""
+    head = b""
+    for piece in itertools.chain(pieces, (last,)):
+        head += piece[: count - len(head)]
+        if len(head) >= count:
+            break
+    return head
+
+
+class LineFramer:
+    """Cuts a byte stream into lines (without their newline), in time and memory linear
+    in the stream's size, whatever its chunking.
+
+    ``feed(chunk)`` returns the lines the chunk completes and keeps the unfinished last
+    line as a list of pieces, joined once when its newline arrives: a line of L bytes
+    arriving in chunks of c bytes costs O(L), not O(L * L / c). A line longer than
+    ``max_line_bytes`` is not held: as soon as it is known to be too long its pieces are
+    dropped (its first bytes are kept), the rest of its bytes are only counted, and at
+    its newline it comes out as a ``LongLine``; the next line starts clean. So the framer
+    holds at most ``max_line_bytes`` of a line (joining a line just under the bound
+    briefly needs twice that), and a chunk's own lines are as long as the chunk allows.
+    ``finish()`` returns the unfinished last line, if any: a caller that must never
+    take a partial line (a log read cut by ``limitBytes``) does not call it.
+
+    The one framing of the product: ``Aggregator.feed_chunk`` (and so ``scan``) and
+    ``app.fetching.complete_lines`` use it. Chunks are ``bytes``.
+    """
+
+    def __init__(self, max_line_bytes: int = MAX_LINE_BYTES) -> None:
+        if max_line_bytes < 1:
+            raise ValueError(f"max_line_bytes must be positive, not {max_line_bytes}")
+        self.max_line_bytes = max_line_bytes
+        self._pieces: list[bytes] = []
+        self._size = 0  # bytes of the unfinished line so far, held or dropped
+        self._head: bytes | None = None  # set once the unfinished line is too long
+
+    @property
+    def pending(self) -> int:
+        """Bytes of the unfinished last line so far (held or dropped)."""
+        return self._size
+
+    @property
+    def held(self) -> int:
+        """Bytes of the unfinished last line held (at most ``max_line_bytes``)."""
+        return 0 if self._head is not None else self._size
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The lines ``chunk`` completes, in order; over-long ones as ``LongLine``."""
+        if not chunk:
+            return []
+        lines = chunk.split(b"\n")
+        rest = lines.pop()
+        if lines:
+            if self._size:
+                lines[0] = self._complete(lines[0])
+            if len(chunk) > self.max_line_bytes:  # only then can a line inside it be too long
+                limit = self.max_line_bytes
+                for index, line in enumerate(lines):
+                    if len(line) > limit and type(line) is not LongLine:
+                        lines[index] = LongLine(line, len(line))
+        if rest:
+            self._add(rest)
+        return lines
+
+    def finish(self) -> bytes | None:
+        """End of stream: the unfinished last line (bytes or ``LongLine``), or None."""
+        return self._complete(b"") if self._size else None
+
+    def _add(self, data: bytes) -> None:
+        size = self._size + len(data)
+        if self._head is None:
+            if size <= self.max_line_bytes:
+                self._pieces.append(data)
+            else:  # too long: keep its head, from now on only count its bytes
+                self._head = _first_bytes(self._pieces, data, LONG_LINE_HEAD)
+                self._pieces = []
+        elif len(self._head) < LONG_LINE_HEAD:  # only with a bound below the head's size
+            self._head += data[: LONG_LINE_HEAD - len(self._head)]
+        self._size = size
+
+    def _complete(self, last: bytes) -> bytes:
+        size = self._size + len(last)
+        if self._head is not None:
+            line: bytes = LongLine(self._head + last[: LONG_LINE_HEAD - len(self._head)], size)
+        elif size > self.max_line_bytes:
+            line = LongLine(_first_bytes(self._pieces, last, LONG_LINE_HEAD), size)
+        else:
+            self._pieces.append(last)
+            line = b"".join(self._pieces)
+        self._pieces = []
+        self._size = 0
+        self._head = None
+        return line
+
+
 class Aggregator:
     """Sums tunnel traffic over access-log lines and counts the others by reason.
 
@@ -332,16 +544,22 @@ class Aggregator:
     - ``subdomains``: ``{sub: [bytes_in, bytes_out, requests]}``
     - ``total``: lines seen; ``counted``: lines counted for a tunnel
     - ``ignored`` / ``rejected``: ``{reason: lines}``, only reasons seen
+    - ``max_line_bytes``: the bound on a line's length (``too_long`` beyond it)
+    - ``too_long_lengths``: the lengths in bytes of the lines rejected as ``too_long``,
+      in order (the first ``TOO_LONG_KEPT``; ``rejected["too_long"]`` counts them all),
+      for the caller to log with what it knows of their source
 
     Feed it complete lines (``feed_lines``) or raw stream chunks (``feed_chunk`` and,
-    at the end of the stream, ``finish``). A line longer than ``MAX_LINE_BYTES`` that
-    has no newline yet is rejected as soon as it is known to be too long, and the rest
-    of it is skipped up to the next newline, so ``feed_chunk``'s tail never grows past
-    ``MAX_LINE_BYTES``.
+    at the end of the stream, ``finish``). Chunks are framed by a ``LineFramer``: a line
+    over the bound is never held whole, and an unfinished last line waits for its
+    newline (or ``finish``).
     """
 
-    def __init__(self, domain: str = DEFAULT_DOMAIN) -> None:
+    def __init__(self, domain: str = DEFAULT_DOMAIN, max_line_bytes: int = MAX_LINE_BYTES) -> None:
         self.domain = _normalise_domain(domain)
+        self._framer = LineFramer(max_line_bytes)
+        self.max_line_bytes = max_line_bytes
+        self.too_long_lengths: list[int] = []
         self.subdomains: dict[str, list[int]] = {}
         self.total = 0
         self.counted = 0
@@ -352,51 +570,45 @@ class Aggregator:
         # Per-reason scratch lists for ignored hosts; flushed into `ignored` after
         # each feed call, so `ignored` is always current between calls.
         self._buckets: dict[str, list[int]] = {reason: [0, 0, 0] for reason in IGNORED_REASONS}
-        self._discarding = False  # inside an over-long line, skipping to its newline
 
     # -- feeding -------------------------------------------------------------------
 
     def feed_lines(self, lines: list[bytes]) -> None:
-        """Process complete lines (without their newline; a trailing CR is fine)."""
+        """Process complete lines (without their newline; a trailing CR is fine).
+
+        A ``LongLine`` (what ``LineFramer`` gives for a line over its bound) is rejected
+        as ``too_long`` with its length, like a line over ``max_line_bytes``.
+        """
         if not lines:
             return
         try:
             utf8_ok = all(map(bytes.isascii, lines))
         except TypeError:  # bytearray or memoryview items: work on bytes copies
-            lines = [bytes(line) for line in lines]
+            lines = [line if isinstance(line, bytes) else bytes(line) for line in lines]
             utf8_ok = all(map(bytes.isascii, lines))
-        self._feed(lines, utf8_ok, max(map(len, lines)) > MAX_LINE_BYTES)
+        self._feed(lines, utf8_ok, max(map(len, lines)) > self.max_line_bytes)
 
-    def feed_chunk(self, data: bytes) -> bytes:
-        """Process the complete lines in ``data``; return the unfinished last line.
+    def feed_chunk(self, chunk: bytes) -> None:
+        """Process the lines ``chunk`` completes; keep its unfinished last line.
 
-        The caller passes the returned tail back in front of the next chunk, and the
-        final tail to ``finish``.
+        Pass the chunks of a stream in order, then call ``finish``.
         """
-        if self._discarding:
-            newline = data.find(b"\n")
-            if newline < 0:
-                return b""
-            self._discarding = False
-            data = data[newline + 1 :]
-        lines = data.split(b"\n")
-        tail = lines.pop()
-        if lines:
-            self._feed(lines, data.isascii(), _may_hold_long_line(data, len(data) - len(tail)))
-        if len(tail) > MAX_LINE_BYTES:
-            self.total += 1
-            self._reject(TOO_LONG)
-            self._discarding = True
-            return b""
-        return tail
-
-    def finish(self, tail: bytes) -> None:
-        """End of stream: process ``tail`` (a last line without newline), if any."""
-        if self._discarding:
-            self._discarding = False
+        lines = self._framer.feed(chunk)
+        if not lines:
             return
-        if tail:
-            self.feed_lines([tail])
+        if len(chunk) <= self.max_line_bytes:
+            # Only the first line can hold bytes of earlier chunks, or be a LongLine
+            # (never ASCII); the framer's other lines are slices of this chunk.
+            utf8_ok = chunk.isascii() and lines[0].isascii()
+        else:
+            utf8_ok = all(map(bytes.isascii, lines))
+        self._feed(lines, utf8_ok, False)  # the framer's plain lines are within the bound
+
+    def finish(self) -> None:
+        """End of stream: process the unfinished last line (no newline), if any."""
+        line = self._framer.finish()
+        if line is not None:
+            self.feed_lines([line])
 
     # -- results -------------------------------------------------------------------
 
@@ -418,6 +630,8 @@ class Aggregator:
             self.ignored[reason] = self.ignored.get(reason, 0) + count
         for reason, count in other.rejected.items():
             self.rejected[reason] = self.rejected.get(reason, 0) + count
+        room = TOO_LONG_KEPT - len(self.too_long_lengths)
+        self.too_long_lengths.extend(other.too_long_lengths[: max(room, 0)])
 
     def access_lines(self) -> int:
         """Lines known to be access-log entries (see the module docstring)."""
@@ -449,6 +663,11 @@ class Aggregator:
 
     def _reject(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+    def _too_long(self, length: int) -> None:
+        self._reject(TOO_LONG)
+        if len(self.too_long_lengths) < TOO_LONG_KEPT:
+            self.too_long_lengths.append(length)
 
     def _feed(self, lines: list[bytes], utf8_ok: bool, may_hold_long: bool) -> None:
         self.total += len(lines)
@@ -486,9 +705,10 @@ class Aggregator:
 
     def _drop_long(self, lines: list[bytes]) -> list[bytes]:
         kept = []
+        limit = self.max_line_bytes
         for line in lines:
-            if len(line) > MAX_LINE_BYTES:
-                self._reject(TOO_LONG)
+            if len(line) > limit:
+                self._too_long(len(line))
             else:
                 kept.append(line)
         return kept
@@ -498,6 +718,8 @@ class Aggregator:
         for line in lines:
             if line.isascii() or _is_utf8(line):
                 kept.append(line)
+            elif type(line) is LongLine:  # never UTF-8 (see LongLine): too long, first
+                self._too_long(line.length)
             else:
                 self._reject(INVALID_UTF8)
         return kept
@@ -524,10 +746,10 @@ class Aggregator:
     @staticmethod
     def _has_access_key(line: bytes) -> bool:
         try:
-            keys = _decode_keys(line)
+            keys = _decode_access_keys(line)
         except _DECODE_ERRORS:
             return False
-        return not ACCESS_KEYS.isdisjoint(keys)
+        return any(value is not msgspec.UNSET for value in msgspec.structs.astuple(keys))
 
     def _classify_odd(self, line: bytes) -> None:
         """Slow path for a line the typed decoder refused (already UTF-8, not too long)."""
@@ -546,7 +768,7 @@ class Aggregator:
             return
         if first in _JSON_VALUE_START:
             try:
-                _decode_any(text)
+                _decode_raw(text)  # validates the value without building it
             except RecursionError:  # an array nested deeper than msgspec decodes
                 self._reject(NOT_OBJECT)
                 return
@@ -559,19 +781,26 @@ class Aggregator:
 
     def _classify_object(self, loose: _LooseEntry, text: bytes) -> None:
         """A JSON object the typed decoder refused: find which field is wrong."""
-        host = loose.RequestHost
-        if host is not msgspec.UNSET and type(host) is not str:
-            self._reject(BAD_HOST_TYPE)
-            return
-        for value in (loose.RequestContentSize, loose.DownstreamContentSize):
-            if value is not msgspec.UNSET:
-                problem = _size_problem(value)
+        host = ""
+        if loose.RequestHost is not msgspec.UNSET:
+            if memoryview(loose.RequestHost)[0] != _QUOTE:
+                self._reject(BAD_HOST_TYPE)
+                return
+            try:
+                host = _decode_host(loose.RequestHost)
+            except _DECODE_ERRORS:  # not expected: the raw decode validated it
+                self._reject(INVALID_JSON)
+                return
+        sizes = [0, 0]
+        for index, raw in enumerate((loose.RequestContentSize, loose.DownstreamContentSize)):
+            if raw is not msgspec.UNSET:
+                sizes[index], problem = _raw_size(raw)
                 if problem:
                     self._reject(problem)
                     return
         # Nothing wrong found (not expected: the typed decoder refused the line for one
         # of the reasons above). Apply the rule to the decoded values rather than lose it.
-        if host is msgspec.UNSET or not host:
+        if not host:
             self._ignore(NO_HOST if self._has_access_key(text) else NOT_ACCESS_LOG)
             return
         sub, reason = _classify_host(host, self.domain)
@@ -579,8 +808,7 @@ class Aggregator:
             self._ignore(reason)
             return
         slot = self.subdomains.setdefault(sub, [0, 0, 0])
-        for index, value in enumerate((loose.RequestContentSize, loose.DownstreamContentSize)):
-            if value is not msgspec.UNSET:
-                slot[index] += value
+        slot[0] += sizes[0]
+        slot[1] += sizes[1]
         slot[2] += 1
         self.counted += 1

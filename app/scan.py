@@ -7,9 +7,10 @@ constant whatever their size. Prints a table per subdomain, sorted by bytes out
 (human units and exact bytes), the totals, and the lines ignored or rejected by reason;
 ``--json`` prints the same numbers in the shape of ``Aggregator.to_dict()``.
 
-The default domain is ``$TUNNEL_DOMAIN``, else ``t.lum.tools``. This module reads the
-environment directly and imports only the parser: starting ``scan`` must not load the
-settings, Celery or the Kubernetes client.
+The default domain is ``$TUNNEL_DOMAIN``, else ``t.lum.tools``; the longest line parsed
+is ``$LOG_LINE_MAX_BYTES``, else 16 MiB, as in the workers (longer lines are rejected as
+``too_long``). This module reads the environment directly and imports only the parser:
+starting ``scan`` must not load the settings, Celery or the Kubernetes client.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import sys
 import time
 from typing import BinaryIO, TextIO
 
-from app.parser import DEFAULT_DOMAIN, Aggregator
+from app.parser import DEFAULT_DOMAIN, MAX_LINE_BYTES, Aggregator
 
 CHUNK_BYTES = 256 * 1024
 PROGRESS_MIN_BYTES = 64 * 1024 * 1024  # show a progress bar only for files this large
@@ -61,6 +62,21 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
         default=os.environ.get("TUNNEL_DOMAIN") or DEFAULT_DOMAIN,
         help="tunnel domain (default: $TUNNEL_DOMAIN, else %(default)s)",
     )
+    ap.add_argument(
+        "--max-line-bytes",
+        type=_positive_int,
+        default=os.environ.get("LOG_LINE_MAX_BYTES") or MAX_LINE_BYTES,
+        metavar="BYTES",
+        help=f"longest line parsed; longer ones are rejected as too_long "
+        f"(default: $LOG_LINE_MAX_BYTES, else {MAX_LINE_BYTES})",
+    )
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
 
 
 class _Progress:
@@ -94,12 +110,11 @@ class _Progress:
 
 def _stream(agg: Aggregator, stream: BinaryIO, progress: _Progress | None) -> None:
     read = getattr(stream, "read1", stream.read)
-    tail = b""
     while chunk := read(CHUNK_BYTES):
-        tail = agg.feed_chunk(tail + chunk)
+        agg.feed_chunk(chunk)
         if progress is not None:
             progress.advance(len(chunk))
-    agg.finish(tail)
+    agg.finish()  # a last line without a newline is a line; files never run together
 
 
 def _scan_file(agg: Aggregator, name: str, stderr: TextIO) -> None:
@@ -193,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
     """Scan with parsed arguments: 0 done, 2 a file could not be read or a bad domain."""
     stdout, stderr = sys.stdout, sys.stderr
     try:
-        agg = Aggregator(args.domain)
+        agg = Aggregator(args.domain, args.max_line_bytes)
     except ValueError as exc:
         print(f"scan: {exc}", file=stderr)
         return 2

@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.parser import LINE_PREFIX_ROOM, MAX_LINE_BYTES
+
 DNS_NAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
@@ -38,7 +40,9 @@ EXPECTED = {
     "traefik_label_selector": "a label selector such as app.kubernetes.io/name=traefik",
     "traefik_container": "a container name, or empty",
     "fetch_interval": "a whole number of seconds from 1 to REPORT_INTERVAL",
-    "fetch_max_bytes": "a whole number of bytes from 4096 to 1073741824",
+    "fetch_max_bytes": "a whole number of bytes from 4096 to 1073741824, more than LOG_LINE_MAX_BYTES + 64 "
+    "(one read must hold the longest line and its timestamp)",
+    "log_line_max_bytes": "a whole number of bytes from 4096 to 536870912, below FETCH_MAX_BYTES - 64",
     "fetch_time_limit": "a whole number of seconds from 5 to 3600",
     "log_reorder_window": "a number of seconds from 0.001 to 60",
     "report_max_age": "a whole number of seconds, at least 60",
@@ -118,6 +122,17 @@ class Settings(BaseSettings):
     fetch_max_bytes: int = 32 * 1024 * 1024
     """``limitBytes`` of one log read (32 MiB); the rest is read next round. Bounds a
     read's time; memory stays small because the read is streamed."""
+
+    log_line_max_bytes: int = MAX_LINE_BYTES
+    """Longest log line parsed, in bytes (16 MiB); a longer one is rejected as
+    ``too_long`` (counted, not billed) and logged at ERROR with its pod and length.
+    Traefik accepts request heads up to 1 MiB (Go's ``http.DefaultMaxHeaderBytes``;
+    ``maxHeaderBytes`` from v3.2) and logs ``RequestPath`` whole; Go's JSON encoder
+    writes ``<``, ``>``, ``&``, control bytes and invalid UTF-8 as 6-byte escapes, so a
+    path can take 6 MiB of a line, and logged headers add more. A lower bound lets a
+    client pad its URLs to move traffic unbilled. A read must hold a whole line, so
+    ``FETCH_MAX_BYTES`` must exceed this by the timestamp's 64 bytes (the defaults keep
+    a factor of 2). A fetch holds at most about twice this for one line."""
 
     fetch_time_limit: int = 120
     """Hard time limit of one fetch task, in seconds (a 32 MiB read takes a few)."""
@@ -298,10 +313,13 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _ranges(self) -> Settings:
+        line_max_ok = 4096 <= self.log_line_max_bytes <= 1 << 29
         checks = {
             "report_interval": 1 <= self.report_interval <= 86400 and 86400 % self.report_interval == 0,
             "fetch_interval": self.fetch_interval is None or 1 <= self.fetch_interval <= self.report_interval,
-            "fetch_max_bytes": 4096 <= self.fetch_max_bytes <= 1 << 30,
+            "fetch_max_bytes": 4096 <= self.fetch_max_bytes <= 1 << 30
+            and (not line_max_ok or self.fetch_max_bytes > self.log_line_max_bytes + LINE_PREFIX_ROOM),
+            "log_line_max_bytes": line_max_ok,
             "fetch_time_limit": 5 <= self.fetch_time_limit <= 3600,
             "log_reorder_window": 0.001 <= self.log_reorder_window <= 60,
             "report_max_age": self.report_max_age >= 60,

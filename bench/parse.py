@@ -4,9 +4,12 @@ Run from the repository root: ``.venv/bin/python bench/parse.py``.
 
 It generates (once, with a fixed seed, cached under ``bench/.data/``) a log of realistic
 Traefik v3 JSON access lines -- all the v3 core fields plus two logged headers, keys
-sorted, compact -- about 70 % for tunnel hosts spread over a few thousand subdomains,
-the rest for other hosts (including lookalikes and nested names), plus 1 % odd lines:
-Traefik's own text log lines, CLF lines, truncated JSON, wrong types.
+sorted, compact, ``<``, ``>`` and ``&`` escaped as Go writes them (``\\u0026``...) --
+about 70 % for tunnel hosts spread over a few thousand subdomains, the rest for other
+hosts (including lookalikes and nested names), plus 1 % odd lines: Traefik's own text
+log lines, CLF lines, truncated JSON, wrong types; and 1 line in 10,000 with a padded
+URL of a few hundred KiB once escaped (a client may send a head of up to 1 MiB: such
+lines are billed like any other, and every variant decodes them).
 
 Then it runs, each in a fresh process on the same file and reading it the same way
 (large chunks, split into lines):
@@ -45,7 +48,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = ROOT / "bench" / ".data"
 DOMAIN = "t.lum.tools"
 CHUNK_BYTES = 1 << 18
-GENERATOR_VERSION = 1  # bump when the generated content changes
+GENERATOR_VERSION = 2  # bump when the generated content changes
+LONG_LINE_SHARE = 1e-4  # lines with a padded URL
+MAX_LINE_BYTES = 16 * 1024 * 1024  # the counting rule's bound (app.parser.MAX_LINE_BYTES)
 
 
 # --------------------------------------------------------------------------- data
@@ -226,7 +231,15 @@ def generate(path: Path, lines: int, seed: int) -> None:
                 host = rng.choices(subs, weights)[0] + "." + DOMAIN
             else:
                 host = rng.choice(_OTHER_HOSTS)
-            line = encode(_access_entry(rng, host, now_ns, count))
+            entry = _access_entry(rng, host, now_ns, count)
+            if rng.random() < LONG_LINE_SHARE:
+                entry["RequestPath"] += "&pad=" + "x<y>&z" * rng.randrange(6_000, 20_000)
+            line = (
+                encode(entry)
+                .replace(b"&", b"\\u0026")
+                .replace(b"<", b"\\u003c")
+                .replace(b">", b"\\u003e")
+            )
             if rng.random() < 0.01:
                 line = _odd_line(rng, line, now_ns)
             batch.append(line)
@@ -263,10 +276,9 @@ def run_parser(path: Path) -> dict:
     from app.parser import Aggregator
 
     agg = Aggregator(DOMAIN)
-    tail = b""
     for chunk in _chunks(path):
-        tail = agg.feed_chunk(tail + chunk)
-    agg.finish(tail)
+        agg.feed_chunk(chunk)
+    agg.finish()
     return {"lines": agg.total, "result": agg.to_dict()}
 
 
@@ -281,7 +293,7 @@ def run_naive(path: Path) -> dict:
     for chunk_lines in _split(path):
         for line in chunk_lines:
             lines += 1
-            if len(line) > 64 * 1024:
+            if len(line) > MAX_LINE_BYTES:
                 continue
             try:
                 entry = json.loads(line)
@@ -398,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
         lengths = [len(line) for line in f]
     print(
         f"{path.relative_to(ROOT)}: {len(lengths):,} lines, {size / 1e6:,.0f} MB, "
-        f"median line {statistics.median(lengths):.0f} bytes"
+        f"median line {statistics.median(lengths):.0f} bytes, "
+        f"{sum(n > 65_536 for n in lengths)} over 64 KiB (longest {max(lengths) / 1024:,.0f} KiB)"
     )
 
     names = {"a": "parser (a)", "b": "naive json+regex (b)", "c": "ceiling msgspec (c)"}

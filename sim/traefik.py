@@ -24,7 +24,9 @@ caller's requests.
 
 ``EchoBackend`` answers every request with a body of the size the client asks for
 (header ``X-Size``, or query ``size=N``; ``X-Chunked: 1`` makes it answer chunked), after
-reading the request body fully (Content-Length or chunked).
+reading the request body fully (Content-Length or chunked). It takes request lines up to
+Go's 1 MiB head limit, as Traefik does (Python's ``http.server`` answers 414 beyond
+64 KiB, which would hide long URLs from tests of the access log).
 
 Quirks of real Traefik 3.7 output seen while writing this (they shape the parser):
 
@@ -74,6 +76,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -83,6 +86,9 @@ log = logging.getLogger(__name__)
 DEFAULT_DOMAIN = "t.lum.tools"
 LOOPBACK = "127.0.0.1"
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+# Longest request line the backend takes: Go's http.DefaultMaxHeaderBytes (1 MiB) and the
+# 4096 bytes of slop its server allows, like Traefik in front of it.
+MAX_REQUEST_LINE = (1 << 20) + 4096
 _WRITE_BLOCK = b"x" * 65536
 
 
@@ -113,6 +119,30 @@ class _EchoHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:
         pass  # quiet: Traefik's access log is what matters
+
+    def handle_one_request(self) -> None:
+        """``BaseHTTPRequestHandler.handle_one_request`` with ``MAX_REQUEST_LINE`` in
+        place of its 64 KiB limit on the request line."""
+        try:
+            self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE + 1)
+            if len(self.raw_requestline) > MAX_REQUEST_LINE:
+                self.requestline = self.request_version = self.command = ""
+                self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG)
+                return
+            if not self.raw_requestline:
+                self.close_connection = True
+                return
+            if not self.parse_request():
+                return  # an error was sent
+            method = getattr(self, "do_" + self.command, None)
+            if method is None:
+                self.send_error(HTTPStatus.NOT_IMPLEMENTED, f"Unsupported method ({self.command!r})")
+                return
+            method()
+            self.wfile.flush()
+        except TimeoutError as exc:
+            self.log_error("Request timed out: %r", exc)
+            self.close_connection = True
 
     def _read_body(self) -> int:
         """Read the request body fully; return its size in bytes."""

@@ -6,8 +6,8 @@
 colours and multi-line messages, and its JSON access lines) while ``LoadGen`` sent its
 mix, with synthetic lines inserted at seeded random places: a Traefik v2.11-shaped
 line, lines with absent fields, CLF lines, Traefik JSON log lines, truncated JSON, wrong
-types, invalid UTF-8, a blank line, a CRLF line, an over-long line; the file does not
-end with a newline.
+types, invalid UTF-8, a blank line, a CRLF line, a 70 KB line (counted: over-long means
+over 16 MiB, see tests/unit/test_scan.py for that); the file does not end with a newline.
 
 The expected ``scan --json`` output is *not* produced by the parser under test:
 
@@ -154,9 +154,9 @@ def synthetic() -> list[tuple[bytes, str | tuple[str, int, int]]]:
         ),
         (good.replace(b'"RequestPath":"/upload"', b'"RequestPath":"/\xff\xfe"'), "invalid_utf8"),
         (b'[{"RequestHost":"legacy.t.lum.tools","DownstreamContentSize":1}]', "not_object"),
-        (
+        (  # a 70 KB line: request heads up to 1 MiB are legitimate, so it is billed
             good.replace(b'"RequestPath":"/upload"', b'"RequestPath":"/' + b"a" * 70_000 + b'"'),
-            "too_long",
+            ("legacy", 4096, 123456),
         ),
         (dump(dict(base, RequestHost="evilt.lum.tools")), "other_host"),
         (dump(dict(base, RequestHost="legacy.t.lum.tools.evil.com")), "other_host"),

@@ -8,6 +8,8 @@ import json
 
 import pytest
 
+from app.fetching import consume, fmt_ns
+from app.model import Cursor
 from app.parser import Aggregator
 from sim.loadgen import LoadGen
 from sim.traefik import TraefikProcess
@@ -78,8 +80,8 @@ def test_traefik_own_lines_are_not_access_log(traefik):
     assert agg.counted == 0 and agg.rejected == {}
     # The whole stdout in one stream, as a pod log would be read.
     whole = Aggregator(DOMAIN)
-    tail = whole.feed_chunk(b"\n".join(lines) + b"\n")
-    whole.finish(tail)
+    whole.feed_chunk(b"\n".join(lines) + b"\n")
+    whole.finish()
     assert whole.total == len(lines)
     assert whole.ignored["not_access_log"] == len(own)
 
@@ -127,3 +129,59 @@ def test_clf_access_lines_are_recognised():
     agg.feed_lines(lines)
     assert agg.ignored.get("clf_no_host") == 2
     assert agg.counted == 0 and agg.access_lines() == 0
+
+
+def _send_counted(port: int, host: str, method: str, path: str, body: bytes, size: int) -> tuple[int, int, int]:
+    """One request on its own connection (Connection: close: see sim.loadgen on Go's
+    Content-Length body race); (status, body bytes received, bytes the backend read)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request(method, path, body=body, headers={"Host": host, "X-Size": str(size), "Connection": "close"})
+        resp = conn.getresponse()
+        answer = resp.read()
+        return resp.status, len(answer), int(resp.getheader("X-Received") or -1)
+    finally:
+        conn.close()
+
+
+def test_url_over_64_kib_with_a_large_body_is_billed_exactly(traefik):
+    """A client padding its URL must not move traffic unbilled: a PUT to acme with a
+    70,000-character URL and a 20 MB body, and an ordinary GET (100 B in, 200 B out)."""
+    before = len(_access_lines(traefik.lines()))
+    pad = ("a&b<c>" * 12_000)[:70_000]  # Go writes & < > as 6-byte escapes
+    upload = b"u" * 20_000_000
+    status, out_1, read_1 = _send_counted(traefik.port, "acme.t.lum.tools", "PUT", "/upload?pad=" + pad, upload, 2)
+    assert (status, out_1, read_1) == (200, 2, len(upload))  # the backend read it all
+    status, out_2, read_2 = _send_counted(traefik.port, "acme.t.lum.tools", "GET", "/", b"g" * 100, 200)
+    assert (status, out_2, read_2) == (200, 200, 100)
+    truth = {"acme": {"bytes_in": len(upload) + 100, "bytes_out": out_1 + out_2, "requests": 2}}
+    assert truth == {"acme": {"bytes_in": 20_000_100, "bytes_out": 202, "requests": 2}}
+
+    lines = traefik.wait_for_lines(lambda ls: len(_access_lines(ls)) >= before + 2, timeout=30)
+    long_line, short_line = _access_lines(lines)[before:]
+    assert len(long_line) > 3 * 70_000  # over the old 64 KiB bound, thanks to the escapes
+    assert b"\\u0026" in long_line and b"\\u003c" in long_line and b"\\u003e" in long_line
+    assert json.loads(long_line)["RequestPath"] == "/upload?pad=" + pad
+
+    agg = Aggregator(DOMAIN)
+    agg.feed_lines([long_line, short_line])
+    assert agg.to_dict()["subdomains"] == truth
+    assert agg.rejected == {}
+
+    # The whole stdout as a stream in 64 KiB chunks, as scan reads a file.
+    stream = b"\n".join(lines) + b"\n"
+    whole = Aggregator(DOMAIN)
+    for start in range(0, len(stream), 65_536):
+        whole.feed_chunk(stream[start : start + 65_536])
+    whole.finish()
+    assert whole.rejected == {} and whole.subdomains["acme"] == [20_000_100, 202, 2]
+
+    # As a worker reads it: kubelet timestamps in front, chunks as the API sends them.
+    t0 = 1_795_000_000 * 1_000_000_000
+    pod_log = b"".join(
+        f"{fmt_ns(t0 + i * 1000)} ".encode() + line + b"\n" for i, line in enumerate([long_line, short_line])
+    )
+    chunks = [pod_log[i : i + 16_384] for i in range(0, len(pod_log), 16_384)]
+    res = consume(chunks, Cursor("containerd://x", 0, 0), 0, 1 << 30, DOMAIN)
+    assert res.consumed == 2 and res.agg.rejected == {}
+    assert res.agg.to_dict()["subdomains"] == truth

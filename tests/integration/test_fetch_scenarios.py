@@ -152,8 +152,8 @@ def test_limit_bytes_smaller_than_an_intervals_log(pipeline, kube):
     kube.add_pod(POD)
     traffic = Traffic(seed=18)
     pipeline.init_ledger()
-    pipeline.worker(FETCH_MAX_BYTES="8192")
-    pipeline.beat(FETCH_MAX_BYTES="8192")
+    pipeline.worker(FETCH_MAX_BYTES="8192", LOG_LINE_MAX_BYTES="4096")
+    pipeline.beat(FETCH_MAX_BYTES="8192", LOG_LINE_MAX_BYTES="4096")
     base = time.time_ns()
     # ~85 KB at four lines a second (~3.4 KB a second): a read from floor(T) re-reads
     # at most one second, so each 8 KiB read makes progress; about 17 reads in all
@@ -170,8 +170,8 @@ def test_no_progress_is_reported(pipeline, kube):
     stuck = Traffic(seed=19)
     fine = Traffic(seed=20)
     pipeline.init_ledger()
-    w = pipeline.worker(FETCH_MAX_BYTES="8192")
-    pipeline.beat(FETCH_MAX_BYTES="8192")
+    w = pipeline.worker(FETCH_MAX_BYTES="8192", LOG_LINE_MAX_BYTES="4096")
+    pipeline.beat(FETCH_MAX_BYTES="8192", LOG_LINE_MAX_BYTES="4096")
     kube.write_many(POD, stuck.lines(40), ts_ns=time.time_ns())  # ~36 KB in one nanosecond
     kube.write_many("traefik-ok", fine.lines(5))
     wait_until(lambda: pipeline.ledger.stats().get("no_progress", 0) >= 2, 30, what="no-progress reports")

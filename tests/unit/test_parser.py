@@ -17,12 +17,15 @@ from app.parser import (
     MAX_LINE_BYTES,
     REJECTED_REASONS,
     Aggregator,
+    LongLine,
     is_tunnel_label,
     tunnel_subdomain,
 )
 from tests.data.make_sample import V211_SERVICE_URL  # Go's url.URL, as v2.11 logs ServiceURL
 
 DROP = object()
+# A bound for tests that cut or build long lines many times (the default is 16 MiB).
+SMALL = 64 * 1024
 
 V3 = {
     "ClientAddr": "10.1.2.3:53402",
@@ -84,8 +87,8 @@ def host_line(host, **fields) -> bytes:
     return make(RequestHost=host, RequestAddr=host if isinstance(host, str) else "x", **fields)
 
 
-def feed(*lines: bytes, domain: str = "t.lum.tools") -> Aggregator:
-    agg = Aggregator(domain)
+def feed(*lines: bytes, domain: str = "t.lum.tools", max_line_bytes: int = MAX_LINE_BYTES) -> Aggregator:
+    agg = Aggregator(domain, max_line_bytes)
     agg.feed_lines(list(lines))
     check_accounting(agg)
     return agg
@@ -309,15 +312,24 @@ def test_clf_check_is_linear_on_hostile_lines():
 # --------------------------------------------------------------------------- rejected
 
 
-def test_too_long_limit_is_inclusive():
+@pytest.mark.parametrize("bound", [SMALL, MAX_LINE_BYTES])
+def test_too_long_limit_is_inclusive(bound):
     base_length = len(make(msg=""))
-    fitting = make(msg="x" * (MAX_LINE_BYTES - base_length))
-    assert len(fitting) == MAX_LINE_BYTES
-    assert feed(fitting).counted == 1
-    too_long = make(msg="x" * (MAX_LINE_BYTES - base_length + 1))
-    assert len(too_long) == MAX_LINE_BYTES + 1
-    assert only_reason(feed(too_long)) == "too_long"
-    assert only_reason(feed(fitting + b"\r")) == "too_long"  # the CR is part of the line
+    fitting = make(msg="x" * (bound - base_length))
+    assert len(fitting) == bound
+    assert feed(fitting, max_line_bytes=bound).counted == 1
+    too_long = make(msg="x" * (bound - base_length + 1))
+    assert len(too_long) == bound + 1
+    agg = feed(too_long, max_line_bytes=bound)
+    assert only_reason(agg) == "too_long"
+    assert agg.too_long_lengths == [bound + 1]
+    # the CR is part of the line
+    assert only_reason(feed(fitting + b"\r", max_line_bytes=bound)) == "too_long"
+
+
+def test_default_bound_is_16_mib():
+    assert MAX_LINE_BYTES == 16 * 1024 * 1024
+    assert Aggregator().max_line_bytes == MAX_LINE_BYTES
 
 
 @pytest.mark.parametrize(
@@ -429,7 +441,7 @@ def test_size_bounds():
 
 def test_defect_order():
     # too_long before invalid_utf8 before JSON; host before sizes; request size first.
-    assert only_reason(feed(b"\xff" * (MAX_LINE_BYTES + 1))) == "too_long"
+    assert only_reason(feed(b"\xff" * (SMALL + 1), max_line_bytes=SMALL)) == "too_long"
     assert only_reason(feed(b"{\xff")) == "invalid_utf8"
     assert only_reason(feed(host_line(None, RequestContentSize="x"))) == "bad_host_type"
     assert (
@@ -479,14 +491,14 @@ def mixed_lines() -> list[bytes]:
         )
         lines.append(host_line("example.com"))
         lines.append(ODD[i % len(ODD)])
-    lines.append(b"x" * (MAX_LINE_BYTES + 5))
+    lines.append(b"x" * (SMALL + 5))
     return lines
 
 
 def test_batch_with_odd_lines_equals_per_line():
     lines = mixed_lines()
-    batch = feed(*lines)
-    single = Aggregator()
+    batch = feed(*lines, max_line_bytes=SMALL)
+    single = Aggregator(max_line_bytes=SMALL)
     for line in lines:
         single.feed_lines([line])
     assert batch.to_dict() == single.to_dict()
@@ -501,76 +513,159 @@ def test_batch_with_odd_lines_equals_per_line():
     assert batch.subdomains == expected
 
 
+def feed_in_chunks(data: bytes, size: int, max_line_bytes: int = SMALL) -> Aggregator:
+    agg = Aggregator(max_line_bytes=max_line_bytes)
+    for start in range(0, len(data), size):
+        agg.feed_chunk(data[start : start + size])
+        assert agg._framer.held <= max_line_bytes
+    agg.finish()
+    check_accounting(agg)
+    return agg
+
+
 @pytest.mark.parametrize("size", [1, 2, 3, 50, 1000, 70_000, 10**7])
 def test_chunks_equal_lines(size):
     lines = mixed_lines()
-    data = b"\n".join(lines)
-    agg = Aggregator()
-    tail = b""
-    for start in range(0, len(data), size):
-        tail = agg.feed_chunk(tail + data[start : start + size])
-        assert len(tail) <= MAX_LINE_BYTES
-    agg.finish(tail)
-    check_accounting(agg)
-    assert agg.to_dict() == feed(*lines).to_dict()
+    agg = feed_in_chunks(b"\n".join(lines), size)
+    assert agg.to_dict() == feed(*lines, max_line_bytes=SMALL).to_dict()
+    assert agg.too_long_lengths == [SMALL + 5]
 
 
-@pytest.mark.parametrize(
-    "length", [MAX_LINE_BYTES - 1, MAX_LINE_BYTES, MAX_LINE_BYTES + 1, 3 * MAX_LINE_BYTES]
-)
+@pytest.mark.parametrize("length", [SMALL - 1, SMALL, SMALL + 1, 3 * SMALL])
 @pytest.mark.parametrize("before", [0, 1, 5, 200])
 def test_long_line_found_anywhere_in_a_big_chunk(length, before):
     base_length = len(make(msg=""))
     long_line = make(msg="x" * (length - base_length))
     assert len(long_line) == length
     lines = [make()] * before + [long_line] + [make()] * 300
+    agg = Aggregator(max_line_bytes=SMALL)
+    agg.feed_chunk(b"\n".join(lines) + b"\n")  # one chunk, larger than the bound
+    agg.finish()
+    assert agg.to_dict() == feed(*lines, max_line_bytes=SMALL).to_dict()
+    assert agg.rejected == ({"too_long": 1} if length > SMALL else {})
+    assert agg.too_long_lengths == ([length] if length > SMALL else [])
+    assert agg.counted == before + 300 + (length <= SMALL)
+
+
+def test_feed_chunk_keeps_the_unfinished_line():
     agg = Aggregator()
-    agg.finish(agg.feed_chunk(b"\n".join(lines) + b"\n"))
-    assert agg.to_dict() == feed(*lines).to_dict()
-    assert agg.rejected == ({"too_long": 1} if length > MAX_LINE_BYTES else {})
-    assert agg.counted == before + 300 + (length <= MAX_LINE_BYTES)
-
-
-def test_long_line_precheck():
-    short = (b"x" * 1000 + b"\n") * 500
-    assert not parser._may_hold_long_line(short, len(short))
-    spaced = b"x" * MAX_LINE_BYTES + b"\n" + b"y" * MAX_LINE_BYTES + b"\n"
-    assert not parser._may_hold_long_line(spaced, len(spaced))
-    long = b"x\n" + b"y" * (MAX_LINE_BYTES + 1) + b"\n"
-    assert parser._may_hold_long_line(long, len(long))
-
-
-def test_feed_chunk_returns_unfinished_tail():
-    agg = Aggregator()
-    assert agg.feed_chunk(make() + b"\n" + make()[:30]) == make()[:30]
+    agg.feed_chunk(make() + b"\n" + make()[:30])
     assert agg.counted == 1 and agg.total == 1
-    assert agg.feed_chunk(b"") == b""
-    agg.finish(b"")
-    assert agg.total == 1  # an empty tail is no line
-    agg.finish(make())
-    assert agg.counted == 2
+    agg.feed_chunk(b"")
+    agg.feed_chunk(make()[30:] + b"\n")  # the rest of the line
+    assert agg.counted == 2 and agg.total == 2
+    agg.finish()
+    assert agg.total == 2  # nothing left over is no line
+    agg.feed_chunk(make())
+    agg.finish()  # a last line without a newline is a line
+    assert agg.counted == 3
 
 
 def test_over_long_line_without_newline_is_skipped_in_constant_memory():
-    agg = Aggregator()
-    tail = agg.feed_chunk(make() + b"\n" + b"x" * 40_000)
-    assert len(tail) == 40_000
-    tail = agg.feed_chunk(tail + b"y" * 40_000)  # now over the limit: rejected at once
-    assert tail == b"" and agg.rejected == {"too_long": 1}
+    agg = Aggregator(max_line_bytes=SMALL)
+    agg.feed_chunk(make() + b"\n" + b"x" * 40_000)
+    assert agg._framer.held == 40_000
+    agg.feed_chunk(b"y" * 40_000)  # now over the bound: its bytes are dropped
+    assert agg._framer.held == 0 and agg._framer.pending == 80_000
     for _ in range(5):
-        assert agg.feed_chunk(b"z" * 100_000) == b""  # still inside it: skipped
-    tail = agg.feed_chunk(b"end of the long line\n" + make() + b"\n" + make()[:10])
-    assert tail == make()[:10]
-    agg.finish(tail)
+        agg.feed_chunk(b"z" * 100_000)  # still inside it: skipped
+        assert agg._framer.held == 0
+    agg.feed_chunk(b"end of the long line\n" + make() + b"\n" + make()[:10])
+    assert agg.too_long_lengths == [80_000 + 500_000 + len(b"end of the long line")]
+    agg.finish()
     check_accounting(agg)
     assert agg.total == 4 and agg.counted == 2
     assert agg.rejected == {"too_long": 1, "invalid_json": 1}
 
 
 def test_finish_inside_an_over_long_line_counts_it_once():
-    agg = Aggregator()
-    agg.finish(agg.feed_chunk(b"{" + b"x" * (MAX_LINE_BYTES + 10)))
+    agg = Aggregator(max_line_bytes=SMALL)
+    agg.feed_chunk(b"{" + b"x" * (SMALL + 10))
+    agg.finish()
     assert agg.total == 1 and agg.rejected == {"too_long": 1}
+    assert agg.too_long_lengths == [SMALL + 11]
+
+
+# --------------------------------------------------------------------------- long lines
+
+GIB = 1 << 30
+
+
+def acme_lines(pad: int = 70_000) -> list[bytes]:
+    """A PUT whose URL is padded to ``pad`` characters, with a 1 GiB body, and an ordinary
+    GET (100 B in, 200 B out), as Traefik writes them: Go escapes '&', '<', '>' in JSON
+    strings as \\u0026 and so on (6 bytes each), and the client-chosen ClientHost,
+    RequestAddr and path sort before RequestHost and mimic its text."""
+    decoy = '","RequestHost":"victim.t.lum.tools","RequestContentSize":7,"x":"'
+    path = "/upload?pad=" + ("a&b<c>" * pad)[: pad - len(decoy)] + decoy
+    upload = make(
+        RequestMethod="PUT",
+        RequestPath=path,
+        ClientHost="victim.t.lum.tools",
+        RequestAddr="acme.t.lum.tools",
+        RequestHost="acme.t.lum.tools",
+        RequestContentSize=GIB,
+        DownstreamContentSize=2,
+    )
+    for char, escaped in (b"&", b"\\u0026"), (b"<", b"\\u003c"), (b">", b"\\u003e"):
+        upload = upload.replace(char, escaped)
+    get = make(RequestMethod="GET", RequestHost="acme.t.lum.tools", RequestContentSize=100, DownstreamContentSize=200)
+    return [upload, get]
+
+
+ACME = {"acme": {"bytes_in": GIB + 100, "bytes_out": 202, "requests": 2}}
+
+
+def test_a_70000_character_url_is_billed_exactly():
+    upload, get = acme_lines()
+    assert json.loads(upload)["RequestPath"].startswith("/upload?pad=a&b<c>a&b<c>")
+    assert len(json.loads(upload)["RequestPath"]) == len("/upload?pad=") + 70_000
+    assert len(upload) > 200_000  # escaped: the line is far over the old 64 KiB bound
+    agg = feed(upload, get)
+    assert agg.to_dict()["subdomains"] == ACME
+    assert agg.to_dict()["subdomains"]["acme"] == {"bytes_in": 1_073_741_924, "bytes_out": 202, "requests": 2}
+    assert agg.rejected == {} and agg.ignored == {}
+
+
+@pytest.mark.parametrize("size", [1000, 4096, 65_536, 100_003, 1 << 20])
+def test_a_70000_character_url_is_billed_exactly_in_any_chunking(size):
+    lines = acme_lines()
+    stream = b"\n".join([make(), *lines, make()]) + b"\n"
+    agg = feed_in_chunks(stream, size, max_line_bytes=MAX_LINE_BYTES)
+    assert agg.to_dict()["subdomains"] == ACME | {"my-tunnel": {"bytes_in": 2048, "bytes_out": 674, "requests": 2}}
+    assert agg.rejected == {}
+
+
+def test_a_line_over_the_default_bound_is_too_long_once_and_its_neighbours_count():
+    upload, get = acme_lines(pad=MAX_LINE_BYTES // 3)  # "a&b<c>" escaped: 3.5 bytes a character
+    assert MAX_LINE_BYTES < len(upload) < 2 * MAX_LINE_BYTES
+    stream = get + b"\n" + upload + b"\n" + get + b"\n"
+    agg = feed_in_chunks(stream, 1 << 20, max_line_bytes=MAX_LINE_BYTES)
+    assert agg.rejected == {"too_long": 1}
+    assert agg.too_long_lengths == [len(upload)]
+    assert agg.subdomains == {"acme": [200, 400, 2]}
+    assert agg.total == 3
+
+
+def test_long_line_stands_in_for_a_line_it_never_holds():
+    line = LongLine(b"2026-11-24T01:50:22.000000000Z " + b"{" * 1000, 5_000_000)
+    assert len(line) < 300 and line.length == 5_000_000
+    rest = line[31:]  # what consume() does to drop the kubelet's timestamp
+    assert type(rest) is LongLine and rest.length == 5_000_000 - 31 and rest.startswith(b"{{{")
+    assert type(line[:19]) is bytes and line[:19] == b"2026-11-24T01:50:22"
+    assert not rest.isascii()  # never valid UTF-8: nothing can count it by mistake
+    agg = feed(rest, make())
+    assert agg.rejected == {"too_long": 1} and agg.counted == 1
+    assert agg.too_long_lengths == [5_000_000 - 31]
+    merged = feed(make())
+    merged.merge(agg)
+    assert merged.too_long_lengths == [5_000_000 - 31]
+
+
+def test_too_long_lengths_kept_are_bounded():
+    agg = feed(*[b"x" * (SMALL + i) for i in range(1, parser.TOO_LONG_KEPT + 50)], max_line_bytes=SMALL)
+    assert agg.rejected == {"too_long": parser.TOO_LONG_KEPT + 49}
+    assert agg.too_long_lengths == [SMALL + i for i in range(1, parser.TOO_LONG_KEPT + 1)]
 
 
 # --------------------------------------------------------------------------- results
@@ -678,3 +773,38 @@ def test_reason_constants_are_a_closed_documented_set():
     }
     for reason in (*IGNORED_REASONS, *REJECTED_REASONS):
         assert f"``{reason}``" in parser.__doc__
+
+
+def _hostile_lines(size: int):
+    """Lines of about ``size`` bytes built to make a careless parser allocate a lot."""
+    count = size // 3
+    yield "host of nested arrays", b'{"RequestHost":[' + b"[]," * count + b"[]]}", 0.5
+    yield "array of arrays", b"[" + b"[]," * count + b"[]]", 0.5
+    yield "size of nested arrays", b'{"RequestContentSize":[' + b"[]," * count + b'[]],"RequestHost":"a.t.lum.tools"}', 0.5
+    yield "many keys, no host", b"{" + b",".join(b'"k%d":[]' % i for i in range(size // 12)) + b"}", 0.5
+    yield "a huge integer size", b'{"RequestContentSize":' + b"1" * size + b',"RequestHost":"a.t.lum.tools"}', 0.5
+    yield "non-ASCII text", b'{"RequestHost":"a.t.lum.tools","msg":"' + "é😀".encode() * (size // 6) + b'"}', 0.5
+    # The host string itself is built (4 bytes a character once one is outside the BMP);
+    # classifying it copies only bounded slices. Traefik's hosts are ASCII (Go refuses
+    # other bytes in a Host header), 1 byte a character.
+    yield "astral host", b'{"RequestHost":"' + "😀".encode() + b"a" * size + b'.t.lum.tools:1"}', 6
+
+
+@pytest.mark.parametrize("name", [name for name, _, _ in _hostile_lines(10)])
+def test_memory_per_line_is_a_small_multiple_of_its_length(name):
+    import gc
+    import tracemalloc
+
+    size = 4 * 1024 * 1024
+    ((_, line, factor),) = [item for item in _hostile_lines(size) if item[0] == name]
+    agg = Aggregator(max_line_bytes=2 * size)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        agg.feed_lines([line])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    check_accounting(agg)
+    assert agg.counted == (1 if name == "non-ASCII text" else 0)
+    assert peak < factor * len(line), f"{name}: peak {peak / len(line):.2f} times the line"

@@ -18,7 +18,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
-from app.parser import IGNORED_REASONS, REJECTED_REASONS, Aggregator
+from app.parser import (
+    IGNORED_REASONS,
+    LONG_LINE_HEAD,
+    REJECTED_REASONS,
+    Aggregator,
+    LineFramer,
+    LongLine,
+)
 
 # tests/conftest.py registers the same profiles; keep this module usable on its own.
 try:
@@ -179,14 +186,13 @@ def model_totals(items) -> dict[str, list[int]]:
     return totals
 
 
-def feed_in_chunks(data: bytes, cuts: list[int]) -> Aggregator:
-    agg = Aggregator(DOMAIN)
-    tail = b""
+def feed_in_chunks(data: bytes, cuts: list[int], max_line_bytes: int | None = None) -> Aggregator:
+    agg = Aggregator(DOMAIN) if max_line_bytes is None else Aggregator(DOMAIN, max_line_bytes)
     start = 0
     for cut in sorted(set(cuts)) + [len(data)]:
-        tail = agg.feed_chunk(tail + data[start:cut])
+        agg.feed_chunk(data[start:cut])
         start = cut
-    agg.finish(tail)
+    agg.finish()
     return agg
 
 
@@ -261,3 +267,55 @@ def test_merge_equals_feeding_both(first, second):
     both.feed_lines([line for line, _ in first + second])
     a.merge(b)
     assert a.to_dict() == both.to_dict()
+
+
+@PROPS
+@given(
+    st.lists(st.binary(max_size=120).map(lambda b: b.replace(b"\n", b"")), max_size=20),
+    st.lists(st.integers(0, 3000), max_size=12),
+    st.integers(1, 100),
+)
+def test_any_bound_and_chunking_agree_with_whole_lines(lines, cuts, bound):
+    """Framing with a bound is the same as splitting first: lines over the bound are
+    too_long with their lengths, the others are classified alike."""
+    data = b"".join(line + b"\n" for line in lines)
+    chunked = feed_in_chunks(data, [c for c in cuts if c <= len(data)], max_line_bytes=bound)
+    check_accounting(chunked)
+    whole = Aggregator(DOMAIN, bound)
+    whole.feed_lines(lines)
+    assert chunked.to_dict() == whole.to_dict()
+    assert chunked.too_long_lengths == [len(line) for line in lines if len(line) > bound]
+
+
+def _seen(line: bytes) -> bytes | tuple[int, bytes]:
+    """A framed line as a comparable value: a LongLine as (length, its head)."""
+    if type(line) is LongLine:
+        return line.length, bytes.__getitem__(line, slice(0, line._head_size))
+    return line
+
+
+@PROPS
+@given(
+    st.lists(st.binary(max_size=300).map(lambda b: b.replace(b"\n", b"")), max_size=10),
+    st.binary(max_size=300).map(lambda b: b.replace(b"\n", b"")),
+    st.lists(st.integers(0, 3000), max_size=12),
+    st.integers(1, 300),
+)
+def test_framer_gives_the_lines_whatever_the_chunking(lines, tail, cuts, bound):
+    """Each line, or for one over the bound its length and first bytes; never more than
+    the bound held; the unfinished last line only from finish()."""
+    data = b"".join(line + b"\n" for line in lines) + tail
+    cuts = sorted(c for c in cuts if c <= len(data))
+    framer = LineFramer(bound)
+    out = []
+    for start, end in zip([0, *cuts], [*cuts, len(data)], strict=True):
+        out += framer.feed(data[start:end])
+        assert framer.held <= bound
+    last = framer.finish()
+
+    def expected(line: bytes):
+        return line if len(line) <= bound else (len(line), line[:LONG_LINE_HEAD])
+
+    assert [_seen(line) for line in out] == [expected(line) for line in lines]
+    assert (None if last is None else _seen(last)) == (expected(tail) if tail else None)
+    assert framer.finish() is None and framer.pending == 0

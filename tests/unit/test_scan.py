@@ -31,8 +31,55 @@ def test_sample_json_equals_committed_expected_totals(capsys):
 def test_sample_exercises_every_reason():
     lines = EXPECTED["lines"]
     assert set(lines["ignored"]) == set(IGNORED_REASONS)
-    assert set(lines["rejected"]) == set(REJECTED_REASONS)
+    # too_long needs a line over 16 MiB: see test_line_over_the_bound_is_too_long_*
+    assert set(lines["rejected"]) == set(REJECTED_REASONS) - {"too_long"}
     assert not SAMPLE.read_bytes().endswith(b"\n")  # the last line has no newline
+
+
+# The sample's 70 KB line (a v2.11 line for legacy, 4096 bytes in, 123456 out): billed
+# under the default bound, too_long under a bound below it.
+LONG_LINE = max(SAMPLE.read_bytes().split(b"\n"), key=len)
+
+
+def _without_the_long_line(expected: dict) -> dict:
+    out = json.loads(json.dumps(expected))
+    legacy = out["subdomains"]["legacy"]
+    legacy["bytes_in"] -= 4096
+    legacy["bytes_out"] -= 123456
+    legacy["requests"] -= 1
+    out["lines"]["counted"] -= 1
+    out["lines"]["rejected"] = dict(sorted({**out["lines"]["rejected"], "too_long": 1}.items()))
+    return out
+
+
+def test_sample_holds_a_70kb_line_that_is_billed():
+    assert 70_000 < len(LONG_LINE) < 71_000 and b'"RequestHost":"legacy.t.lum.tools"' in LONG_LINE
+    assert EXPECTED["lines"]["rejected"].get("too_long") is None
+
+
+@pytest.mark.parametrize("how", ["option", "environment"])
+def test_line_over_the_bound_is_too_long_and_counted_once(capsys, monkeypatch, how):
+    bound = str(len(LONG_LINE) - 1)
+    if how == "option":
+        result = run_json(capsys, str(SAMPLE), "--max-line-bytes", bound)
+    else:
+        monkeypatch.setenv("LOG_LINE_MAX_BYTES", bound)
+        result = run_json(capsys, str(SAMPLE))
+    assert result == _without_the_long_line(EXPECTED)
+    monkeypatch.setenv("LOG_LINE_MAX_BYTES", str(len(LONG_LINE)))  # the bound is inclusive
+    assert run_json(capsys, str(SAMPLE)) == EXPECTED
+
+
+def test_line_over_the_bound_with_tiny_chunks(capsys, monkeypatch):
+    monkeypatch.setattr(scan, "CHUNK_BYTES", 7)
+    result = run_json(capsys, str(SAMPLE), "--max-line-bytes", "65536")
+    assert result == _without_the_long_line(EXPECTED)
+
+
+def test_bad_max_line_bytes_exit_2(capsys):
+    for value in ("0", "-1", "16MiB"):
+        assert main([str(SAMPLE), "--max-line-bytes", value]) == 2
+        assert "--max-line-bytes" in capsys.readouterr().err
 
 
 def test_same_totals_with_tiny_chunks(capsys, monkeypatch):
@@ -67,7 +114,7 @@ def test_table_sorted_by_bytes_out_with_human_and_exact_bytes(capsys):
     assert (
         f"lines: {EXPECTED['lines']['total']} read, {EXPECTED['lines']['counted']} counted" in out
     )
-    assert "too_long 1" in out and "clf_no_host 2" in out
+    assert "size_too_large 1" in out and "clf_no_host 2" in out
 
 
 def test_human_bytes():

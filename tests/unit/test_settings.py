@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from app.parser import MAX_LINE_BYTES
 from app.platform import PATH, PlatformClient
 from app.settings import ConfigError, Settings, load_settings
 
@@ -49,6 +50,7 @@ def test_defaults_are_the_original_services(no_setting_env):
     assert s.tunnel_domain == "t.lum.tools"
     assert s.fetch_interval is None and s.fetch_every == 10
     assert s.fetch_max_bytes == 32 * 1024 * 1024
+    assert s.log_line_max_bytes == 16 * 1024 * 1024 == MAX_LINE_BYTES
     assert s.report_max_age == 24 * 3600
     assert s.platform_internal_secret is None
     assert s.scraper_id == "default"
@@ -146,6 +148,14 @@ BAD = [
     ("fetch-over-report", {"REPORT_INTERVAL": "30", "FETCH_INTERVAL": "31"}, "FETCH_INTERVAL"),
     ("fetch-max-bytes-not-number", {"FETCH_MAX_BYTES": "32MiB"}, "FETCH_MAX_BYTES"),
     ("fetch-max-bytes-zero", {"FETCH_MAX_BYTES": "0"}, "FETCH_MAX_BYTES"),
+    # A read must hold the longest line and its timestamp, or it never gets past it.
+    ("fetch-max-bytes-not-above-line-max", {"FETCH_MAX_BYTES": "16777216"}, "FETCH_MAX_BYTES"),
+    ("fetch-max-bytes-line-max-plus-64", {"FETCH_MAX_BYTES": str(16 * 1024 * 1024 + 64)}, "FETCH_MAX_BYTES"),
+    ("fetch-max-bytes-below-raised-line-max", {"LOG_LINE_MAX_BYTES": "33554432"}, "FETCH_MAX_BYTES"),
+    ("log-line-max-bytes-not-number", {"LOG_LINE_MAX_BYTES": "16MiB"}, "LOG_LINE_MAX_BYTES"),
+    ("log-line-max-bytes-too-small", {"LOG_LINE_MAX_BYTES": "1024"}, "LOG_LINE_MAX_BYTES"),
+    ("log-line-max-bytes-too-large", {"LOG_LINE_MAX_BYTES": str(1 << 30), "FETCH_MAX_BYTES": str(1 << 30)},
+     "LOG_LINE_MAX_BYTES"),
     ("report-max-age-negative", {"REPORT_MAX_AGE": "-1"}, "REPORT_MAX_AGE"),
     ("platform-url-no-scheme", {"PLATFORM_API_URL": "platform:3000"}, "PLATFORM_API_URL"),
     ("platform-url-ftp", {"PLATFORM_API_URL": "ftp://platform.example"}, "PLATFORM_API_URL"),
@@ -176,6 +186,7 @@ PER_VARIABLE = [
     "fetch-interval-zero",
     "fetch-over-report",
     "fetch-max-bytes-not-number",
+    "fetch-max-bytes-not-above-line-max",
     "report-max-age-negative",
     "platform-url-ftp",
     "log-level-unknown",
@@ -296,3 +307,15 @@ def test_scan_runs_without_the_secret():
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")
     assert b"PLATFORM_INTERNAL_SECRET" not in proc.stderr
     assert b"my-tunnel" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("line_max", "fetch_max"),
+    [("4096", "8192"), ("4096", "4161"), (str(1 << 29), str(1 << 30)), (None, str(16 * 1024 * 1024 + 65))],
+)
+def test_fetch_max_bytes_just_above_the_line_bound_is_accepted(no_setting_env, line_max, fetch_max):
+    if line_max is not None:
+        no_setting_env.setenv("LOG_LINE_MAX_BYTES", line_max)
+    no_setting_env.setenv("FETCH_MAX_BYTES", fetch_max)
+    s = load_settings()
+    assert s.fetch_max_bytes > s.log_line_max_bytes + 64
