@@ -63,6 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=9108, help="TCP port (default %(default)s)")
     p.add_argument("--addr", default="0.0.0.0", help="address to listen on (default %(default)s)")
     p.set_defaults(run=metrics)
+
+    p = sub.add_parser("check", help="check, without sending traffic, that this deployment can meter",
+                       description="Check, without sending traffic, that this deployment can meter: Redis and "
+                       "its durability settings, Kubernetes permissions (SelfSubjectAccessReview), the Traefik "
+                       "pods and their access log, the platform's address. One line per check with what to do; "
+                       "exit status 1 when one fails.")
+    p.add_argument("--lines", type=int, default=200, help="newest log lines of a pod to look at (default %(default)s)")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds for each connection (default %(default)s)")
+    p.set_defaults(run=check)
     return ap
 
 
@@ -202,3 +211,9 @@ def metrics(a: argparse.Namespace) -> int:
     print(f"serving metrics on http://{a.addr}:{a.port}/metrics", flush=True)
     while True:
         time.sleep(3600)
+
+
+def check(a: argparse.Namespace) -> int:
+    from app import check as checks
+
+    return checks.run(a)

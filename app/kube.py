@@ -309,3 +309,50 @@ class LogSource:
             # A stream left early holds unread data: drop the connection, not reuse it.
             raw.close()
             raw.release_conn()
+
+
+# For the ``check`` command -------------------------------------------------------------------
+
+
+def access_review(source: LogSource, verb: str, resource: str, subresource: str = "") -> tuple[bool, str]:
+    """May this identity ``verb`` ``resource[/subresource]`` (core group) in the Traefik
+    namespace? A SelfSubjectAccessReview: every authenticated identity may create one (the
+    ClusterRole ``system:basic-user``), so a missing permission is an answer, not an error.
+    Returns ``(allowed, reason)``; the reason is the authorizer's, often empty on a denial."""
+    attrs = client.V1ResourceAttributes(namespace=source.namespace, verb=verb, group="", resource=resource,
+                                        subresource=subresource or None)
+    body = client.V1SelfSubjectAccessReview(spec=client.V1SelfSubjectAccessReviewSpec(resource_attributes=attrs))
+    what = f"review {verb} {resource}{'/' + subresource if subresource else ''}"
+    try:
+        review = client.AuthorizationV1Api(source.api_client).create_self_subject_access_review(
+            body, _request_timeout=source.timeout
+        )
+    except ApiException as e:
+        raise _wrap(e.status or 0, e.body, what) from e
+    except (urllib3.exceptions.HTTPError, OSError) as e:
+        raise KubeUnavailable(f"{what}: {truncate(str(e))}") from e
+    status = review.status
+    if status is None:
+        return False, "no status in the answer"
+    return bool(status.allowed), truncate(status.reason or status.evaluation_error or "")
+
+
+def newest_lines(source: LogSource, name: str, container: str, lines: int, limit_bytes: int) -> bytes:
+    """The newest ``lines`` lines of a pod's log (``tailLines``), at most ``limit_bytes``,
+    without timestamps: what Traefik wrote last, to see what its log looks like."""
+    what = f"read log of {name}/{container}"
+    try:
+        resp = source.core.read_namespaced_pod_log(
+            name, source.namespace, container=container, tail_lines=lines, limit_bytes=limit_bytes,
+            _preload_content=False, _request_timeout=source.timeout,
+        )
+    except ApiException as e:
+        raise _wrap(e.status or 0, e.body, what) from e
+    except (urllib3.exceptions.HTTPError, OSError) as e:
+        raise KubeUnavailable(f"{what}: {truncate(str(e))}") from e
+    try:
+        return resp.read(limit_bytes)
+    except (urllib3.exceptions.HTTPError, OSError) as e:
+        raise KubeUnavailable(f"{what}: {truncate(str(e))}") from e
+    finally:
+        resp.release_conn()

@@ -23,8 +23,11 @@ exact metering, as listed in docs/design.md ("Kubernetes pod log endpoint"):
   history (``compact_watch_history`` forces it);
 * errors are ``Status`` objects with the apiserver's reasons and messages.
 
-Only the read side is served (list/watch/get pods, pod logs); the state is changed through
-the Python API of :class:`FakeKube` (``add_pod``, ``write``, ``restart``...). Stdlib only.
+Only the read side is served (list/watch/get pods, pod logs), plus
+``SelfSubjectAccessReview`` (``POST /apis/authorization.k8s.io/v1/selfsubjectaccessreviews``,
+answered as the apiserver does: see ``_self_review``); the state is changed through the Python
+API of :class:`FakeKube` (``add_pod``, ``write``, ``restart``, ``forbid``, ``deny``...). Stdlib
+only.
 """
 
 from __future__ import annotations
@@ -484,6 +487,7 @@ class FakeKube:
         self._ip_seq = 10
         self._fail: list[list] = []  # [remaining, status, path_contains]
         self._forbidden = False
+        self._denied: set[tuple[str, str]] = set()  # (verb, resource[/subresource]) not granted
         self._delay = 0.0
         self._log_setup: dict[tuple[str, str], dict[str, Any]] = {}  # configure_log, per pod name
         self._stopped = threading.Event()
@@ -869,9 +873,17 @@ class FakeKube:
             self._fail.append([n, status, path_contains])
 
     def forbid(self, on: bool = True) -> None:
-        """While on, every authenticated request gets 403 with the RBAC-style message."""
+        """While on, every authenticated request gets 403 with the RBAC-style message
+        (a SelfSubjectAccessReview is still answered, with ``allowed: false``)."""
         with self._lock:
             self._forbidden = on
+
+    def deny(self, verb: str, resource: str, on: bool = True) -> None:
+        """RBAC without one permission, e.g. ``deny("get", "pods/log")``: requests that
+        need it get 403, and a SelfSubjectAccessReview for it answers ``allowed: false``.
+        The granted set is the scraper's Role: pods get/list/watch, pods/log get."""
+        with self._lock:
+            (self._denied.add if on else self._denied.discard)((verb, resource))
 
     def delay(self, seconds: float) -> None:
         """Sleep this long before answering each log request (0 to turn off)."""
@@ -1001,8 +1013,8 @@ class FakeKube:
     def _handle(self, req: _Handler) -> None:
         """Answer one request; every error is a Status object."""
         length = int(req.headers.get("Content-Length") or 0)
-        if length:
-            req.rfile.read(length)  # keep the keep-alive connection in step
+        # Read the body: keeps the keep-alive connection in step; a review POST needs it.
+        req.body = req.rfile.read(length) if length else b""
         parts = urlsplit(req.path)
         path = unquote(parts.path)
         query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
@@ -1018,9 +1030,28 @@ class FakeKube:
         """401 without the token, 403 while forbidden, then any injected failure."""
         if req.headers.get("Authorization") != f"Bearer {self.token}":
             raise ApiError(401, "Unauthorized")
+        if req.command == "POST" and path.rstrip("/") == SELF_REVIEW_PATH:
+            # Every authenticated identity may ask about itself (system:basic-user).
+            self._fail_injected(path)
+            return
         with self._lock:
             if self._forbidden:
                 raise _forbidden_error(req.command, path)
+            attrs = _request_attributes(req.command, path, req.path)
+            if attrs in self._denied:
+                raise _denied_error(*attrs, path)
+            for entry in self._fail:
+                remaining, status, path_contains = entry
+                if path_contains in path:
+                    if remaining <= 1:
+                        self._fail.remove(entry)
+                    else:
+                        entry[0] = remaining - 1
+                    raise ApiError(status, f"injected failure ({status})")
+
+    def _fail_injected(self, path: str) -> None:
+        """An injected failure for this path, if one is pending (see ``fail_next``)."""
+        with self._lock:
             for entry in self._fail:
                 remaining, status, path_contains = entry
                 if path_contains in path:
@@ -1032,6 +1063,9 @@ class FakeKube:
 
     def _route(self, req: _Handler, path: str, query: dict[str, str]) -> None:
         seg = [s for s in path.split("/") if s]
+        if req.command == "POST" and "/" + "/".join(seg) == SELF_REVIEW_PATH:
+            req.send_json(201, _self_review_of(self, req.body))
+            return
         if req.command != "GET":
             raise ApiError(
                 405,
@@ -1405,3 +1439,105 @@ def _forbidden_error(method: str, path: str) -> ApiError:
     )
     details = {"kind": "pods"} if name is None else {"name": name, "kind": "pods"}
     return ApiError(403, message, details)
+
+
+# SelfSubjectAccessReview ------------------------------------------------------------------
+#
+# As the apiserver answers it (kubernetes/kubernetes):
+# - pkg/registry/authorization/selfsubjectaccessreview/rest.go: ``Create`` validates the
+#   review, asks the authorizer about the requesting user, and returns the review with
+#   ``status.allowed`` (decision Allow), ``status.denied`` (decision Deny) and
+#   ``status.reason``; the handler answers 201 Created.
+# - pkg/apis/authorization/validation/validation.go: exactly one of ``resourceAttributes``
+#   and ``nonResourceAttributes`` ("exactly one of nonResourceAttributes or
+#   resourceAttributes must be specified"), and ``metadata`` must be empty (422 Invalid).
+# - plugin/pkg/auth/authorizer/rbac/rbac.go: RBAC allows with the reason
+#   ``RBAC: allowed by <binding>`` and otherwise has no opinion (allowed false, denied false,
+#   no reason).
+# - plugin/pkg/auth/authorizer/rbac/bootstrappolicy/policy.go: the ClusterRole
+#   ``system:basic-user``, bound to every authenticated user, grants ``create`` on
+#   ``selfsubjectaccessreviews``: an identity without any other permission can still ask.
+
+SELF_REVIEW_PATH = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+# The scraper's Role (k8s rbac.yaml), as the fake grants it (any namespace: the fake does not
+# scope its pods by RBAC namespace).
+GRANTED = frozenset({("get", "pods"), ("list", "pods"), ("watch", "pods"), ("get", "pods/log")})
+ROLE_REASON = (
+    'RBAC: allowed by RoleBinding "traefik-metrics-scraper-log-reader/traefik" of Role '
+    '"traefik-metrics-scraper-log-reader" to ServiceAccount "traefik-metrics-scraper/traefik-metrics-scraper"'
+)
+DISCOVERY_PATHS = ("/api", "/apis", "/version", "/healthz", "/livez", "/readyz")
+DISCOVERY_REASON = (
+    'RBAC: allowed by ClusterRoleBinding "system:discovery" of ClusterRole "system:discovery" '
+    'to Group "system:authenticated"'
+)
+
+
+def _request_attributes(method: str, path: str, raw_path: str) -> tuple[str, str]:
+    """(verb, resource[/subresource]) of a pods request, as RBAC sees it."""
+    seg = [s for s in path.split("/") if s]
+    query = parse_qs(urlsplit(raw_path).query)
+    if method != "GET":
+        return method.lower(), "pods"
+    if len(seg) >= 7:
+        return "get", f"pods/{seg[6]}"
+    if len(seg) == 6:
+        return "get", "pods"
+    watching = query.get("watch", ["false"])[-1].lower() in ("true", "1")
+    return ("watch" if watching else "list"), "pods"
+
+
+def _denied_error(verb: str, resource: str, path: str) -> ApiError:
+    seg = [s for s in path.split("/") if s]
+    scope = f'in the namespace "{seg[3]}"' if len(seg) >= 4 and seg[2] == "namespaces" else "at the cluster scope"
+    name = seg[5] if len(seg) >= 6 else None
+    subject = f'pods "{name}"' if name else "pods"
+    message = (f'{subject} is forbidden: User "{SERVICE_ACCOUNT_USER}" cannot {verb} resource "{resource}" '
+               f'in API group "" {scope}')
+    return ApiError(403, message, {"name": name, "kind": "pods"} if name else {"kind": "pods"})
+
+
+def _invalid_review(field: str, value: object, detail: str) -> ApiError:
+    message = (f'SelfSubjectAccessReview.authorization.k8s.io "" is invalid: {field}: Invalid value: '
+               f"{json.dumps(value)}: {detail}")
+    causes = [{"reason": "FieldValueInvalid", "message": f"Invalid value: {json.dumps(value)}: {detail}", "field": field}]
+    return ApiError(422, message, {"group": "authorization.k8s.io", "kind": "SelfSubjectAccessReview", "causes": causes})
+
+
+def _self_review_of(fake: FakeKube, body: bytes) -> dict:
+    try:
+        review = json.loads(body or b"{}")
+    except ValueError:
+        raise ApiError(400, "the body of the request was in an unknown format") from None
+    if not isinstance(review, dict) or review.get("kind", "SelfSubjectAccessReview") != "SelfSubjectAccessReview":
+        raise ApiError(400, "the body of the request was not a SelfSubjectAccessReview")
+    meta = {k: v for k, v in (review.get("metadata") or {}).items() if k != "managedFields" and v}
+    if meta:
+        raise _invalid_review("metadata", meta, "must be empty")
+    spec = review.get("spec") or {}
+    resource_attrs, non_resource = spec.get("resourceAttributes"), spec.get("nonResourceAttributes")
+    if resource_attrs is not None and non_resource is not None:
+        raise _invalid_review("spec.nonResourceAttributes", non_resource,
+                              "cannot be specified in combination with resourceAttributes")
+    if resource_attrs is None and non_resource is None:
+        raise _invalid_review("spec.resourceAttributes", None,
+                              "exactly one of nonResourceAttributes or resourceAttributes must be specified")
+    reason = ""
+    with fake._lock:
+        if resource_attrs is not None:
+            verb = resource_attrs.get("verb", "")
+            sub = resource_attrs.get("subresource", "")
+            resource = resource_attrs.get("resource", "") + (f"/{sub}" if sub else "")
+            allowed = (resource_attrs.get("group", "") == "" and (verb, resource) in GRANTED
+                       and not fake._forbidden and (verb, resource) not in fake._denied)
+            reason = ROLE_REASON if allowed else ""
+        else:
+            path = non_resource.get("path", "")
+            allowed = non_resource.get("verb") == "get" and (
+                path in DISCOVERY_PATHS or path.startswith(("/api/", "/apis/")))
+            reason = DISCOVERY_REASON if allowed else ""
+    status: dict[str, Any] = {"allowed": allowed}
+    if reason:
+        status["reason"] = reason
+    return {"kind": "SelfSubjectAccessReview", "apiVersion": "authorization.k8s.io/v1",
+            "metadata": {"creationTimestamp": None}, "spec": spec, "status": status}

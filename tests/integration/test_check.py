@@ -1,0 +1,169 @@
+"""``traefik-metrics-scraper check`` run as a command against a real redis-server, the fake
+Kubernetes API (which answers SelfSubjectAccessReviews as the apiserver does) and the
+platform stub: every check passes on a good setup, and each way of being wrong is one
+clear FAIL line with what to do."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sim.procs import free_port
+from tests.traffic import TRAEFIK_TEXT, Traffic
+
+ROOT = Path(__file__).resolve().parents[2]
+CLF = (b'10.0.0.9 - - [24/Nov/2026:03:12:03 +0000] "GET /a HTTP/1.1" 200 10 "-" "curl/8.11.0" '
+       b'12 "tunnel@file" "http://127.0.0.1:8080" 1ms')
+
+
+@pytest.fixture
+def env(tmp_path, redis_url, kube, platform) -> dict[str, str]:
+    names = ("CELERY_", "REDIS_", "PLATFORM_", "FETCH_", "REPORT_", "TRAEFIK_", "TUNNEL_", "LOG_", "KUBECONFIG",
+             "START_AT", "SCRAPER_ID")
+    out = {k: v for k, v in os.environ.items() if not k.startswith(names)}
+    out.update({"PYTHONPATH": str(ROOT), "REDIS_URL": redis_url, "KUBECONFIG": kube.write_kubeconfig(tmp_path / "kc"),
+                "PLATFORM_API_URL": platform.url, "PLATFORM_INTERNAL_SECRET": platform.secret})
+    return out
+
+
+def check(env: dict[str, str], **more: str) -> tuple[int, dict[str, str], str]:
+    """Run the command; (exit status, {check name: its line}, all output)."""
+    proc = subprocess.run([sys.executable, "-m", "app", "check"], env={**env, **more}, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    lines = {}
+    for line in proc.stdout.splitlines():
+        status, rest = line[:5].strip(), line[6:]
+        name = rest[:14].strip()
+        lines[name] = f"{status} {rest[14:].strip()}"
+    return proc.returncode, lines, proc.stdout + proc.stderr
+
+
+def traefik_pod(kube, name: str = "traefik-a", lines: list[bytes] | None = None) -> None:
+    kube.add_pod(name)
+    for line in lines if lines is not None else [TRAEFIK_TEXT, *Traffic(seed=1).lines(30)]:
+        kube.write(name, line)
+
+
+def test_a_good_setup_passes_every_check(env, kube, platform):
+    traefik_pod(kube)
+    kube.add_pod("other", labels={"app": "nginx"})
+    code, lines, out = check(env)
+    print(out)  # the README shows this output
+    assert code == 0, out
+    assert set(lines) == {"redis", "ledger", "kubernetes", "permissions", "pods", "access log", "tunnel domain",
+                          "platform"}, out
+    for name, line in lines.items():
+        assert line.startswith("OK ") or name == "ledger", out
+    assert "appendonly yes, appendfsync always, maxmemory-policy noeviction" in lines["redis"]
+    assert "list pods, watch pods, get pods, get pods/log in namespace traefik" in lines["permissions"]
+    assert "1 pod(s) match" in lines["pods"] and "traefik-a" in lines["pods"]
+    assert "no request sent" in lines["platform"]
+    # Nothing was sent to the platform, and only the reviews were POSTed to the API.
+    assert not platform.records
+    posts = {path for method, path, _ in kube.requests if method != "GET"}
+    assert posts == {"/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"}
+
+
+def test_a_missing_permission(env, kube):
+    traefik_pod(kube)
+    kube.deny("get", "pods/log")
+    code, lines, out = check(env)
+    print(out)
+    assert code == 1
+    assert lines["permissions"] == (
+        "FAIL missing in namespace traefik: get pods/log -> apply the Role and RoleBinding of k8s/base/rbac.yaml "
+        "in namespace traefik (pods get/list/watch, pods/log get) for this ServiceAccount"
+    ), out
+    assert lines["pods"].startswith("OK ")
+    assert lines["access log"].startswith("FAIL ") and "cannot get resource \"pods/log\"" in lines["access log"]
+
+
+def test_no_permission_at_all(env, kube):
+    """forbid(): every request is refused, yet the reviews are answered (system:basic-user)."""
+    traefik_pod(kube)
+    kube.forbid()
+    code, lines, out = check(env)
+    assert code == 1
+    assert "missing in namespace traefik: list pods, watch pods, get pods, get pods/log" in lines["permissions"], out
+    assert lines["pods"].startswith("FAIL ") and "HTTP 403" in lines["pods"]
+    assert lines["access log"].startswith("SKIP ") and lines["tunnel domain"].startswith("SKIP ")
+
+
+def test_a_clf_pod(env, kube):
+    traefik_pod(kube, lines=[TRAEFIK_TEXT, CLF, CLF, CLF])
+    code, lines, out = check(env)
+    print(out)
+    assert code == 1
+    assert lines["access log"] == (
+        "FAIL pod traefik-a writes its access log in CLF (3 of 4 lines): it has no Host and no request size, "
+        "so nothing can be metered -> set Traefik's accessLog.format to json"
+    ), out
+    assert lines["tunnel domain"].startswith("SKIP ")
+
+
+def test_only_traefiks_own_lines_or_no_tunnel_traffic(env, kube):
+    traefik_pod(kube, lines=[TRAEFIK_TEXT] * 5)
+    code, lines, out = check(env)
+    assert code == 1 and lines["access log"].startswith("FAIL pod traefik-a: 0 of its newest 5 lines"), out
+    assert "accessLog.format=json, no accessLog.filePath" in lines["access log"]
+
+    kube.delete("traefik-a")
+    other = Traffic(seed=2, domain="example.org")
+    traefik_pod(kube, "traefik-b", lines=other.lines(10))
+    code, lines, out = check(env)
+    assert code == 1
+    assert lines["access log"].startswith("OK "), out
+    assert lines["tunnel domain"].startswith("FAIL none of the 10 access lines is for *.t.lum.tools"), out
+
+
+def test_no_pod_matches(env, kube):
+    kube.add_pod("other", labels={"app": "nginx"})
+    code, lines, out = check(env, TRAEFIK_LABEL_SELECTOR="app.kubernetes.io/name=traefik")
+    assert code == 1
+    assert lines["pods"].startswith("FAIL no pod in namespace traefik matches app.kubernetes.io/name=traefik"), out
+
+
+def test_a_wrong_redis_url(env, kube):
+    traefik_pod(kube)
+    port = free_port()  # nothing listens there
+    code, lines, out = check(env, REDIS_URL=f"redis://:hunter2-secret@127.0.0.1:{port}/3")
+    print(out)
+    assert code == 1
+    assert lines["redis"].startswith(f"FAIL redis://127.0.0.1:{port}/3: ConnectionError"), out
+    assert lines["redis"].endswith("-> check REDIS_URL (host, port, database, password) and that Redis runs")
+    assert lines["ledger"].startswith("SKIP ")
+    assert "hunter2-secret" not in out
+    assert lines["permissions"].startswith("OK "), "the other checks still run"
+
+
+def test_a_redis_that_may_forget(env, kube, r):
+    traefik_pod(kube)
+    r.config_set("appendfsync", "everysec")
+    try:
+        code, lines, out = check(env)
+    finally:
+        r.config_set("appendfsync", "always")
+    assert code == 1
+    assert "appendfsync everysec" in lines["redis"] and "set appendfsync always" in lines["redis"], out
+
+
+def test_an_unreachable_platform(env, kube):
+    traefik_pod(kube)
+    port = free_port()
+    code, lines, out = check(env, PLATFORM_API_URL=f"http://127.0.0.1:{port}")
+    assert code == 1
+    assert lines["platform"].startswith(f"FAIL 127.0.0.1:{port}: ConnectionRefusedError"), out
+
+
+def test_tls_platform_is_verified(env, kube):
+    """An https platform gets a TLS handshake with certificate verification: the plain-HTTP
+    stub fails it."""
+    traefik_pod(kube)
+    url = env["PLATFORM_API_URL"].replace("http://", "https://")
+    code, lines, out = check(env, PLATFORM_API_URL=url)
+    assert code == 1 and lines["platform"].startswith("FAIL ") and "TLS" in lines["platform"], out
+
