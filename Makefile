@@ -71,7 +71,7 @@ lint: $(STAMP)
 test: $(STAMP) redis-server docker-compose promtool lint
 	$(BIN)/pytest -q
 
-test-unit: $(STAMP) docker-compose promtool lint
+test-unit: $(STAMP) lint
 	$(BIN)/pytest -q tests/unit
 
 demo: $(STAMP) redis-server

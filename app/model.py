@@ -3,7 +3,7 @@
 ``ReportKey`` owns the string form of a report's identity and ``Cursor`` owns the
 encoding of a read position: no other Python code joins or splits those strings.
 The Lua scripts in ``app/lua`` build the same strings (they cannot import Python);
-``tests/unit/test_model.py`` proves that the two agree.
+``tests/integration/test_model_lua.py`` proves that the two agree.
 
 The enums are ``StrEnum``s, so a value compares equal to its string and goes into a
 JSON task result or a Redis field unchanged.
@@ -44,7 +44,7 @@ class ReportKey:
         """The key of ``<start>:<subdomain>``. Raises ``ValueError`` when it is not one."""
         text = raw.decode() if isinstance(raw, bytes) else raw
         start, sep, sub = text.partition(":")
-        if not sep or not sub or not start.isdigit():
+        if not sep or not sub or not start.isascii() or not start.isdigit():
             raise ValueError(f"not a report key: {text[:80]!r}")
         return cls(int(start), sub)
 
