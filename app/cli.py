@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import UTC, datetime
+import os
+from datetime import UTC, datetime, timedelta
 
 from app import scan
 
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("metrics", help="serve Prometheus metrics read from the ledger",
                        description="Serve the pipeline's counters (kept in Redis) as Prometheus metrics.")
-    p.add_argument("--port", type=int, default=9108, help="TCP port (default %(default)s)")
+    p.add_argument("--port", type=_port, default=9108, help="TCP port (default %(default)s)")
     p.add_argument("--addr", default="0.0.0.0", help="address to listen on (default %(default)s)")
     p.set_defaults(run=metrics)
 
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.run is scan.run:
         return scan.run(args)
     import redis
+    from kombu.exceptions import OperationalError
 
     try:
         return args.run(args)
@@ -92,6 +94,15 @@ def main(argv: list[str] | None = None) -> int:
         # redis-py's messages name the host and port, never the password.
         print(f"traefik-metrics-scraper {args.command}: Redis: {type(e).__name__}: {str(e)[:200]}", file=sys.stderr)
         return 1
+    except OperationalError as e:
+        # The broker (CELERY_BROKER_URL) is unreachable; kombu's text names host and port.
+        print(f"traefik-metrics-scraper {args.command}: broker: {str(e)[:200]}; reports already claimed "
+              "are sent again by the sweep once their lease runs out", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): not an error worth a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _ledger():
@@ -103,13 +114,26 @@ def _ledger():
 
 
 def _parse_time(value: str) -> int:
+    """Nanoseconds since the epoch of an ISO 8601 time with a zone, exact (no float)."""
     try:
         when = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {value!r}") from None
     if when.tzinfo is None:
         raise argparse.ArgumentTypeError("give a zone, e.g. 2026-11-24T00:00:00Z")
-    return int(when.astimezone(UTC).timestamp() * 1_000_000_000)
+    try:
+        micros = (when - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    except OverflowError:
+        micros = -1
+    if not 0 <= micros < (1 << 63) // 1000:
+        raise argparse.ArgumentTypeError(f"{value!r} is outside 1970-01-01 .. 2262-04-11 (nanoseconds in 64 bits)")
+    return micros * 1000
+
+
+def _port(value: str) -> int:
+    if not value.isascii() or not value.isdigit() or not 1 <= int(value) <= 65535:
+        raise argparse.ArgumentTypeError(f"not a TCP port (1-65535): {value!r}")
+    return int(value)
 
 
 def _report_key(value: str):

@@ -71,3 +71,25 @@ def test_a_bad_variable_is_a_configuration_error():
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("config error: REPORT_INTERVAL is not a whole number; expected a whole number "
                                    "of seconds from 1 to 86400 that divides 86400")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("config error: REPORT_INTERVAL is not a whole number; expected a whole number "
+                                   "of seconds from 1 to 86400 that divides 86400")
+
+
+def test_out_of_range_values_are_usage_errors(capsys):
+    assert main(["metrics", "--port", "99999"]) == 2
+    assert main(["metrics", "--port", "0"]) == 2
+    assert main(["init-ledger", "--start-at", "0001-01-01T00:00:00+01:00"]) == 2
+    assert main(["init-ledger", "--start-at", "1969-12-31T23:59:59Z"]) == 2
+    assert main(["init-ledger", "--start-at", "2300-01-01T00:00:00Z"]) == 2
+    assert main(["replay", "²:a"]) == 2  # not ASCII digits
+    err = capsys.readouterr().err
+    assert "not a TCP port" in err and "outside 1970-01-01" in err and "not a report key" in err
+
+
+def test_start_at_is_exact_to_the_microsecond():
+    from app.cli import _parse_time
+
+    assert _parse_time("2026-11-24T01:50:00.123457Z") == 1_795_485_000_123_457_000
+    assert _parse_time("2026-11-24T09:50:00.000001+08:00") == 1_795_485_000_000_001_000
+    assert _parse_time("1970-01-01T00:00:00Z") == 0
