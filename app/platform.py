@@ -3,7 +3,7 @@
 ``POST {PLATFORM_API_URL}/api/v1/activity-logs/tunnel-traffic`` with headers
 ``x-internal-secret`` and ``Idempotency-Key``. Redirects are never followed: one would
 carry the secret to another host. TLS is verified. Answers are sorted into delivered
-(2xx), retryable (connection errors, timeouts, 408, 409, 429, 5xx) and rejected
+(2xx), retryable (connection errors, timeouts, 408, 409, 425, 429, 5xx) and rejected
 (3xx, other 4xx), the last two raised as this package's exceptions.
 """
 

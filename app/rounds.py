@@ -46,7 +46,7 @@ class Plan:
 
 @dataclass
 class Merge:
-    """What a merge or a sweep did; ``reports``: the keys claimed now, to be sent."""
+    """What a merge did: intervals sealed, and the report keys claimed now, to be sent."""
 
     sealed: int
     reports: list[ReportKey]
@@ -82,12 +82,13 @@ def ensure_ledger(ledger: Ledger, settings: Settings) -> bool:
     return False
 
 
-def plan(ledger: Ledger, source: LogSource, settings: Settings) -> Plan:
+def plan(ledger: Ledger, source: LogSource | KubeError, settings: Settings) -> Plan:
     """One fetch round: list the Traefik pods to fetch.
 
-    Guarded with ``SET NX`` on the round number, so a duplicate round does nothing.
-    A round whose pods cannot be listed still dispatches merge alone, so intervals are
-    sealed while the Kubernetes API is down.
+    ``source`` is the log source, or the ``KubeError`` that kept it from being created
+    (no in-cluster config and no KUBECONFIG). Guarded with ``SET NX`` on the round
+    number, so a duplicate round does nothing. A round whose pods cannot be listed still
+    dispatches merge alone, so intervals are sealed while the Kubernetes API is down.
     """
     every = settings.fetch_every
     round_no = int(ledger.now() // every)
@@ -95,10 +96,14 @@ def plan(ledger: Ledger, source: LogSource, settings: Settings) -> Plan:
         return Plan(RoundStatus.DUPLICATE, round_no)
     if not ensure_ledger(ledger, settings):
         return Plan(RoundStatus.LEDGER_LOST, round_no)
-    try:
-        pods = source.list_pods()
-    except KubeError as e:
-        log.error("plan: cannot list Traefik pods: %s", e)
+    error = source if isinstance(source, KubeError) else None
+    if error is None:
+        try:
+            pods = source.list_pods()
+        except KubeError as e:
+            error = e
+    if error is not None:
+        log.error("plan: cannot list Traefik pods: %s", error)
         return Plan(RoundStatus.KUBE_ERROR, round_no, dispatch=True)
     ledger.note_pods([{"uid": p.uid, "name": p.name, "namespace": p.namespace, "deleting": p.deleting} for p in pods])
     if not pods:

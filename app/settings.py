@@ -74,7 +74,9 @@ class ConfigError(Exception):
 class Settings(BaseSettings):
     """What the scraper is told by its environment."""
 
-    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+    # allow_inf_nan=False: a timeout of "inf" or "nan" is a configuration error naming the
+    # variable, not a crash later in a derived value.
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True, allow_inf_nan=False)
 
     platform_api_url: str = "http://platform.platform.svc.cluster.local:3000"
     """Base URL of the platform API (the original's default: the in-cluster service).

@@ -16,7 +16,6 @@ from celery import chord, group
 from app import rounds, runtime
 from app.celery import app, settings
 from app.errors import KubeError
-from app.model import RoundStatus
 from app.queues import Queue
 from workers.fetch import fetch
 from workers.report import enqueue_reports
@@ -30,9 +29,7 @@ def plan() -> dict:
     try:
         source = runtime.log_source()
     except KubeError as e:
-        log.error("plan: %s", e)
-        merge.apply_async()
-        return {"status": RoundStatus.KUBE_ERROR}
+        source = e
     out = rounds.plan(runtime.ledger(), source, settings)
     if out.dispatch:
         if out.pods:

@@ -6,7 +6,7 @@ import json
 
 from app.kube import LogSource
 from app.ledger import Ledger
-from app.model import CommitStatus
+from app.model import CommitStatus, RoundStatus
 from app.rounds import GONE_AFTER, sweep
 from app.settings import Settings
 
@@ -81,3 +81,69 @@ def test_init_ledger_command(r, redis_url):
     forced = run("--start-at", "2026-11-25T00:00:00Z", "--force")
     assert forced.returncode == 0
     assert ledger.start_at_ns() == (1_795_478_400 + 86_400) * 10**9
+
+
+# plan and merge return what to dispatch ---------------------------------------------------
+
+
+def _source(kube, tmp_path, monkeypatch) -> LogSource:
+    monkeypatch.setenv("KUBECONFIG", kube.write_kubeconfig(tmp_path / "kubeconfig"))
+    return LogSource("traefik", "app.kubernetes.io/name=traefik", 5)
+
+
+def test_plan_lists_the_pods_to_fetch_once_per_round(r, kube, tmp_path, monkeypatch):
+    from app.errors import KubeUnavailable
+    from app.rounds import plan
+
+    uids = {kube.add_pod("traefik-a"), kube.add_pod("traefik-b")}
+    kube.add_pod("other", labels={"app": "other"})
+    source = _source(kube, tmp_path, monkeypatch)
+    ledger = Ledger(r, "plan", 60)
+    settings = Settings(fetch_interval=60)
+    first = plan(ledger, source, settings)
+    assert (first.status, first.dispatch) == (RoundStatus.OK, True)
+    assert {p.uid for p in first.pods} == uids == set(ledger.pods())
+    assert first.summary() == {"status": RoundStatus.OK, "round": first.round, "pods": 2}
+    again = plan(ledger, source, settings)  # the same round number: a duplicate beat
+    assert (again.status, again.dispatch, again.pods) == (RoundStatus.DUPLICATE, False, [])
+    # A round whose pods cannot be listed still dispatches (merge alone).
+    r.delete(ledger.k("round", first.round))
+    kube.fail_next(3, status=500)
+    failed = plan(ledger, source, settings)
+    assert (failed.status, failed.dispatch, failed.pods) == (RoundStatus.KUBE_ERROR, True, [])
+    r.delete(ledger.k("round", first.round))
+    no_config = plan(ledger, KubeUnavailable("no in-cluster config and no KUBECONFIG"), settings)
+    assert (no_config.status, no_config.dispatch, no_config.pods) == (RoundStatus.KUBE_ERROR, True, [])
+    assert not r.set(ledger.k("round", first.round), "1", nx=True)  # that round was claimed too
+    source.close()
+
+
+def test_plan_refuses_a_ledger_that_lost_its_record(r, kube, tmp_path, monkeypatch):
+    from app.rounds import plan
+
+    kube.add_pod("traefik-a")
+    source = _source(kube, tmp_path, monkeypatch)
+    ledger = Ledger(r, "lost", 60)
+    ledger.incr({"lines_read": 1})  # data, no initialisation record
+    out = plan(ledger, source, Settings(fetch_interval=60))
+    assert (out.status, out.dispatch, out.pods) == (RoundStatus.LEDGER_LOST, False, [])
+    assert ledger.pods() == {}
+    source.close()
+
+
+def test_merge_seals_ended_intervals_and_returns_the_claimed_keys(r):
+    from app.model import ReportKey, ReportState
+    from app.rounds import merge
+
+    ledger = Ledger(r, "merge", 60)
+    ledger.initialise(0)
+    now = int(ledger.now())
+    start = now - now % 60 - 120
+    r.hset(ledger.k("iv", start), mapping={"b:i": 1, "b:o": 2, "b:r": 3, "a:i": 4, "a:o": 5, "a:r": 6})
+    r.zadd(ledger.k("open"), {str(start): start})
+    out = merge(ledger, Settings())
+    assert out.sealed == 1
+    assert sorted(out.reports) == [ReportKey(start, "a"), ReportKey(start, "b")]
+    assert {ledger.report(k).state for k in out.reports} == {ReportState.QUEUED}
+    again = merge(ledger, Settings())
+    assert (again.sealed, again.reports) == (0, [])
