@@ -13,7 +13,7 @@ import redis
 from celery import Celery, signals
 from kombu import Queue as KombuQueue
 
-from app import health, runtime
+from app import health, logs, runtime
 from app.queues import Queue
 from app.settings import ConfigError, settings_or_exit
 from beat_schedule import build_schedule
@@ -61,6 +61,8 @@ app.conf.update(
 )
 # Probes that mean something: worker pings through its own direct queue, beat ticks.
 health.install(app)
+# LOG_FORMAT (human or json) for Celery's records and ours, secrets masked (app/logs.py).
+logs.install(settings)
 
 
 @signals.worker_init.connect

@@ -228,8 +228,11 @@ def metrics(a: argparse.Namespace) -> int:
     from prometheus_client import start_http_server
     from prometheus_client.core import REGISTRY
 
+    from app import logs
     from app.metrics import LedgerCollector
+    from app.settings import settings_or_exit
 
+    logs.configure(settings_or_exit())  # LOG_FORMAT for the exporter's own records
     REGISTRY.register(LedgerCollector(_ledger()))
     start_http_server(a.port, addr=a.addr)
     print(f"serving metrics on http://{a.addr}:{a.port}/metrics", flush=True)

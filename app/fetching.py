@@ -335,18 +335,19 @@ class Fetcher:
                 )
             return self._fetch(ns, name, uid, start_at)
         except LedgerLost as e:
-            log.error("fetch %s/%s: %s", ns, name, e)
+            log.error("fetch %s/%s: %s", ns, name, e, extra={"pod": name, "namespace": ns, "outcome": "ledger_lost"})
             return {"pod": name, "status": FetchStatus.LEDGER_LOST}
         except PodGone:
             log.info("fetch %s/%s: pod is gone", ns, name)
             self.ledger.update_pod_state(uid, gone_at=self.ledger.now())
             return {"pod": name, "status": FetchStatus.GONE}
         except KubeForbidden as e:
-            log.error("fetch %s/%s: %s", ns, name, e)
+            log.error("fetch %s/%s: %s", ns, name, e, extra={"pod": name, "namespace": ns, "outcome": "forbidden"})
             self.ledger.incr({"fetch_errors:forbidden": 1})
             return {"pod": name, "status": FetchStatus.FORBIDDEN}
         except KubeError as e:
-            log.warning("fetch %s/%s: %s; the cursor stays, next round retries", ns, name, e)
+            log.warning("fetch %s/%s: %s; the cursor stays, next round retries", ns, name, e,
+                        extra={"pod": name, "namespace": ns, "outcome": "kube_error"})
             self.ledger.incr({"fetch_errors:kube": 1})
             return {"pod": name, "status": FetchStatus.KUBE_ERROR}
 
@@ -424,7 +425,8 @@ class Fetcher:
 
     def _gap(self, pod: Pod, ctr: Container, from_ns: int, to_ns: int | None, reason: str) -> None:
         span = f"{fmt_ns(from_ns) if from_ns else 'the start'} .. {fmt_ns(to_ns) if to_ns else 'the start of the new container'}"
-        log.warning("GAP in the log of pod %s/%s container %s: lines %s may be lost: %s", pod.namespace, pod.name, ctr.name, span, reason)
+        log.warning("GAP in the log of pod %s/%s container %s: lines %s may be lost: %s", pod.namespace, pod.name, ctr.name, span, reason,
+                    extra={"pod": pod.name, "namespace": pod.namespace, "outcome": "gap"})
         self.ledger.record_gap(
             {
                 "pod": pod.name,
@@ -449,6 +451,7 @@ class Fetcher:
                 pod.namespace, pod.name,
                 fmt_ns(res.cursor.floor_ns // 1_000_000_000 * 1_000_000_000) if res.cursor.floor_ns else "the start",
                 fmt_ns(res.cursor.t_ns) if res.cursor.t_ns else "the start", self.limit,
+                extra={"pod": pod.name, "namespace": pod.namespace, "outcome": "no_progress"},
             )
             self.ledger.incr({"no_progress": 1})
             summary["status"] = FetchStatus.NO_PROGRESS
@@ -520,7 +523,7 @@ class Fetcher:
             log.warning(
                 "pod %s/%s writes its access log in CLF, which has no Host: traffic cannot be "
                 "attributed to tunnels. Set Traefik's accessLog.format to json",
-                pod.namespace, pod.name,
+                pod.namespace, pod.name, extra={"pod": pod.name, "namespace": pod.namespace, "outcome": "clf"},
             )
             changes["warned_clf"] = True
         if agg.access_lines() > 0:

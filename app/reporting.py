@@ -86,16 +86,20 @@ class Reporter:
                 return self._retry_or_park(rep, retries, str(e), e.retry_after)
             except PlatformRejected as e:
                 reason = f"rejected: {e}"
-                log.error("❌ %s (%s): %s; parked in the dead-letter store", sub, iso(start), reason)
+                log.error("❌ %s (%s): %s; parked in the dead-letter store", sub, iso(start), reason,
+                          extra={"tunnel": sub, "interval": iso(start), "outcome": "dead"})
                 self.ledger.dead_letter(key, reason)
                 return Outcome(ReportOutcome.DEAD, detail=reason)
             self.ledger.mark_delivered(key, ReportState(done.outcome), done.user_id, self.s.interval_retention)
             if done.note:
                 log.warning("report %s (%s): HTTP %d, %s; taken as delivered", sub, iso(start), done.status, done.note)
             if done.outcome == ReportOutcome.SKIPPED:
-                log.info("⏭️ %s: ↓%dB ↑%dB (%dreq) skipped by the platform: %s", sub, rep.bytes_in, rep.bytes_out, rep.requests, done.note)
+                log.info("⏭️ %s: ↓%dB ↑%dB (%dreq) skipped by the platform: %s", sub, rep.bytes_in, rep.bytes_out, rep.requests, done.note,
+                         extra={"tunnel": sub, "interval": iso(start), "outcome": "skipped"})
             else:
-                log.info("✅ %s: ↓%dB ↑%dB (%dreq) → User:%s", sub, rep.bytes_in, rep.bytes_out, rep.requests, done.user_id or "?")
+                log.info("✅ %s: ↓%dB ↑%dB (%dreq) → User:%s", sub, rep.bytes_in, rep.bytes_out, rep.requests, done.user_id or "?",
+                         extra={"tunnel": sub, "interval": iso(start), "outcome": "delivered", "bytes_in": rep.bytes_in,
+                                "bytes_out": rep.bytes_out, "requests": rep.requests})
             return Outcome(done.outcome)
         finally:
             self.ledger.release_send_lock(key, token)
@@ -106,7 +110,8 @@ class Reporter:
         age = now - (rep.start + self.s.report_interval)
         if age > self.s.report_max_age:
             why = f"undeliverable for over REPORT_MAX_AGE ({self.s.report_max_age}s); last error: {reason}"
-            log.error("❌ %s (%s): %s; parked in the dead-letter store", rep.subdomain, iso(rep.start), why)
+            log.error("❌ %s (%s): %s; parked in the dead-letter store", rep.subdomain, iso(rep.start), why,
+                      extra={"tunnel": rep.subdomain, "interval": iso(rep.start), "outcome": "dead"})
             self.ledger.dead_letter(key, why)
             return Outcome(ReportOutcome.DEAD, detail=why)
         if retries < self.s.report_auto_retries:
@@ -116,11 +121,13 @@ class Reporter:
             until = now + countdown + self.s.report_time_limit
             if self.ledger.reserve_retry(key, until, self.s.max_waiting_retries):
                 self.ledger.extend_lease(key, now + countdown + self.s.lease_seconds)
-                log.warning("report %s (%s): %s; retry %d in %.1fs", rep.subdomain, iso(rep.start), reason, retries + 1, countdown)
+                log.warning("report %s (%s): %s; retry %d in %.1fs", rep.subdomain, iso(rep.start), reason, retries + 1, countdown,
+                            extra={"tunnel": rep.subdomain, "interval": iso(rep.start), "outcome": "retry"})
                 return Outcome(ReportOutcome.RETRY, countdown=countdown, detail=reason)
         delay = backoff(rep.attempts, self.s.report_due_max_delay)
         if retry_after is not None:
             delay = min(max(delay, retry_after), self.s.report_due_max_delay)
         self.ledger.park(key, now + delay, reason)
-        log.warning("report %s (%s): %s; parked, next attempt in %.0fs", rep.subdomain, iso(rep.start), reason, delay)
+        log.warning("report %s (%s): %s; parked, next attempt in %.0fs", rep.subdomain, iso(rep.start), reason, delay,
+                    extra={"tunnel": rep.subdomain, "interval": iso(rep.start), "outcome": "parked"})
         return Outcome(ReportOutcome.PARKED, countdown=delay, detail=reason)

@@ -124,7 +124,7 @@ def merge(ledger: Ledger, settings: Settings, min_age: float = 0.0) -> Merge:
         subs = ledger.seal(start)
         created += [ReportKey(start, sub) for sub in subs]
         if subs:
-            log.info("Reporting %d tunnel(s) for %s", len(subs), iso(start))
+            log.info("Reporting %d tunnel(s) for %s", len(subs), iso(start), extra={"interval": iso(start), "outcome": "sealed"})
     return Merge(len(starts), ledger.claim(created, settings.lease_seconds))
 
 

@@ -38,7 +38,8 @@ def fetch(name: str, uid: str) -> dict:
     try:
         summary = runtime.fetcher().fetch(name, uid)
     except SoftTimeLimitExceeded:
-        log.warning("fetch %s: over FETCH_TIME_LIMIT (%ss); nothing committed, next round retries", name, settings.fetch_time_limit)
+        log.warning("fetch %s: over FETCH_TIME_LIMIT (%ss); nothing committed, next round retries", name, settings.fetch_time_limit,
+                    extra={"pod": name, "outcome": "timeout"})
         summary = {"pod": name, "status": FetchStatus.TIMEOUT}
     _note(name, uid, summary, time.monotonic() - started)
     return summary
