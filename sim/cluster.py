@@ -13,7 +13,7 @@ from app.ledger import Ledger
 from app.model import Cursor
 from sim.fake_kube import FakeKube, PodNotFound
 from sim.platform_stub import PlatformStub
-from sim.procs import CeleryProcess, free_port, wait_until
+from sim.procs import CeleryProcess, ScraperProcess, free_port, wait_until
 
 # Variables of the parent environment that must not leak into the pipeline's processes.
 _OWN = ("CELERY_", "REDIS_", "PLATFORM_", "FETCH_", "REPORT_", "TRAEFIK_", "START_AT", "SCRAPER_ID", "KUBECONFIG")
@@ -57,6 +57,13 @@ class LocalPipeline:
     def beat(self, **env: str) -> CeleryProcess:
         args = ["--schedule", str(self.dir / "beat-schedule"), "--loglevel", "INFO"]
         return self._start(CeleryProcess("beat", {**self.env, **env}, args, log_path=self.dir / "beat.log"))
+
+    def watcher(self, name: str = "watcher", ready: str = "; watching", **env: str) -> ScraperProcess:
+        """``traefik-metrics-scraper watch`` (the pod watcher); by default ready once it
+        leads and has listed the pods. ``ready=""`` for a replica that will wait."""
+        env = {"HEALTH_DIR": str(self.dir / f"{name}-health"), **env}
+        proc = ScraperProcess("watch", {**self.env, **env}, [], log_path=self.dir / f"{name}.log", ready=ready)
+        return self._start(proc)  # type: ignore[return-value]
 
     def flower(self, user: str, password: str) -> tuple[CeleryProcess, str]:
         """Flower with basic auth (it has none by default); returns it and its URL."""

@@ -102,8 +102,14 @@ class CeleryProcess:
         self.cwd = cwd or str(Path(__file__).resolve().parents[2])
         self.proc: subprocess.Popen | None = None
 
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "celery", "-A", "app", self.role, *self.args]
+
+    def ready_marker(self) -> str:
+        return "ready." if self.role == "worker" else "beat: Starting"
+
     def start(self) -> CeleryProcess:
-        cmd = [sys.executable, "-m", "celery", "-A", "app", self.role, *self.args]
+        cmd = self.command()
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, cwd=self.cwd,
                                      start_new_session=True)
@@ -114,11 +120,11 @@ class CeleryProcess:
 
     def wait_ready(self, timeout: float = 60) -> None:
         """A worker is ready when it logs ``ready.``; beat when it logs its start."""
-        marker = "ready." if self.role == "worker" else "beat: Starting"
+        marker = self.ready_marker()
 
         def ready() -> bool:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"celery {self.role} exited with {self.proc.returncode}:\n{self.output()[-3000:]}")
+                raise RuntimeError(f"{self.role} exited with {self.proc.returncode}:\n{self.output()[-3000:]}")
             return marker in self.output()
 
         wait_until(ready, timeout, what=f"celery {self.role} to start")
@@ -139,3 +145,19 @@ class CeleryProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         self._log.close()
+
+
+class ScraperProcess(CeleryProcess):
+    """``python -m app <command> ...`` (the pod watcher) in a subprocess, managed like
+    the Celery ones; ready once its log shows the ``ready`` text."""
+
+    def __init__(self, command: str, env: dict[str, str], args: list[str] = (), log_path: str | Path | None = None,
+                 ready: str = "", cwd: str | None = None) -> None:
+        super().__init__(command, env, args, log_path, cwd)
+        self.ready = ready
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "app", self.role, *self.args]
+
+    def ready_marker(self) -> str:
+        return self.ready
