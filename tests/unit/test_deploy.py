@@ -1,5 +1,7 @@
-"""The deployment files keep the invariants: k8s/ (rendered with ``kubectl kustomize``),
-docker-compose.yml and the Dockerfile.
+"""The deployment files keep the invariants: k8s/ (each overlay, rendered with
+``kubectl kustomize k8s/overlays/<name>``: every k8s check runs once per overlay),
+docker-compose.yml and the Dockerfile. The overlays' own structure (schemas, custom
+resources, network policies, disruption budgets, KEDA) is checked in test_k8s_overlays.py.
 
 What is checked, in both k8s/ and compose where it applies:
 - exactly one celery beat (k8s: replicas 1, strategy Recreate; compose: a fixed
@@ -32,6 +34,7 @@ from app.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S_DIR = ROOT / "k8s"
+OVERLAYS = ("dev", "prod")  # k8s/overlays/<name>
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 
@@ -45,7 +48,7 @@ IMAGE = "ghcr.io/ethanke/traefik-metrics-scraper"
 
 # The original service's resources, per scraper container.
 ORIGINAL_RESOURCES = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": "100m", "memory": "128Mi"}}
-SCRAPER_WORKLOADS = ("worker-fetch", "worker-report", "beat")
+SCRAPER_WORKLOADS = ("worker-fetch", "worker-report", "beat", "watcher")
 
 SETTINGS_VARS = {name.upper() for name in Settings.model_fields}
 # Variables the deployment sets that app.settings.Settings does not read as fields.
@@ -54,6 +57,8 @@ OTHER_READERS = {
     "KUBECONFIG": "the kubernetes client, outside a cluster (compose)",
     "FLOWER_BASIC_AUTH": "Flower (FLOWER_* variables are its options)",
     "FLOWER_MAX_TASKS": "Flower",
+    "REDIS_PASSWORD": "the kubelet, expanding $(REDIS_PASSWORD) in REDIS_URL (from the Secret traefik-metrics-scraper-redis)",
+    "REDISCLI_AUTH": "redis-cli (the Redis readiness probe)",
 }
 REDIS_FLAGS = {"--appendonly": "yes", "--appendfsync": "always", "--maxmemory-policy": "noeviction"}
 FLOWER_GUARD = 'test -n "$FLOWER_BASIC_AUTH"'
@@ -112,21 +117,32 @@ def _settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Sett
 # ----- Kubernetes: render once ----------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def docs() -> list[dict]:
+def render(overlay: str) -> list[dict]:
+    """``kubectl kustomize k8s/overlays/<overlay>``, as documents."""
     kubectl = shutil.which("kubectl")
     if kubectl is None:
-        missing = "kubectl is not installed: cannot render k8s/ with `kubectl kustomize k8s`"
+        missing = "kubectl is not installed: cannot render k8s/ with `kubectl kustomize`"
         if os.environ.get("CI"):
             pytest.fail(f"{missing}, and CI must check the manifests")
         pytest.skip(missing)
     out = subprocess.run(
-        [kubectl, "kustomize", str(K8S_DIR)], capture_output=True, text=True, timeout=120, check=False
+        [kubectl, "kustomize", str(K8S_DIR / "overlays" / overlay)], capture_output=True, text=True, timeout=120,
+        check=False,
     )
-    assert out.returncode == 0, f"kubectl kustomize k8s failed:\n{out.stderr}"
+    assert out.returncode == 0, f"kubectl kustomize k8s/overlays/{overlay} failed:\n{out.stderr}"
     rendered = [d for d in yaml.safe_load_all(out.stdout) if d]
-    assert rendered, "kubectl kustomize k8s rendered nothing"
+    assert rendered, f"kubectl kustomize k8s/overlays/{overlay} rendered nothing"
     return rendered
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def overlay(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def docs(overlay) -> list[dict]:
+    return render(overlay)
 
 
 def _of_kind(docs: list[dict], kind: str) -> list[dict]:
@@ -207,7 +223,24 @@ def test_k8s_redis_is_durable_and_never_evicts(docs):
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     data_dir = flags.get("--dir", "/data")
     assert any(mounts.get(claim) == data_dir for claim in claims), "the AOF directory must be on the PVC"
-    assert "redis://redis:" in _configmap_data(docs, _config_name(docs))["REDIS_URL"]
+    # A password, from its Secret: in the args only as $(REDIS_PASSWORD), which the kubelet expands.
+    assert flags.get("--requirepass") == "$(REDIS_PASSWORD)"
+    redis_secret = {"secretKeyRef": {"name": "traefik-metrics-scraper-redis", "key": "password"}}
+    env = {e["name"]: e for e in container["env"]}
+    assert env["REDIS_PASSWORD"]["valueFrom"] == env["REDISCLI_AUTH"]["valueFrom"] == redis_secret
+    # Every scraper container reaches it with the password, and no ConfigMap holds a URL.
+    for workload in _workloads(docs):
+        for c in _containers(workload):
+            if not c["image"].startswith(IMAGE):
+                continue
+            names = [e["name"] for e in c.get("env", [])]
+            env = {e["name"]: e for e in c.get("env", [])}
+            where = workload["metadata"]["name"]
+            assert env["REDIS_PASSWORD"]["valueFrom"] == redis_secret, where
+            assert env["REDIS_URL"] == {"name": "REDIS_URL", "value": "redis://:$(REDIS_PASSWORD)@redis:6379/0"}, where
+            assert names.index("REDIS_PASSWORD") < names.index("REDIS_URL"), f"{where}: $(VAR) needs VAR first"
+    for cm in _of_kind(docs, "ConfigMap"):
+        assert "REDIS_URL" not in (cm.get("data") or {})
 
 
 def _config_name(docs: list[dict]) -> str:
@@ -258,14 +291,15 @@ def test_k8s_rbac_is_one_role_in_traefik(docs):
     sa = _one(docs, "ServiceAccount", SERVICE_ACCOUNT)
     assert sa["metadata"]["namespace"] == NAMESPACE
 
-    # Only the fetch workers (plan, fetch, sweep) carry the ServiceAccount's token.
+    # Only the fetch workers (plan, fetch, sweep) and the pod watcher carry the ServiceAccount's token.
     def mounts_token(pod: dict) -> bool:
         default = sa.get("automountServiceAccountToken", True) if pod.get("serviceAccountName") == SERVICE_ACCOUNT else True
         return pod.get("automountServiceAccountToken", default)
 
     with_token = [w["metadata"]["name"] for w in _workloads(docs) if mounts_token(_pod_spec(w))]
-    assert with_token == ["worker-fetch"]
-    assert _pod_spec(_scraper_workload(docs, "worker-fetch"))["serviceAccountName"] == SERVICE_ACCOUNT
+    assert sorted(with_token) == ["watcher", "worker-fetch"]
+    for name in with_token:
+        assert _pod_spec(_scraper_workload(docs, name))["serviceAccountName"] == SERVICE_ACCOUNT
 
 
 def test_k8s_namespace_and_images(docs):
@@ -275,19 +309,22 @@ def test_k8s_namespace_and_images(docs):
             continue
         expected = TRAEFIK_NAMESPACE if doc["kind"] in ("Role", "RoleBinding") else NAMESPACE
         assert doc["metadata"].get("namespace") == expected, f"{doc['kind']}/{doc['metadata']['name']}"
-    for name in (*SCRAPER_WORKLOADS, "flower"):
+    for name in (*SCRAPER_WORKLOADS, "flower", "metrics"):
         for container in _containers(_scraper_workload(docs, name)):
             assert container["image"].startswith(IMAGE), container["image"]
 
 
-def test_k8s_scraper_workloads(docs):
+def test_k8s_scraper_workloads(docs, overlay):
     queues = {"worker-fetch": "fetch", "worker-report": "report"}
+    # dev: one of each; prod: two fetch workers, report workers scaled by KEDA (no replicas).
+    replicas = {"dev": {"worker-fetch": 1, "worker-report": 1}, "prod": {"worker-fetch": 2, "worker-report": None}}
     for name, queue in queues.items():
         workload = _scraper_workload(docs, name)
-        assert workload["spec"]["replicas"] == 1
+        assert workload["spec"].get("replicas") == replicas[overlay][name], name
         (container,) = _containers(workload)
         argv = _argv(container)
-        assert argv[:4] == ["celery", "-A", "app", "worker"]
+        # --quiet: Celery prints its banner (not a log record), which would break JSON logs.
+        assert argv[:5] == ["celery", "-A", "app", "--quiet", "worker"]
         assert argv[argv.index("-Q") + 1] == queue
     for name in SCRAPER_WORKLOADS:
         (container,) = _containers(_scraper_workload(docs, name))
@@ -342,14 +379,15 @@ def test_k8s_env_names_are_settings_fields(docs):
             assert not unknown, f"{workload['metadata']['name']}: not a Settings field (typo?): {sorted(unknown)}"
 
 
-def test_k8s_config_loads_as_settings(docs, monkeypatch):
+def test_k8s_config_loads_as_settings(docs, overlay, monkeypatch):
     data = _configmap_data(docs, _config_name(docs))
     s = _settings_from({**data, SECRET_VAR: "placeholder", "POD_NAMESPACE": NAMESPACE}, monkeypatch)
     assert s.platform_api_url == "http://platform.platform.svc.cluster.local:3000"
     assert s.report_interval == 60
-    assert s.log_level == "INFO"
     assert s.traefik_namespace == TRAEFIK_NAMESPACE
-    assert s.scraper_id == NAMESPACE
+    # dev: DEBUG, its own SCRAPER_ID (keys never collide with production's); prod: JSON logs.
+    expected = {"dev": ("DEBUG", "human", "dev"), "prod": ("INFO", "json", NAMESPACE)}[overlay]
+    assert (s.log_level, s.log_format, s.scraper_id) == expected
 
 
 def test_other_readers_are_read():
