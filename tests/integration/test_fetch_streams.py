@@ -156,5 +156,6 @@ def test_unreadable_stamps_are_counted_once_and_warned_about_once(fake, ledger, 
     registry = CollectorRegistry()
     registry.register(LedgerCollector(ledger))
     text = generate_latest(registry).decode()
-    assert 'traefik_metrics_scraper_rejected_lines_total{reason="bad_timestamp"} 3.0' in text
+    served = [line for line in text.splitlines() if 'reason="bad_timestamp"' in line]
+    assert served == ['traefik_metrics_scraper_log_lines_total{outcome="rejected",reason="bad_timestamp"} 3.0'], text
     assert "traefik_metrics_scraper_pods_with_bad_timestamps_total 1.0" in text
