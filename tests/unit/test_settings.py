@@ -61,6 +61,12 @@ def test_fetch_interval_defaults_to_min_of_10_and_report_interval(no_setting_env
     assert Settings().fetch_every == fetch_every
 
 
+def test_log_reorder_window_defaults_to_a_second_and_takes_fractions(no_setting_env):
+    assert Settings().log_reorder_window == 1.0
+    no_setting_env.setenv("LOG_REORDER_WINDOW", "0.25")
+    assert Settings().log_reorder_window == 0.25
+
+
 def test_explicit_fetch_interval_is_used(no_setting_env):
     no_setting_env.setenv("REPORT_INTERVAL", "60")
     no_setting_env.setenv("FETCH_INTERVAL", "60")
@@ -147,6 +153,9 @@ BAD = [
     ("fetch-over-report", {"REPORT_INTERVAL": "30", "FETCH_INTERVAL": "31"}, "FETCH_INTERVAL"),
     ("fetch-max-bytes-not-number", {"FETCH_MAX_BYTES": "32MiB"}, "FETCH_MAX_BYTES"),
     ("fetch-max-bytes-zero", {"FETCH_MAX_BYTES": "0"}, "FETCH_MAX_BYTES"),
+    ("log-reorder-window-zero", {"LOG_REORDER_WINDOW": "0"}, "LOG_REORDER_WINDOW"),
+    ("log-reorder-window-too-long", {"LOG_REORDER_WINDOW": "61"}, "LOG_REORDER_WINDOW"),
+    ("log-reorder-window-unit", {"LOG_REORDER_WINDOW": "1s"}, "LOG_REORDER_WINDOW"),
     # A read must hold the longest line and its timestamp, or it never gets past it.
     ("fetch-max-bytes-not-above-line-max", {"FETCH_MAX_BYTES": "16777216"}, "FETCH_MAX_BYTES"),
     ("fetch-max-bytes-line-max-plus-64", {"FETCH_MAX_BYTES": str(16 * 1024 * 1024 + 64)}, "FETCH_MAX_BYTES"),
