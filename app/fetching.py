@@ -169,6 +169,7 @@ def consume(
     limit_bytes: int,
     domain: str,
     window_ns: int = DEFAULT_REORDER_WINDOW_NS,
+    max_line_bytes: int = MAX_LINE_BYTES,
 ) -> ReadResult:
     """Walk a log stream read from ``floor(cursor.floor_ns)`` and aggregate what is new.
 
@@ -184,7 +185,7 @@ def consume(
     written more than ``window_ns`` after a line stamped later than it is never
     returned, and is lost. The window covers the runtime's stream skew (a few ms).
     """
-    agg = Aggregator(domain)
+    agg = Aggregator(domain, max_line_bytes)
     res = ReadResult(agg=agg, cursor=cursor)
     floor, old_high = cursor.floor_ns, cursor.high_ns
     remaining = cursor.counts()  # counts of the cursor's lines not yet met in this read
@@ -212,7 +213,7 @@ def consume(
             res.received += len(chunk)
             yield chunk
 
-    for line in complete_lines(counting(chunks)):
+    for line in complete_lines(counting(chunks), max_line_bytes + LINE_PREFIX_ROOM):
         parsed = parse_timestamp(line)
         if parsed is None:
             if prev_ts is None:
@@ -314,13 +315,14 @@ class Fetcher:
     """Fetches pods' logs into the ledger. One per worker process."""
 
     def __init__(self, source: LogSource, ledger: Ledger, *, domain: str, container: str, limit_bytes: int,
-                 reorder_window_ns: int = DEFAULT_REORDER_WINDOW_NS) -> None:
+                 reorder_window_ns: int = DEFAULT_REORDER_WINDOW_NS, max_line_bytes: int = MAX_LINE_BYTES) -> None:
         self.source = source
         self.ledger = ledger
         self.domain = domain
         self.container = container
         self.limit = limit_bytes
         self.window = reorder_window_ns
+        self.max_line = max_line_bytes
 
     def fetch(self, name: str, uid: str) -> dict:
         """Read one pod from its cursor and commit. Handled errors are returned, never raised."""
@@ -381,6 +383,7 @@ class Fetcher:
             self.limit,
             self.domain,
             self.window,
+            self.max_line,
         )
         self._commit(pod, ctr, field_, raw, res, summary)
         return summary
@@ -399,6 +402,7 @@ class Fetcher:
                     self.limit,
                     self.domain,
                     self.window,
+                    self.max_line,
                 )
             except NoPreviousLog as e:
                 reason = f"previous container's log unavailable ({e})"
@@ -442,7 +446,6 @@ class Fetcher:
 
     def _commit(self, pod: Pod, ctr: Container, field_: str, expected: str, res: ReadResult, summary: dict) -> bool:
         """Commit one read if the container did not change under it. True when committed."""
-        summary["cut"] = res.cut  # the last read stopped at limitBytes (more waiting); metrics' lag
         summary["cut"] = res.cut  # the last read stopped at limitBytes (more waiting); metrics' lag
         if res.consumed == 0 and res.cut:
             log.warning(

@@ -53,7 +53,7 @@ def fetcher() -> Fetcher:
         s = settings()
         _state["fetcher"] = Fetcher(
             log_source(), ledger(), domain=s.tunnel_domain, container=s.traefik_container, limit_bytes=s.fetch_max_bytes,
-            reorder_window_ns=int(round(s.log_reorder_window * 1_000_000_000)),
+            reorder_window_ns=int(round(s.log_reorder_window * 1_000_000_000)), max_line_bytes=s.log_line_max_bytes,
         )
     return _state["fetcher"]  # type: ignore[return-value]
 

@@ -622,7 +622,6 @@ def test_two_streams_within_the_window_are_read_exactly_once(data, n, trimmed, s
     assert cursor.covers(entries)
 
 
-
 # complete_lines: long lines ------------------------------------------------------------
 
 MIB = 1024 * 1024
@@ -722,3 +721,16 @@ def test_consume_counts_a_line_over_the_bound_once_and_its_neighbours():
     assert subdomains(res) == {"acme": [truth[0] + 5, truth[1] + 6, 3]}
     again = consume(chunked(data, [65_536]), res.cursor, 0, 1 << 30, DOMAIN)
     assert again.consumed == 0 and again.agg.total == 0
+
+
+def test_consume_takes_its_line_bound_from_the_caller():
+    """LOG_LINE_MAX_BYTES reaches the framing and the parser: a line over a low bound is
+    rejected as too_long, the same line under the default bound is counted."""
+    stamp = b"2026-11-24T01:50:22.000000000Z "
+    body = (b'{"DownstreamContentSize":2,"DownstreamStatus":200,"RequestContentSize":1,'
+            b'"RequestHost":"acme.t.lum.tools","RequestPath":"/' + b"p" * 6000 + b'","StartUTC":"x"}')
+    data = stamp + body + b"\n"
+    low = consume([data], Cursor("cid", 0, 0), 0, 1 << 20, "t.lum.tools", max_line_bytes=4096)
+    assert low.agg.counted == 0 and low.agg.rejected == {"too_long": 1} and low.consumed == 1
+    default = consume([data], Cursor("cid", 0, 0), 0, 1 << 20, "t.lum.tools")
+    assert default.agg.subdomains == {"acme": [1, 2, 1]}
