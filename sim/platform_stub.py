@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import random
+import select
 import signal
 import socket
 import sys
@@ -86,6 +87,13 @@ class Attempt:
     first request is still running), mismatch (422), conflict (scripted 409), fault
     (scripted or random error), redirect, unauthorized, bad_request, not_found,
     method_not_allowed, dropped, aborted.
+
+    ``lost`` is True when no client still waiting got the answer: a drop after commit,
+    an abort, a client that had hung up before the answer was written (it timed out, or
+    its process died), or a write that failed. ``answered_at`` is when the answer was
+    handed to a still-connected client (None if lost or not answered yet); ``ended_at``
+    when the stub was done with the request. ``peer`` is the client's TCP port, ``slow``
+    whether ``slow_rate`` picked it.
     """
 
     method: str
@@ -95,6 +103,11 @@ class Attempt:
     status: int | None = None
     outcome: str = ""
     subdomain: str | None = None
+    peer: int = 0
+    slow: bool = False
+    lost: bool = False
+    answered_at: float | None = None
+    ended_at: float | None = None
 
 
 @dataclass
@@ -266,6 +279,8 @@ class PlatformStub:
             self._connections_opened = 0
             self._error_rate = 0.0
             self._delay = 0.0
+            self._slow_rate = 0.0
+            self._slow_delay = 0.0
             self._drop_after_commit = 0.0
             self._drops_pending = 0
             self._script: deque[_Scripted] = deque()
@@ -419,6 +434,16 @@ class PlatformStub:
             self._delay = float(value)
             self._cond.notify_all()
 
+    def slow(self, rate: float, seconds: float) -> None:
+        """With probability ``rate`` (seeded RNG), an accepted request is processed for
+        ``seconds`` instead of ``delay`` (key in flight), then committed and answered: a
+        client whose timeout is shorter gives up and the answer is lost (``Attempt.lost``)."""
+        if seconds < 0:
+            raise ValueError("seconds must be >= 0")
+        with self._cond:
+            self._slow_rate = _probability("slow rate", rate)
+            self._slow_delay = float(seconds)
+
     # ----- scripted faults ---------------------------------------------------------
 
     def fail_next(
@@ -556,7 +581,8 @@ class PlatformStub:
         if path == HEALTH_PATH and method in ("GET", "HEAD"):
             self._write(handler, _Answer(200, _json_bytes({"status": "ok"}), "health"))
             return
-        attempt = Attempt(method, path, handler.headers.get("Idempotency-Key"), time.time())
+        attempt = Attempt(method, path, handler.headers.get("Idempotency-Key"), time.time(),
+                          peer=handler.client_address[1] if len(handler.client_address) > 1 else 0)
         raw, problem = self._read_body(handler)
         if problem is not None:
             self._finish(handler, attempt, problem)
@@ -618,7 +644,10 @@ class PlatformStub:
             return
         committed = False
         try:
-            if not self._wait_delay():
+            with self._cond:
+                if self._slow_rate > 0 and self._rng.random() < self._slow_rate:
+                    attempt.slow = True
+            if not self._wait_delay(attempt.slow):
                 self._abort(handler, attempt)
                 return
             record, answer, drop = self._commit(attempt, body, entry)
@@ -636,9 +665,10 @@ class PlatformStub:
                 logger.exception("platform stub: on_record callback failed")
         if drop:
             # The report is committed and the key completed; the client never hears so.
+            self._ended(attempt, lost=True)
             handler.close_connection = True
             return
-        self._write(handler, answer)
+        self._write(handler, answer, attempt)
 
     def _commit(
         self, attempt: Attempt, body: dict[str, Any], entry: _KeyEntry | None
@@ -684,16 +714,19 @@ class PlatformStub:
         """The stub is stopping mid-request: record the attempt, answer nothing."""
         with self._cond:
             attempt.outcome = "aborted"
+            attempt.lost = True
+            attempt.ended_at = time.time()
             self._attempts.append(attempt)
             self._cond.notify_all()
         handler.close_connection = True
 
-    def _wait_delay(self) -> bool:
-        """Wait until ``delay`` seconds since now have passed; False if the stub stops."""
+    def _wait_delay(self, slow: bool = False) -> bool:
+        """Wait until ``delay`` (``slow``: the slow delay) seconds since now have passed;
+        False if the stub stops."""
         started = time.monotonic()
         with self._cond:
             while not self._stopping:
-                remaining = started + self._delay - time.monotonic()
+                remaining = started + (self._slow_delay if slow else self._delay) - time.monotonic()
                 if remaining <= 0:
                     return True
                 self._cond.wait(remaining)
@@ -759,10 +792,23 @@ class PlatformStub:
             self._attempts.append(attempt)
             self._cond.notify_all()
         self._log(attempt, None)
-        self._write(handler, answer)
+        self._write(handler, answer, attempt)
 
-    def _write(self, handler: _Handler, answer: _Answer) -> None:
-        """Send status, headers (always Content-Length, for keep-alive) and body."""
+    def _ended(self, attempt: Attempt, lost: bool) -> None:
+        with self._cond:
+            now = time.time()
+            attempt.lost = lost
+            attempt.answered_at = None if lost else now
+            attempt.ended_at = now
+            self._cond.notify_all()
+
+    def _write(self, handler: _Handler, answer: _Answer, attempt: Attempt | None = None) -> None:
+        """Send status, headers (always Content-Length, for keep-alive) and body. With an
+        ``attempt``, record whether a still-connected client got the answer."""
+        if attempt is not None and _peer_gone(handler.connection):
+            self._ended(attempt, lost=True)
+            handler.close_connection = True
+            return
         try:
             handler.send_response(answer.status)
             handler.send_header("Content-Type", answer.content_type)
@@ -774,8 +820,14 @@ class PlatformStub:
             handler.end_headers()
             if handler.command != "HEAD":
                 handler.wfile.write(answer.payload)
+            handler.wfile.flush()
         except OSError:
             handler.close_connection = True  # the client went away (e.g. it timed out)
+            if attempt is not None:
+                self._ended(attempt, lost=True)
+            return
+        if attempt is not None:
+            self._ended(attempt, lost=False)
 
     def _log(self, attempt: Attempt, record: Record | None) -> None:
         """One line per request, in the original service's style; never any header."""
@@ -806,6 +858,19 @@ class PlatformStub:
                 attempt.subdomain or attempt.path,
                 key,
             )
+
+
+def _peer_gone(conn: socket.socket) -> bool:
+    """True when the client has closed its end (EOF waiting to be read) or reset it: an
+    answer written now would reach no one. Pipelined bytes of a next request are left
+    in place (MSG_PEEK)."""
+    try:
+        readable, _, _ = select.select([conn], [], [], 0)
+        if not readable:
+            return False
+        return conn.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):  # reset, or already closed
+        return True
 
 
 def _probability(name: str, value: float) -> float:
