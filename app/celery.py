@@ -13,7 +13,7 @@ import redis
 from celery import Celery, signals
 from kombu import Queue as KombuQueue
 
-from app import health, logs, runtime
+from app import brokerfix, health, logs, runtime
 from app.queues import Queue
 from app.settings import ConfigError, settings_or_exit
 from beat_schedule import build_schedule
@@ -21,6 +21,9 @@ from beat_schedule import build_schedule
 log = logging.getLogger(__name__)
 
 settings = settings_or_exit()
+
+# kombu's Redis transport can kill a worker when Redis restarts (app/brokerfix.py).
+brokerfix.apply()
 
 app = Celery(
     "traefik_metrics_scraper",

@@ -40,6 +40,7 @@ end
 return out
 """
 MAX_GAPS = 1000
+PARKED_MARKER_TTL = 86400  # seconds the "a report was parked" marker lasts if no success wakes it
 
 
 def valid_subdomain(sub: str) -> bool:
@@ -94,6 +95,8 @@ class Ledger:
         self._seal = r.register_script(_script("seal.lua"))
         self._claim = r.register_script(_script("claim.lua"))
         self._reserve = r.register_script(_script("reserve_retry.lua"))
+        self._hold = r.register_script(_script("hold.lua"))
+        self._wake = r.register_script(_script("wake.lua"))
         self._states = r.register_script(REPORT_STATES_LUA)
 
     def k(self, *parts: object) -> str:
@@ -307,6 +310,18 @@ class Ledger:
     def extend_lease(self, key: ReportKey, until: float) -> None:
         self.r.zadd(self.k("due"), {str(key): until}, xx=True)
 
+    def hold(self, keys: list[ReportKey], seconds: int) -> int:
+        """Renew the lease of each key still queued to now + ``seconds`` (a live worker
+        holds its message); returns how many were renewed (see ``hold.lua``)."""
+        if not keys:
+            return 0
+        return int(self._hold(keys=[self.k("due")], args=[self.p, seconds, *map(str, keys)]))
+
+    def wake_parked(self) -> int:
+        """Make the parked reports claimable now, if any was parked since the last wake;
+        returns how many (see ``wake.lua``)."""
+        return int(self._wake(keys=[self.k("due"), self.k("parked")], args=[self.p]))
+
     def acquire_send_lock(self, key: ReportKey, token: str, seconds: int) -> bool:
         return bool(self.r.set(self.k("lock", key), token, nx=True, ex=seconds))
 
@@ -345,6 +360,7 @@ class Ledger:
             pipe.hset(self.rep_key(key), mapping={"state": ReportState.DUE, "next_at": f"{next_at:.3f}", "reason": reason})
             pipe.zadd(self.k("due"), {member: next_at})
             pipe.zrem(self.k("retrying"), member)
+            pipe.set(self.k("parked"), "1", ex=PARKED_MARKER_TTL)
             pipe.hincrby(self.k("stats"), "reports_parked", 1)
             pipe.execute()
 

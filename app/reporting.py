@@ -8,17 +8,31 @@ copies of it (a redelivered message, a sweep re-enqueue) off the wire at once.
 Failures that may pass are retried by Celery a bounded number of times, with
 backoff and full jitter, honouring ``Retry-After``; then the report is parked in the
 due set with its next attempt time and the sweep re-enqueues it. So workers hold a
-bounded number of waiting retry messages however long the platform is down. A
-report older than ``REPORT_MAX_AGE``, or one the platform rejects (3xx, 4xx but 408,
-409, 425, 429), goes to the dead-letter store with its reason.
+bounded number of waiting retry messages however long the platform is down. The
+first success after that makes every parked report claimable at once (``wake.lua``):
+a platform that answers again gets its backlog within a sweep, not after the parked
+reports' backoff. A report older than ``REPORT_MAX_AGE``, or one the platform rejects
+(3xx, 4xx but 408, 409, 425, 429), goes to the dead-letter store with its reason.
+
+A delivery the platform confirmed is recorded even through a Redis restart: the
+attempt keeps trying to record it while it holds the send lock (no other copy can go
+on the wire meanwhile), so a Redis outage of a few seconds does not make the report go
+out twice. ``LeaseKeeper`` runs in each worker's main process and renews the leases of
+the reports whose messages the worker holds, so that those of a worker that died are
+sent again within ``REPORT_HOLD_LEASE`` (docs/design.md, "Failure model").
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import threading
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+
+import redis
 
 from app.errors import PlatformRejected, PlatformRetryable
 from app.ledger import Ledger, Report, iso, valid_subdomain
@@ -72,8 +86,13 @@ class Reporter:
             return Outcome(ReportOutcome.NOOP, detail="invalid subdomain")
         key = ReportKey(start, sub)
         token = uuid.uuid4().hex
-        if not self.ledger.acquire_send_lock(key, token, self.s.report_time_limit + 5):
+        began = time.monotonic()
+        lock_seconds = self.s.report_time_limit + 5
+        if not self.ledger.acquire_send_lock(key, token, lock_seconds):
             return Outcome(ReportOutcome.BUSY, detail="another copy is sending it")
+        # Until then no other copy can take the lock, and this task is not yet at its
+        # soft time limit: the time to record a confirmed delivery through a Redis restart.
+        record_until = began + min(lock_seconds, self.s.report_time_limit) - 1.0
         try:
             rep = self.ledger.report(key)
             if rep is None or rep.state.final:
@@ -90,7 +109,8 @@ class Reporter:
                           extra={"tunnel": sub, "interval": iso(start), "outcome": "dead"})
                 self.ledger.dead_letter(key, reason)
                 return Outcome(ReportOutcome.DEAD, detail=reason)
-            self.ledger.mark_delivered(key, ReportState(done.outcome), done.user_id, self.s.interval_retention)
+            self._record_delivered(key, ReportState(done.outcome), done.user_id, record_until)
+            self._wake_parked()
             if done.note:
                 log.warning("report %s (%s): HTTP %d, %s; taken as delivered", sub, iso(start), done.status, done.note)
             if done.outcome == ReportOutcome.SKIPPED:
@@ -102,7 +122,40 @@ class Reporter:
                                 "bytes_out": rep.bytes_out, "requests": rep.requests})
             return Outcome(done.outcome)
         finally:
-            self.ledger.release_send_lock(key, token)
+            try:
+                self.ledger.release_send_lock(key, token)
+            except redis.RedisError as e:  # it expires by itself
+                log.warning("report %s (%s): cannot release the send lock (Redis: %s)", sub, iso(start), type(e).__name__)
+
+    def _record_delivered(self, key: ReportKey, state: ReportState, user_id: str, until: float) -> None:
+        """Record a final answer, retrying through a Redis outage while this attempt
+        still holds the send lock. Raises the last Redis error when it cannot: the report
+        then stays queued and is sent again (the same key: a deduplicating platform
+        answers with its first answer)."""
+        delay = 0.25
+        while True:
+            try:
+                self.ledger.mark_delivered(key, state, user_id, self.s.interval_retention)
+                return
+            except redis.RedisError as e:
+                if time.monotonic() + delay > until:
+                    log.error("report %s (%s): the platform answered %s but Redis is unreachable (%s); it stays "
+                              "queued and will be sent again with the same Idempotency-Key",
+                              key.subdomain, iso(key.start), state, type(e).__name__)
+                    raise
+                log.warning("report %s (%s): the platform answered %s; cannot record it yet (Redis: %s), retrying",
+                            key.subdomain, iso(key.start), state, type(e).__name__)
+                time.sleep(delay)
+                delay = min(2.0, delay * 2)
+
+    def _wake_parked(self) -> None:
+        try:
+            woken = self.ledger.wake_parked()
+        except redis.RedisError as e:
+            log.warning("cannot wake the parked reports (Redis: %s); the next success will", type(e).__name__)
+            return
+        if woken:
+            log.info("the platform answers again: %d parked report(s) are due now", woken)
 
     def _retry_or_park(self, rep: Report, retries: int, reason: str, retry_after: float | None) -> Outcome:
         now = self.ledger.now()
@@ -131,3 +184,69 @@ class Reporter:
         log.warning("report %s (%s): %s; parked, next attempt in %.0fs", rep.subdomain, iso(rep.start), reason, delay,
                     extra={"tunnel": rep.subdomain, "interval": iso(rep.start), "outcome": "parked"})
         return Outcome(ReportOutcome.PARKED, countdown=delay, detail=reason)
+
+
+class LeaseKeeper:
+    """Renews, in a worker's main process, the leases of the reports whose messages the
+    worker holds (``held()``: received and waiting, waiting for a retry's countdown, or
+    running), every third of ``seconds``, and at once for a message just received
+    (``note``). A worker that dies stops renewing: its reports become claimable by the
+    sweep ``seconds`` later. Runs on its own thread with its own Redis connection, so a
+    slow or absent Redis never blocks the worker's event loop."""
+
+    def __init__(self, make_ledger: Callable[[], Ledger], held: Callable[[], list[ReportKey]], seconds: int) -> None:
+        self._make_ledger = make_ledger
+        self._held = held
+        self.seconds = seconds
+        self.every = max(1.0, seconds / 3)
+        self._noted: list[ReportKey] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="report-lease-keeper", daemon=True)
+        self.renewed = 0
+
+    def start(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(5)
+
+    def note(self, key: ReportKey) -> None:
+        """A message for ``key`` was just received: renew its lease now."""
+        with self._lock:
+            self._noted.append(key)
+        self._wake.set()
+
+    def _run(self) -> None:
+        ledger: Ledger | None = None
+        next_full = 0.0
+        failing = False
+        while not self._stop.is_set():
+            self._wake.wait(max(0.0, next_full - time.monotonic()))
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            with self._lock:
+                keys, self._noted = set(self._noted), []
+            if time.monotonic() >= next_full:
+                keys.update(self._held())
+                next_full = time.monotonic() + self.every
+            if not keys:
+                continue
+            try:
+                ledger = ledger or self._make_ledger()
+                self.renewed += ledger.hold(sorted(keys), self.seconds)
+                failing = False
+            except redis.RedisError as e:
+                if not failing:
+                    log.warning("cannot renew the leases of %d held report(s) (Redis: %s); retrying",
+                                len(keys), type(e).__name__)
+                failing = True
+                with self._lock:
+                    self._noted.extend(keys)
+                self._stop.wait(1.0)
+                self._wake.set()

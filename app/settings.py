@@ -50,13 +50,14 @@ EXPECTED = {
     "redis_key_prefix": "1-63 characters of A-Z a-z 0-9 . _ -",
     "start_at": "an ISO 8601 time with a zone, e.g. 2026-11-24T00:00:00Z",
     "visibility_timeout": "a whole number of seconds above twice the largest of FETCH_TIME_LIMIT + 10, "
-    "REPORT_RETRY_MAX_DELAY and the report lease (REPORT_LEASE, default 300 or more); raise VISIBILITY_TIMEOUT "
+    "REPORT_RETRY_MAX_DELAY and the report lease (REPORT_LEASE, default twice REPORT_HOLD_LEASE); raise VISIBILITY_TIMEOUT "
     "or lower those",
     "report_auto_retries": "a whole number from 0 to 20",
     "report_retry_max_delay": "a whole number of seconds from 1 to 3600",
     "report_due_max_delay": "a whole number of seconds from 1 to 86400",
     "max_waiting_retries": "a whole number from 1 to 100000",
     "report_lease": "a whole number of seconds from 1 to 86400",
+    "report_hold_lease": "a whole number of seconds from 3 to 3600",
     "platform_connect_timeout": "a number of seconds above 0",
     "platform_read_timeout": "a number of seconds above 0",
     "kube_request_timeout": "a number of seconds above 0",
@@ -187,9 +188,17 @@ class Settings(BaseSettings):
     waiting retry messages, however long the platform is down."""
 
     report_lease: int | None = None
-    """Seconds an enqueued report belongs to its message before the sweep may enqueue
-    it again (a lost message, a dead worker). Default: three times one attempt plus
-    the longest retry countdown, at least 5 minutes."""
+    """Seconds an enqueued report belongs to its message until a worker receives it;
+    then the worker holds it (``REPORT_HOLD_LEASE``). When it runs out (the message was
+    lost, or the process that claimed it died before sending it) the sweep enqueues the
+    report again; a copy that was only slow in the queue then finds it delivered, or
+    busy, and sends nothing. Default: twice ``REPORT_HOLD_LEASE``."""
+
+    report_hold_lease: int = 20
+    """Seconds a report's lease lasts while a live worker holds its message (waiting in
+    its prefetch, waiting for a retry's countdown, or running): the worker's main process
+    renews it every third of this. A worker that dies (killed, or its broker connection
+    reset) stops renewing, and the sweep sends the report again this long after."""
 
     platform_connect_timeout: float = 5.0
     """Seconds to connect to the platform."""
@@ -330,6 +339,7 @@ class Settings(BaseSettings):
             "report_due_max_delay": 1 <= self.report_due_max_delay <= 86400,
             "max_waiting_retries": 1 <= self.max_waiting_retries <= 100000,
             "report_lease": self.report_lease is None or 1 <= self.report_lease <= 86400,
+            "report_hold_lease": 3 <= self.report_hold_lease <= 3600,
             "platform_connect_timeout": self.platform_connect_timeout > 0,
             "platform_read_timeout": self.platform_read_timeout > 0,
             "kube_request_timeout": self.kube_request_timeout > 0,
@@ -365,16 +375,19 @@ class Settings(BaseSettings):
 
     @property
     def lease_seconds(self) -> int:
-        """How long an enqueued report is owned by its message before the sweep may
-        enqueue it again: long enough for a queue wait and one attempt."""
+        """How long an enqueued report is owned by its message before a worker receives
+        it (after that, ``report_hold_lease``, renewed by the holder)."""
         if self.report_lease is not None:
             return self.report_lease
-        return max(300, 3 * (self.report_time_limit + self.report_retry_max_delay))
+        return 2 * self.report_hold_lease
 
     @property
     def sweep_merge_age(self) -> int:
-        """An ended interval unsealed for this long is merged by the sweep."""
-        return max(2 * self.report_interval, self.fetch_time_limit + 10)
+        """An ended interval unsealed for this long is merged by the sweep. Two rounds:
+        the chord's merge normally seals it first, and sealing early is harmless (a later
+        commit goes to the next unsealed interval). Not longer: a round whose fetch was
+        held by a worker that died never runs its merge."""
+        return 2 * self.fetch_every
 
     def require_secret(self) -> str:
         """The platform secret, for a process that sends reports."""
