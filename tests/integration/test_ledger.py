@@ -309,11 +309,11 @@ def test_reserve_retry_is_capped(ledger):
     assert ledger.reserve_retry(b, now + 60, cap=2)
     assert not ledger.reserve_retry(c, now + 60, cap=2)
     assert ledger.reserve_retry(a, now + 90, cap=2)  # already holds a place
-    assert ledger.r.zscore(ledger.k("retrying"), "1:a") == pytest.approx(now + 90, abs=0.01)
+    assert ledger.r.zscore(ledger.k("retrying"), str(a)) == pytest.approx(now + 90, abs=0.01)
     # A wait that has ended frees its place.
-    ledger.r.zadd(ledger.k("retrying"), {"1:b": now - 1})
+    ledger.r.zadd(ledger.k("retrying"), {str(b): now - 1})
     assert ledger.reserve_retry(c, now + 60, cap=2)
-    assert ledger.r.zscore(ledger.k("retrying"), "1:b") is None
+    assert ledger.r.zscore(ledger.k("retrying"), str(b)) is None
     assert ledger.r.zcard(ledger.k("retrying")) == 2
 
 

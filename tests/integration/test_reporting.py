@@ -194,7 +194,7 @@ def test_after_the_automatic_retries_it_is_parked_in_due(settings_env, ledger):
 
 def test_parked_at_once_when_too_many_reports_wait_for_a_retry(settings_env, ledger):
     start = sealed_report(ledger)
-    assert ledger.reserve_retry("1:other", ledger.now() + 600, cap=1)
+    assert ledger.reserve_retry(ReportKey(1, "other"), ledger.now() + 600, cap=1)
     client = FakeClient(PlatformRetryable("HTTP 503", 503))
     out = reporter(ledger, client, max_waiting_retries=1).send(start, SUB, 0)
     assert out.action == ReportOutcome.PARKED

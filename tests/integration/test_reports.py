@@ -515,8 +515,9 @@ def test_report_task_redelivered_after_delivery_is_not_resent(pipeline, kube, pl
         pipeline.send("workers.report.report", key.start, key.subdomain, queue="report")
         pipeline.send("workers.report.report", key.start, key.subdomain, queue="report")
     # A copy is a no-op ("delivered"), or "busy" when it raced its twin for the lock.
-    noop = "{'action': 'noop', 'detail': 'delivered'}"
-    busy = "{'action': 'busy', 'detail': 'another copy is sending it'}"
+    # The worker logs each task's return value (a dict) as its repr.
+    noop = repr({"action": ReportOutcome.NOOP.value, "detail": ReportState.DELIVERED.value})
+    busy = repr({"action": ReportOutcome.BUSY.value, "detail": "another copy is sending it"})
     wait(pipeline, lambda: worker.output().count(noop) + worker.output().count(busy) == 2 * len(reports), 30,
          "every copy to be answered without sending")
     assert worker.output().count(noop) >= len(reports)
