@@ -3,6 +3,8 @@
 # make test-unit - lint and the unit tests only (tests/unit: no servers), in seconds
 # make demo      - the whole pipeline on this machine: redis, 3 real Traefiks, fake k8s API, workers
 # make bench     - benchmarks (not part of make test)
+# make chaos     - the real pipeline under every fault at once, then an exact reconciliation
+#                  (CHAOS_SECONDS of traffic, default 600; CHAOS_SEED, default random; CHAOS_DEDUPE=on|off|both)
 # make docs      - regenerate README.md's configuration table from app/settings.py
 SHELL := /bin/bash
 PY ?= python3
@@ -11,7 +13,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_SECONDS ?= 90
 
-.PHONY: test test-unit demo bench docs lint lock redis-server docker-compose promtool clean
+.PHONY: test test-unit demo bench chaos docs lint lock redis-server docker-compose promtool clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -79,6 +81,12 @@ demo: $(STAMP) redis-server
 
 bench: $(STAMP)
 	$(BIN)/python bench/parse.py
+
+CHAOS_SECONDS ?= 600
+CHAOS_SEED ?=
+CHAOS_DEDUPE ?= on
+chaos: $(STAMP) redis-server
+	$(BIN)/python -m sim.chaos --seconds $(CHAOS_SECONDS) --dedupe $(CHAOS_DEDUPE) $(if $(CHAOS_SEED),--seed $(CHAOS_SEED))
 
 # README.md's configuration table, regenerated from app/settings.py (a unit test fails when stale).
 docs: $(STAMP)
