@@ -118,9 +118,12 @@ class Ledger:
         return int(rec["start_at_ns"]) if rec else None
 
     def has_data(self) -> bool:
-        """Anything under the prefix besides plan-round markers."""
+        """Anything under the prefix besides plan-round markers and the pod watcher's
+        leader lease (``watcher:leader``, which a watcher may take before the ledger is
+        initialised)."""
+        skip = (self.k("round") + ":", self.k("watcher") + ":")
         for key in self.r.scan_iter(match=self.p + ":*", count=500):
-            if not key.decode().startswith(self.k("round") + ":"):
+            if not key.decode().startswith(skip):
                 return True
         return False
 

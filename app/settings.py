@@ -45,6 +45,7 @@ EXPECTED = {
     "log_line_max_bytes": "a whole number of bytes from 4096 to 536870912, below FETCH_MAX_BYTES - 64",
     "fetch_time_limit": "a whole number of seconds from 5 to 3600",
     "log_reorder_window": "a number of seconds from 0.001 to 60",
+    "terminating_read_interval": "a number of seconds from 0.1 to FETCH_INTERVAL",
     "report_max_age": "a whole number of seconds, at least 60",
     "scraper_id": "1-63 characters of A-Z a-z 0-9 . _ -",
     "redis_key_prefix": "1-63 characters of A-Z a-z 0-9 . _ -",
@@ -151,6 +152,14 @@ class Settings(BaseSettings):
     each read re-reads up to this plus one second of log (FETCH_MAX_BYTES must hold
     more than that), and the cursor keeps 16 bytes per line of the window (12 binary,
     base64'd): 32 KB at 2,000 lines/s."""
+
+    terminating_read_interval: float = 1.0
+    """Seconds between reads of a terminating Traefik pod by the pod watcher
+    (``traefik-metrics-scraper watch``): it reads the pod as soon as its deletionTimestamp
+    is set, then this often while Traefik drains its in-flight requests, and once more as
+    soon as the container reports terminated. The pod object, and its log, goes about a
+    second after the container exits, so the last read must be short: reading often
+    while the pod drains keeps it so. At most ``FETCH_INTERVAL``."""
 
     report_max_age: int = 24 * 3600
     """Seconds after its interval ended that a report is still retried; older ones
@@ -333,6 +342,8 @@ class Settings(BaseSettings):
             "log_line_max_bytes": line_max_ok,
             "fetch_time_limit": 5 <= self.fetch_time_limit <= 3600,
             "log_reorder_window": 0.001 <= self.log_reorder_window <= 60,
+            # (against 1 s while FETCH_INTERVAL itself is out of range: one error, not two)
+            "terminating_read_interval": 0.1 <= self.terminating_read_interval <= max(self.fetch_every, 1),
             "report_max_age": self.report_max_age >= 60,
             "report_auto_retries": 0 <= self.report_auto_retries <= 20,
             "report_retry_max_delay": 1 <= self.report_retry_max_delay <= 3600,

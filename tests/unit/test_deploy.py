@@ -333,6 +333,24 @@ def test_k8s_scraper_workloads(docs, overlay):
         assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
 
 
+def test_k8s_watcher(docs):
+    """The pod watcher: `traefik-metrics-scraper watch`, one or two replicas (one leads
+    through a Redis lease), the fetch workers' settings, liveness on the deadline file it
+    keeps (app/watch.py, app/health.py's format and probe command)."""
+    from app import health, watch
+
+    watcher = _scraper_workload(docs, "watcher")
+    assert watcher["spec"]["replicas"] in (1, 2)
+    (container,) = _containers(watcher)
+    assert _argv(container) == ["traefik-metrics-scraper", "watch"]
+    assert container["livenessProbe"]["exec"]["command"] == [
+        "sh", "-c", health.probe_command("/tmp/health", watch.LIVE_FILE)]
+    assert container["startupProbe"]["exec"]["command"] == ["sh", "-c", f"test -s /tmp/health/{watch.LIVE_FILE}"]
+    (fetch,) = _containers(_scraper_workload(docs, "worker-fetch"))
+    assert container["envFrom"] == fetch["envFrom"] and container["env"] == fetch["env"]
+    assert _pod_spec(watcher)["automountServiceAccountToken"] is True
+
+
 def test_k8s_security_context(docs):
     for workload in _workloads(docs):
         pod = _pod_spec(workload)
@@ -464,6 +482,9 @@ def test_compose_services(compose):
     assert _command(report)[_command(report).index("-Q") + 1] == "report"
     # Scalable: nothing in it that two copies could not share.
     assert "container_name" not in report and not report.get("ports")
+    assert _command(services["watcher"])[:2] == ["traefik-metrics-scraper", "watch"]
+    assert services["watcher"]["volumes"] == services["worker-fetch"]["volumes"]
+    assert _environment(services["watcher"]) == _environment(services["worker-fetch"])
     assert _command(services["platform"])[:3] == ["python", "-m", "sim.platform_stub"]
     assert "--secret" not in _command(services["platform"]), "the stub takes its secret from the environment"
     # The stub comes from its own development-only target, under a local image name (never
