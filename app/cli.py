@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import os
+import sys
 from datetime import UTC, datetime, timedelta
 
 from app import scan
