@@ -170,6 +170,8 @@ def status(a: argparse.Namespace) -> int:
         "dead_letters": len(ledger.dead_letters()),
         "gaps": ledger.gaps()[:20],
         "cursors": ledger.cursors(),
+        # per tunnel, upgraded connections (WebSocket...) counted with 0 bytes since the start
+        "unmetered": ledger.unmetered(),
     }
     if a.json:
         print(json.dumps(doc, indent=2, sort_keys=True))

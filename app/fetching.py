@@ -302,6 +302,7 @@ def counters_of(res: ReadResult) -> dict[str, int]:
         "bytes_in": sum(v[0] for v in agg.subdomains.values()),
         "bytes_out": sum(v[1] for v in agg.subdomains.values()),
         "requests": sum(v[2] for v in agg.subdomains.values()),
+        "unmetered_requests": sum(agg.unmetered.values()),  # upgraded connections among them
     }
     for reason, count in agg.ignored.items():
         out[f"ignored:{reason}"] = count
@@ -473,7 +474,8 @@ class Fetcher:
             summary["status"] = FetchStatus.RESTARTED
             return False
         counters = counters_of(res)
-        result = self.ledger.commit(field_, expected, res.cursor.encode(), res.agg.subdomains, counters)
+        result = self.ledger.commit(field_, expected, res.cursor.encode(), res.agg.subdomains, counters,
+                                    unmetered=res.agg.unmetered)
         if result.status == CommitStatus.CONFLICT:
             log.info("fetch %s/%s: another fetch committed first; nothing committed", pod.namespace, pod.name)
             self.ledger.incr({"fetch_conflicts": 1})

@@ -78,6 +78,7 @@ class Report:
     state: ReportState
     attempts: int
     reason: str
+    unmetered: int = 0  # upgraded connections among the requests (not sent to the platform)
 
     @property
     def key(self) -> ReportKey:
@@ -154,9 +155,13 @@ class Ledger:
         new: str,
         partial: dict[str, list[int]],
         counters: dict[str, int],
+        unmetered: dict[str, int] | None = None,
     ) -> CommitResult:
         """Atomically: if the stored cursor is still ``expected`` (compared by digest),
-        add ``partial`` to the open interval, store ``new`` and add the counters."""
+        add ``partial`` to the open interval, store ``new`` and add the counters.
+
+        ``unmetered``: per subdomain of ``partial``, how many of its requests were
+        upgraded connections (``<sub>:u`` in the interval, and the ``unmetered`` hash)."""
         args: list[object] = [self.p, field, cursor_digest(expected), new, self.ri, len(partial)]
         for sub, (bi, bo, rq) in partial.items():
             args += [sub, bi, bo, rq]
@@ -164,7 +169,12 @@ class Ledger:
         args.append(len(nonzero))
         for name, inc in nonzero.items():
             args += [name, inc]
-        keys = [self.k("init"), self.k("cursors"), self.k("stats"), self.k("open"), self.k("sealed")]
+        upgraded = {sub: n for sub, n in (unmetered or {}).items() if n and sub in partial}
+        args.append(len(upgraded))
+        for sub, n in upgraded.items():
+            args += [sub, n]
+        keys = [self.k("init"), self.k("cursors"), self.k("stats"), self.k("open"), self.k("sealed"),
+                self.k("unmetered")]
         status, detail = self._commit(keys=keys, args=args)
         result = CommitResult(CommitStatus(status.decode()), detail.decode())
         if result.status == CommitStatus.CONFLICT:
@@ -248,11 +258,26 @@ class Ledger:
         return [] if out == ["not_ended"] else out
 
     def interval_totals(self, start: int) -> dict[str, list[int]]:
+        """``{sub: [bytes_in, bytes_out, requests]}`` of an interval (``:u`` fields aside)."""
         sums: dict[str, list[int]] = {}
         for field, value in self.r.hgetall(self.k("iv", start)).items():
             sub, kind = field.decode().rsplit(":", 1)
-            sums.setdefault(sub, [0, 0, 0])["ior".index(kind)] = int(value)
+            if kind in ("i", "o", "r"):
+                sums.setdefault(sub, [0, 0, 0])["ior".index(kind)] = int(value)
         return sums
+
+    def interval_unmetered(self, start: int) -> dict[str, int]:
+        """``{sub: upgraded connections}`` of an interval (only subdomains that had one)."""
+        out: dict[str, int] = {}
+        for field, value in self.r.hgetall(self.k("iv", start)).items():
+            sub, kind = field.decode().rsplit(":", 1)
+            if kind == "u":
+                out[sub] = int(value)
+        return out
+
+    def unmetered(self) -> dict[str, int]:
+        """Upgraded connections per subdomain since the ledger started (``unmetered`` hash)."""
+        return {k.decode(): int(v) for k, v in self.r.hgetall(self.k("unmetered")).items()}
 
     def expire_intervals(self, older_than: float) -> int:
         """Drop count hashes of sealed intervals that ended before ``older_than`` and
@@ -297,6 +322,7 @@ class Ledger:
             state=ReportState(d.get("state", ReportState.PENDING)),
             attempts=int(d.get("attempts", 0)),
             reason=d.get("reason", ""),
+            unmetered=int(d.get("unmetered", 0)),
         )
 
     def claim(self, keys: list[ReportKey], lease: int) -> list[ReportKey]:

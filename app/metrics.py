@@ -15,6 +15,9 @@ Counters (the ledger's ``stats`` hash):
   ``log_lines_read_total``.
 - ``counted_bytes_total{direction="in"|"out"}``, ``counted_requests_total``: what is
   billed.
+- ``unmetered_requests_total``: counted requests that were upgraded connections
+  (WebSocket...), logged with 0 bytes whatever went through them; no tunnel label
+  (``status`` lists them per tunnel).
 - ``gaps_total`` (log spans that may be lost), ``no_progress_reads_total``,
   ``fetch_conflicts_total``, ``fetch_restarts_total``, ``fetch_errors_total{kind}``,
   ``reports_total{outcome="delivered"|"skipped"|"parked"|"dead"}``; any other counter as
@@ -79,6 +82,8 @@ NAMED = {
     "pods_without_access_lines": ("pods_without_access_lines", "Pods warned about for showing no access-log lines"),
     "pods_with_bad_timestamps": ("pods_with_bad_timestamps",
                                  "Pods warned about for log lines whose timestamp cannot be read"),
+    "unmetered_requests": ("unmetered_requests", "Tunnel requests that were upgraded connections (WebSocket...): "
+                           "counted as requests with 0 bytes, their traffic is not in Traefik's access log"),
 }
 
 

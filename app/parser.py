@@ -25,6 +25,30 @@ A line is *counted* for tunnel ``<sub>`` when all of these hold:
 The counts are: bytes in = ``RequestContentSize``, bytes out = ``DownstreamContentSize``
 (body bytes, as Traefik reports them), requests = number of counted lines.
 
+Upgraded connections (unmetered)
+================================
+
+A WebSocket (or any ``Upgrade``) session through Traefik is one access line, written
+when the connection closes, with both sizes 0: the proxy hijacks the connection and
+copies bytes both ways without counting them. Traefik never calls ``WriteHeader`` on a
+hijacked connection, so the status it logs is 0, not 101. Seen from a real Traefik
+3.7.15 (``tests/e2e/test_traefik_real.py::test_websocket_session_is_one_unmetered_line``),
+a session of five 1000-byte echoes closed by the client after 0.5 s::
+
+    {"ClientAddr":"127.0.0.1:47948",...,"DownstreamContentSize":0,"DownstreamStatus":0,
+     "Duration":504005459,"OriginContentSize":0,"OriginDuration":503908715,"OriginStatus":0,
+     ...,"RequestContentSize":0,...,"RequestHost":"alpha.t.lum.tools","RequestMethod":"GET",
+     "RequestPath":"/ws?x=1",...,"RouterName":"tunnel@file",...,"entryPointName":"web",
+     "level":"info","msg":"","time":"2026-11-30T06:18:43Z"}
+
+and, when ``accessLog.fields.headers`` keeps them, ``"request_Upgrade":"websocket"``
+(and ``request_Connection``, ``origin_Upgrade``, ``downstream_Upgrade``).
+
+A counted line is an *upgraded connection* when ``DownstreamStatus`` is 101, or is 0
+with both sizes 0, or is 0 with a non-empty ``request_Upgrade`` header. It is still
+counted as a request (with the bytes it logs: 0), and it is also counted, per tunnel,
+in ``Aggregator.unmetered``: its traffic went through the tunnel but is in no log.
+
 Every other line is either *ignored* (it is fine but not tunnel traffic) or *rejected*
 (it is damaged or has wrong types). Both are counted by reason; nothing ever raises,
 whatever the bytes.
@@ -53,6 +77,19 @@ Rejected reasons (``REJECTED_REASONS``):
   never writes invalid UTF-8, so such a line is corrupt and is not trusted.
 - ``invalid_json``: starts like a JSON object (``{``) but is not valid JSON, e.g. a
   truncated line, or nested too deeply to decode.
+- ``split_line``: a piece of a line over 16 KiB that the kubelet put back together
+  wrongly. containerd cuts a longer line into pieces of exactly 16 KiB
+  (``max_container_log_line_size``), each stamped when read; the kubelet (1.26 and
+  later) re-joins them with one ``isNewLine`` flag for both streams, so a stderr line
+  written between two pieces ends up glued to the first piece and the next piece starts
+  a line of its own; kubelets before 1.26 put each piece's stamp in front of it, in the
+  middle of the line. So: a line that starts with ``{``, is not valid JSON, is at least
+  ``SPLIT_PIECE_BYTES`` long and whose first ``SPLIT_PIECE_BYTES`` are a JSON object cut
+  short (the first piece), or a line that does not start with ``{`` and ends the way
+  Traefik's JSON access lines end, ``,"time":"<RFC 3339>"}`` (a later piece; a piece
+  shorter than that end is not recognised). Lines cut elsewhere (another runtime, another
+  piece size) stay ``invalid_json`` / ``not_access_log``. Also when the cut splits a
+  UTF-8 character (the pieces are then not valid UTF-8 on their own).
 - ``not_object``: valid JSON that is not an object (an array, a string, a number...).
 - ``bad_host_type``: ``RequestHost`` present but not a string (null included).
 - ``bad_size_type``: a size present but not a JSON integer (string, float such as
@@ -71,8 +108,8 @@ Accounting: ``total == counted + sum(ignored.values()) + sum(rejected.values())`
 ignored ``other_host``, ``not_a_tunnel`` and ``no_host``, and the rejected
 ``bad_host_type``, ``bad_size_type``, ``negative_size`` and ``size_too_large`` (those
 reasons imply an access key is present). ``too_long``, ``invalid_utf8``,
-``invalid_json`` and ``not_object`` lines are not counted there (we cannot tell), nor
-are CLF lines (reported separately as ``clf_no_host``).
+``invalid_json``, ``split_line`` and ``not_object`` lines are not counted there (we
+cannot tell), nor are CLF lines (reported separately as ``clf_no_host``).
 
 How it is fast
 ==============
@@ -154,6 +191,7 @@ IGNORED_REASONS = (OTHER_HOST, NOT_A_TUNNEL, NO_HOST, NOT_ACCESS_LOG, CLF_NO_HOS
 TOO_LONG = "too_long"
 INVALID_UTF8 = "invalid_utf8"
 INVALID_JSON = "invalid_json"
+SPLIT_LINE = "split_line"
 NOT_OBJECT = "not_object"
 BAD_HOST_TYPE = "bad_host_type"
 BAD_SIZE_TYPE = "bad_size_type"
@@ -163,6 +201,7 @@ REJECTED_REASONS = (
     TOO_LONG,
     INVALID_UTF8,
     INVALID_JSON,
+    SPLIT_LINE,
     NOT_OBJECT,
     BAD_HOST_TYPE,
     BAD_SIZE_TYPE,
@@ -219,12 +258,23 @@ _LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 _Size = Annotated[int, msgspec.Meta(ge=0, le=MAX_SIZE)]
 
 
+# An absent DownstreamStatus decodes as this: above 101, so never an upgraded connection.
+_NO_STATUS = 1000
+
+
 class _Entry(msgspec.Struct, gc=False):
-    """The only fields the hot loop reads. Absent host decodes as "" (see no_host)."""
+    """The only fields the hot loop reads. Absent host decodes as "" (see no_host).
+
+    ``DownstreamStatus`` and ``request_Upgrade`` only tell upgraded connections apart
+    (see "Upgraded connections"); a line where they have another type goes to the slow
+    path, which still counts it.
+    """
 
     RequestHost: str = ""
     RequestContentSize: _Size = 0
     DownstreamContentSize: _Size = 0
+    DownstreamStatus: int = _NO_STATUS
+    request_Upgrade: str = ""
 
 
 class _LooseEntry(msgspec.Struct, gc=False):
@@ -237,6 +287,8 @@ class _LooseEntry(msgspec.Struct, gc=False):
     RequestHost: msgspec.Raw = msgspec.UNSET
     RequestContentSize: msgspec.Raw = msgspec.UNSET
     DownstreamContentSize: msgspec.Raw = msgspec.UNSET
+    DownstreamStatus: msgspec.Raw = msgspec.UNSET
+    request_Upgrade: msgspec.Raw = msgspec.UNSET
 
 
 # Which access keys a line holds, as raw spans (other keys are skipped, not built).
@@ -275,6 +327,78 @@ _OPEN_BRACE = ord("{")
 _QUOTE = ord('"')
 # First bytes of the JSON values that are not objects: array, string, number, literals.
 _JSON_VALUE_START = frozenset(b'["-0123456789tfn')
+
+
+# containerd cuts a line longer than this into pieces of exactly this many bytes
+# (max_container_log_line_size, default 16 KiB: redirectLogs in pkg/cri/io/logger.go,
+# which stamps each piece when it writes it). See split_line in the module docstring.
+SPLIT_PIECE_BYTES = 16 * 1024
+# How Traefik's JSON access lines end (logrus' JSONFormatter sorts keys; "time" sorts
+# after every core field and every request_/origin_/downstream_ header field).
+_TIME_END = re.compile(rb'"time":"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?(?:Z|[+-]\d\d:\d\d)"\}')
+_TIME_KEY = b'"time":"'
+_TIME_END_MAX = 48  # len('"time":"2026-11-24T02:52:54.123456789+08:00"}') is 45
+_COMMA = ord(",")
+_UTF8_CONTINUATION = frozenset(range(0x80, 0xC0))
+_TRUNCATED = "Input data was truncated"  # msgspec's message for a cut JSON document
+
+
+def _upgraded(status: int, size_in: int, size_out: int, upgrade: str) -> bool:
+    """An upgraded (hijacked) connection's access line: see "Upgraded connections"."""
+    if status == 101:
+        return True
+    return status == 0 and ((size_in == 0 and size_out == 0) or bool(upgrade))
+
+
+def _is_cut_json(piece: bytes) -> bool:
+    """True when ``piece`` is the beginning of a JSON document that runs past its end:
+    msgspec reports truncation, or a malformation at its very last byte (a number cut
+    after ``12.`` or ``1e``)."""
+    try:
+        _decode_raw(piece)
+    except msgspec.DecodeError as exc:
+        message = str(exc)
+        return message == _TRUNCATED or message.endswith(f"(byte {len(piece)})")
+    except (UnicodeDecodeError, RecursionError):
+        return False
+    return False
+
+
+def _is_split_head(line: bytes) -> bool:
+    """The first piece of a line cut by the runtime, with whatever the kubelet put after
+    it (a stamp, another stream's line). ``line`` is the log text as the runtime got it
+    (not stripped): the piece is its first ``SPLIT_PIECE_BYTES``."""
+    return (
+        len(line) >= SPLIT_PIECE_BYTES
+        and line[0] == _OPEN_BRACE
+        and _is_cut_json(line[:SPLIT_PIECE_BYTES])
+    )
+
+
+def _is_json_tail(text: bytes) -> bool:
+    """A later piece of a cut access line: not an object's start, and ending as every
+    Traefik JSON access line ends (``,"time":"<RFC 3339>"}``)."""
+    if not text or text[0] == _OPEN_BRACE or not text.endswith(b'"}'):
+        return False
+    at = text.rfind(_TIME_KEY, max(0, len(text) - _TIME_END_MAX))
+    if at < 0 or (at and text[at - 1] != _COMMA):
+        return False
+    return _TIME_END.fullmatch(text, at) is not None
+
+
+def _is_split_utf8(line: bytes) -> bool:
+    """A piece of a cut line that is not valid UTF-8 only because the cut fell inside a
+    character: a first piece (msgspec takes the cut character for truncation), or a
+    later piece starting with the character's continuation bytes."""
+    if _is_split_head(line):
+        return True
+    start = 0
+    while start < 3 and start < len(line) and line[start] in _UTF8_CONTINUATION:
+        start += 1
+    if not start:
+        return False
+    rest = line[start:].strip(_JSON_SPACE)
+    return _is_utf8(rest) and _is_json_tail(rest)
 
 
 def _is_clf(text: bytes) -> bool:
@@ -381,6 +505,17 @@ def _size_problem(value: object) -> str:
     if value > MAX_SIZE:
         return SIZE_TOO_LARGE
     return ""
+
+
+def _raw_int(raw: msgspec.Raw) -> int | None:
+    """A short raw JSON integer's value (a status), else None (absent, or anything else)."""
+    if raw is msgspec.UNSET or len(raw) > _SHORT_SIZE:
+        return None
+    try:
+        value = _decode_value(raw)
+    except _DECODE_ERRORS:
+        return None
+    return value if type(value) is int else None
 
 
 def _raw_size(raw: msgspec.Raw) -> tuple[int, str]:
@@ -542,6 +677,8 @@ class Aggregator:
     Attributes (read them, do not replace them):
 
     - ``subdomains``: ``{sub: [bytes_in, bytes_out, requests]}``
+    - ``unmetered``: ``{sub: upgraded connections}`` among the counted requests, only
+      tunnels that had one (see "Upgraded connections")
     - ``total``: lines seen; ``counted``: lines counted for a tunnel
     - ``ignored`` / ``rejected``: ``{reason: lines}``, only reasons seen
     - ``max_line_bytes``: the bound on a line's length (``too_long`` beyond it)
@@ -561,6 +698,7 @@ class Aggregator:
         self.max_line_bytes = max_line_bytes
         self.too_long_lengths: list[int] = []
         self.subdomains: dict[str, list[int]] = {}
+        self.unmetered: dict[str, int] = {}
         self.total = 0
         self.counted = 0
         self.ignored: dict[str, int] = {}
@@ -624,6 +762,8 @@ class Aggregator:
                 slot[0] += bytes_in
                 slot[1] += bytes_out
                 slot[2] += requests
+        for sub, count in other.unmetered.items():
+            self.unmetered[sub] = self.unmetered.get(sub, 0) + count
         self.total += other.total
         self.counted += other.counted
         for reason, count in other.ignored.items():
@@ -642,7 +782,12 @@ class Aggregator:
         )
 
     def to_dict(self) -> dict:
-        """The ``scan --json`` shape; subdomains and reasons in sorted order."""
+        """The ``scan --json`` shape; subdomains and reasons in sorted order.
+
+        ``unmetered`` (added after ``subdomains`` and ``lines``, always present): per
+        tunnel, how many of its counted requests were upgraded connections whose
+        traffic the access log does not show.
+        """
         return {
             "subdomains": {
                 sub: {"bytes_in": slot[0], "bytes_out": slot[1], "requests": slot[2]}
@@ -654,6 +799,7 @@ class Aggregator:
                 "ignored": dict(sorted(self.ignored.items())),
                 "rejected": dict(sorted(self.rejected.items())),
             },
+            "unmetered": dict(sorted(self.unmetered.items())),
         }
 
     # -- internals -----------------------------------------------------------------
@@ -677,6 +823,7 @@ class Aggregator:
             lines = self._drop_invalid_utf8(lines)
 
         odd: list[bytes] = []
+        maybe_upgraded: list[_Entry] = []
         slots = self._slots
         resolve = self._resolve
         decode = _decode_entry
@@ -692,6 +839,12 @@ class Aggregator:
             slot[0] += entry.RequestContentSize
             slot[1] += entry.DownstreamContentSize
             slot[2] += 1
+            if entry.DownstreamStatus <= 101:  # 0 or 101: maybe an upgraded connection (rare)
+                maybe_upgraded.append(entry)
+        for entry in maybe_upgraded:
+            if _upgraded(entry.DownstreamStatus, entry.RequestContentSize, entry.DownstreamContentSize,
+                         entry.request_Upgrade):
+                self._count_unmetered(entry.RequestHost)
 
         ignored_here = 0
         for reason, bucket in self._buckets.items():
@@ -720,6 +873,8 @@ class Aggregator:
                 kept.append(line)
             elif type(line) is LongLine:  # never UTF-8 (see LongLine): too long, first
                 self._too_long(line.length)
+            elif _is_split_utf8(line):
+                self._reject(SPLIT_LINE)
             else:
                 self._reject(INVALID_UTF8)
         return kept
@@ -762,7 +917,7 @@ class Aggregator:
             try:
                 loose = _decode_loose(text)
             except _DECODE_ERRORS:
-                self._reject(INVALID_JSON)
+                self._reject(SPLIT_LINE if _is_split_head(line) else INVALID_JSON)
                 return
             self._classify_object(loose, text)
             return
@@ -777,6 +932,9 @@ class Aggregator:
             else:
                 self._reject(NOT_OBJECT)
                 return
+        if _is_json_tail(text):
+            self._reject(SPLIT_LINE)
+            return
         self._ignore(CLF_NO_HOST if _is_clf(text) else NOT_ACCESS_LOG)
 
     def _classify_object(self, loose: _LooseEntry, text: bytes) -> None:
@@ -812,3 +970,16 @@ class Aggregator:
         slot[1] += sizes[1]
         slot[2] += 1
         self.counted += 1
+        status = _raw_int(loose.DownstreamStatus)
+        upgrade = loose.request_Upgrade
+        has_upgrade = upgrade is not msgspec.UNSET and memoryview(upgrade)[0] == _QUOTE and len(upgrade) > 2
+        if status is not None and _upgraded(status, sizes[0], sizes[1], "x" if has_upgrade else ""):
+            self.unmetered[sub] = self.unmetered.get(sub, 0) + 1
+
+    def _count_unmetered(self, host: str) -> None:
+        """One upgraded connection for the tunnel of ``host``, if it is one (rare: not cached)."""
+        if not host:
+            return
+        sub, _reason = _classify_host(host, self.domain)
+        if sub is not None:
+            self.unmetered[sub] = self.unmetered.get(sub, 0) + 1

@@ -5,7 +5,9 @@ as the workers (``app.parser``), to check a log by hand or to compare with billi
 Files (or stdin, ``-`` or no FILE) are streamed in large chunks, so memory stays
 constant whatever their size. Prints a table per subdomain, sorted by bytes out
 (human units and exact bytes), the totals, and the lines ignored or rejected by reason;
-``--json`` prints the same numbers in the shape of ``Aggregator.to_dict()``.
+``--json`` prints the same numbers in the shape of ``Aggregator.to_dict()``. Upgraded
+connections (WebSocket...), which the access log shows with 0 bytes, are listed per
+tunnel (``unmetered``, a line of the table or a map of the JSON).
 
 The default domain is ``$TUNNEL_DOMAIN``, else ``t.lum.tools``; the longest line parsed
 is ``$LOG_LINE_MAX_BYTES``, else 16 MiB, as in the workers (longer lines are rejected as
@@ -174,6 +176,10 @@ def _table(agg: Aggregator) -> str:
     for label, counts in (("ignored", agg.ignored), ("rejected", agg.rejected)):
         detail = ", ".join(f"{reason} {count}" for reason, count in sorted(counts.items()))
         out.append(f"{label}: {sum(counts.values())}" + (f" ({detail})" if detail else ""))
+    if agg.unmetered:
+        detail = ", ".join(f"{sub} {count}" for sub, count in sorted(agg.unmetered.items()))
+        out.append(f"unmetered: {sum(agg.unmetered.values())} upgraded connections counted with 0 bytes "
+                   f"(WebSocket...: their traffic is not in the access log) ({detail})")
     return "\n".join(out)
 
 

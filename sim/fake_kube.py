@@ -802,15 +802,21 @@ class FakeKube:
         container: str | None = None,
         *,
         stream: str = "stdout",
+        ts_ns: int | None = None,
     ) -> bool:
         """Append one line of a live process's output, stamped with ``clock()`` (plus
         the stream's skew) on arrival but never earlier than the previous line of its
-        stream. False (line dropped) while the pod does not exist."""
+        stream. False (line dropped) while the pod does not exist.
+
+        ``ts_ns``: the stamp the caller's reader of ``stream`` took when it read the line
+        (as containerd's per-stream reader does before it writes to the file), used
+        instead of ``clock()``; the line still lands in arrival order, so with two
+        readers a line can follow one of the other stream stamped later."""
         with self._lock:
             pod = self._live(namespace, name)
             if pod is None:
                 return False
-            ts = self._stamp(namespace, name, stream)
+            ts = self._stamp(namespace, name, stream) if ts_ns is None else ts_ns
             self._append(self._container(pod, container), [line], ts, clamp=True, stream=stream)
             return True
 

@@ -9,11 +9,17 @@ It sends a mix meant to exercise the counting rule through the real proxy:
 - requests Traefik answers itself with a 404 and no ``RouterName``: any host on the
   path ``/no-route/...`` (see ``sim.traefik``), and an empty Host header;
 - methods GET, POST, PUT, HEAD; request bodies with Content-Length or chunked; response
-  sizes from 0 to about 1 MiB, some answered chunked by the backend.
+  sizes from 0 to about 1 MiB, some answered chunked by the backend;
+- with ``websocket_share`` above 0, that share of the requests are WebSocket sessions to
+  a tunnel (``sim.ws``: a handshake, a few echoed frames, a close), which Traefik logs as
+  one line with both sizes 0.
 
 Ground truth (``truth``) is kept per tunnel name, from the client's side only: the
 request body bytes it sent, the response body bytes it received, and the number of
-requests -- recorded only once the whole response has been read. A tunnel request to
+requests -- recorded only once the whole response has been read; a WebSocket session
+counts as one request of 0 bytes (what its access line says), and per tunnel in
+``unmetered`` (sessions) and ``unmetered_bytes`` (the payload bytes that went through them
+both ways, which nobody bills). A tunnel request to
 ``/no-route`` is answered by Traefik's 404 and counts for the tunnel too (its line has
 the tunnel's ``RequestHost``); it is sent without a body. A request that fails (connection
 error, timeout) is counted in ``errors`` and not in the truth; exact comparisons require
@@ -62,6 +68,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from sim.ws import WebSocketClient, WebSocketError
+
 DEFAULT_DOMAIN = "t.lum.tools"
 DEFAULT_TUNNELS = ("alpha", "bravo-2", "charlie", "delta-echo", "x1")
 MAX_REQUESTS = 1_000_000
@@ -84,7 +92,8 @@ class Planned:
     response_size: int
     response_chunked: bool
     tunnel: str | None  # the tunnel it counts for, or None
-    kind: str  # tunnel / other / no_route / empty_host
+    kind: str  # tunnel / other / no_route / empty_host / websocket
+    frames: int = 0  # a WebSocket session's echoed frames
 
 
 class LoadGen:
@@ -98,6 +107,7 @@ class LoadGen:
         seed: int = 0,
         host: str = "127.0.0.1",
         workers: int = 1,
+        websocket_share: float = 0.0,
     ) -> None:
         if not ipaddress.ip_address(host).is_loopback:
             raise ValueError(f"LoadGen only sends to loopback addresses, not {host!r}")
@@ -109,6 +119,7 @@ class LoadGen:
         self.seed = seed
         self.address = host
         self.workers = max(1, workers)
+        self.websocket_share = websocket_share
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._truth: dict[str, dict[str, int]] = {
@@ -118,6 +129,8 @@ class LoadGen:
         self._completed = 0
         self._errors = 0
         self._by_kind: dict[str, int] = {}
+        self._unmetered: dict[str, int] = {}
+        self._unmetered_bytes: dict[str, int] = {}
         self._runs = 0
 
     # -- results -------------------------------------------------------------------
@@ -127,6 +140,18 @@ class LoadGen:
         """Per tunnel: request body bytes sent, response body bytes received, requests."""
         with self._lock:
             return {name: dict(v) for name, v in self._truth.items() if v["requests"]}
+
+    @property
+    def unmetered(self) -> dict[str, int]:
+        """Per tunnel: WebSocket sessions completed (each is also one request in ``truth``)."""
+        with self._lock:
+            return dict(self._unmetered)
+
+    @property
+    def unmetered_bytes(self) -> dict[str, int]:
+        """Per tunnel: payload bytes sent and received over its WebSocket sessions."""
+        with self._lock:
+            return dict(self._unmetered_bytes)
 
     @property
     def sent(self) -> int:
@@ -199,6 +224,11 @@ class LoadGen:
 
     def plan(self, rng: random.Random) -> Planned:
         """Draw one request of the mix."""
+        if self.websocket_share and rng.random() < self.websocket_share:
+            name = rng.choice(self.tunnels)
+            host = self._tunnel_host(rng, name)
+            return Planned("GET", host, f"/ws/{rng.randrange(10**6)}", None, False, rng.choice((0, 1, 1000, 70_000)),
+                           False, name, "websocket", frames=rng.randrange(0, 4))
         method = rng.choice(_METHODS)
         body: bytes | None = None
         chunked = False
@@ -291,6 +321,9 @@ class LoadGen:
                     )
                 with self._lock:
                     self._sent += 1
+                if planned.kind == "websocket":
+                    self._websocket(planned)
+                    continue
                 try:
                     received = self._send(conn, planned)
                 except (OSError, http.client.HTTPException):
@@ -324,6 +357,26 @@ class LoadGen:
         if resp.will_close:
             conn.close()
         return len(data)
+
+    def _websocket(self, planned: Planned) -> None:
+        """One WebSocket session on its own connection, closed by this client."""
+        payload = b"w" * planned.response_size
+        try:
+            with WebSocketClient.connect(self.address, self.port, host=planned.host, path=planned.path,
+                                         timeout=REQUEST_TIMEOUT) as client:
+                for _ in range(planned.frames):
+                    if client.echo(payload) != payload:
+                        raise WebSocketError("echo differs")
+                moved = client.sent + client.received
+        except (OSError, WebSocketError):
+            with self._lock:
+                self._errors += 1
+            return
+        self._record(planned, 0)
+        assert planned.tunnel is not None
+        with self._lock:
+            self._unmetered[planned.tunnel] = self._unmetered.get(planned.tunnel, 0) + 1
+            self._unmetered_bytes[planned.tunnel] = self._unmetered_bytes.get(planned.tunnel, 0) + moved
 
     def _record(self, planned: Planned, received: int) -> None:
         with self._lock:

@@ -14,9 +14,20 @@ backend (``EchoBackend``):
 Both exclude the path prefix ``/no-route`` (``&& !PathPrefix(`/no-route`)``), so that a
 client can get Traefik's own 404 (a line without ``RouterName``) for any host.
 
-The access log is JSON on stdout (``--accesslog.format=json``), together with Traefik's
-own log (``--log.level=INFO``). Stdout is read line by line by a thread: the lines are
-kept (``lines()``, ``wait_for_lines()``), passed to an ``on_line`` callback and/or
+The access log is JSON on stdout (``--accesslog.format=json``). Traefik's own log
+(``--log.level=INFO``) goes to stdout too: Traefik 3.7.15 writes it to ``os.Stdout``
+(early v3 releases started from ``os.Stderr``). ``own_log="stderr"`` sends it to stderr
+(``--log.filePath=/dev/stderr``, which also turns its colours off), as an operator may
+configure it and as older v3 pods have it; ``busy_own_log=<seconds>`` adds a service
+whose health check fails every that many seconds, which Traefik logs at WARN each time,
+so that its own log is busy at INFO while traffic flows.
+
+Stdout and stderr are read the way containerd reads a container's output: one thread
+per stream, each line stamped (``time.time_ns()``) when its reader has it, the lines of
+both kept in arrival order (``lines()``, ``wait_for_lines()``; ``lines("stderr")`` for
+one stream), passed to an ``on_output(stream, line, stamp_ns)`` callback (e.g.
+``FakeKube.append_now``, which then holds a two-stream log stamped as a node stamps it:
+monotonic per stream, not across the two) and/or an ``on_line(line)`` callback, and
 appended to a file, as the caller chooses. Readiness is polled through Traefik's API on
 a second loopback port (``/api/http/routers``), which is not access-logged
 (``accesslog.addInternals`` is false by default), so the access log holds only the
@@ -24,17 +35,24 @@ caller's requests.
 
 ``EchoBackend`` answers every request with a body of the size the client asks for
 (header ``X-Size``, or query ``size=N``; ``X-Chunked: 1`` makes it answer chunked), after
-reading the request body fully (Content-Length or chunked). It takes request lines up to
+reading the request body fully (Content-Length or chunked); a WebSocket handshake
+(``Upgrade: websocket``) gets a 101 and an echo of every frame until the client closes
+(``sim.ws``). It takes request lines up to
 Go's 1 MiB head limit, as Traefik does (Python's ``http.server`` answers 414 beyond
 64 KiB, which would hide long URLs from tests of the access log).
 
 Quirks of real Traefik 3.7 output seen while writing this (they shape the parser):
 
 - Traefik's own log lines are text with ANSI colour codes
-  (``\\x1b[90m2026-11-24T02:52:54Z\\x1b[0m \\x1b[32mINF\\x1b[0m ...``) on the same stdout as
-  the JSON access lines, and some messages span several lines (the "Version check is
-  disabled." / "Stats collection is disabled." notices): continuation lines are plain
-  text with no timestamp.
+  (``\\x1b[90m2026-11-24T02:52:54Z\\x1b[0m \\x1b[32mINF\\x1b[0m ...``), on stderr (which a
+  pod log merges with the JSON access lines of stdout), and some messages span several
+  lines (the "Version check is disabled." / "Stats collection is disabled." notices):
+  continuation lines are plain text with no timestamp.
+- A WebSocket session is one access line, written when the connection closes, with
+  ``DownstreamStatus`` 0 (not 101), ``OriginStatus`` 0 and both sizes 0 whatever went
+  through it (the exact line: ``REAL_WEBSOCKET_LINE`` in
+  tests/unit/test_parser_pod_logs.py); with ``accessLog.fields.headers`` keeping them,
+  ``request_Upgrade``/``origin_Upgrade``/``downstream_Upgrade`` are ``websocket``.
 - ``RequestHost`` keeps the client's letter case (``My-Tunnel.T.LUM.TOOLS``) and has no
   port; the port goes to ``RequestPort`` (``"-"`` when absent) and the raw Host header to
   ``RequestAddr``. ``HostRegexp`` matches case-insensitively (an upper-case host reaches
@@ -79,7 +97,10 @@ from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import IO
 from urllib.parse import parse_qs, urlsplit
+
+from sim import ws
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +226,25 @@ class _EchoHandler(BaseHTTPRequestHandler):
             self.wfile.write(b"0\r\n\r\n")
 
     def do_GET(self) -> None:
+        if self.headers.get("Upgrade", "").lower() == "websocket":
+            self._websocket()
+            return
         self._answer(send_body=True)
+
+    def _websocket(self) -> None:
+        """RFC 6455 opening handshake, then echo frames until the client closes."""
+        key = self.headers.get("Sec-WebSocket-Key")
+        if not key or self.headers.get("Sec-WebSocket-Version") != "13":
+            self.send_error(HTTPStatus.BAD_REQUEST, "bad WebSocket handshake")
+            return
+        self.send_response(HTTPStatus.SWITCHING_PROTOCOLS)
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", ws.accept_key(key))
+        self.end_headers()
+        self.wfile.flush()
+        ws.serve_echo(self.rfile, self.wfile)
+        self.close_connection = True
 
     do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_GET
 
@@ -247,9 +286,13 @@ def _regexp_for_domain(domain: str) -> str:
 class TraefikProcess:
     """A real Traefik with a tunnel router and a catch-all router to an ``EchoBackend``.
 
-    ``on_line(line)`` is called from the reader thread for every stdout line (bytes,
-    without the newline); ``stdout_path`` also appends every line to that file;
-    ``keep_lines=False`` stops keeping them in memory (for long demo runs).
+    Traefik's stdout (the access log) and stderr (its own log) are read by one thread
+    each, as containerd reads a container's streams. For every line (bytes, without the
+    newline), from the thread of its stream: ``on_output(stream, line, stamp_ns)``
+    (``stream`` is ``"stdout"`` or ``"stderr"``, ``stamp_ns`` the wall clock when the
+    reader got the line) and ``on_line(line)``; ``stdout_path`` also appends every line
+    of both streams to that file; ``keep_lines=False`` stops keeping them in memory (for
+    long demo runs).
     """
 
     def __init__(
@@ -258,24 +301,36 @@ class TraefikProcess:
         *,
         access_format: str = "json",
         on_line: Callable[[bytes], None] | None = None,
+        on_output: Callable[[str, bytes, int], object] | None = None,
         stdout_path: str | os.PathLike[str] | None = None,
         keep_lines: bool = True,
         extra_args: tuple[str, ...] = (),
+        own_log: str = "stdout",
+        busy_own_log: float | None = None,
     ) -> None:
+        if own_log not in ("stdout", "stderr"):
+            raise ValueError(f"own_log must be stdout or stderr, not {own_log!r}")
         self.domain = domain
+        self.own_log = own_log
+        self.busy_own_log = busy_own_log
         self.access_format = access_format
         self.on_line = on_line
+        self.on_output = on_output
         self.stdout_path = Path(stdout_path) if stdout_path is not None else None
         self.keep_lines = keep_lines
         self.extra_args = extra_args
         self.port = 0
         self.api_port = 0
+        self.command: list[str] = []  # Traefik's command line, once started
         self.backend: EchoBackend | None = None
         self._proc: subprocess.Popen[bytes] | None = None
-        self._reader: threading.Thread | None = None
+        self._readers: list[threading.Thread] = []
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._lines: list[bytes] = []
+        self._streams: list[str] = []  # the stream of each kept line
         self._line_count = 0
+        self._stream_counts = {"stdout": 0, "stderr": 0}
+        self._sink: IO[bytes] | None = None
         self._cond = threading.Condition()
 
     # -- lifecycle -----------------------------------------------------------------
@@ -307,15 +362,21 @@ class TraefikProcess:
             "--global.checknewversion=false",
             "--global.sendanonymoususage=false",
             "--log.level=INFO",
+            *(["--log.filePath=/dev/stderr"] if self.own_log == "stderr" else []),
             *self.extra_args,
         ]
+        self.command = cmd
         self._proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
         )
-        self._reader = threading.Thread(
-            target=self._read_stdout, name="traefik-stdout", daemon=True
-        )
-        self._reader.start()
+        if self.stdout_path is not None:
+            self._sink = open(self.stdout_path, "ab")
+        self._readers = [
+            threading.Thread(target=self._read_stream, args=(name, pipe), name=f"traefik-{name}", daemon=True)
+            for name, pipe in (("stdout", self._proc.stdout), ("stderr", self._proc.stderr))
+        ]
+        for reader in self._readers:
+            reader.start()
         try:
             self._wait_ready(timeout)
         except BaseException:
@@ -333,9 +394,12 @@ class TraefikProcess:
                     self._proc.kill()
                     self._proc.wait(timeout)
             self._proc = None
-        if self._reader is not None:
-            self._reader.join(timeout)
-            self._reader = None
+        for reader in self._readers:
+            reader.join(timeout)
+        self._readers = []
+        if self._sink is not None:
+            self._sink.close()
+            self._sink = None
         if self.backend is not None:
             self.backend.stop()
             self.backend = None
@@ -353,15 +417,23 @@ class TraefikProcess:
 
     # -- output --------------------------------------------------------------------
 
-    def lines(self) -> list[bytes]:
-        """A copy of the stdout lines so far (empty if ``keep_lines`` is False)."""
+    def lines(self, stream: str | None = None) -> list[bytes]:
+        """A copy of the lines so far, both streams in arrival order, or only those of
+        ``stream`` (``"stdout"``, ``"stderr"``); empty if ``keep_lines`` is False."""
         with self._cond:
-            return list(self._lines)
+            if stream is None:
+                return list(self._lines)
+            return [line for line, s in zip(self._lines, self._streams, strict=True) if s == stream]
 
     @property
     def line_count(self) -> int:
         with self._cond:
             return self._line_count
+
+    def stream_count(self, stream: str) -> int:
+        """Lines read from ``stream`` so far (kept or not)."""
+        with self._cond:
+            return self._stream_counts[stream]
 
     def wait_for_lines(
         self, predicate: Callable[[list[bytes]], bool], timeout: float = 30.0
@@ -376,36 +448,37 @@ class TraefikProcess:
                 self._cond.wait(remaining)
             return list(self._lines)
 
-    def _read_stdout(self) -> None:
-        assert self._proc is not None and self._proc.stdout is not None
-        sink = open(self.stdout_path, "ab") if self.stdout_path is not None else None
-        try:
-            for raw in self._proc.stdout:
-                line = raw[:-1] if raw.endswith(b"\n") else raw
-                if sink is not None:
-                    sink.write(raw)
-                    sink.flush()
-                if self.on_line is not None:
-                    try:
-                        self.on_line(line)
-                    except Exception:
-                        # Keep reading: a reader that stops would fill the pipe and
-                        # block Traefik's writes.
-                        log.exception("on_line callback failed; line dropped for it")
-                with self._cond:
-                    self._line_count += 1
-                    if self.keep_lines:
-                        self._lines.append(line)
-                    self._cond.notify_all()
-        finally:
-            if sink is not None:
-                sink.close()
+    def _read_stream(self, name: str, pipe: IO[bytes]) -> None:
+        """One stream's reader, as containerd's per-stream goroutine: stamp each line
+        when it is read, then hand it on (arrival order across the two readers)."""
+        for raw in pipe:
+            stamp = time.time_ns()
+            line = raw[:-1] if raw.endswith(b"\n") else raw
+            for callback, args in ((self.on_output, (name, line, stamp)), (self.on_line, (line,))):
+                if callback is None:
+                    continue
+                try:
+                    callback(*args)
+                except Exception:
+                    # Keep reading: a reader that stops would fill the pipe and block
+                    # Traefik's writes.
+                    log.exception("output callback failed; %s line dropped for it", name)
+            with self._cond:
+                if self._sink is not None:
+                    self._sink.write(raw)
+                    self._sink.flush()
+                self._line_count += 1
+                self._stream_counts[name] += 1
+                if self.keep_lines:
+                    self._lines.append(line)
+                    self._streams.append(name)
+                self._cond.notify_all()
 
     # -- setup ---------------------------------------------------------------------
 
     def _dynamic_config(self) -> dict:
         assert self.backend is not None
-        return {
+        config = {
             "http": {
                 "routers": {
                     "tunnel": {
@@ -425,6 +498,24 @@ class TraefikProcess:
                 "services": {"backend": {"loadBalancer": {"servers": [{"url": self.backend.url}]}}},
             }
         }
+        if self.busy_own_log is not None:
+            # A service on a closed port whose health check Traefik runs every
+            # busy_own_log seconds and logs as failed each time (WRN "Health check
+            # failed."): a busy own log at INFO. Its router takes a host nobody sends.
+            config["http"]["routers"]["health-checked"] = {
+                "rule": "Host(`health-checked.invalid`)",
+                "entryPoints": ["web"],
+                "service": "health-checked",
+                "priority": 50,
+            }
+            interval = f"{max(1, round(self.busy_own_log * 1000))}ms"
+            config["http"]["services"]["health-checked"] = {
+                "loadBalancer": {
+                    "servers": [{"url": f"http://{LOOPBACK}:{free_port()}"}],
+                    "healthCheck": {"path": "/health", "interval": interval, "timeout": "100ms"},
+                }
+            }
+        return config
 
     def _wait_ready(self, timeout: float) -> None:
         """Poll the API until both routers are enabled and the entrypoint accepts."""

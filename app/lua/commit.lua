@@ -2,10 +2,13 @@
 -- open report interval, move the cursor, add to the counters.
 --
 -- KEYS[1] init record   KEYS[2] cursors hash   KEYS[3] stats hash
--- KEYS[4] open zset     KEYS[5] sealed zset
+-- KEYS[4] open zset     KEYS[5] sealed zset    KEYS[6] unmetered hash (sub -> count)
 -- ARGV: prefix, cursor field, expected cursor's SHA-1 in hex ("" = none yet), new cursor,
 --       report interval (s), n subdomains, then n x (sub, bytes_in, bytes_out, requests),
---       then m counters, then m x (name, increment)
+--       then m counters, then m x (name, increment),
+--       then k (optional, 0 if absent), then k x (sub, upgraded connections): subdomains
+--       of the n above whose requests include upgraded connections; added as <sub>:u to
+--       the interval (only when non-zero) and to the unmetered hash
 -- Returns {"ok", interval start} | {"conflict", current cursor's SHA-1 ("" = none)}
 --         | {"noledger", ""} | {"overflow", subdomain}
 -- A cursor holds the fingerprints of a window of lines (tens of KB on a busy pod), so
@@ -48,6 +51,10 @@ for j = 0, n - 1 do
     end
   end
 end
+local c = 7 + 4 * n
+local m = tonumber(ARGV[c])
+local u = c + 1 + 2 * m
+local nu = tonumber(ARGV[u] or '0')
 for j = 0, n - 1 do
   local i = 7 + 4 * j
   local sub = ARGV[i]
@@ -60,8 +67,15 @@ if n > 0 then
 end
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[4])
 
-local c = 7 + 4 * n
-local m = tonumber(ARGV[c])
+-- Upgraded connections: at most one per request, so never beyond the requests checked above.
+for j = 0, nu - 1 do
+  local sub, inc = ARGV[u + 1 + 2 * j], ARGV[u + 2 + 2 * j]
+  if tonumber(inc) > 0 then
+    redis.call('HINCRBY', key, sub .. ':u', inc)
+    redis.call('HINCRBY', KEYS[6], sub, inc)
+  end
+end
+
 for j = 0, m - 1 do
   local name, inc = ARGV[c + 1 + 2 * j], ARGV[c + 2 + 2 * j]
   -- a monitoring counter about to overflow starts again rather than fail the script

@@ -25,7 +25,7 @@ for i = 1, #flat, 2 do
   local field = flat[i]
   local sub = string.sub(field, 1, -3)
   local kind = string.sub(field, -1)
-  sums[sub] = sums[sub] or {i = '0', o = '0', r = '0'}
+  sums[sub] = sums[sub] or {i = '0', o = '0', r = '0', u = '0'}
   sums[sub][kind] = flat[i + 1]
 end
 local created = {}
@@ -34,6 +34,10 @@ for sub, v in pairs(sums) do
   if tonumber(v.r) > 0 and redis.call('EXISTS', rk) == 0 then
     redis.call('HSET', rk, 'bytes_in', v.i, 'bytes_out', v.o, 'requests', v.r,
       'state', 'pending', 'attempts', '0', 'sealed_at', tostring(now))
+    -- upgraded connections among the requests (<sub>:u): kept beside the report, never sent
+    if tonumber(v.u) > 0 then
+      redis.call('HSET', rk, 'unmetered', v.u)
+    end
     -- score 0: claimable at once
     redis.call('ZADD', KEYS[3], 0, ARGV[2] .. ':' .. sub)
     created[#created + 1] = sub

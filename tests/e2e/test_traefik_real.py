@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import time
 
 import pytest
 
@@ -13,6 +14,7 @@ from app.model import Cursor
 from app.parser import Aggregator
 from sim.loadgen import LoadGen
 from sim.traefik import TraefikProcess
+from sim.ws import WebSocketClient
 
 pytestmark = pytest.mark.traefik
 
@@ -185,3 +187,51 @@ def test_url_over_64_kib_with_a_large_body_is_billed_exactly(traefik):
     res = consume(chunks, Cursor("containerd://x", 0, 0), 0, 1 << 30, DOMAIN)
     assert res.consumed == 2 and res.agg.rejected == {}
     assert res.agg.to_dict()["subdomains"] == truth
+
+
+def test_websocket_session_is_one_unmetered_line(traefik):
+    """What Traefik 3.7 writes for a WebSocket session: nothing while it is open, then one
+    line when it closes, with status 0 (a hijacked connection never gets WriteHeader) and
+    both sizes 0, whatever went through. The exact line: REAL_WEBSOCKET_LINE in
+    tests/unit/test_parser_pod_logs.py."""
+    before = len(_access_lines(traefik.lines()))
+    ws = WebSocketClient.connect("127.0.0.1", traefik.port, host="Alpha.T.LUM.TOOLS", path="/ws?x=1")
+    for size in (5, 1000, 70_000):
+        assert ws.echo(b"e" * size) == b"e" * size
+    time.sleep(0.5)
+    assert len(_access_lines(traefik.lines())) == before  # not logged while open
+    ws.close()
+    assert _send(traefik.port, "alpha.t.lum.tools", size=3)[0] == 200  # and an ordinary request
+    lines = traefik.wait_for_lines(lambda ls: len(_access_lines(ls)) >= before + 2, timeout=30)
+    session, plain = (json.loads(line) for line in _access_lines(lines)[before:])
+
+    assert (session["DownstreamStatus"], session["OriginStatus"]) == (0, 0)
+    assert (session["RequestContentSize"], session["DownstreamContentSize"], session["OriginContentSize"]) == (0, 0, 0)
+    assert session["RequestMethod"] == "GET" and session["RequestPath"] == "/ws?x=1"
+    assert session["RouterName"] == "tunnel@file" and session["Duration"] >= 500_000_000
+    assert list(session)[-1] == "time"  # the end split_line knows a later piece by
+    assert not any(key.startswith(("request_", "origin_", "downstream_")) for key in session)
+    assert plain["DownstreamStatus"] == 200
+
+    agg = Aggregator(DOMAIN)
+    agg.feed_lines(_access_lines(lines)[before:])
+    assert agg.to_dict()["subdomains"] == {"alpha": {"bytes_in": 0, "bytes_out": 3, "requests": 2}}
+    assert agg.unmetered == {"alpha": 1}
+
+
+def test_websocket_with_upgrade_headers_kept_and_the_own_log_on_stderr():
+    args = ("--accesslog.fields.headers.defaultmode=drop", "--accesslog.fields.headers.names.Upgrade=keep")
+    with TraefikProcess(DOMAIN, extra_args=args, own_log="stderr") as proc:
+        with WebSocketClient.connect("127.0.0.1", proc.port, host="bravo.t.lum.tools") as ws:
+            ws.echo(b"x" * 10)
+        lines = proc.wait_for_lines(lambda ls: len(_access_lines(ls)) >= 1, timeout=30)
+        stdout, stderr = proc.lines("stdout"), proc.lines("stderr")
+    session = json.loads(_access_lines(lines)[0])
+    assert session["request_Upgrade"] == session["origin_Upgrade"] == session["downstream_Upgrade"] == "websocket"
+    assert session["DownstreamStatus"] == 0
+    # Traefik's own log went to stderr alone, the access log to stdout alone.
+    assert stdout == _access_lines(lines) and stderr
+    assert not any(line.startswith(b"{") for line in stderr)
+    agg = Aggregator(DOMAIN)
+    agg.feed_lines(stdout + stderr)
+    assert agg.unmetered == {"bravo": 1} and agg.ignored == {"not_access_log": len(stderr)}

@@ -4,6 +4,7 @@ and the report states."""
 from __future__ import annotations
 
 import itertools
+import time
 
 import pytest
 
@@ -347,3 +348,43 @@ def test_expire_intervals_never_drops_an_interval_with_an_undelivered_report(led
     ledger.mark_delivered(pending, ReportState.DELIVERED, "u", 3600)
     assert ledger.expire_intervals(older_than=start[recent]) == 1
     assert ledger.interval_totals(start[pending]) == {}
+
+
+# Upgraded connections (unmetered) ------------------------------------------------------
+
+
+def test_unmetered_goes_through_commit_and_seal_into_the_report_not_its_body(r):
+    from app.reporting import report_body
+
+    led = Ledger(r, f"{PREFIX}{next(_seq)}", 1)  # 1 s intervals: this one ends during the test
+    assert led.initialise(0)
+    partial = {"a": [10, 20, 3], "b": [1, 2, 1], "c": [0, 0, 2]}
+    res = led.commit("uid/traefik", "", "cid|1|1", partial, {"unmetered_requests": 3},
+                     unmetered={"a": 1, "b": 0, "c": 2, "not-in-partial": 5})
+    assert res.status == CommitStatus.OK
+    start = int(res.detail)
+    assert led.interval_totals(start) == partial  # the [in, out, requests] view is unchanged
+    assert led.interval_unmetered(start) == {"a": 1, "c": 2}
+    assert b"b:u" not in r.hgetall(led.k("iv", start))  # only when non-zero
+    assert led.unmetered() == {"a": 1, "c": 2}
+    assert led.stats()["unmetered_requests"] == 3
+
+    # A conflicting commit writes no unmetered count either.
+    stale = led.commit("uid/traefik", "", "cid|2|1", {"a": [1, 1, 1]}, {}, unmetered={"a": 1})
+    assert stale.status == CommitStatus.CONFLICT
+    assert led.unmetered() == {"a": 1, "c": 2}
+
+    while led.now() < start + 1.05:
+        time.sleep(0.05)
+    assert sorted(led.seal(start)) == ["a", "b", "c"]
+    reports = {sub: led.report(ReportKey(start, sub)) for sub in partial}
+    assert {sub: rep.unmetered for sub, rep in reports.items()} == {"a": 1, "b": 0, "c": 2}
+    assert b"unmetered" not in r.hgetall(led.rep_key(ReportKey(start, "b")))
+    assert (reports["c"].bytes_in, reports["c"].bytes_out, reports["c"].requests) == (0, 0, 2)
+    body = report_body(reports["a"], 1)
+    assert sorted(body) == ["bytes_in", "bytes_out", "requests", "subdomain", "timestamp"]  # the contract's
+
+    # The per-tunnel totals outlive the interval: the next interval adds to them.
+    nxt = led.commit("uid/traefik", "cid|1|1", "cid|3|1", {"a": [0, 0, 1]}, {}, unmetered={"a": 1})
+    assert nxt.status == CommitStatus.OK and int(nxt.detail) > start
+    assert led.unmetered() == {"a": 2, "c": 2}

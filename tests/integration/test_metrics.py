@@ -199,3 +199,16 @@ def test_every_metric_the_rules_and_dashboard_use_is_served(r):
 def test_the_report_key_shape_the_lua_parses():
     """REPORT_STATES_LUA takes the interval start from ``<start>:<sub>``."""
     assert str(ReportKey(1795485000, "my-tunnel")).split(":")[0] == "1795485000"
+
+
+def test_unmetered_requests_are_a_total_without_a_tunnel_label(r):
+    ledger = Ledger(r, "mu", 60)
+    ledger.initialise(0)
+    s = scrape(ledger)
+    assert value(s, "unmetered_requests_total") == 0  # served before any upgraded connection
+    res = ledger.commit("uid/traefik", "", "cid|1|1", {"tun-a": [0, 0, 2], "tun-b": [5, 6, 1]},
+                        {"requests": 3, "unmetered_requests": 3}, unmetered={"tun-a": 2, "tun-b": 1})
+    assert res.status.value == "ok"
+    s = scrape(ledger)
+    assert value(s, "unmetered_requests_total") == 3
+    assert not [key for key in s if key[0] == f"{NS}_unmetered_requests_total" and key[1]]  # no labels

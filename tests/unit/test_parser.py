@@ -116,6 +116,7 @@ def test_counts_bytes_in_out_and_requests(base):
     assert agg.to_dict() == {
         "subdomains": {"my-tunnel": {"bytes_in": 1024, "bytes_out": 337 + 5000, "requests": 2}},
         "lines": {"total": 2, "counted": 2, "ignored": {}, "rejected": {}},
+        "unmetered": {},
     }
     assert agg.access_lines() == 2
 
@@ -709,7 +710,7 @@ def test_access_lines_counts_known_access_entries():
 def test_to_dict_shape_and_order():
     agg = feed(make(RequestHost="b.t.lum.tools"), make(RequestHost="a.t.lum.tools"), b"x", b"[1]")
     result = agg.to_dict()
-    assert list(result) == ["subdomains", "lines"]
+    assert list(result) == ["subdomains", "lines", "unmetered"]  # unmetered: added last
     assert list(result["subdomains"]) == ["a", "b"]
     assert result["subdomains"]["a"] == {"bytes_in": 1024, "bytes_out": 337, "requests": 1}
     assert result["lines"] == {
@@ -718,6 +719,7 @@ def test_to_dict_shape_and_order():
         "ignored": {"not_access_log": 1},
         "rejected": {"not_object": 1},
     }
+    assert result["unmetered"] == {}
     json.dumps(result)  # plain JSON types
 
 
@@ -765,6 +767,7 @@ def test_reason_constants_are_a_closed_documented_set():
         "too_long",
         "invalid_utf8",
         "invalid_json",
+        "split_line",
         "not_object",
         "bad_host_type",
         "bad_size_type",

@@ -279,3 +279,38 @@ def test_broken_pipe_is_quiet(flag, tmp_path):
         reader.wait(timeout=10)
     assert proc.returncode == 0
     assert proc.stderr == b""
+
+
+# ----------------------------------------------------------------- unmetered (additive)
+
+
+def test_json_adds_unmetered_per_tunnel_and_keeps_its_shape(capsys):
+    result = run_json(capsys, str(SAMPLE))
+    assert list(result) == ["subdomains", "lines", "unmetered"]  # the addition comes last
+    assert list(result["lines"]) == ["total", "counted", "ignored", "rejected"]
+    assert all(list(totals) == ["bytes_in", "bytes_out", "requests"] for totals in result["subdomains"].values())
+    # Three WebSocket sessions through the real Traefik (alpha twice, charlie once) and a
+    # synthetic status-101 line (legacy); a session to example.com is no tunnel's.
+    assert result["unmetered"] == {"alpha": 2, "charlie": 1, "legacy": 1}
+    for sub, count in result["unmetered"].items():
+        assert result["subdomains"][sub]["requests"] >= count  # still counted as requests
+
+
+def test_json_unmetered_is_an_empty_map_without_upgrades(capsys, tmp_path):
+    log = tmp_path / "plain.log"
+    log.write_bytes(b'{"DownstreamContentSize":2,"DownstreamStatus":200,"RequestContentSize":1,'
+                    b'"RequestHost":"a.t.lum.tools","StartUTC":"2026-11-24T01:50:22Z"}\n')
+    result = run_json(capsys, str(log))
+    assert result["unmetered"] == {}
+    assert result["subdomains"] == {"a": {"bytes_in": 1, "bytes_out": 2, "requests": 1}}
+
+
+def test_table_lists_unmetered_tunnels(capsys, tmp_path):
+    assert main([str(SAMPLE)]) == 0
+    out = capsys.readouterr().out
+    assert "unmetered: 4 upgraded connections counted with 0 bytes" in out
+    assert "(alpha 2, charlie 1, legacy 1)" in out
+    log = tmp_path / "plain.log"
+    log.write_bytes(b'{"DownstreamStatus":200,"RequestHost":"a.t.lum.tools"}\n')
+    assert main([str(log)]) == 0
+    assert "unmetered" not in capsys.readouterr().out
