@@ -159,6 +159,7 @@ class ReadResult:
     cut: bool = False  # the read hit limitBytes: more is waiting
     gap_from_ns: int | None = None  # rotation past the cursor: span start
     gap_to_ns: int | None = None
+    late: int = 0  # new lines stamped before the floor (more than the window behind H)
     extra: dict[str, int] = field(default_factory=dict)  # counters beyond the parser's
 
 
@@ -184,6 +185,11 @@ def consume(
     pkg/kubelet/kuberuntime/logs/logs.go), and a read asks sinceTime = floor(F): a line
     written more than ``window_ns`` after a line stamped later than it is never
     returned, and is lost. The window covers the runtime's stream skew (a few ms).
+
+    All consumed lines come before all new ones in log order, so once a new line has been
+    met every later line is new whatever its stamp: a line stamped before F there (a node
+    clock stepped back, a stream stalled longer than the window) is counted, and counted
+    in ``late``. Only lines stamped before ``floor(F)``'s second are never returned.
     """
     agg = Aggregator(domain, max_line_bytes)
     res = ReadResult(agg=agg, cursor=cursor)
@@ -195,6 +201,7 @@ def consume(
     matched_legacy: dict[tuple[int, bytes], int] = {}
     check_gap = unmatched + legacy_left > 0
     high = old_high
+    past_consumed = False  # a new line was met: every line after it is new
     tail: list[tuple[int, bytes]] = []  # new lines that may end within the window of H
     prune_at = 4096
     # A line whose prefix cannot be read takes the stamp of the line before it in this
@@ -224,8 +231,10 @@ def consume(
             prev_ts = ts
             text, readable = line[off:], True
         if ts < floor:
-            continue  # consumed (or more than the window out of order: never returned)
-        if ts <= old_high and (unmatched or legacy_left):
+            if not past_consumed:
+                continue  # consumed before (and pruned from the fingerprints)
+            res.late += 1  # after a new line: new too, stamped behind the floor
+        elif ts <= old_high and (unmatched or legacy_left):
             key = (ts, fingerprint(ts, text))
             if legacy_left and ts == floor:
                 legacy_left -= 1
@@ -239,6 +248,7 @@ def consume(
                 matched += 1
                 continue
         # New: consumed from here on.
+        past_consumed = True
         if readable and check_gap:
             # All consumed lines come before all new ones in log order. None of the
             # cursor's lines was met before this new one: the log lost them, and maybe
@@ -303,6 +313,7 @@ def counters_of(res: ReadResult) -> dict[str, int]:
         "bytes_out": sum(v[1] for v in agg.subdomains.values()),
         "requests": sum(v[2] for v in agg.subdomains.values()),
         "unmetered_requests": sum(agg.unmetered.values()),  # upgraded connections among them
+        "lines_late": res.late,  # new lines stamped more than the window behind the newest
     }
     for reason, count in agg.ignored.items():
         out[f"ignored:{reason}"] = count
@@ -489,6 +500,13 @@ class Fetcher:
             return False
         if res.gap_from_ns is not None:
             self._gap(pod, ctr, res.gap_from_ns, res.gap_to_ns, "the log was rotated past the cursor")
+        if res.late:
+            log.warning(
+                "pod %s/%s: %d line(s) stamped more than LOG_REORDER_WINDOW behind the newest line read "
+                "(the node's clock stepped back, or a stream stalled); counted. Lines stamped before the "
+                "second of the cursor's floor are never returned by the kubelet and may be lost",
+                pod.namespace, pod.name, res.late, extra={"pod": pod.name, "namespace": pod.namespace, "outcome": "late"},
+            )
         for length in res.agg.too_long_lengths:  # after the commit: once per line
             log.error(
                 "pod %s/%s: a log line of %d bytes is longer than LOG_LINE_MAX_BYTES (%d); not counted "

@@ -12,7 +12,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.fetching import DEFAULT_REORDER_WINDOW_NS, complete_lines, consume, fmt_ns, parse_timestamp
+from app.fetching import (
+    DEFAULT_REORDER_WINDOW_NS,
+    complete_lines,
+    consume,
+    counters_of,
+    fmt_ns,
+    parse_timestamp,
+)
 from app.model import Cursor, fingerprint
 
 NS = 1_000_000_000
@@ -734,3 +741,31 @@ def test_consume_takes_its_line_bound_from_the_caller():
     assert low.agg.counted == 0 and low.agg.rejected == {"too_long": 1} and low.consumed == 1
     default = consume([data], Cursor("cid", 0, 0), 0, 1 << 20, "t.lum.tools")
     assert default.agg.subdomains == {"acme": [1, 2, 1]}
+
+
+def test_a_new_line_stamped_behind_the_floor_after_a_new_line_is_counted():
+    """Consumed lines come before new ones in log order, so after the first new line every
+    line is new whatever its stamp: one stamped more than the window behind the newest
+    (a node clock stepped back) but within the second the kubelet still returns is
+    counted, once, and counted as late."""
+    log = [(at_clock(10, 10, 7, 900_000_000), access("acme", 0, 100))]  # H = 07.9, F = 06.9
+    first = consume([kubelet_read(log, Cursor(CID, 0, 0))], Cursor(CID, 0, 0), 0, 1 << 20, DOMAIN)
+    assert first.cursor.floor_ns == at_clock(10, 10, 6, 900_000_000)
+    log += [
+        (at_clock(10, 10, 8), access("acme", 0, 10)),  # new
+        (at_clock(10, 10, 6, 100_000_000), access("acme", 0, 20)),  # behind F, but second 06 is served
+        (at_clock(10, 10, 5, 500_000_000), access("acme", 0, 40)),  # before second 06: never served
+    ]
+    second = consume([kubelet_read(log, first.cursor)], first.cursor, 0, 1 << 20, DOMAIN)
+    assert totals(second) == {"acme": [0, 30, 2]}
+    assert (second.consumed, second.late) == (2, 1)
+    assert counters_of(second)["lines_late"] == 1
+    third = consume([kubelet_read(log, second.cursor)], second.cursor, 0, 1 << 20, DOMAIN)
+    assert third.consumed == 0 and third.late == 0  # read again: nothing counted twice
+
+
+def test_a_line_behind_the_floor_before_any_new_line_was_consumed_before():
+    log = [(at_clock(10, 10, 6, 100_000_000), access("acme", 0, 20)), (at_clock(10, 10, 7, 900_000_000), access("acme", 0, 100))]
+    first = consume([kubelet_read(log, Cursor(CID, 0, 0))], Cursor(CID, 0, 0), 0, 1 << 20, DOMAIN)
+    again = consume([kubelet_read(log, first.cursor)], first.cursor, 0, 1 << 20, DOMAIN)
+    assert totals(first) == {"acme": [0, 120, 2]} and again.consumed == 0 and again.late == 0
