@@ -50,7 +50,8 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     result_expires=3600,
     task_create_missing_queues=False,
-    task_queues=[KombuQueue(q.value, routing_key=q.value) for q in Queue],
+    # The two queues, and the file source's host queues (fetch.<host>; LOG_SOURCE=file).
+    task_queues=[KombuQueue(q, routing_key=q) for q in dict.fromkeys([*map(str, Queue), *settings.file_queue_names])],
     task_default_queue=Queue.FETCH.value,
     worker_send_task_events=True,
     task_send_sent_event=True,

@@ -222,6 +222,30 @@ class Ledger:
     def cursors(self) -> dict[str, str]:
         return {k.decode(): v.decode() for k, v in self.r.hgetall(self.k("cursors")).items()}
 
+    # Files (the file source) ------------------------------------------------------
+
+    def note_files(self, queue: str, files: dict[str, dict]) -> dict[str, dict]:
+        """Record the files one host's plan found (identity -> ``{path, size}``) under
+        its queue, replacing the previous round's; returns the previous round's."""
+        key = self.k("files", queue)
+        now = self.now()
+        with self.r.pipeline() as pipe:
+            pipe.hgetall(key)
+            pipe.delete(key)
+            if files:
+                pipe.hset(key, mapping={i: json.dumps({**f, "seen": now}, sort_keys=True) for i, f in files.items()})
+            pipe.hset(self.k("filehosts"), queue, f"{now:.3f}")
+            previous = pipe.execute()[0]
+        return {k.decode(): json.loads(v) for k, v in previous.items()}
+
+    def files(self, queue: str) -> dict[str, dict]:
+        """The files one host's last plan found: identity -> ``{path, size, seen}``."""
+        return {k.decode(): json.loads(v) for k, v in self.r.hgetall(self.k("files", queue)).items()}
+
+    def first_note(self, kind: str, name: str) -> bool:
+        """True the first time ``(kind, name)`` is noted (a log line said once, ever)."""
+        return bool(self.r.sadd(self.k("notes", kind), name))
+
     # Counters and gaps ------------------------------------------------------------
 
     def incr(self, counters: dict[str, int]) -> None:
@@ -434,8 +458,9 @@ class Ledger:
     def due_count(self) -> int:
         return int(self.r.zcard(self.k("due")))
 
-    def try_round(self, round_no: int, ttl: int) -> bool:
-        """True the first time a plan round is claimed (``SET NX``)."""
+    def try_round(self, round_no: int | str, ttl: int) -> bool:
+        """True the first time a plan round is claimed (``SET NX``); a file host's round
+        is ``<queue>:<n>``."""
         return bool(self.r.set(self.k("round", round_no), "1", nx=True, ex=ttl))
 
     # Metrics ------------------------------------------------------------------------------

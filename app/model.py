@@ -1,7 +1,8 @@
 """The ledger's identities and states.
 
-``ReportKey`` owns the string form of a report's identity and ``Cursor`` owns the
-encoding of a read position: no other Python code joins or splits those strings.
+``ReportKey`` owns the string form of a report's identity and ``Cursor`` (a pod) and
+``FileCursor`` (a file) own the encoding of a read position: no other Python code joins
+or splits those strings.
 The Lua scripts in ``app/lua`` build the same strings (they cannot import Python);
 ``tests/integration/test_model_lua.py`` proves that the two agree.
 
@@ -213,6 +214,74 @@ def _read_uvarint(data: bytes, pos: int) -> tuple[int, int]:
             raise ValueError("bad varint")
 
 
+_FILE = "f1|"
+
+
+@dataclass(frozen=True)
+class FileCursor:
+    """Where reading one access-log file stands (the file source, ``app/filesource.py``).
+
+    A file is known by its *identity*, the fingerprint of its first line
+    (``app.filesource.identify``): a renamed file, or a copy, starts with the same line
+    and keeps its identity, so it keeps its cursor. The cursor is stored in the ledger's
+    ``cursors`` hash under ``FileCursor.field(identity)`` and committed by ``commit.lua``
+    (compare-and-set) with the counts of the lines it moved over, like a pod's cursor.
+
+    * ``offset``: bytes of complete lines consumed from the file's start; a partial last
+      line (no newline yet) is never consumed.
+    * ``inode``: ``<st_dev>:<st_ino>`` of the file the cursor last read ("" before any
+      read). It tells a file that was truncated in place (same inode, now shorter than the
+      offset) from a shorter copy (another inode), see docs/design.md, "File source".
+    * ``tail``: BLAKE2b (8 bytes, hex) of the up to ``TAIL_BYTES`` bytes that end at the
+      offset ("" at offset 0): before reading on, the file must hold those bytes there.
+    * ``generation``: 0, then +1 each time the file the cursor read was truncated in place
+      and rewritten from a first line identical to the old one.
+    * ``started``: a line written at or after the ledger's start (``START_AT``) was
+      consumed; later lines are not checked against it.
+
+    String form: ``f1|<offset>|<generation>|<started 0/1>|<inode>|<tail>``.
+    """
+
+    offset: int = 0
+    inode: str = ""
+    tail: str = ""
+    generation: int = 0
+    started: bool = False
+
+    TAIL_BYTES = 1024
+
+    @staticmethod
+    def field(identity: str) -> str:
+        """The ``cursors`` hash field of a file identity (never a pod's ``<uid>/<container>``)."""
+        return f"file:{identity}"
+
+    @staticmethod
+    def tail_of(data: bytes) -> str:
+        """The ``tail`` of the bytes that end at an offset (at most ``TAIL_BYTES`` of them)."""
+        return blake2b(data[-FileCursor.TAIL_BYTES :], digest_size=8).hexdigest() if data else ""
+
+    def encode(self) -> str:
+        return f"{_FILE}{self.offset}|{self.generation}|{int(self.started)}|{self.inode}|{self.tail}"
+
+    @classmethod
+    def decode(cls, raw: str) -> FileCursor | None:
+        """``None`` for an empty string (never read). Raises ``ValueError`` on anything else
+        that is not a file cursor."""
+        if not raw:
+            return None
+        if not raw.startswith(_FILE):
+            raise ValueError("not a file cursor")
+        parts = raw[len(_FILE) :].split("|")
+        if len(parts) != 5:
+            raise ValueError("not a file cursor")
+        offset, generation, started, inode, tail = parts
+        if not (offset.isascii() and offset.isdigit() and generation.isascii() and generation.isdigit()) or started not in ("0", "1"):
+            raise ValueError("not a file cursor")
+        if (int(offset) == 0) != (tail == ""):
+            raise ValueError("not a file cursor")
+        return cls(int(offset), inode, tail, int(generation), started == "1")
+
+
 class CommitStatus(StrEnum):
     """What ``commit.lua`` answered."""
 
@@ -237,6 +306,11 @@ class FetchStatus(StrEnum):
     NO_LEDGER = "noledger"  # the initialisation record vanished during a drain
     OVERFLOW = "overflow"
     TIMEOUT = "timeout"
+    # The file source (app/filesource.py):
+    MOVED = "moved"  # the path no longer holds that identity (rotated or truncated since plan)
+    CHANGED = "changed"  # the file shrank or changed its first line during the read
+    MISMATCH = "mismatch"  # starts like the identity, but not with the bytes the cursor read
+    FILE_ERROR = "file_error"  # the file could not be opened or read
 
 
 class RoundStatus(StrEnum):

@@ -15,10 +15,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from app import filesource
 from app.errors import KubeError, PodGone
 from app.kube import LogSource, Pod
 from app.ledger import Ledger, iso
-from app.model import ReportKey, RoundStatus
+from app.model import FileCursor, ReportKey, RoundStatus
+from app.queues import Queue
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -30,17 +32,23 @@ SWEEP_BATCH = 1000  # reports re-enqueued by one sweep at most
 @dataclass
 class Plan:
     """One fetch round. ``dispatch``: whether the round sends its chord (a fetch per pod
-    in ``pods``, then merge; with no pods, merge alone)."""
+    in ``pods``, then merge; with no pods, merge alone). With the file source, ``files``
+    and ``queue`` (this host's, where each file's fetch goes) take the place of ``pods``."""
 
     status: RoundStatus
     round: int
     pods: list[Pod] = field(default_factory=list)
     dispatch: bool = False
+    files: list[filesource.LogFile] = field(default_factory=list)
+    queue: str = ""
 
     def summary(self) -> dict:
         out: dict = {"status": self.status, "round": self.round}
         if self.status == RoundStatus.OK:
-            out["pods"] = len(self.pods)
+            if self.queue:
+                out.update(files=len(self.files), queue=self.queue)
+            else:
+                out["pods"] = len(self.pods)
         return out
 
 
@@ -112,6 +120,52 @@ def plan(ledger: Ledger, source: LogSource | KubeError, settings: Settings) -> P
         if p.deleting:
             log.info("plan: pod %s is terminating: reading it every round until it is gone", p.name)
     return Plan(RoundStatus.OK, round_no, pods, dispatch=True)
+
+
+def plan_files(ledger: Ledger, settings: Settings) -> Plan:
+    """One fetch round of this host's access-log files (``LOG_SOURCE=file``).
+
+    Runs on the host that holds the files (beat sends it to the host's queue,
+    ``FILE_QUEUE``), lists the files matching ``LOG_FILES`` by identity, and returns them
+    with the queue their fetches go to: the same host's. The round number is claimed per
+    host queue. Compressed files are noted (INFO, once per path); an identity that
+    vanished with bytes its cursor had not reached gets a gap record (docs/design.md,
+    "File source").
+    """
+    every = settings.fetch_every
+    queue = settings.file_queue
+    round_no = int(ledger.now() // every)
+    if not ledger.try_round(round_no if queue == Queue.FETCH else f"{queue}:{round_no}", ttl=3 * every):
+        return Plan(RoundStatus.DUPLICATE, round_no, queue=queue)
+    if not ensure_ledger(ledger, settings):
+        return Plan(RoundStatus.LEDGER_LOST, round_no, queue=queue)
+    found = filesource.discover(settings.log_files)
+    for path in found.compressed:
+        if ledger.first_note("compressed", path):
+            log.info("plan: %s is compressed: skipped. Lines not read before a file was compressed are lost: rotate "
+                     "with delaycompress", path)
+    previous = ledger.note_files(queue, {f.identity: {"path": f.path, "size": f.size} for f in found.files})
+    if not found.errors:  # an unreadable file is not a vanished one
+        _vanished_files(ledger, queue, previous, {f.identity for f in found.files})
+    if not found.files and not found.unidentified:
+        log.warning("plan: no file matches LOG_FILES=%s on this host (queue %s)", settings.log_files, queue)
+    return Plan(RoundStatus.OK, round_no, dispatch=True, files=found.files, queue=queue)
+
+
+def _vanished_files(ledger: Ledger, queue: str, previous: dict[str, dict], present: set[str]) -> None:
+    """A gap record for each identity the previous round saw and this one does not (deleted,
+    or compressed) whose cursor had not reached the size it had then."""
+    for identity, seen in previous.items():
+        if identity in present:
+            continue
+        cursor = FileCursor.decode(ledger.cursor_raw(FileCursor.field(identity))) or FileCursor()
+        if cursor.offset >= int(seen.get("size", 0)):
+            continue
+        log.warning("GAP: %s went (deleted or compressed) with bytes %d..%d not read: lines may be lost", seen.get("path"),
+                    cursor.offset, seen.get("size"), extra={"outcome": "gap"})
+        ledger.record_gap({"file": seen.get("path"), "identity": identity, "queue": queue, "from_offset": cursor.offset,
+                           "to_offset": seen.get("size"), "reason": "file gone before it was read to its end",
+                           "at": ledger.now()})
 
 
 def merge(ledger: Ledger, settings: Settings, min_age: float = 0.0) -> Merge:

@@ -11,6 +11,7 @@ import redis
 
 from app.errors import KubeError
 from app.fetching import Fetcher
+from app.filesource import FileFetcher
 from app.kube import LogSource
 from app.ledger import Ledger
 from app.platform import PlatformClient
@@ -58,6 +59,14 @@ def fetcher() -> Fetcher:
     return _state["fetcher"]  # type: ignore[return-value]
 
 
+def file_fetcher() -> FileFetcher:
+    if "file_fetcher" not in _state:
+        s = settings()
+        _state["file_fetcher"] = FileFetcher(ledger(), domain=s.tunnel_domain, limit_bytes=s.fetch_max_bytes,
+                                             max_line_bytes=s.log_line_max_bytes)
+    return _state["file_fetcher"]  # type: ignore[return-value]
+
+
 def reporter() -> Reporter:
     if "reporter" not in _state:
         s = settings()
@@ -73,6 +82,9 @@ def init_process() -> None:
     ledger()
     if settings().platform_internal_secret is not None:
         reporter()
+    if settings().log_source == "file":
+        file_fetcher()
+        return
     try:
         fetcher()
     except KubeError as e:

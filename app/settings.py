@@ -25,6 +25,8 @@ from app.parser import LINE_PREFIX_ROOM, MAX_LINE_BYTES
 
 DNS_NAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+# A file source's queue: the normal fetch queue, or a host's own (fetch.<host>).
+FILE_QUEUE = re.compile(r"^fetch(\.[A-Za-z0-9][A-Za-z0-9._-]{0,56})?$")
 
 # What each field expects, said in the error line; pydantic's own text is not shown.
 EXPECTED = {
@@ -66,6 +68,11 @@ EXPECTED = {
     "log_format": "human or json",
     "health_dir": "an absolute directory path",
     "health_interval": "a whole number of seconds from 1 to 300",
+    "log_source": "kubernetes or file",
+    "log_files": "an absolute path or glob pattern such as /var/log/traefik/access.log* (required by a worker that "
+    "consumes FILE_QUEUE with LOG_SOURCE=file)",
+    "file_queue": "fetch, or fetch.<name> with <name> of A-Z a-z 0-9 . _ - (at most 63 characters in all)",
+    "file_queues": "a comma-separated list of fetch or fetch.<name> queue names",
 }
 
 
@@ -239,6 +246,32 @@ class Settings(BaseSettings):
     it still consumes (``app/health.py``); the liveness and readiness budgets derive from
     it and from the task time limits."""
 
+    log_source: Literal["kubernetes", "file"] = "kubernetes"
+    """Where the access log is read from. ``kubernetes``: the Traefik pods' logs through
+    the Kubernetes API (Traefik writes its access log to stdout). ``file``: files on the
+    worker's own disk matching ``LOG_FILES``, for a Traefik outside Kubernetes that writes
+    its access log to a file (``accessLog.filePath``); each file is identified by its first
+    line and read from a byte offset (``app/filesource.py``)."""
+
+    log_files: str = ""
+    """With ``LOG_SOURCE=file``: the access-log files to read, an absolute path or glob,
+    rotated files included (``/var/log/traefik/access.log*``), so lines written to a file
+    after it was renamed are still read. Compressed files (``.gz``...) are skipped with a
+    note: compress with ``delaycompress``. A worker that consumes ``FILE_QUEUE`` refuses
+    to start without it; beat and report workers do not need it."""
+
+    file_queue: str = "fetch"
+    """With ``LOG_SOURCE=file``: the queue of this host's file work. A fetch must run
+    where the files are: on one host keep ``fetch``; with several hosts give each its
+    own (``fetch.<host>``), and run each host's worker with ``-Q fetch.<host>``. beat
+    sends each listed queue's plan there (``FILE_QUEUES``), and that plan sends its
+    fetches and its merge to the same queue."""
+
+    file_queues: str = ""
+    """With ``LOG_SOURCE=file``, on beat (and any process that sends to several hosts):
+    every host's ``FILE_QUEUE``, comma-separated; beat sends one plan per queue each
+    ``FETCH_INTERVAL``. Default: ``FILE_QUEUE``."""
+
     @field_validator("platform_api_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
@@ -287,6 +320,35 @@ class Settings(BaseSettings):
         if not value.startswith("/") or any(c in value for c in "\n\r\t"):
             raise ValueError("not absolute")
         return value.rstrip("/") or "/"
+
+    @field_validator("log_source", mode="before")
+    @classmethod
+    def _source(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("log_files")
+    @classmethod
+    def _files(cls, value: str) -> str:
+        value = value.strip()
+        if value and (not value.startswith("/") or any(c in value for c in "\n\r\t\0")):
+            raise ValueError("not absolute")
+        return value
+
+    @field_validator("file_queue")
+    @classmethod
+    def _file_queue(cls, value: str) -> str:
+        value = value.strip()
+        if not FILE_QUEUE.match(value):
+            raise ValueError("bad queue")
+        return value
+
+    @field_validator("file_queues")
+    @classmethod
+    def _file_queues(cls, value: str) -> str:
+        names = [q.strip() for q in value.split(",") if q.strip()]
+        if value.strip() and (not names or not all(FILE_QUEUE.match(q) for q in names)):
+            raise ValueError("bad queue")
+        return ",".join(dict.fromkeys(names))
 
     @field_validator("tunnel_domain")
     @classmethod
@@ -370,6 +432,18 @@ class Settings(BaseSettings):
     def fetch_every(self) -> int:
         """Seconds between log reads, the default applied."""
         return self.fetch_interval or min(10, self.report_interval)
+
+    @property
+    def file_plan_queues(self) -> list[str]:
+        """The queues beat sends the file source's plans to, one per host: ``FILE_QUEUES``,
+        default ``FILE_QUEUE``."""
+        return [q for q in self.file_queues.split(",") if q] or [self.file_queue]
+
+    @property
+    def file_queue_names(self) -> list[str]:
+        """The file source's queues this process may send to or consume (every host's and
+        its own), all declared to Celery (``task_create_missing_queues`` is off)."""
+        return list(dict.fromkeys([*self.file_plan_queues, self.file_queue]))
 
     @property
     def broker_url(self) -> str:

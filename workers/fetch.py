@@ -1,17 +1,21 @@
-"""Fetch tasks: one per Traefik pod per round (queue ``fetch``)."""
+"""Fetch tasks: one per Traefik pod per round (queue ``fetch``), or with the file source
+one per access-log file per round (queue ``FILE_QUEUE``: the host that holds the file)."""
 
 from __future__ import annotations
 
 import logging
+import sys
 import time
 
 import redis
+from celery import signals
 from celery.exceptions import SoftTimeLimitExceeded
 
 from app import runtime
 from app.celery import app, settings
 from app.model import FetchStatus
 from app.queues import Queue
+from app.settings import EXPECTED
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +23,7 @@ log = logging.getLogger(__name__)
 # fetch committed), a restart seen mid-read, a pod gone or not started: nothing is wrong.
 ERROR_STATUSES = frozenset({
     FetchStatus.FORBIDDEN, FetchStatus.KUBE_ERROR, FetchStatus.TIMEOUT, FetchStatus.NO_PROGRESS,
-    FetchStatus.OVERFLOW, FetchStatus.LEDGER_LOST, FetchStatus.NO_LEDGER,
+    FetchStatus.OVERFLOW, FetchStatus.LEDGER_LOST, FetchStatus.NO_LEDGER, FetchStatus.FILE_ERROR, FetchStatus.MISMATCH,
 })
 
 
@@ -43,6 +47,42 @@ def fetch(name: str, uid: str) -> dict:
         summary = {"pod": name, "status": FetchStatus.TIMEOUT}
     _note(name, uid, summary, time.monotonic() - started)
     return summary
+
+
+@app.task(
+    name="workers.fetch.fetch_file",
+    queue=Queue.FETCH,  # plan sends it to the file's host queue (FILE_QUEUE)
+    acks_late=True,
+    soft_time_limit=settings.fetch_time_limit,
+    time_limit=settings.fetch_time_limit + 10,
+    expires=float(settings.fetch_time_limit),
+)
+def fetch_file(path: str, identity: str) -> dict:
+    """Read the access-log file at ``path`` if it still has ``identity`` (the fingerprint
+    of its first line), from that identity's cursor, and commit (app/filesource.py).
+    Never raises for a handled error; the cursor stays put."""
+    started = time.monotonic()
+    try:
+        summary = runtime.file_fetcher().fetch(path, identity)
+    except SoftTimeLimitExceeded:
+        log.warning("fetch %s: over FETCH_TIME_LIMIT (%ss); nothing committed, next round retries", path,
+                    settings.fetch_time_limit, extra={"outcome": "timeout"})
+        summary = {"file": path, "status": FetchStatus.TIMEOUT}
+    # The metrics' per-pod records hold files too: the path as the name.
+    _note(path, f"file:{identity}", summary, time.monotonic() - started)
+    return summary
+
+
+@signals.worker_init.connect
+def _check_file_source(sender, **_: object) -> None:
+    """At worker start: a worker that reads files (LOG_SOURCE=file, consuming its
+    FILE_QUEUE) needs LOG_FILES."""
+    if settings.log_source != "file":
+        return
+    consumes = sender.app.amqp.queues.consume_from or sender.app.amqp.queues
+    if settings.file_queue in consumes and not settings.log_files:
+        print(f"config error: LOG_FILES is not set; expected {EXPECTED['log_files']}", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def _note(name: str, uid: str, summary: dict, seconds: float) -> None:

@@ -17,7 +17,7 @@ from app import rounds, runtime
 from app.celery import app, settings
 from app.errors import KubeError
 from app.queues import Queue
-from workers.fetch import fetch
+from workers.fetch import fetch, fetch_file
 from workers.report import enqueue_reports
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,20 @@ log = logging.getLogger(__name__)
 
 @app.task(name="workers.maintenance.plan", queue=Queue.FETCH, expires=float(settings.fetch_every))
 def plan() -> dict:
-    """List the Traefik pods and send chord(fetch per pod, merge)."""
+    """List the Traefik pods and send chord(fetch per pod, merge). With the file source,
+    list this host's access-log files and send chord(fetch_file per file, merge), each
+    fetch_file to this host's queue."""
+    if settings.log_source == "file":
+        # Everything of a file round stays on the host's queue: where the files are, and
+        # off the fetch queue a Kubernetes reader may consume beside it (docker-compose.yml).
+        out = rounds.plan_files(runtime.ledger(), settings)
+        if out.dispatch:
+            if out.files:
+                fetches = group(fetch_file.s(f.path, f.identity).set(queue=out.queue) for f in out.files)
+                chord(fetches, merge.si().set(queue=out.queue)).apply_async()
+            else:
+                merge.apply_async(queue=out.queue)
+        return out.summary()
     try:
         source = runtime.log_source()
     except KubeError as e:
@@ -49,11 +62,12 @@ def merge() -> dict:
 
 @app.task(name="workers.maintenance.sweep", queue=Queue.FETCH, acks_late=True, expires=float(3 * settings.fetch_every))
 def sweep() -> dict:
-    try:
-        source = runtime.log_source()
-    except KubeError as e:
-        log.warning("sweep: not checking gone pods: %s", e)
-        source = None
+    source = None  # the file source has no pods to check
+    if settings.log_source != "file":
+        try:
+            source = runtime.log_source()
+        except KubeError as e:
+            log.warning("sweep: not checking gone pods: %s", e)
     summary, keys = rounds.sweep(runtime.ledger(), source, settings)
     enqueue_reports(keys)
     return summary

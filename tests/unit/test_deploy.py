@@ -16,7 +16,11 @@ What is checked, in both k8s/ and compose where it applies:
   root filesystem with no capabilities;
 - Flower runs only with basic auth, from the environment, with no default password;
 - every environment variable name is a field of app.settings.Settings (upper-cased) or
-  is listed in OTHER_READERS with what reads it, and the values load as valid settings.
+  is listed in OTHER_READERS with what reads it, and the values load as valid settings;
+- compose without a cluster: the file source's worker, beat's plans and the queues they
+  use agree with the code, Traefik's configuration (deploy/traefik/, the files
+  tests/e2e/test_file_source.py runs) writes the access log where LOG_FILES reads it,
+  the Kubernetes mode is a profile, and .env.example holds every variable, no secret.
 """
 
 from __future__ import annotations
@@ -473,18 +477,29 @@ def _celery_services(compose: dict) -> dict[str, dict]:
     return {name: s for name, s in _scraper_services(compose).items() if "celery" in " ".join(_command(s))}
 
 
+def _queues(service: dict) -> list[str]:
+    """The queues a ``celery ... worker -Q a,b`` command consumes."""
+    cmd = _command(service)
+    return cmd[cmd.index("-Q") + 1].split(",")
+
+
 def test_compose_services(compose):
-    assert {"redis", "platform", "worker-fetch", "worker-report", "beat", "flower"} <= set(compose["services"])
+    assert {"redis", "platform", "worker-fetch", "worker-report", "beat", "flower", "metrics", "traefik", "whoami",
+            "loadgen", "worker-fetch-kubernetes", "watcher"} <= set(compose["services"])
     services = compose["services"]
-    assert _command(services["worker-fetch"])[:4] == ["celery", "-A", "app", "worker"]
-    assert _command(services["worker-fetch"])[_command(services["worker-fetch"]).index("-Q") + 1] == "fetch"
+    for name in ("worker-fetch", "worker-fetch-kubernetes", "worker-report"):
+        assert _command(services[name])[:4] == ["celery", "-A", "app", "worker"], name
+    assert _queues(services["worker-fetch"]) == ["fetch.files"]
+    assert _queues(services["worker-fetch-kubernetes"]) == ["fetch"]
     report = services["worker-report"]
-    assert _command(report)[_command(report).index("-Q") + 1] == "report"
+    assert _queues(report) == ["report"]
     # Scalable: nothing in it that two copies could not share.
     assert "container_name" not in report and not report.get("ports")
     assert _command(services["watcher"])[:2] == ["traefik-metrics-scraper", "watch"]
-    assert services["watcher"]["volumes"] == services["worker-fetch"]["volumes"]
-    assert _environment(services["watcher"]) == _environment(services["worker-fetch"])
+    assert services["watcher"]["volumes"] == services["worker-fetch-kubernetes"]["volumes"]
+    assert _environment(services["watcher"]) == _environment(services["worker-fetch-kubernetes"])
+    assert _command(services["metrics"])[:2] == ["traefik-metrics-scraper", "metrics"]
+    assert all(str(p).startswith("127.0.0.1:") for s in services.values() for p in s.get("ports", []))
     assert _command(services["platform"])[:3] == ["python", "-m", "sim.platform_stub"]
     assert "--secret" not in _command(services["platform"]), "the stub takes its secret from the environment"
     # The stub comes from its own development-only target, under a local image name (never
@@ -494,9 +509,12 @@ def test_compose_services(compose):
     for name, service in _scraper_services(compose).items():
         if name != "platform":
             assert service["build"]["target"] in ("scraper", "flower"), name
-    # The kubeconfig: the host's, read-only, for the process that calls the Kubernetes API.
-    volumes = services["worker-fetch"]["volumes"]
+    # The kubeconfig: the host's, read-only, for the processes that call the Kubernetes API
+    # (the kubernetes profile), and no other.
+    volumes = services["worker-fetch-kubernetes"]["volumes"]
     assert any(v.startswith("${KUBECONFIG:-~/.kube/config}:") and v.endswith(":ro") for v in volumes)
+    with_kubeconfig = {n for n, s in services.items() if any("KUBECONFIG" in str(v) for v in s.get("volumes", []))}
+    assert with_kubeconfig == {"worker-fetch-kubernetes", "watcher"}
     for name, service in _scraper_services(compose).items():
         assert service.get("read_only") is True, name
         assert "ALL" in service.get("cap_drop", []), name
@@ -556,7 +574,7 @@ def test_compose_env_names_are_settings_fields(compose):
 
 
 def test_compose_env_loads_as_settings(compose, monkeypatch):
-    assert set(_celery_services(compose)) == {"worker-fetch", "worker-report", "beat", "flower"}
+    assert set(_celery_services(compose)) == {"worker-fetch", "worker-fetch-kubernetes", "worker-report", "beat", "flower"}
     for name, service in _celery_services(compose).items():
         env = {k: _interpolate(v) for k, v in _environment(service).items() if k in SETTINGS_VARS}
         s = _settings_from(env, monkeypatch)
@@ -584,6 +602,12 @@ def test_compose_config_validates():
     cmd = [exe, "-f", str(COMPOSE_FILE), "config", "-q"]
     ok = subprocess.run(cmd, env={**env, "FLOWER_BASIC_AUTH": "admin:pw"}, capture_output=True, text=True, timeout=60, check=False)
     assert ok.returncode == 0, ok.stderr
+    # With the Kubernetes profile too (which services each way starts: test_compose_profiles_*;
+    # docker-compose 1.29's `config --services` lists every profile's).
+    profiled = subprocess.run([exe, "-f", str(COMPOSE_FILE), "--profile", "kubernetes", "config", "-q"],
+                              env={**env, "FLOWER_BASIC_AUTH": "admin:pw", "LOG_SOURCE": "kubernetes"},
+                              capture_output=True, text=True, timeout=60, check=False)
+    assert profiled.returncode == 0, profiled.stderr
     refused = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, check=False)
     assert refused.returncode != 0 and "FLOWER_BASIC_AUTH" in refused.stderr
 
@@ -678,3 +702,138 @@ def test_k8s_probes_are_the_health_files(docs):
     assert shell(container["livenessProbe"]) == health.BEAT_PROBE
     assert shell(container["startupProbe"]) == "test -s /tmp/health/beat"
     assert "readinessProbe" not in container, "beat serves nothing; readiness would only slow a Recreate"
+
+
+# ----- docker-compose.yml without a cluster: the file source ------------------------------
+
+TRAEFIK_DIR = ROOT / "deploy" / "traefik"
+COMPOSE_DEFAULT_SERVICES = {"redis", "platform", "whoami", "traefik", "loadgen", "worker-fetch", "worker-report", "beat",
+                            "flower", "metrics"}
+
+
+def _mounts(service: dict) -> dict[str, tuple[str, bool]]:
+    """A service's volumes as {target: (source, read-only)}."""
+    out = {}
+    for v in service.get("volumes", []):
+        parts = str(v).split(":")
+        ro = parts[-1] == "ro"
+        source, target = (parts[0], parts[1]) if len(parts) > 1 else ("", parts[0])
+        out[target] = (source, ro)
+    return out
+
+
+def _settings_of(compose: dict, name: str, monkeypatch, **override: str) -> Settings:
+    env = {k: _interpolate(v) for k, v in _environment(compose["services"][name]).items() if k in SETTINGS_VARS}
+    return _settings_from({**env, **override}, monkeypatch)
+
+
+def test_compose_profiles_default_runs_without_a_cluster(compose):
+    """`docker compose up` starts the file source and the demo Traefik; the Kubernetes
+    reader and the pod watcher only with `--profile kubernetes`."""
+    services = compose["services"]
+    assert {n for n, s in services.items() if not s.get("profiles")} == COMPOSE_DEFAULT_SERVICES
+    assert {n: s["profiles"] for n, s in services.items() if s.get("profiles")} == {
+        "worker-fetch-kubernetes": ["kubernetes"], "watcher": ["kubernetes"]}
+    for name in ("worker-fetch-kubernetes", "watcher"):
+        assert _environment(services[name])["LOG_SOURCE"] == "kubernetes", name
+
+
+def test_compose_file_source_worker_beat_and_queues_agree_with_the_code(compose, monkeypatch):
+    """What beat sends (both ways LOG_SOURCE may be set) goes to queues a worker of that
+    mode consumes; the file worker plans on its own queue, declared; and the report side."""
+    from beat_schedule import build_schedule
+
+    services = compose["services"]
+    fetch = _settings_of(compose, "worker-fetch", monkeypatch)
+    assert fetch.log_source == "file" and fetch.file_queue == "fetch.files"
+    assert _queues(services["worker-fetch"]) == [fetch.file_queue]
+    assert _environment(services["beat"])["LOG_SOURCE"] == "${LOG_SOURCE:-file}"
+    consumed = {
+        "file": set(_queues(services["worker-fetch"])) | set(_queues(services["worker-report"])),
+        "kubernetes": set(_queues(services["worker-fetch-kubernetes"])) | set(_queues(services["worker-report"])),
+    }
+    for source in ("file", "kubernetes"):
+        beat = _settings_of(compose, "beat", monkeypatch, LOG_SOURCE=source)
+        sent = {entry["options"]["queue"] for entry in build_schedule(beat).values()}
+        assert sent <= consumed[source], (source, sent)
+        # Declared where they are sent (task_create_missing_queues is off): app/celery.py
+        # declares the two queues and the settings' file queues.
+        assert sent <= {"fetch", "report", *beat.file_queue_names}, source
+    beat = _settings_of(compose, "beat", monkeypatch)
+    assert beat.file_plan_queues == [fetch.file_queue]
+    # The reports: the report worker consumes what merge sends (queue report).
+    assert _queues(services["worker-report"]) == ["report"]
+    k8s = _settings_of(compose, "worker-fetch-kubernetes", monkeypatch)
+    assert k8s.log_source == "kubernetes" and "fetch" in _queues(services["worker-fetch-kubernetes"])
+
+
+def test_compose_traefik_writes_where_the_file_source_reads(compose, monkeypatch):
+    """One Traefik configuration (deploy/traefik/traefik.yml and dynamic.yml, mounted by
+    compose, run by tests/e2e/test_file_source.py): the access log is JSON, in a file on the
+    volume the fetch worker mounts read-only where LOG_FILES looks; the tunnel router
+    matches <label>.TUNNEL_DOMAIN and nothing else and leads to the demo backend; the
+    published port is the web entry point; the load generator targets it."""
+    import fnmatch
+
+    services = compose["services"]
+    traefik = services["traefik"]
+    assert str(traefik["image"]).startswith("traefik:v3.")
+    (config_arg,) = [a for a in _command(traefik) if a.startswith("--configFile=")]
+    mounts = _mounts(traefik)
+    static_target = config_arg.split("=", 1)[1]
+    assert mounts[static_target] == ("./deploy/traefik/traefik.yml", True)
+    static = yaml.safe_load((TRAEFIK_DIR / "traefik.yml").read_text())
+    assert mounts[static["providers"]["file"]["filename"]] == ("./deploy/traefik/dynamic.yml", True)
+    assert static["global"] == {"checkNewVersion": False, "sendAnonymousUsage": False}
+
+    access = static["accessLog"]
+    assert access["format"] == "json" and access.get("bufferingSize", 0) == 0
+    assert "fields" not in access and "filters" not in access, "every line, with every core field, is metered"
+    log_dir, log_name = access["filePath"].rsplit("/", 1)
+    volume, ro = mounts[log_dir]
+    assert volume in compose["volumes"] and ro is False
+    fetch = _settings_of(compose, "worker-fetch", monkeypatch)
+    assert _mounts(services["worker-fetch"])[log_dir] == (volume, True)
+    assert fnmatch.fnmatch(access["filePath"], fetch.log_files)
+    assert fnmatch.fnmatch(access["filePath"] + ".1", fetch.log_files), "LOG_FILES must also match renamed files"
+    assert [n for n, s in services.items() if volume in _mounts(s).get(log_dir, ("",))] == ["traefik", "worker-fetch"]
+
+    port = static["entryPoints"]["web"]["address"].rsplit(":", 1)[1]
+    assert traefik["ports"] == [f"127.0.0.1:{port}:{port}"]
+    dynamic = yaml.safe_load((TRAEFIK_DIR / "dynamic.yml").read_text())
+    (router,) = dynamic["http"]["routers"].values()
+    assert router["entryPoints"] == ["web"]
+    regexp = re.fullmatch(r"HostRegexp\(`(.+)`\)", router["rule"]).group(1)
+    domain = fetch.tunnel_domain
+    for host in ("demo", "alpha", "bravo-2", "x1"):
+        assert re.match(regexp, f"{host}.{domain}", re.I), host
+    for host in (domain, f"a.b.{domain}", f"evil{domain}", f"demo.{domain}.evil.com", "example.com"):
+        assert not re.match(regexp, host, re.I), host
+    (server,) = dynamic["http"]["services"][router["service"]]["loadBalancer"]["servers"]
+    assert server["url"].split("//", 1)[1].split(":")[0] == "whoami" and "whoami" in services
+    assert str(services["whoami"]["image"]).startswith("traefik/whoami:")
+    load = " ".join(_command(services["loadgen"]))
+    assert f"http://traefik:{port}/" in load and f".{domain}" in load
+    assert services["loadgen"]["depends_on"]["traefik"]["condition"] == "service_healthy"
+    assert "--configFile=/etc/traefik/traefik.yml" in traefik["healthcheck"]["test"]
+    assert static["ping"]["entryPoint"] in static["entryPoints"]
+
+
+def test_env_example_holds_every_variable_and_no_secret():
+    text = COMPOSE_FILE.read_text()
+    used = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", text))
+    example = ROOT / ".env.example"
+    values = {}
+    for line in example.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, _, value = line.partition("=")
+            values[name.strip()] = value
+    assert set(values) == used, f"missing: {sorted(used - set(values))}, unused: {sorted(set(values) - used)}"
+    for name in ("FLOWER_BASIC_AUTH", "PLATFORM_INTERNAL_SECRET"):
+        assert values[name] == "", f"{name}: no secret in .env.example"
+    # Defaults in .env.example are compose's own.
+    for name, value in values.items():
+        if value:
+            (default,) = set(re.findall(r"\$\{" + name + r":-([^}]*)\}", text))
+            assert value == default, name
+    assert ".env" in (ROOT / ".gitignore").read_text().split(), "a .env holds secrets: git must ignore it"

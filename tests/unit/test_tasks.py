@@ -73,20 +73,26 @@ ENV = {
 }
 
 
-@pytest.fixture(scope="module")
-def wiring() -> dict:
+def _wiring(**extra: str) -> dict:
     names = [n.upper() for n in Settings.model_fields] + ["POD_NAMESPACE"]
     env = {k: v for k, v in os.environ.items() if k.upper() not in names}
-    env.update(ENV)
+    env.update(ENV, **extra)
     proc = subprocess.run([sys.executable, "-c", PROBE], env=env, cwd=ROOT, capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.fixture(scope="module")
+def wiring() -> dict:
+    return _wiring()
+
+
 def test_registered_tasks_and_their_queues(wiring):
     assert {name: t["queue"] for name, t in wiring["tasks"].items()} == {
         "workers.fetch.fetch": "fetch",
+        # The file source's fetch: plan sends it to the file's host queue (FILE_QUEUE).
+        "workers.fetch.fetch_file": "fetch",
         "workers.maintenance.plan": "fetch",
         "workers.maintenance.merge": "fetch",
         "workers.maintenance.sweep": "fetch",
@@ -160,3 +166,21 @@ def test_the_report_task_name_sent_by_replay_is_registered(wiring):
     from app.queues import REPORT_TASK
 
     assert REPORT_TASK in wiring["tasks"]
+
+
+def test_file_source_host_queues_are_declared_and_planned_by_beat():
+    """LOG_SOURCE=file on several hosts: every host queue (FILE_QUEUES, and this host's
+    FILE_QUEUE) is declared (task_create_missing_queues is off), beat sends one plan to
+    each, and the sweep to the first; the Kubernetes schedule is unchanged (above)."""
+    wiring = _wiring(LOG_SOURCE="file", FILE_QUEUE="fetch.web1", FILE_QUEUES="fetch.web1,fetch.web2")
+    assert sorted(wiring["task_queues"]) == ["fetch", "fetch.web1", "fetch.web2", "report"]
+    schedule = wiring["beat_schedule"]
+    plans = {e["options"]["queue"] for e in schedule.values() if e["task"] == "workers.maintenance.plan"}
+    assert plans == {"fetch.web1", "fetch.web2"}
+    assert schedule["sweep"]["options"]["queue"] == "fetch.web1"
+    for entry in schedule.values():
+        assert 0 < entry["options"]["expires"] <= entry["schedule"]
+    # One host: everything on the fetch queue, as with Kubernetes.
+    one = _wiring(LOG_SOURCE="file", LOG_FILES="/var/log/traefik/access.log*")
+    assert sorted(one["task_queues"]) == ["fetch", "report"]
+    assert {e["options"]["queue"] for e in one["beat_schedule"].values()} == {"fetch"}
