@@ -474,6 +474,10 @@ def run(stop: threading.Event, health_dir: str | None = None, lease_seconds: flo
     from app.health import write_deadline
 
     s = runtime.settings()
+    if s.log_source != "kubernetes":
+        log.error("watch: LOG_SOURCE=%s: there are no Traefik pods to watch; run the watcher only with "
+                  "LOG_SOURCE=kubernetes", s.log_source)
+        return 2
     ledger = runtime.ledger()
     try:
         fetcher = runtime.fetcher()  # the fetch task's, same settings

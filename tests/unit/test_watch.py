@@ -386,3 +386,14 @@ def test_terminating_read_interval_setting(monkeypatch, env, ok):
     (line,) = str(err.value).splitlines()
     assert line.startswith("config error: TERMINATING_READ_INTERVAL ")
     assert line.endswith("expected a number of seconds from 0.1 to FETCH_INTERVAL")
+
+
+def test_the_watcher_refuses_a_file_log_source(monkeypatch, caplog):
+    """With LOG_SOURCE=file there are no pods: a configuration error (exit 2), one line."""
+    from app import runtime, watch
+    from app.settings import Settings
+
+    s = Settings(log_source="file", log_files="/nonexistent/access.log")
+    monkeypatch.setattr(runtime, "settings", lambda: s)
+    assert watch.run(threading.Event()) == 2
+    assert "LOG_SOURCE=file: there are no Traefik pods to watch" in caplog.text
