@@ -16,11 +16,15 @@ failed), with what to do when it is not OK. Exit status 1 when any check FAILs, 
 6. ``tunnel domain``: some of them are for ``*.<TUNNEL_DOMAIN>``.
 7. ``platform``: the host of ``PLATFORM_API_URL`` accepts a TCP connection (and a TLS
    handshake, for https): no HTTP request, so the secret is never sent.
+
+With ``LOG_SOURCE=file``, checks 2-4 are replaced by ``files`` (``LOG_FILES`` matches
+readable, uncompressed files) and 5-6 read the newest lines of the newest file instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import ssl
 import sys
@@ -67,6 +71,10 @@ def run(args: argparse.Namespace) -> int:
 def checks(s: Settings, lines: int = NEWEST_LINES, timeout: float = 5.0):
     """Every check's Result, in order."""
     yield from check_redis(s, timeout)
+    if s.log_source == "file":
+        yield from check_files(s, lines)
+        yield check_platform(s, timeout)
+        return
     source, result = kube_source(s)
     yield result
     if source is None:
@@ -207,6 +215,42 @@ def check_pods(s: Settings, source):
                         f"{s.traefik_namespace}: {names}")
 
 
+def check_files(s: Settings, lines: int):
+    """``files``, then ``access log`` and ``tunnel domain`` on the newest file's last lines."""
+    from app.filesource import discover
+
+    found = discover(s.log_files)
+    if not found.files:
+        skipped = [f"{len(v)} {k}" for k, v in (("compressed", found.compressed), ("unreadable", found.errors),
+                                                  ("without a complete first line", found.unidentified)) if v]
+        yield Result("FAIL", "files", f"LOG_FILES={s.log_files} matches no readable log file"
+                     + (f" ({', '.join(skipped)})" if skipped else ""),
+                     "point LOG_FILES at Traefik's accessLog.filePath (a glob such as /var/log/traefik/access.log*) "
+                     "and mount it readable into this container")
+        yield Result("SKIP", "access log", "needs a log file")
+        yield Result("SKIP", "tunnel domain", "needs a log file")
+        return
+    names = ", ".join(f.path for f in found.files[:5]) + (f" and {len(found.files) - 5} more"
+                                                          if len(found.files) > 5 else "")
+    note = f"; {len(found.compressed)} compressed file(s) skipped" if found.compressed else ""
+    yield Result("OK", "files", f"{len(found.files)} file(s) match {s.log_files}: {names}{note}")
+    newest = max(found.files, key=lambda f: os.stat(f.path).st_mtime if os.path.exists(f.path) else 0)
+    agg = Aggregator(s.tunnel_domain)
+    with open(newest.path, "rb") as fh:
+        fh.seek(max(0, newest.size - NEWEST_BYTES))
+        data = fh.read(NEWEST_BYTES)
+    tail = data.split(b"\n")
+    if newest.size > NEWEST_BYTES:
+        tail = tail[1:]  # the first piece is the end of a line read from its middle
+    if tail and not tail[-1]:
+        tail.pop()
+    agg.feed_lines(tail[-lines:])
+    yield _classify(agg, f"file {newest.path}", "set Traefik's accessLog.format to json and keep "
+                    "accessLog.filePath pointing at LOG_FILES; check accessLog.filters; or send a request and "
+                    "run check again")[1]
+    yield check_domain(s, agg if agg.access_lines() else None)
+
+
 def check_access_log(s: Settings, source, pods, lines: int):
     from app.kube import newest_lines
 
@@ -230,20 +274,25 @@ def check_access_log(s: Settings, source, pods, lines: int):
     if read_from is None:
         return None, Result("FAIL", "access log", "no listed pod has a running container "
                             f"{s.traefik_container or '(traefik or the first)'}", "check TRAEFIK_CONTAINER")
-    seen = f"pod {read_from}: {agg.access_lines()} of its newest {agg.total} lines are JSON access lines"
+    return _classify(agg, f"pod {read_from}", "enable Traefik's access log as JSON on stdout: "
+                     "accessLog.format=json, no accessLog.filePath, and check accessLog.filters; or send a "
+                     "request and run check again")
+
+
+def _classify(agg: Aggregator, where: str, fix: str):
+    """(the aggregator when it holds JSON access lines, else None; the ``access log`` Result)."""
+    seen = f"{where}: {agg.access_lines()} of its newest {agg.total} lines are JSON access lines"
     if agg.total == 0:
-        return None, Result("FAIL", "access log", f"pod {read_from} has written no log line yet",
+        return None, Result("FAIL", "access log", f"{where} has written no log line yet",
                             "send a request through Traefik and run check again")
     if agg.access_lines() > 0:
         return agg, Result("OK", "access log", seen)
     if agg.ignored.get(CLF_NO_HOST):
-        return None, Result("FAIL", "access log", f"pod {read_from} writes its access log in CLF "
+        return None, Result("FAIL", "access log", f"{where} writes its access log in CLF "
                             f"({agg.ignored[CLF_NO_HOST]} of {agg.total} lines): it has no Host and no request "
                             "size, so nothing can be metered", "set Traefik's accessLog.format to json")
     reasons = ", ".join(f"{k} {v}" for k, v in sorted({**agg.ignored, **agg.rejected}.items()))
-    return None, Result("FAIL", "access log", f"{seen} ({reasons})",
-                        "enable Traefik's access log as JSON on stdout: accessLog.format=json, no "
-                        "accessLog.filePath, and check accessLog.filters; or send a request and run check again")
+    return None, Result("FAIL", "access log", f"{seen} ({reasons})", fix)
 
 
 def check_domain(s: Settings, agg: Aggregator | None) -> Result:

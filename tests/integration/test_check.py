@@ -167,3 +167,35 @@ def test_tls_platform_is_verified(env, kube):
     code, lines, out = check(env, PLATFORM_API_URL=url)
     assert code == 1 and lines["platform"].startswith("FAIL ") and "TLS" in lines["platform"], out
 
+
+
+# LOG_SOURCE=file: the files instead of the Kubernetes API ----------------------------------------
+
+
+def file_env(env: dict[str, str], tmp_path, lines: list[bytes]) -> dict[str, str]:
+    logs = tmp_path / "traefik"
+    logs.mkdir()
+    (logs / "access.log").write_bytes(b"".join(line + b"\n" for line in lines))
+    (logs / "access.log.1.gz").write_bytes(b"\x1f\x8b\x08\x00")  # a rotated, compressed one
+    return {**env, "LOG_SOURCE": "file", "LOG_FILES": str(logs / "access.log*")}
+
+
+def test_file_mode_checks_the_files(env, tmp_path, kube):
+    code, lines, out = check(file_env(env, tmp_path, Traffic(seed=2).lines(30)))
+    print(out)
+    assert code == 0, out
+    assert set(lines) == {"redis", "ledger", "files", "access log", "tunnel domain", "platform"}, out
+    assert lines["files"].startswith("OK 1 file(s) match") and "1 compressed file(s) skipped" in lines["files"]
+    assert lines["access log"].startswith("OK file ") and lines["tunnel domain"].startswith("OK ")
+    assert not kube.requests  # no Kubernetes API in file mode
+
+
+def test_file_mode_reports_clf_and_missing_files(env, tmp_path):
+    code, lines, out = check(file_env(env, tmp_path, [CLF] * 4))
+    assert code == 1
+    assert "writes its access log in CLF (4 of 4 lines)" in lines["access log"] and "accessLog.format to json" in out
+    assert lines["tunnel domain"].startswith("SKIP")
+    code, lines, out = check({**env, "LOG_SOURCE": "file", "LOG_FILES": str(tmp_path / "nowhere" / "*.log")})
+    assert code == 1
+    assert lines["files"].startswith("FAIL LOG_FILES=") and "matches no readable log file" in lines["files"]
+    assert lines["access log"].startswith("SKIP") and lines["tunnel domain"].startswith("SKIP")
