@@ -38,7 +38,8 @@ log; since the ledger was initialised when none has), ``fetch_interval_seconds``
 ``undelivered_reports{state="pending"|"queued"|"due"|"dead"}``,
 ``oldest_undelivered_report_age_seconds`` (since its interval ended; 0 when none),
 ``reports_in_retry`` (waiting for a Celery retry now), ``dead_letters``,
-``queue_messages{queue="fetch"|"report"}`` (messages waiting in the broker's lists, all
+``queue_messages{queue="fetch"|"report"|"fetch.<host>"}`` (the last with ``LOG_SOURCE=file``;
+messages waiting in the broker's lists, all
 priorities), ``broker_unacked_messages`` (delivered to a worker, not acknowledged: running,
 or held for a retry countdown), ``ledger_initialised``, ``redis_up``.
 """
@@ -242,7 +243,9 @@ class LedgerCollector(Collector):
     # The broker -------------------------------------------------------------------------------
 
     def _broker_families(self) -> Iterator[Metric]:
-        queues = [q.value for q in Queue]
+        # The file source's per-host queues (fetch.<host>) too, when it is the source.
+        extra = self.s.file_queue_names if self.s.log_source == "file" else []
+        queues = list(dict.fromkeys([*(q.value for q in Queue), *extra]))
         with self.broker.pipeline(transaction=False) as pipe:
             for queue in queues:
                 for key in queue_keys(queue):

@@ -212,3 +212,18 @@ def test_unmetered_requests_are_a_total_without_a_tunnel_label(r):
     s = scrape(ledger)
     assert value(s, "unmetered_requests_total") == 3
     assert not [key for key in s if key[0] == f"{NS}_unmetered_requests_total" and key[1]]  # no labels
+
+
+def test_file_source_host_queues_are_counted_too(r):
+    ledger = Ledger(r, "fileq", 60)
+    ledger.initialise(0)
+    for key, n in (("fetch.host-a", 2), (queue_keys("fetch.host-b")[3], 1), ("report", 4)):
+        r.rpush(key, *[b"{}"] * n)
+    files = scrape(ledger, log_source="file", log_files="/var/log/traefik/access.log*",
+                   file_queues="fetch.host-a,fetch.host-b")
+    assert value(files, "queue_messages", queue="fetch.host-a") == 2
+    assert value(files, "queue_messages", queue="fetch.host-b") == 1
+    assert value(files, "queue_messages", queue="report") == 4
+    pods = scrape(ledger)  # the Kubernetes source: only fetch and report
+    assert {labels for name, labels in pods if name == f"{NS}_queue_messages"} == {
+        (("queue", "fetch"),), (("queue", "report"),)}
