@@ -235,7 +235,11 @@ class PodTracker:
             st.gone, st.gone_ns = True, wall_ns
         if st.gone:
             return self._settle(st)
-        if st.again or cut or status in _AGAIN_AT_ONCE:
+        if status == FetchStatus.NO_PROGRESS:
+            # Cut with nothing consumed: reading again at once gets the same bytes. Wait
+            # the usual interval (the WARN and counter already say what to change).
+            st.due = max(now, st.read_started + self.interval)
+        elif st.again or cut or status in _AGAIN_AT_ONCE:
             st.due = now
         elif st.deleting and not st.final_read:
             st.due = max(now, st.read_started + self.interval)

@@ -129,6 +129,14 @@ def test_a_cut_read_reads_on_at_once(tr):
     assert tr.pods["u0"].final_read
 
 
+def test_a_read_that_makes_no_progress_waits_the_interval(tr):
+    """NO PROGRESS is a cut read that consumed nothing: reading again at once would get the
+    same bytes, 20 times a second, until the pod is gone (found by review)."""
+    tr.sync([pod(deleting=True, exited=True)], 0.0, 0)
+    read(tr, 0.0, FetchStatus.NO_PROGRESS, cut=True)
+    assert not tr.pods["u0"].final_read and tr.next_due() == INTERVAL
+
+
 @pytest.mark.parametrize("status", [FetchStatus.CONFLICT, FetchStatus.RESTARTED])
 def test_conflict_or_restart_reads_again_at_once(tr, status):
     tr.sync([pod(deleting=True)], 0.0, 0)
