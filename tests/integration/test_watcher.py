@@ -6,6 +6,7 @@ before its last lines were read gets a gap record with its span; one watcher lea
 
 from __future__ import annotations
 
+import random
 import time
 
 import pytest
@@ -16,7 +17,7 @@ from app.model import Cursor
 from app.watch import LIVE_FILE, Lease
 from sim.fake_kube import PodNotFound
 from sim.procs import wait_until
-from tests.traffic import Traffic
+from tests.traffic import TRAEFIK_TEXT, Traffic
 
 NS = 1_000_000_000
 # Rounds every 10 s: the last lines of a pod whose container exits are written after
@@ -41,10 +42,22 @@ def wait_read(pipeline, pods, timeout=30):
 
 
 def test_two_rolling_updates_count_every_line(pipeline, kube):
+    """Two rolling updates on nodes that stamp in +08:00, with Traefik's own log busy on
+    stderr (stamped up to 0.3 s off the access lines around it)."""
     traffic = Traffic(seed=41)
+    rng = random.Random(41)
     running = ["traefik-a-0", "traefik-a-1"]
-    for name in running:
+
+    def add(name: str) -> None:
         kube.add_pod(name)
+        kube.configure_log(name, zone="+08:00", skew={"stderr": lambda: rng.uniform(-0.3, 0.3)})
+
+    def stderr(name: str) -> None:
+        for _ in range(rng.randrange(1, 3)):
+            kube.append_now(name, TRAEFIK_TEXT, stream="stderr")
+
+    for name in running:
+        add(name)
     pipeline.init_ledger()
     pipeline.worker(**SLOW_ROUNDS)
     pipeline.beat(**SLOW_ROUNDS)
@@ -55,14 +68,16 @@ def test_two_rolling_updates_count_every_line(pipeline, kube):
     for gen in ("b", "c"):  # two rolling updates: maxSurge 1, maxUnavailable 0
         for i in (0, 1):
             old, new = f"traefik-{old_gen}-{i}", f"traefik-{gen}-{i}"
-            kube.add_pod(new)
+            add(new)
             running.append(new)
             kube.terminate(old, grace_seconds=30)
             running.remove(old)
             for _ in range(3):  # in-flight requests finishing while Traefik drains
                 kube.write_many(old, traffic.lines(5))
+                stderr(old)
                 for name in running:
                     kube.write_many(name, traffic.lines(3))
+                    stderr(name)
                 time.sleep(0.4)
             kube.write_many(old, traffic.lines(7))  # the very last lines...
             kube.exit_container(old)  # ...then the container exits at once
@@ -73,6 +88,7 @@ def test_two_rolling_updates_count_every_line(pipeline, kube):
     pipeline.wait_quiescent(running, timeout=90)
     assert pipeline.delivered() == traffic.expected()
     assert pipeline.ledger.gaps() == []
+    assert not any("timestamp" in key for key in pipeline.ledger.stats())  # every +08:00 stamp was read
     out = w.output()
     assert out.count("read to the end after its container terminated") == 4, out[-4000:]
     assert out.count("its log was read to the end") == 4
