@@ -73,6 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lines", type=int, default=200, help="newest log lines of a pod to look at (default %(default)s)")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds for each connection (default %(default)s)")
     p.set_defaults(run=check)
+
+    p = sub.add_parser("watch", help="watch the Traefik pods; read a terminating pod until it is gone",
+                       description="Watch the Traefik pods and read a terminating pod at once, every "
+                       "TERMINATING_READ_INTERVAL while it drains, and once more when its container "
+                       "terminated; record a gap when a pod vanished unread. One replica leads (a Redis "
+                       "lease), the others wait. Runs until SIGTERM; keeps HEALTH_DIR/watcher valid "
+                       "for a liveness probe while it runs.")
+    p.set_defaults(run=watch)
     return ap
 
 
@@ -236,10 +244,30 @@ def metrics(a: argparse.Namespace) -> int:
 
     logs.configure(settings_or_exit())  # LOG_FORMAT for the exporter's own records
     REGISTRY.register(LedgerCollector(_ledger()))
-    start_http_server(a.port, addr=a.addr)
+    try:
+        start_http_server(a.port, addr=a.addr)
+    except OSError as e:
+        print(f"traefik-metrics-scraper metrics: cannot listen on {a.addr}:{a.port}: {e}", file=sys.stderr)
+        return 1
     print(f"serving metrics on http://{a.addr}:{a.port}/metrics", flush=True)
     while True:
         time.sleep(3600)
+
+
+def watch(a: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from app import logs
+    from app import watch as pod_watch
+    from app.settings import settings_or_exit
+
+    s = settings_or_exit()
+    logs.configure(s)  # LOG_LEVEL and LOG_FORMAT, secrets masked
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return pod_watch.run(stop, health_dir=s.health_dir)
 
 
 def check(a: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ import pytest
 from app.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[2]
-COMMANDS = ["scan", "init-ledger", "status", "deadletters", "replay", "metrics"]
+COMMANDS = ["scan", "init-ledger", "status", "deadletters", "replay", "metrics", "watch"]
 
 
 def run(*args: str, **env: str) -> subprocess.CompletedProcess:
