@@ -1009,7 +1009,8 @@ class Run:
             kind, _, rest = key.partition(":")
             if kind not in ("rep", "iv", "lock", "round"):
                 continue
-            if self.r.ttl(raw) >= 0:
+            ttl = self.r.ttl(raw)
+            if ttl >= 0 or ttl == -2:  # -2: it expired since the scan (a round marker does, often)
                 continue
             referenced = (kind == "iv" and (rest in refs["open"] or rest in refs["sealed"])) or (
                 kind == "rep" and (rest in refs["due"] or rest in refs["dead"]))
