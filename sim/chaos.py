@@ -317,20 +317,25 @@ class Supervised:
 
     def _read(self, proc: subprocess.Popen) -> None:
         assert proc.stdout is not None
+        stopping = False  # once the process is on its way out, its pool's last lines do not count
         for raw in iter(proc.stdout.readline, b""):
             t = now()
             line = raw.decode("utf-8", "replace").rstrip("\n")
             with self._log_lock:
                 self._log.write(f"{t - self.t0:9.3f} [{proc.pid}] {line}\n".encode())
                 self._log.flush()
+            if "Unrecoverable error" in line or "CRITICAL" in line:
+                self.crash_lines.append(line[:300])
+            if "Unrecoverable error" in line or "Warm shutdown" in line or "Cold shutdown" in line:
+                stopping = True
+            if stopping:
+                continue
             if "] received" in line:
                 self.received.append(t)
             elif "] succeeded in" in line:
                 self.succeeded.append(t)
             elif " ready." in line or "beat: Starting" in line:
                 self.ready.append(t)
-            if "Unrecoverable error" in line or "CRITICAL" in line:
-                self.crash_lines.append(line[:300])
 
     def _watch(self) -> None:
         while not self._stop.is_set():
