@@ -883,11 +883,16 @@ class Run:
         return total
 
     def reports(self) -> dict[ReportKey, dict[str, str]]:
+        """Every report's state and delivery time, through the ledger's own reads (a
+        report's record may be a hash of its own or kept elsewhere once delivered)."""
         assert self.ledger is not None and self.r is not None
         out = {}
         for key in self.ledger.report_keys():
-            raw = self.r.hgetall(self.ledger.rep_key(key))
-            out[key] = {k.decode(): v.decode() for k, v in raw.items()}
+            rep = self.ledger.report(key)
+            raw = {k.decode(): v.decode() for k, v in self.r.hgetall(self.ledger.rep_key(key)).items()}
+            state = str(rep.state) if rep is not None else raw.get("state", "")
+            at = getattr(rep, "delivered_at", None) or raw.get("delivered_at")
+            out[key] = {"state": state, **({"delivered_at": f"{float(at):.3f}"} if at else {})}
         return out
 
     def check(self) -> dict:
