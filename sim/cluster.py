@@ -32,7 +32,7 @@ class LocalPipeline:
         self.kubeconfig = kube.write_kubeconfig(self.dir / "kubeconfig")
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(_OWN)},
-            "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+            "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
             "KUBECONFIG": self.kubeconfig,
             "REDIS_URL": redis_url,
             "REDIS_KEY_PREFIX": prefix,

@@ -99,7 +99,7 @@ class CeleryProcess:
         self.env = env
         self.args = list(args)
         self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix=f"tms-{role}-", suffix=".log")[1])
-        self.cwd = cwd or str(Path(__file__).resolve().parents[2])
+        self.cwd = cwd or str(Path(__file__).resolve().parents[1])
         self.proc: subprocess.Popen | None = None
 
     def command(self) -> list[str]:
