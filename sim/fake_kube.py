@@ -1046,14 +1046,7 @@ class FakeKube:
             attrs = _request_attributes(req.command, path, req.path)
             if attrs in self._denied:
                 raise _denied_error(*attrs, path)
-            for entry in self._fail:
-                remaining, status, path_contains = entry
-                if path_contains in path:
-                    if remaining <= 1:
-                        self._fail.remove(entry)
-                    else:
-                        entry[0] = remaining - 1
-                    raise ApiError(status, f"injected failure ({status})")
+        self._fail_injected(path)
 
     def _fail_injected(self, path: str) -> None:
         """An injected failure for this path, if one is pending (see ``fail_next``)."""
