@@ -24,6 +24,8 @@ settings = settings_or_exit()
 
 # kombu's Redis transport can kill a worker when Redis restarts (app/brokerfix.py).
 brokerfix.apply()
+# ... and builds a Redis client for every delivered and every acknowledged message.
+brokerfix.reuse_clients()
 
 app = Celery(
     "traefik_metrics_scraper",
@@ -48,14 +50,19 @@ app.conf.update(
     broker_transport_options=_transport,
     result_backend_transport_options=_transport,
     broker_connection_retry_on_startup=True,
+    # Results are written only for fetch, the chord's header (every other task ignores
+    # its result); an hour covers any chord, and they are a few hundred bytes a pod a round.
     result_expires=3600,
     task_create_missing_queues=False,
     # The two queues, and the file source's host queues (fetch.<host>; LOG_SOURCE=file).
     task_queues=[KombuQueue(q, routing_key=q) for q in dict.fromkeys([*map(str, Queue), *settings.file_queue_names])],
     task_default_queue=Queue.FETCH.value,
-    worker_send_task_events=True,
-    task_send_sent_event=True,
-    task_track_started=True,
+    # Task events only when asked for (TASK_EVENTS): Flower turns the workers' events on
+    # by itself while it runs. No STARTED state: no one reads it, and it is one more
+    # result-backend write per task.
+    worker_send_task_events=settings.task_events,
+    task_send_sent_event=settings.task_events,
+    task_track_started=False,
     worker_hijack_root_logger=True,
     worker_log_format="[%(levelname)s] %(message)s",
     worker_task_log_format="[%(levelname)s] %(message)s",

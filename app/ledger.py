@@ -12,6 +12,7 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from importlib import resources
 
 import redis
@@ -43,6 +44,13 @@ MAX_GAPS = 1000
 PARKED_MARKER_TTL = 86400  # seconds the "a report was parked" marker lasts if no success wakes it
 
 
+def _done_report(key: ReportKey, raw: str) -> Report:
+    """A report read from its interval's done hash (the field ``finish.lua`` writes)."""
+    state, bi, bo, rq, attempts, unmetered, at, user_id = raw.split(" ", 7)
+    return Report(key.start, key.subdomain, int(bi), int(bo), int(rq), ReportState(state), int(attempts), "",
+                  int(unmetered), user_id, float(at))
+
+
 def valid_subdomain(sub: str) -> bool:
     return bool(SUBDOMAIN.match(sub))
 
@@ -51,8 +59,10 @@ def _script(name: str) -> str:
     return resources.files("app").joinpath("lua", name).read_text()
 
 
+@lru_cache(maxsize=1024)
 def iso(ts: int) -> str:
-    """Interval id: its UTC start, e.g. ``2026-11-24T01:50:00Z``."""
+    """Interval id: its UTC start, e.g. ``2026-11-24T01:50:00Z`` (cached: every report of
+    an interval asks for the same few)."""
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -79,6 +89,8 @@ class Report:
     attempts: int
     reason: str
     unmetered: int = 0  # upgraded connections among the requests (not sent to the platform)
+    user_id: str = ""  # the platform's answer, once delivered
+    delivered_at: float | None = None  # Redis time of the final answer (delivered or skipped)
 
     @property
     def key(self) -> ReportKey:
@@ -99,6 +111,8 @@ class Ledger:
         self._hold = r.register_script(_script("hold.lua"))
         self._wake = r.register_script(_script("wake.lua"))
         self._states = r.register_script(REPORT_STATES_LUA)
+        self._begin = r.register_script(_script("begin.lua"))
+        self._finish = r.register_script(_script("finish.lua"))
 
     def k(self, *parts: object) -> str:
         return ":".join([self.p, *map(str, parts)])
@@ -304,22 +318,50 @@ class Ledger:
         return {k.decode(): int(v) for k, v in self.r.hgetall(self.k("unmetered")).items()}
 
     def expire_intervals(self, older_than: float) -> int:
-        """Drop count hashes of sealed intervals that ended before ``older_than`` and
-        have no report left undelivered."""
+        """Compact sealed intervals that ended before ``older_than`` and have no report
+        left undelivered: their count hash (hundreds of bytes per tunnel) becomes one
+        line of the ``history`` zset (``history()``), and they leave ``sealed``. Their
+        reports' records stay (dead letters, and delivered ones in ``done:<start>``)."""
         dropped = 0
-        for raw in self.r.zrangebyscore(self.k("sealed"), "-inf", "+inf"):
+        for raw, sealed_at in self.r.zrangebyscore(self.k("sealed"), "-inf", "+inf", withscores=True):
             start = int(raw)
             if start + self.ri > older_than:
                 continue
             pending = self.r.zscan_iter(self.k("due"), match=ReportKey.interval_pattern(start), count=1000)
             if next(pending, None) is not None:
                 continue
+            tunnels = 0
+            sums = [0, 0, 0, 0]  # bytes in, bytes out, requests, upgraded connections
+            for counts in self._interval_fields(start).values():
+                tunnels += counts.get("r", 0) > 0
+                for i, kind in enumerate("ioru"):
+                    sums[i] += counts.get(kind, 0)
+            line = " ".join(map(str, [start, tunnels, *sums, int(sealed_at)]))
             with self.r.pipeline() as pipe:
+                pipe.zadd(self.k("history"), {line: start})
                 pipe.delete(self.k("iv", start))
                 pipe.zrem(self.k("sealed"), raw)
                 pipe.execute()
             dropped += 1
         return dropped
+
+    def _interval_fields(self, start: int) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for field, value in self.r.hgetall(self.k("iv", start)).items():
+            sub, kind = field.decode().rsplit(":", 1)
+            out.setdefault(sub, {})[kind] = int(value)
+        return out
+
+    def trim_history(self, older_than: float) -> int:
+        """Drop the history of intervals that ended before ``older_than``."""
+        return int(self.r.zremrangebyscore(self.k("history"), "-inf", f"({older_than - self.ri}"))
+
+    def history(self) -> list[dict[str, int]]:
+        """One record per compacted interval, oldest first: ``start``, ``tunnels``
+        (reports made), ``bytes_in``, ``bytes_out``, ``requests``, ``unmetered`` and
+        ``sealed_at`` (unix seconds)."""
+        names = ("start", "tunnels", "bytes_in", "bytes_out", "requests", "unmetered", "sealed_at")
+        return [dict(zip(names, map(int, m.split()), strict=True)) for m in self.r.zrange(self.k("history"), 0, -1)]
 
     # Reports ----------------------------------------------------------------------------
 
@@ -327,15 +369,26 @@ class Ledger:
         """The Redis key of a report's hash (``seal.lua`` builds the same)."""
         return self.k("rep", key)
 
+    def done_key(self, start: int) -> str:
+        """The hash of an interval's delivered and skipped reports (``finish.lua``)."""
+        return self.k("done", start)
+
     def report_keys(self) -> list[ReportKey]:
-        """Every report with a hash in the ledger (a scan: for tests and audits)."""
+        """Every report in the ledger: with a hash of its own, or delivered and kept in
+        its interval's done hash (a scan: for tests and audits)."""
         head = len(self.k("rep", ""))
-        return [ReportKey.parse(raw[head:]) for raw in self.r.scan_iter(match=self.k("rep", "*"), count=1000)]
+        out = [ReportKey.parse(raw[head:]) for raw in self.r.scan_iter(match=self.k("rep", "*"), count=1000)]
+        head = len(self.k("done", ""))
+        for raw in self.r.scan_iter(match=self.k("done", "*"), count=1000):
+            start = int(raw[head:])
+            out += [ReportKey(start, sub.decode()) for sub in self.r.hkeys(raw)]
+        return out
 
     def report(self, key: ReportKey) -> Report | None:
         raw = self.r.hgetall(self.rep_key(key))
         if not raw:
-            return None
+            done = self.r.hget(self.done_key(key.start), key.subdomain)
+            return None if done is None else _done_report(key, done.decode())
         d = {k.decode(): v.decode() for k, v in raw.items()}
         return Report(
             start=key.start,
@@ -375,6 +428,33 @@ class Ledger:
         returns how many (see ``wake.lua``)."""
         return int(self._wake(keys=[self.k("due"), self.k("parked")], args=[self.p]))
 
+    def begin(self, key: ReportKey, token: str, lock_seconds: int) -> tuple[str, Report | ReportState | None]:
+        """Take the send lock, read the report and count an attempt, in one script
+        (``begin.lua``). Returns ``("go", report)`` (the lock held, ``attempts`` as before
+        this attempt), ``("busy", None)`` (another copy holds the lock), ``("final",
+        state)`` or ``("missing", None)`` (the lock released)."""
+        out = self._begin(keys=[self.rep_key(key), self.k("lock", key), self.done_key(key.start)],
+                          args=[token, lock_seconds, key.subdomain])
+        status = out[0].decode()
+        if status == "final":
+            return status, ReportState(out[1].decode())
+        if status != "go":
+            return status, None
+        bi, bo, rq, state, attempts, reason, unmetered = (x.decode() for x in out[1:8])
+        return status, Report(key.start, key.subdomain, int(bi), int(bo), int(rq), ReportState(state), int(attempts),
+                              reason, int(unmetered))
+
+    def finish(self, key: ReportKey, outcome: ReportState, user_id: str, retention: int, token: str = "") -> bool:
+        """Record a final answer (``delivered`` or ``skipped``): the report's record moves
+        into its interval's done hash, kept ``retention`` seconds after the interval's
+        last delivery, and the send lock ``token`` holds is released (``finish.lua``).
+        True when a report was parked since the platform's last success (then call
+        ``wake_parked``)."""
+        member = str(key)
+        keys = [self.rep_key(key), self.done_key(key.start), self.k("due"), self.k("retrying"), self.k("stats"),
+                self.k("lock", key), self.k("parked")]
+        return bool(self._finish(keys=keys, args=[member, key.subdomain, str(outcome), user_id, retention, token]))
+
     def acquire_send_lock(self, key: ReportKey, token: str, seconds: int) -> bool:
         return bool(self.r.set(self.k("lock", key), token, nx=True, ex=seconds))
 
@@ -395,17 +475,9 @@ class Ledger:
         return int(self.r.hincrby(self.rep_key(key), "attempts", 1))
 
     def mark_delivered(self, key: ReportKey, outcome: ReportState, user_id: str, retention: int) -> None:
-        """Record a final answer (``delivered`` or ``skipped``); the hash expires after
-        ``retention`` seconds."""
-        member = str(key)
-        with self.r.pipeline() as pipe:
-            pipe.hset(self.rep_key(key), mapping={"state": outcome, "user_id": user_id,
-                                                  "delivered_at": f"{self.now():.3f}", "reason": ""})
-            pipe.expire(self.rep_key(key), retention)
-            pipe.zrem(self.k("due"), member)
-            pipe.zrem(self.k("retrying"), member)
-            pipe.hincrby(self.k("stats"), f"reports_{outcome}", 1)
-            pipe.execute()
+        """Record a final answer (``delivered`` or ``skipped``) without a send lock (see
+        ``finish``); the record is kept ``retention`` seconds."""
+        self.finish(key, outcome, user_id, retention)
 
     def park(self, key: ReportKey, next_at: float, reason: str) -> None:
         member = str(key)

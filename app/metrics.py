@@ -41,7 +41,10 @@ log; since the ledger was initialised when none has), ``fetch_interval_seconds``
 ``queue_messages{queue="fetch"|"report"|"fetch.<host>"}`` (the last with ``LOG_SOURCE=file``;
 messages waiting in the broker's lists, all
 priorities), ``broker_unacked_messages`` (delivered to a worker, not acknowledged: running,
-or held for a retry countdown), ``ledger_initialised``, ``redis_up``.
+or held for a retry countdown), ``ledger_initialised``, ``redis_up``,
+``redis_memory_used_bytes{redis}``, ``redis_memory_max_bytes{redis}`` and
+``redis_memory_headroom_ratio{redis}`` (``ledger``, and ``broker`` when it is another
+Redis: with ``noeviction`` a full Redis refuses the ledger's commits).
 """
 
 from __future__ import annotations
@@ -116,7 +119,7 @@ class LedgerCollector(Collector):
         yield GaugeMetricFamily(f"{NS}_report_interval_seconds", "Configured REPORT_INTERVAL: seconds per report interval",
                                 value=self.s.report_interval)
         try:
-            families = list(self._ledger_families()) + list(self._broker_families())
+            families = list(self._ledger_families()) + list(self._broker_families()) + list(self._memory_families())
         except redis.RedisError as e:
             log.warning("metrics: Redis: %s", type(e).__name__)
             yield GaugeMetricFamily(f"{NS}_redis_up", "1 when the ledger and broker Redis answered this scrape", value=0)
@@ -239,6 +242,27 @@ class LedgerCollector(Collector):
         yield GaugeMetricFamily(f"{NS}_min_pod_lag_seconds", "Seconds since a read of any pod last reached the end of "
                                 "its log (since the ledger was initialised when none has)",
                                 value=max(0.0, now - newest_end))
+
+    # Redis memory ----------------------------------------------------------------------------
+
+    def _memory_families(self) -> Iterator[Metric]:
+        """used_memory against maxmemory of the ledger's Redis (and the broker's when it is
+        another): with noeviction, a full Redis refuses the ledger's commits."""
+        servers = [("ledger", self.ledger.r)]
+        if self.broker is not self.ledger.r:
+            servers.append(("broker", self.broker))
+        used = GaugeMetricFamily(f"{NS}_redis_memory_used_bytes", "Redis used_memory (INFO memory)", labels=["redis"])
+        limit = GaugeMetricFamily(f"{NS}_redis_memory_max_bytes", "Redis maxmemory (0: no limit)", labels=["redis"])
+        headroom = GaugeMetricFamily(f"{NS}_redis_memory_headroom_ratio", "Share of maxmemory still free "
+                                     "(1 - used_memory / maxmemory; absent without a limit): at 0 a noeviction "
+                                     "Redis refuses writes", labels=["redis"])
+        for name, client in servers:
+            info = client.info("memory")
+            used.add_metric([name], info.get("used_memory", 0))
+            limit.add_metric([name], info.get("maxmemory", 0))
+            if info.get("maxmemory"):
+                headroom.add_metric([name], max(0.0, 1 - info.get("used_memory", 0) / info["maxmemory"]))
+        yield from (used, limit, headroom)
 
     # The broker -------------------------------------------------------------------------------
 

@@ -194,7 +194,12 @@ def sweep(ledger: Ledger, source: LogSource | None, settings: Settings) -> tuple
     if claimed:
         log.info("sweep: re-enqueueing %d report(s) never delivered", len(claimed))
     now = ledger.now()
-    expired = ledger.expire_intervals(now - settings.interval_retention)
+    # An interval whose reports are all final is compacted into one history line at once
+    # (its per-tunnel counts would take ~200 bytes a tunnel); the history is kept
+    # INTERVAL_RETENTION, delivered reports' records REPORT_RETENTION (docs/design.md,
+    # "Redis memory").
+    expired = ledger.expire_intervals(now - settings.sweep_merge_age)
+    ledger.trim_history(now - settings.interval_retention)
     forgotten = _forget_gone_pods(ledger, source, now) if source is not None else 0
     summary = {"merged": merged.sealed, "requeued": len(claimed), "expired": expired, "forgotten_pods": forgotten}
     return summary, merged.reports + claimed

@@ -6,6 +6,7 @@ first use."""
 from __future__ import annotations
 
 import logging
+import threading
 
 import redis
 
@@ -21,6 +22,9 @@ from app.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 _state: dict[str, object] = {}
+# A report worker runs its tasks on threads (--pool=threads): they share one of each,
+# created once.
+_lock = threading.RLock()
 
 
 def settings() -> Settings:
@@ -28,17 +32,19 @@ def settings() -> Settings:
 
 
 def redis_client() -> redis.Redis:
-    if "redis" not in _state:
-        _state["redis"] = redis.Redis.from_url(
-            settings().redis_url, socket_timeout=30, socket_connect_timeout=10, health_check_interval=30
-        )
+    with _lock:
+        if "redis" not in _state:
+            _state["redis"] = redis.Redis.from_url(
+                settings().redis_url, socket_timeout=30, socket_connect_timeout=10, health_check_interval=30
+            )
     return _state["redis"]  # type: ignore[return-value]
 
 
 def ledger() -> Ledger:
-    if "ledger" not in _state:
-        s = settings()
-        _state["ledger"] = Ledger(redis_client(), s.redis_key_prefix, s.report_interval)
+    with _lock:
+        if "ledger" not in _state:
+            s = settings()
+            _state["ledger"] = Ledger(redis_client(), s.redis_key_prefix, s.report_interval)
     return _state["ledger"]  # type: ignore[return-value]
 
 
@@ -68,10 +74,12 @@ def file_fetcher() -> FileFetcher:
 
 
 def reporter() -> Reporter:
-    if "reporter" not in _state:
-        s = settings()
-        client = PlatformClient(s.platform_api_url, s.require_secret(), s.platform_connect_timeout, s.platform_read_timeout)
-        _state["reporter"] = Reporter(ledger(), client, s)
+    with _lock:
+        if "reporter" not in _state:
+            s = settings()
+            client = PlatformClient(s.platform_api_url, s.require_secret(), s.platform_connect_timeout,
+                                    s.platform_read_timeout)
+            _state["reporter"] = Reporter(ledger(), client, s)
     return _state["reporter"]  # type: ignore[return-value]
 
 

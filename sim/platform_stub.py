@@ -256,7 +256,13 @@ class PlatformStub:
         self.verbose = verbose
         self.on_record = on_record
         self._seed = seed
-        self._cond = threading.Condition(threading.RLock())
+        lock = threading.RLock()
+        self._cond = threading.Condition(lock)
+        # Requests waiting out ``delay`` wait on their own condition, woken only when the
+        # delay changes or the stub stops: on ``_cond`` (notified at every change) each
+        # answer would wake every waiting request, and at a few hundred requests a second
+        # the stub would spend more CPU than the client it serves.
+        self._delay_changed = threading.Condition(lock)
         self._secret = secret
         self._skip = frozenset(skip)
         self._dedupe = dedupe
@@ -285,6 +291,7 @@ class PlatformStub:
             self._drops_pending = 0
             self._script: deque[_Scripted] = deque()
             self._cond.notify_all()
+            self._delay_changed.notify_all()
 
     # ----- lifecycle ---------------------------------------------------------------
 
@@ -320,6 +327,7 @@ class PlatformStub:
             self._stopping = True
             connections = list(self._connections)
             self._cond.notify_all()
+            self._delay_changed.notify_all()
         if server is None:
             return
         server.shutdown()
@@ -433,6 +441,7 @@ class PlatformStub:
         with self._cond:
             self._delay = float(value)
             self._cond.notify_all()
+            self._delay_changed.notify_all()
 
     def slow(self, rate: float, seconds: float) -> None:
         """With probability ``rate`` (seeded RNG), an accepted request is processed for
@@ -729,7 +738,7 @@ class PlatformStub:
                 remaining = started + (self._slow_delay if slow else self._delay) - time.monotonic()
                 if remaining <= 0:
                     return True
-                self._cond.wait(remaining)
+                self._delay_changed.wait(remaining)
             return False
 
     def _take_fault(self) -> _Answer | None:

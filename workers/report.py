@@ -25,13 +25,18 @@ log = logging.getLogger(__name__)
     name="workers.report.report",
     queue=Queue.REPORT,
     acks_late=True,
+    # Nobody reads a report's result (the ledger holds its outcome): not written.
+    ignore_result=True,
     # Set on the task itself: retry_kwargs={"max_retries": None} would still stop at 3.
     max_retries=settings.report_auto_retries,
+    # Enforced by the prefork pool only; the threads pool the report workers run is
+    # bounded by the POST's own deadline (app/platform.py).
     soft_time_limit=settings.report_time_limit,
     time_limit=settings.report_time_limit + 5,
 )
 def report(self, start: int, subdomain: str) -> dict:
-    """Deliver the report of interval ``start`` (unix seconds) for ``subdomain``."""
+    """Deliver the report of interval ``start`` (unix seconds) for ``subdomain``; the
+    outcome is recorded in the ledger (the returned dict is not kept)."""
     out = runtime.reporter().send(start, subdomain, self.request.retries)
     if out.action == ReportOutcome.RETRY:
         raise self.retry(countdown=out.countdown)

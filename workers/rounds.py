@@ -13,7 +13,7 @@ import logging
 
 from celery import chord, group
 
-from app import rounds, runtime
+from app import pace, rounds, runtime
 from app.celery import app, settings
 from app.errors import KubeError
 from app.queues import Queue
@@ -23,11 +23,16 @@ from workers.report import enqueue_reports
 log = logging.getLogger(__name__)
 
 
-@app.task(name="workers.maintenance.plan", queue=Queue.FETCH, expires=float(settings.fetch_every))
+@app.task(name="workers.maintenance.plan", queue=Queue.FETCH, expires=float(settings.fetch_every), ignore_result=True)
 def plan() -> dict:
     """List the Traefik pods and send chord(fetch per pod, merge). With the file source,
     list this host's access-log files and send chord(fetch_file per file, merge), each
-    fetch_file to this host's queue."""
+    fetch_file to this host's queue. The round before an interval ends also sends a
+    merge for just after its end (app/pace.py)."""
+    countdown = pace.seal_countdown(runtime.ledger(), settings)
+    if countdown is not None:
+        queue = settings.file_queue if settings.log_source == "file" else Queue.FETCH.value
+        merge.apply_async(countdown=countdown, expires=countdown + settings.fetch_every, queue=queue)
     if settings.log_source == "file":
         # Everything of a file round stays on the host's queue: where the files are, and
         # off the fetch queue a Kubernetes reader may consume beside it (docker-compose.yml).
@@ -52,7 +57,7 @@ def plan() -> dict:
     return out.summary()
 
 
-@app.task(name="workers.maintenance.merge", queue=Queue.FETCH, acks_late=True)
+@app.task(name="workers.maintenance.merge", queue=Queue.FETCH, acks_late=True, ignore_result=True)
 def merge() -> dict:
     """The chord callback: seal ended intervals and send their reports."""
     out = rounds.merge(runtime.ledger(), settings)
@@ -60,7 +65,8 @@ def merge() -> dict:
     return {"sealed": out.sealed, "reports": len(out.reports)}
 
 
-@app.task(name="workers.maintenance.sweep", queue=Queue.FETCH, acks_late=True, expires=float(3 * settings.fetch_every))
+@app.task(name="workers.maintenance.sweep", queue=Queue.FETCH, acks_late=True, expires=float(3 * settings.fetch_every),
+          ignore_result=True)
 def sweep() -> dict:
     source = None  # the file source has no pods to check
     if settings.log_source != "file":

@@ -266,8 +266,11 @@ def test_mark_delivered_removes_from_due_and_retrying(ledger):
     ledger.mark_delivered(m, ReportState.DELIVERED, "abc123def456", retention=3600)
     rep = ledger.report(m)
     assert rep.state == ReportState.DELIVERED
-    assert ledger.r.hget(ledger.rep_key(m), "user_id") == b"abc123def456"
-    assert 0 < ledger.r.ttl(ledger.rep_key(m)) <= 3600
+    assert (rep.user_id, rep.attempts, rep.bytes_in) == ("abc123def456", 0, 1)
+    # Kept compact in its interval's done hash for the retention, its own hash gone.
+    assert not ledger.r.exists(ledger.rep_key(m))
+    assert 0 < ledger.r.ttl(ledger.done_key(m.start)) <= 3600
+    assert m in ledger.report_keys()
     assert due_score(ledger, m) is None
     assert ledger.r.zscore(ledger.k("retrying"), str(m)) is None
     assert ledger.due_count() == 0

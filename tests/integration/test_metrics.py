@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import time
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -227,3 +228,23 @@ def test_file_source_host_queues_are_counted_too(r):
     pods = scrape(ledger)  # the Kubernetes source: only fetch and report
     assert {labels for name, labels in pods if name == f"{NS}_queue_messages"} == {
         (("queue", "fetch"),), (("queue", "report"),)}
+
+
+def test_redis_memory_headroom(r):
+    """used_memory against maxmemory: the headroom a noeviction Redis has before it
+    refuses the ledger's commits."""
+    ledger = Ledger(r, "mem", 60)
+    before = r.config_get("maxmemory")["maxmemory"]
+    r.config_set("maxmemory", str(1 << 30))
+    try:
+        s = scrape(ledger)
+        used = value(s, "redis_memory_used_bytes", redis="ledger")
+        assert 0 < used < 1 << 30
+        assert value(s, "redis_memory_max_bytes", redis="ledger") == 1 << 30
+        assert value(s, "redis_memory_headroom_ratio", redis="ledger") == pytest.approx(1 - used / (1 << 30), abs=0.01)
+        r.config_set("maxmemory", "0")
+        s = scrape(ledger)
+        assert value(s, "redis_memory_max_bytes", redis="ledger") == 0
+        assert not [k for k in s if k[0] == f"{NS}_redis_memory_headroom_ratio"]  # no limit: no headroom
+    finally:
+        r.config_set("maxmemory", before)

@@ -121,7 +121,11 @@ def test_delivered_marks_the_report_and_logs_the_original_line(settings_env, led
     rep = ledger.report(ReportKey(start, SUB))
     assert (rep.state, rep.attempts) == (ReportState.DELIVERED, 1)
     assert ledger.due_count() == 0
-    assert ledger.r.hget(ledger.rep_key(ReportKey(start, SUB)), "user_id") == b"abc123def456"
+    assert rep.user_id == "abc123def456" and rep.delivered_at is not None
+    # The record moved into its interval's done hash, and the send lock went with it.
+    assert not ledger.r.exists(ledger.rep_key(ReportKey(start, SUB)))
+    assert ledger.r.hexists(ledger.done_key(start), SUB)
+    assert not ledger.r.exists(ledger.k("lock", ReportKey(start, SUB)))
     fmt = logging.Formatter("[%(levelname)s] %(message)s")
     lines = [fmt.format(rec) for rec in caplog.records if rec.name == "app.reporting"]
     assert "[INFO] ✅ my-tunnel: ↓1024B ↑2048B (15req) → User:abc123def456" in lines

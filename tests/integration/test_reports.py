@@ -19,7 +19,7 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from app.ledger import Report
+from app.ledger import Report, iso
 from app.model import ReportKey, ReportOutcome, ReportState
 from app.reporting import idempotency_key, report_body
 from sim.platform_stub import ENDPOINT_PATH
@@ -421,12 +421,14 @@ def test_skipped_is_final_and_not_retried(pipeline, kube, platform):
     assert stats["reports_skipped"] == len(skipped) == len(platform.skipped)
     assert "skipped by the platform" in worker.output()
 
-    # Sent again by hand: still final, nothing goes on the wire.
+    # Sent again by hand: still final, nothing goes on the wire. (Report results are not
+    # kept: the worker says what it did.)
     before = len(platform.attempts)
-    res = pipeline.client.send_task("workers.report.report", args=(skipped[0].start, skipped[0].subdomain),
-                                    queue="report")
-    assert res.get(timeout=20) == {"action": ReportOutcome.NOOP, "detail": ReportState.SKIPPED}
+    pipeline.client.send_task("workers.report.report", args=(skipped[0].start, skipped[0].subdomain), queue="report")
+    noop = f"report {skipped[0].subdomain} ({iso(skipped[0].start)}): already skipped; nothing sent"
+    wait(pipeline, lambda: noop in worker.output(), 20, "the copy to be dropped")
     assert len(platform.attempts) == before
+    assert pipeline.ledger.report(skipped[0]).state == ReportState.SKIPPED
 
 
 # 9. The secret never appears ---------------------------------------------------------------

@@ -1,0 +1,30 @@
+-- One report attempt begins, atomic: take the send lock, read the report, count the
+-- attempt. One round trip where there were three (SET NX, HGETALL, HINCRBY).
+--
+-- KEYS[1] rep:<start>:<sub> hash   KEYS[2] lock:<start>:<sub>
+-- KEYS[3] done:<start> hash (delivered detail of the interval, see finish.lua)
+-- ARGV: lock token, lock seconds, subdomain
+-- Returns {"busy"} when another copy holds the lock; {"final", state} (delivered,
+-- skipped or dead) or {"missing"} with the lock released; else, the lock taken and the
+-- attempt counted, {"go", bytes_in, bytes_out, requests, state, attempts before this
+-- one, reason, unmetered}.
+if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'EX', tonumber(ARGV[2])) then
+  return {'busy'}
+end
+local v = redis.call('HMGET', KEYS[1], 'bytes_in', 'bytes_out', 'requests', 'state', 'attempts', 'reason',
+  'unmetered')
+if not v[1] then
+  redis.call('DEL', KEYS[2])
+  local done = redis.call('HGET', KEYS[3], ARGV[3])
+  if done then
+    return {'final', string.match(done, '^%S+')}
+  end
+  return {'missing'}
+end
+local state = v[4] or 'pending'
+if state == 'delivered' or state == 'skipped' or state == 'dead' then
+  redis.call('DEL', KEYS[2])
+  return {'final', state}
+end
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+return {'go', v[1], v[2], v[3], state, v[5] or '0', v[6] or '', v[7] or '0'}
