@@ -42,6 +42,7 @@ EXPECTED = {
     "traefik_label_selector": "a label selector such as app.kubernetes.io/name=traefik",
     "traefik_container": "a container name, or empty",
     "fetch_interval": "a whole number of seconds from 1 to REPORT_INTERVAL",
+    "fetch_min_interval": "a number of seconds from 0.1 to FETCH_INTERVAL",
     "fetch_max_bytes": "a whole number of bytes from 4096 to 1073741824, more than LOG_LINE_MAX_BYTES + 64 "
     "(one read must hold the longest line and its timestamp)",
     "log_line_max_bytes": "a whole number of bytes from 4096 to 536870912, below FETCH_MAX_BYTES - 64",
@@ -131,6 +132,16 @@ class Settings(BaseSettings):
     """Seconds between log reads. Default: the smaller of 10 and ``REPORT_INTERVAL``.
     10 s keeps a pod at 1,000 req/s from rotating lines away (10 MiB ≈ 10 s) before
     they are read."""
+
+    fetch_min_interval: float = 1.0
+    """Seconds between two reads of a busy pod at least. Between rounds, a pod whose log
+    grows is read again after about 1,000 new lines (``app/pace.py``), but not sooner
+    than this. The kubelet serves only the current log file and renames it away once it
+    reaches ``containerLogMaxSize`` (10 Mi by default, checked every 10 s): the lines
+    written after the last read before that are unreachable, so a busy pod read every
+    second loses at most about a second of lines at a rotation (each read also re-reads
+    ``LOG_REORDER_WINDOW`` plus up to a second of log, hence not less). A pod that grows
+    by less than 1,000 lines per ``FETCH_INTERVAL`` is read by the rounds only."""
 
     fetch_max_bytes: int = 32 * 1024 * 1024
     """``limitBytes`` of one log read (32 MiB); the rest is read next round. Bounds a
@@ -422,6 +433,7 @@ class Settings(BaseSettings):
         checks = {
             "report_interval": 1 <= self.report_interval <= 86400 and 86400 % self.report_interval == 0,
             "fetch_interval": self.fetch_interval is None or 1 <= self.fetch_interval <= self.report_interval,
+            "fetch_min_interval": 0.1 <= self.fetch_min_interval <= max(self.fetch_every, 1),
             "fetch_max_bytes": 4096 <= self.fetch_max_bytes <= 1 << 30
             and (not line_max_ok or self.fetch_max_bytes > self.log_line_max_bytes + LINE_PREFIX_ROOM),
             "log_line_max_bytes": line_max_ok,

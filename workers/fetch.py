@@ -1,5 +1,9 @@
 """Fetch tasks: one per Traefik pod per round (queue ``fetch``), or with the file source
-one per access-log file per round (queue ``FILE_QUEUE``: the host that holds the file)."""
+one per access-log file per round (queue ``FILE_QUEUE``: the host that holds the file).
+
+Between rounds a pod's fetch may send the pod's next read itself, outside the round's
+chord: at once after a read cut at ``limitBytes`` that made progress, or after a short
+countdown for a pod whose log grows fast (``app/pace.py``, at most one pending per pod)."""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import redis
 from celery import signals
 from celery.exceptions import SoftTimeLimitExceeded
 
-from app import runtime
+from app import pace, runtime
 from app.celery import app, settings
 from app.model import FetchStatus
 from app.queues import Queue
@@ -35,10 +39,16 @@ ERROR_STATUSES = frozenset({
     time_limit=settings.fetch_time_limit + 10,
     expires=float(settings.fetch_time_limit),
 )
-def fetch(name: str, uid: str) -> dict:
+def fetch(name: str, uid: str, early: str = "") -> dict:
     """Read pod ``name`` (uid ``uid``) from its cursor and commit. Never raises for a
-    handled error, so the round's chord always completes; the cursor stays put."""
+    handled error, so the round's chord always completes; the cursor stays put.
+    ``early``: the token of an early read sent by a previous fetch (``app/pace.py``)."""
     started = time.monotonic()
+    if early:
+        try:
+            pace.start_early_read(runtime.ledger(), uid, early)
+        except redis.RedisError as e:  # the mark expires on its own; the read goes on
+            log.warning("fetch %s: could not free its early-read mark: %s", name, type(e).__name__)
     try:
         summary = runtime.fetcher().fetch(name, uid)
     except SoftTimeLimitExceeded:
@@ -46,7 +56,26 @@ def fetch(name: str, uid: str) -> dict:
                     extra={"pod": name, "outcome": "timeout"})
         summary = {"pod": name, "status": FetchStatus.TIMEOUT}
     _note(name, uid, summary, time.monotonic() - started)
+    _send_next_read(name, uid, summary)
     return summary
+
+
+def _send_next_read(name: str, uid: str, summary: dict) -> None:
+    """Send the pod's next read now or after a countdown, outside the round's chord, when
+    ``app/pace.py`` says so (a read cut at limitBytes that made progress, or a pod whose
+    log grows fast)."""
+    if summary.get("status") != FetchStatus.OK:
+        return
+    try:
+        nxt = pace.next_read(runtime.ledger(), uid, int(summary.get("consumed", 0)), bool(summary.get("cut")), settings)
+    except redis.RedisError as e:  # the rounds still read the pod
+        log.warning("fetch %s: could not plan its next read: %s", name, type(e).__name__)
+        return
+    if nxt is None:
+        return
+    countdown, token = nxt
+    fetch.apply_async((name, uid), {"early": token}, countdown=countdown or None,
+                      expires=countdown + settings.fetch_time_limit, ignore_result=True)
 
 
 @app.task(

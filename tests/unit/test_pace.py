@@ -1,0 +1,43 @@
+"""app/pace.py's read_delay: when a pod is read again after a read of it."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.pace import PACE_LINES, read_delay
+from app.settings import Settings
+
+
+@pytest.fixture
+def s() -> Settings:
+    return Settings(fetch_interval=10, fetch_min_interval=1.0)
+
+
+def test_a_cut_read_that_made_progress_is_followed_at_once(s):
+    assert read_delay(5000, True, 0.2, s) == 0.0
+    assert read_delay(5000, True, None, s) == 0.0
+
+
+def test_no_progress_never_reads_again_early(s):
+    # A cut read that consumed nothing (one second holds more than FETCH_MAX_BYTES) would spin.
+    assert read_delay(0, True, 1.0, s) is None
+    assert read_delay(0, False, 1.0, s) is None
+
+
+def test_a_busy_pod_is_read_after_about_pace_lines_but_not_sooner_than_the_minimum(s):
+    assert read_delay(2000, False, 1.0, s) == 1.0  # 2,000 lines/s: capped at FETCH_MIN_INTERVAL
+    assert read_delay(500, False, 1.0, s) == pytest.approx(PACE_LINES / 500)  # 2 s
+    assert read_delay(2000, False, 1.0, Settings(fetch_interval=10, fetch_min_interval=0.25)) == pytest.approx(0.5)
+
+
+def test_a_quiet_pod_is_left_to_the_rounds(s):
+    assert read_delay(50, False, 1.0, s) is None  # 50 lines/s: 20 s > FETCH_INTERVAL
+    assert read_delay(900, False, 10.0, s) is None
+    assert read_delay(100, False, None, s) is None  # no previous read to measure growth from
+
+
+def test_fetch_min_interval_is_bounded_by_fetch_interval():
+    with pytest.raises(ValueError):
+        Settings(fetch_interval=5, fetch_min_interval=6)
+    with pytest.raises(ValueError):
+        Settings(fetch_min_interval=0.01)
