@@ -292,6 +292,8 @@ class _Log:
     stamps: list[int] = field(default_factory=list)
     lines: list[bytes] = field(default_factory=list)
     size: int = 0  # approximate CRI file size, for size-based rotation
+    served: int = 0  # lines from the start of the file handed out whole by some read
+    base: int = 0  # once rotated: lines dropped from the front (all served before)
     last: dict[str, int] = field(default_factory=dict)  # per stream: the last stamp
     ordered: bool = True  # stamps non-decreasing in file order (a bisect is exact)
 
@@ -305,6 +307,7 @@ class _Container:
     restart_count: int = 0
     log: _Log = field(default_factory=_Log)
     previous: _Log | None = None
+    rotated: list[_Log] = field(default_factory=list)  # renamed away by size rotation, never served
     last_terminated: dict[str, Any] | None = None
 
 
@@ -414,6 +417,10 @@ class _Handler(BaseHTTPRequestHandler):
     """Routes requests to FakeKube; speaks HTTP/1.1 with keep-alive like the apiserver."""
 
     protocol_version = "HTTP/1.1"
+    # Headers, chunks and the last chunk go out in separate writes: without TCP_NODELAY
+    # each answer can stall ~40 ms on the client's delayed ACK (Nagle), and a benchmark
+    # would measure that instead of the scraper.
+    disable_nagle_algorithm = True
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -463,13 +470,30 @@ class FakeKube:
         token: str = "test-token",
         *,
         rotate_bytes: int | None = None,
+        rotate_every: float = 10.0,
     ) -> None:
-        """``clock`` returns epoch ns (default ``time.time_ns``). ``rotate_bytes``, if
-        set, rotates a container's log (keeping nothing) once its CRI file reaches
-        that size, like the kubelet's ``containerLogMaxSize`` (10Mi by default)."""
+        """``clock`` returns epoch ns (default ``time.time_ns``).
+
+        ``rotate_bytes``, if set, rotates a running container's log the way the kubelet's
+        container log manager does (pkg/kubelet/logs/container_log_manager.go): every
+        ``rotate_every`` seconds (``ContainerLogMonitorInterval``, default 10 s: ``Start``
+        runs ``rotateLogs`` under ``wait.Forever`` with ``monitoringPeriod``) it looks at
+        each running container's current log file, and one whose size is at least
+        ``rotate_bytes`` (``containerLogMaxSize``, default ``10Mi``; both defaults in
+        pkg/kubelet/apis/config/v1beta1/defaults.go) is renamed away
+        (``rotateLatestLog``: ``Rename`` then ``ReopenContainerLog``, after which the
+        runtime writes to a new, empty file). The kubelet serves only the current file
+        (``ReadLogs`` opens the container's log path, staging/src/k8s.io/cri-client/pkg/
+        logs/logs.go), so the lines of the renamed file that no read returned before the
+        rotation are unreachable: :meth:`unserved` lists them. The checks come at
+        ``rotate_every`` from this object's creation (the kubelet's own start), on
+        ``clock``; ``rotate_every=0`` checks at every write."""
         self.clock: Callable[[], int] = clock or time.time_ns
         self.token = token
         self.rotate_bytes = rotate_bytes
+        self.rotate_every_ns = int(rotate_every * NS_PER_S)
+        self._next_rotation_check = self.clock() + self.rotate_every_ns
+        self.rotations = 0  # size rotations done
         self.url = ""
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self._lock = threading.Lock()
@@ -998,6 +1022,7 @@ class FakeKube:
         within the stream (ValueError, or clamped to its last stamp)."""
         if stream not in ("stdout", "stderr"):
             raise ValueError(f"stream must be stdout or stderr, not {stream!r}")
+        self._check_rotation()
         log = c.log
         last = log.last.get(stream)
         if last is not None and ts < last:
@@ -1010,9 +1035,52 @@ class FakeKube:
         log.stamps.extend([ts] * len(lines))
         log.lines.extend(lines)
         log.size += sum(len(line) + CRI_LINE_OVERHEAD for line in lines)
-        if self.rotate_bytes is not None and log.size >= self.rotate_bytes:
-            c.log = _Log(last=dict(log.last))  # the runtime's readers go on stamping
+        if self.rotate_bytes is not None and self.rotate_every_ns <= 0 and log.size >= self.rotate_bytes:
+            self._rotate_file(c)
         self._changed.notify_all()
+
+    def _rotate_file(self, c: _Container) -> None:
+        """Rename the current file away and start a new one (the kubelet's
+        ``rotateLatestLog``); keep what no read returned of it, for :meth:`unserved`."""
+        old = c.log
+        c.log = _Log(last=dict(old.last))  # the runtime's readers go on stamping
+        old.base = old.served
+        del old.lines[:old.served]
+        del old.stamps[:old.served]
+        if old.lines:
+            c.rotated.append(old)
+        self.rotations += 1
+
+    def _check_rotation(self) -> None:
+        """The kubelet's periodic size check, for every check time that has passed (the
+        state did not change since then: this runs before every change and read)."""
+        if self.rotate_bytes is None or self.rotate_every_ns <= 0:
+            return
+        now = self.clock()
+        if now < self._next_rotation_check:
+            return
+        behind = (now - self._next_rotation_check) // self.rotate_every_ns
+        self._next_rotation_check += (behind + 1) * self.rotate_every_ns
+        for pod in self._pods.values():
+            for cname, c in pod.containers.items():
+                # Only running containers are rotated (rotateLogs skips the others).
+                if cname not in pod.exited and c.log.size >= self.rotate_bytes:
+                    self._rotate_file(c)
+
+    def unserved(self, name: str | None = None, namespace: str = "traefik") -> list[tuple[int, bytes]]:
+        """(stamp ns, line) of every line that size rotation renamed away before any read
+        returned it (of pod ``name``, or of every pod), oldest first per container: the
+        lines a reader of the API could no longer get. Exact once no read is in flight."""
+        out: list[tuple[int, bytes]] = []
+        with self._lock:
+            self._check_rotation()
+            pods = [p for (ns, n), p in self._pods.items() if name is None or (ns, n) == (namespace, name)]
+            for pod in pods:
+                for c in pod.containers.values():
+                    for old in c.rotated:
+                        skip = max(0, old.served - old.base)
+                        out += list(zip(old.stamps[skip:], old.lines[skip:], strict=True))
+        return out
 
     # ------------------------------------------------------------------- HTTP
 
@@ -1270,6 +1338,7 @@ class FakeKube:
         if pause > 0 and self._stopped.wait(pause):
             return  # stopping: hang up without an answer
         with self._lock:
+            self._check_rotation()
             pod = self._live(namespace, name)
             if pod is None:
                 raise _not_found(name)
@@ -1311,12 +1380,22 @@ class FakeKube:
                 if log.ordered:
                     cut = bisect.bisect_left(stamps, since)
                     stamps, lines = stamps[cut:], lines[cut:]
+                    positions = range(start + cut, start + cut + len(lines))
                 else:
                     keep = [i for i, ts in enumerate(stamps) if ts >= since]
                     stamps, lines = [stamps[i] for i in keep], [lines[i] for i in keep]
+                    positions = [start + i for i in keep]
+            else:
+                positions = range(start, start + len(lines))
             old = pod.old_kubelet
             zone = self._log_setup.get((namespace, name), {}).get("zone")
-        req.send_chunked(_log_chunks(stamps, lines, opts["timestamps"], old, opts["limitBytes"], zone))
+        sent = [0]  # lines sent whole
+        try:
+            req.send_chunked(_log_chunks(stamps, lines, opts["timestamps"], old, opts["limitBytes"], zone, sent))
+        finally:
+            if sent[0]:
+                with self._lock:
+                    log.served = max(log.served, positions[sent[0] - 1] + 1)
 
 
 def _encode_line(line: bytes | str) -> bytes:
@@ -1370,12 +1449,15 @@ def _log_chunks(
     old_kubelet: bool,
     limit: int | None,
     zone: str | None = None,
+    sent: list[int] | None = None,
 ) -> Iterator[bytes]:
     """The log body in chunks of about CHUNK_BYTES, cut at exactly ``limit`` bytes;
-    stamps written in ``zone`` (see :func:`format_ts`)."""
+    stamps written in ``zone`` (see :func:`format_ts`). ``sent[0]`` counts the lines
+    whose every byte was handed to the consumer (for :meth:`FakeKube.unserved`)."""
     remaining = limit
     buf: list[bytes] = []
     size = 0
+    pending = 0  # lines in buf
     prefix_sec = None
     prefix_cache = b""
     offset = _zone_seconds(zone)
@@ -1394,17 +1476,26 @@ def _log_chunks(
             piece = line + b"\n"
         if remaining is not None:
             if len(piece) >= remaining:
+                whole = len(piece) == remaining
                 buf.append(piece[:remaining])
                 yield b"".join(buf)
+                if sent is not None:
+                    sent[0] += pending + whole
                 return
             remaining -= len(piece)
         buf.append(piece)
+        pending += 1
         size += len(piece)
         if size >= CHUNK_BYTES:
             yield b"".join(buf)
             buf, size = [], 0
+            if sent is not None:
+                sent[0] += pending
+            pending = 0
     if buf:
         yield b"".join(buf)
+        if sent is not None:
+            sent[0] += pending
 
 
 def _not_found(name: str) -> ApiError:

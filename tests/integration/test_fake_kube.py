@@ -341,13 +341,39 @@ def test_rotation_drops_lines(fake: FakeKube, v1) -> None:
 
 
 def test_size_based_rotation(clock: ManualClock) -> None:
-    fk = FakeKube(clock=clock, rotate_bytes=1000)
+    fk = FakeKube(clock=clock, rotate_bytes=1000, rotate_every=0)  # checked at every write
     fk.add_pod("traefik-0")
     for i in range(30):
         fk.write("traefik-0", f"{i:09d}")  # 9 + 41 CRI bytes: rotates every 20 lines
     assert [line for _, line in fk.log_lines("traefik-0")] == [
         f"{i:09d}".encode() for i in range(20, 30)
     ]
+    assert len(fk.unserved("traefik-0")) == 20  # none of the rotated lines was read
+
+
+def test_size_rotation_is_checked_every_ten_seconds(fake: FakeKube, v1, clock: ManualClock) -> None:
+    """The kubelet looks at the file's size every ContainerLogMonitorInterval (10 s): the
+    file grows past containerLogMaxSize until the next check, which renames it away with
+    every line no read returned (unserved); lines served before stay served."""
+    fake.rotate_bytes = 1000  # the checks come every 10 s from the fake's creation (T0)
+    fake.add_pod("traefik-0")
+    for i in range(30):
+        fake.write("traefik-0", f"{i:09d}")  # 1,500 CRI bytes: over the limit, not yet checked
+    assert len(fake.log_lines("traefik-0")) == 30
+    clock.advance(9.9)
+    body = v1.read_namespaced_pod_log("traefik-0", "traefik", limit_bytes=10 * 10 + 5)  # 10 lines whole
+    assert body.startswith("000000000\n") and body.count("\n") == 10
+    for i in range(30, 35):
+        fake.write("traefik-0", f"{i:09d}")
+    assert fake.rotations == 0
+    clock.advance(0.1)  # the check at 10 s
+    fake.write("traefik-0", "after")
+    assert fake.rotations == 1
+    assert [line for _, line in fake.log_lines("traefik-0")] == [b"after"]
+    assert [line for _, line in fake.unserved("traefik-0")] == [f"{i:09d}".encode() for i in range(10, 35)]
+    clock.advance(10)  # the next check: the new file is small, nothing happens
+    fake.write("traefik-0", "later")
+    assert fake.rotations == 1
 
 
 def test_multi_container_needs_container_param(fake: FakeKube, v1) -> None:
