@@ -2,7 +2,8 @@
 #                  (ruff, import contracts) and run every test (unit, integration, e2e)
 # make test-unit - lint and the unit tests only (tests/unit: no servers), in seconds
 # make demo      - the whole pipeline on this machine: redis, 3 real Traefiks, fake k8s API, workers
-# make bench     - benchmarks (not part of make test)
+# make bench     - every benchmark of bench/ in turn, then one table: figure, goal, baseline, met
+#                  (not part of make test; BENCH_ARGS=--quick for a smoke run)
 # make chaos     - the real pipeline under every fault at once, then an exact reconciliation
 #                  (CHAOS_SECONDS of traffic, default 600; CHAOS_SEED, default random; CHAOS_DEDUPE=on|off|both)
 # make docs      - regenerate README.md's configuration table from app/settings.py
@@ -79,8 +80,10 @@ test-unit: $(STAMP) lint
 demo: $(STAMP) redis-server
 	$(BIN)/python -m sim.demo --seconds $(DEMO_SECONDS)
 
-bench: $(STAMP)
-	$(BIN)/python bench/parse.py
+# BENCH_ARGS=--quick for a smoke run; BENCH_ARGS='--only delivery,parse' for some of them.
+BENCH_ARGS ?=
+bench: $(STAMP) redis-server
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 CHAOS_SECONDS ?= 600
 CHAOS_SEED ?=

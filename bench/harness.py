@@ -31,8 +31,18 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from sim import fake_kube  # noqa: E402
 from sim.fake_kube import FakeKube  # noqa: E402
 from sim.procs import RedisServer, free_port, wait_until  # noqa: E402
+
+# The fake Kubernetes API answers a JSON request in two writes (headers, then body) and a
+# log read in many (chunked): without TCP_NODELAY, Nagle's algorithm holds a small write
+# back until the client ACKs the previous one, and the client delays that ACK (up to
+# 40 ms on Linux), so every kept-alive request would stall and the benchmark would measure
+# the simulator. socketserver.StreamRequestHandler.setup() sets TCP_NODELAY when
+# ``disable_nagle_algorithm`` is true (Lib/socketserver.py). sim/fake_kube.py does not set
+# it (its owner is told); every benchmark's FakeKube comes through this module.
+fake_kube._Handler.disable_nagle_algorithm = True
 
 BASELINE_COMMIT = "ee732a8"  # the HEAD before the performance issue
 BASELINE_DIR = Path(os.environ.get("TMS_BASELINE_DIR", "/tmp/tms-baseline"))
@@ -491,14 +501,22 @@ def fmt_rate(x: float) -> str:
     return f"{x:,.0f}"
 
 
-def result_line(target: str, figure: str, goal: str, ok: bool | None) -> str:
-    mark = "n/a" if ok is None else ("MET" if ok else "NOT MET")
-    return f"{target:<34} {figure:<64} goal: {goal:<34} {mark}"
+def row(target: str, figure: str, goal: str, met: bool | None, baseline: str | None = None,
+        ratio: str | None = None) -> dict:
+    """One table row of the bench contract (bench/run.py): ``target`` starts with the
+    issue's target number; ``met`` is None only for a row without a goal."""
+    return {"target": target, "figure": figure, "goal": goal, "baseline": baseline, "ratio": ratio,
+            "met": None if met is None else bool(met)}
 
 
-def emit(results: list[dict], path: str | None) -> None:
-    """Print the benchmark's target lines and, with ``path``, write them as JSON."""
-    for res in results:
-        print(result_line(res["target"], res["figure"], res["goal"], res.get("ok")), flush=True)
+def emit(bench: str, rows: list[dict], path: str | None, *, quick: bool = False, details: dict | None = None) -> None:
+    """Print the benchmark's rows and, with ``path``, write them as the contract's JSON
+    (``{"bench", "quick", "rows", "details"}``; see bench/run.py)."""
+    for r in rows:
+        mark = "n/a" if r["met"] is None else ("met" if r["met"] else "NOT MET")
+        base = f" | baseline {r['baseline']}" if r.get("baseline") else ""
+        ratio = f" | {r['ratio']}" if r.get("ratio") else ""
+        print(f"{r['target']} | {r['figure']} | goal {r['goal']}{base}{ratio} | {mark}", flush=True)
     if path:
-        Path(path).write_text(json.dumps(results, indent=2))
+        Path(path).write_text(json.dumps({"bench": bench, "quick": quick, "rows": rows, "details": details or {}},
+                                         indent=2, default=str))

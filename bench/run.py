@@ -1,0 +1,131 @@
+"""Run every benchmark of issue 10, one after another, and print one table: one line per
+target with the figure, the goal, the baseline figure (measured in the same run, where a
+baseline applies), the ratio and MET / NOT MET.
+
+``python bench/run.py [--quick] [--only NAME[,NAME...]] [--keep DIR]`` (``make bench``;
+``make bench BENCH_ARGS=--quick`` for a smoke run). Exit status 0 when every script
+measured and every goal is met, 1 when a goal is not met, 2 when a script could not measure.
+
+Row contract (every script below follows it; also in /tmp/bench-contract.md)
+---------------------------------------------------------------------------
+Each script is run as ``python bench/<name>.py [--quick] --json <out.json>`` from the
+repository root, never two at once (the machine has 2 cores). ``--quick`` is a smoke run
+(same code paths, smaller sizes, a few minutes at most). Before it exits the script writes::
+
+    {"bench": "<name>", "quick": true|false,
+     "rows": [{"target":   "5 latency p99",          # issue target number 1..7 first, then a short name
+               "figure":   "p99 13.2 s (p50 7.9 s)",  # measured figure, units included
+               "goal":     "p99 <= 20 s",             # the issue's goal, units included
+               "baseline": "p99 31.0 s" | null,       # same figure for BASELINE_COMMIT, measured in this run
+               "ratio":    "0.43x" | null,            # project/baseline, or the ratio the target is defined by
+               "met":      true | false | null}],     # null only for an informational row without a goal
+     "details": {...}}                                # optional raw numbers
+
+Exit status 0 when it measured (a goal not met is ``"met": false``, not a failure);
+non-zero only when it could not measure. Baseline processes come from
+``bench.harness.baseline()`` (a git worktree of BASELINE_COMMIT under /tmp), simulators
+always from this tree, and every simulated HTTP server disables Nagle's algorithm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# In target order; scripts that do not exist (yet) are listed as missing.
+SCRIPTS = ("delivery", "redis_memory", "fetch_memory", "backlog", "latency", "rotation", "parse")
+TIMEOUT_S = {"quick": 1200, "full": 4 * 3600}
+
+
+def _target_key(row: dict) -> tuple[int, str]:
+    m = re.match(r"\s*(\d+)", str(row.get("target", "")))
+    return (int(m.group(1)) if m else 99, str(row.get("target", "")))
+
+
+def _mark(met: bool | None) -> str:
+    return "n/a" if met is None else ("met" if met else "NOT MET")
+
+
+def table(rows: list[dict]) -> str:
+    """The rows as one fixed-width table (columns sized to their content)."""
+    cols = ("target", "figure", "goal", "baseline", "ratio", "met")
+    cells = [[str(r.get("target", "")), str(r.get("figure", "")), str(r.get("goal", "")),
+              "-" if r.get("baseline") is None else str(r["baseline"]),
+              "-" if r.get("ratio") is None else str(r["ratio"]),
+              r["met"] if isinstance(r.get("met"), str) else _mark(r.get("met"))] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(cols)]
+    line = lambda vals: " | ".join(v.ljust(w) for v, w in zip(vals, widths, strict=True)).rstrip()  # noqa: E731
+    out = [line(cols), "-+-".join("-" * w for w in widths)]
+    out += [line(c) for c in cells]
+    return "\n".join(out)
+
+
+def run_one(name: str, quick: bool, outdir: Path) -> tuple[list[dict], str | None, float]:
+    """Run bench/<name>.py; its rows, an error (or None) and its wall seconds."""
+    script = ROOT / "bench" / f"{name}.py"
+    out = outdir / f"{name}.json"
+    cmd = [sys.executable, str(script), "--json", str(out)] + (["--quick"] if quick else [])
+    print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
+    began = time.monotonic()
+    try:
+        rc = subprocess.run(cmd, cwd=str(ROOT), timeout=TIMEOUT_S["quick" if quick else "full"]).returncode
+    except subprocess.TimeoutExpired:
+        return [], "timed out", time.monotonic() - began
+    took = time.monotonic() - began
+    if rc != 0:
+        return [], f"exit status {rc}", took
+    try:
+        doc = json.loads(out.read_text())
+        rows = doc["rows"]
+        for r in rows:
+            for key in ("target", "figure", "goal", "met"):
+                if key not in r:
+                    raise KeyError(key)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return [], f"no valid --json output ({e.__class__.__name__}: {e})", took
+    return rows, None, took
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smoke run: every script with --quick")
+    ap.add_argument("--only", default=None, help="comma-separated script names (without .py)")
+    ap.add_argument("--keep", default=None, help="folder for the scripts' JSON (default: a temporary one)")
+    args = ap.parse_args(argv)
+    names = args.only.split(",") if args.only else list(SCRIPTS)
+    outdir = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="tms-bench-run-"))
+    outdir.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    failed = False
+    timings = []
+    for name in names:
+        if not (ROOT / "bench" / f"{name}.py").exists():
+            rows.append({"target": f"({name})", "figure": f"bench/{name}.py missing", "goal": "", "met": "ERROR"})
+            failed = True
+            continue
+        got, err, took = run_one(name, args.quick, outdir)
+        timings.append(f"{name} {took:.0f} s")
+        if err:
+            rows.append({"target": f"({name})", "figure": f"could not measure: {err}", "goal": "", "met": "ERROR"})
+            failed = True
+        rows += got
+    rows.sort(key=_target_key)
+    print()
+    print(f"make bench{' (quick)' if args.quick else ''}: {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}; "
+          f"{'; '.join(timings)}; JSON in {outdir}")
+    print(table(rows), flush=True)
+    if failed:
+        return 2
+    return 0 if all(r.get("met") is not False for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
