@@ -1071,7 +1071,12 @@ class FakeKube:
         """(stamp ns, line) of every line that size rotation renamed away before any read
         returned it (of pod ``name``, or of every pod), oldest first per container: the
         lines a reader of the API could no longer get. Exact once no read is in flight."""
-        out: list[tuple[int, bytes]] = []
+        return [item for lost in self.unserved_files(name, namespace) for item in lost]
+
+    def unserved_files(self, name: str | None = None, namespace: str = "traefik") -> list[list[tuple[int, bytes]]]:
+        """Per file renamed away by size rotation with lines no read returned: those lines
+        (see :meth:`unserved`), in rotation order per container."""
+        out: list[list[tuple[int, bytes]]] = []
         with self._lock:
             self._check_rotation()
             pods = [p for (ns, n), p in self._pods.items() if name is None or (ns, n) == (namespace, name)]
@@ -1079,7 +1084,8 @@ class FakeKube:
                 for c in pod.containers.values():
                     for old in c.rotated:
                         skip = max(0, old.served - old.base)
-                        out += list(zip(old.stamps[skip:], old.lines[skip:], strict=True))
+                        if skip < len(old.lines):
+                            out.append(list(zip(old.stamps[skip:], old.lines[skip:], strict=True)))
         return out
 
     # ------------------------------------------------------------------- HTTP
