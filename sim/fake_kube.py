@@ -902,6 +902,17 @@ class FakeKube:
         with self._lock:
             self._fail.append([n, status, path_contains])
 
+    def clear_failures(self, path_contains: str | None = None) -> int:
+        """Drop the injected failures still pending (only those queued with this
+        ``path_contains``, if given), e.g. to end an outage of one pod's log that was
+        queued as ``fail_next(10**9, 500, "/pods/<name>/log")``. Returns how many
+        ``fail_next`` entries were dropped."""
+        with self._lock:
+            keep = [e for e in self._fail if path_contains is not None and e[2] != path_contains]
+            dropped = len(self._fail) - len(keep)
+            self._fail[:] = keep
+            return dropped
+
     def forbid(self, on: bool = True) -> None:
         """While on, every authenticated request gets 403 with the RBAC-style message
         (a SelfSubjectAccessReview is still answered, with ``allowed: false``)."""
