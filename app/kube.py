@@ -23,11 +23,9 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 import urllib3
-from kubernetes import client, config, watch
-from kubernetes.client.exceptions import ApiException
-from kubernetes.config.config_exception import ConfigException
 
 from app.errors import (
     KubeError,
@@ -39,7 +37,31 @@ from app.errors import (
     truncate,
 )
 
+if TYPE_CHECKING:
+    from kubernetes import client
+
 log = logging.getLogger(__name__)
+
+
+class _Kubernetes:
+    """The official client, imported at first use: it loads every API model, about 37 MB
+    in each process that imports it, and beat, the report workers and the metrics
+    exporter never call the Kubernetes API (they import this module through the task
+    modules). A fetch worker's pool process imports it when it creates its LogSource."""
+
+    def __getattr__(self, name: str) -> Any:
+        import kubernetes.client
+        import kubernetes.config
+        import kubernetes.watch
+        from kubernetes.client.exceptions import ApiException
+        from kubernetes.config.config_exception import ConfigException
+
+        self.__dict__.update(client=kubernetes.client, config=kubernetes.config, watch=kubernetes.watch,
+                             ApiException=ApiException, ConfigException=ConfigException)
+        return self.__dict__[name]
+
+
+k8s = _Kubernetes()
 
 LOG_PATH = "/api/v1/namespaces/{namespace}/pods/{name}/log"
 CHUNK = 256 * 1024
@@ -148,7 +170,7 @@ class PodWatch:
         # The server ends the stream after timeout_seconds; a read this much longer
         # means the connection died silently.
         self._request_timeout = (connect_timeout, timeout_seconds + 30.0)
-        self._watch = watch.Watch()
+        self._watch = k8s.watch.Watch()
         self._stopped = False
 
     def stop(self) -> None:
@@ -169,10 +191,10 @@ class PodWatch:
             for event in stream:
                 obj = event.get("object") if isinstance(event, dict) else None
                 kind = event.get("type") if isinstance(event, dict) else None
-                if kind not in ("ADDED", "MODIFIED", "DELETED") or not isinstance(obj, client.V1Pod):
+                if kind not in ("ADDED", "MODIFIED", "DELETED") or not isinstance(obj, k8s.client.V1Pod):
                     continue  # BOOKMARK, or an object this client cannot model
                 yield PodEvent(kind, _pod_from(obj), obj.metadata.resource_version or "")
-        except ApiException as e:
+        except k8s.ApiException as e:
             if e.status == 410:
                 raise WatchExpired(f"{what}: HTTP 410: {truncate(e.reason or _status_message(e.body))}") from e
             raise _wrap(e.status or 0, e.body or e.reason, what) from e
@@ -217,19 +239,19 @@ class LogSource:
         self.label_selector = label_selector
         self.timeout = (min(timeout, 10.0), timeout)  # (connect, read)
         self.api_client = self._load()
-        self.core = client.CoreV1Api(self.api_client)
+        self.core = k8s.client.CoreV1Api(self.api_client)
 
     @staticmethod
     def _load() -> client.ApiClient:
         try:
-            config.load_incluster_config()
-        except ConfigException:
+            k8s.config.load_incluster_config()
+        except k8s.ConfigException:
             try:
                 # read KUBECONFIG now: the client's default was fixed when it was imported
-                config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
-            except (ConfigException, OSError) as e:
+                k8s.config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
+            except (k8s.ConfigException, OSError) as e:
                 raise KubeError(f"no Kubernetes config: not in a cluster and KUBECONFIG failed: {truncate(str(e))}") from e
-        return client.ApiClient()
+        return k8s.client.ApiClient()
 
     def close(self) -> None:
         self.api_client.close()
@@ -243,7 +265,7 @@ class LogSource:
             pods = self.core.list_namespaced_pod(
                 self.namespace, label_selector=self.label_selector, _request_timeout=self.timeout
             )
-        except ApiException as e:
+        except k8s.ApiException as e:
             raise _wrap(e.status or 0, e.body, f"list pods in {self.namespace}") from e
         except (urllib3.exceptions.HTTPError, OSError) as e:
             raise KubeUnavailable(f"list pods in {self.namespace}: {truncate(str(e))}") from e
@@ -259,7 +281,7 @@ class LogSource:
     def get_pod(self, name: str) -> Pod:
         try:
             obj = self.core.read_namespaced_pod(name, self.namespace, _request_timeout=self.timeout)
-        except ApiException as e:
+        except k8s.ApiException as e:
             raise _wrap(e.status or 0, e.body, f"get pod {name}") from e
         except (urllib3.exceptions.HTTPError, OSError) as e:
             raise KubeUnavailable(f"get pod {name}: {truncate(str(e))}") from e
@@ -293,7 +315,7 @@ class LogSource:
         )
         try:
             resp = self.api_client.call_api(*params, _request_timeout=self.timeout)
-        except ApiException as e:
+        except k8s.ApiException as e:
             raise _wrap(e.status or 0, e.body, what) from e
         except (urllib3.exceptions.HTTPError, OSError) as e:
             raise KubeUnavailable(f"{what}: {truncate(str(e))}") from e
@@ -319,15 +341,15 @@ def access_review(source: LogSource, verb: str, resource: str, subresource: str 
     namespace? A SelfSubjectAccessReview: every authenticated identity may create one (the
     ClusterRole ``system:basic-user``), so a missing permission is an answer, not an error.
     Returns ``(allowed, reason)``; the reason is the authorizer's, often empty on a denial."""
-    attrs = client.V1ResourceAttributes(namespace=source.namespace, verb=verb, group="", resource=resource,
+    attrs = k8s.client.V1ResourceAttributes(namespace=source.namespace, verb=verb, group="", resource=resource,
                                         subresource=subresource or None)
-    body = client.V1SelfSubjectAccessReview(spec=client.V1SelfSubjectAccessReviewSpec(resource_attributes=attrs))
+    body = k8s.client.V1SelfSubjectAccessReview(spec=k8s.client.V1SelfSubjectAccessReviewSpec(resource_attributes=attrs))
     what = f"review {verb} {resource}{'/' + subresource if subresource else ''}"
     try:
-        review = client.AuthorizationV1Api(source.api_client).create_self_subject_access_review(
+        review = k8s.client.AuthorizationV1Api(source.api_client).create_self_subject_access_review(
             body, _request_timeout=source.timeout
         )
-    except ApiException as e:
+    except k8s.ApiException as e:
         raise _wrap(e.status or 0, e.body, what) from e
     except (urllib3.exceptions.HTTPError, OSError) as e:
         raise KubeUnavailable(f"{what}: {truncate(str(e))}") from e
@@ -346,7 +368,7 @@ def newest_lines(source: LogSource, name: str, container: str, lines: int, limit
             name, source.namespace, container=container, tail_lines=lines, limit_bytes=limit_bytes,
             _preload_content=False, _request_timeout=source.timeout,
         )
-    except ApiException as e:
+    except k8s.ApiException as e:
         raise _wrap(e.status or 0, e.body, what) from e
     except (urllib3.exceptions.HTTPError, OSError) as e:
         raise KubeUnavailable(f"{what}: {truncate(str(e))}") from e
