@@ -8,7 +8,7 @@ import json
 import subprocess
 import sys
 
-from sim.procs import CeleryProcess
+from sim.procs import CeleryProcess, wait_until
 from tests.traffic import Traffic
 
 
@@ -42,12 +42,17 @@ def test_a_json_worker_writes_json_only_and_no_secret(pipeline, kube, platform):
     pipeline.wait_quiescent(pods)
     assert pipeline.delivered() == traffic.expected()
 
+    # A report's log line follows its ledger record (app/reporting.py): the ledger can say
+    # delivered an instant before the worker has written the line.
+    def read_records() -> list[dict]:
+        # json.loads raises on any line that is not JSON (a banner, a print)
+        return [json.loads(line) for line in worker.output().splitlines() if line.strip()]
+
+    wait_until(lambda: {r["tunnel"] for r in read_records() if r.get("outcome") == "delivered"} >= set(traffic.expected()),
+               timeout=10, what="a delivered log line for every tunnel")
     output = worker.output()
     assert platform.secret not in output
-    records = []
-    for line in output.splitlines():
-        if line.strip():
-            records.append(json.loads(line))  # raises on any line that is not JSON (a banner, a print)
+    records = read_records()
     loggers = {r["logger"] for r in records}
     assert any(name.startswith("celery.") for name in loggers), loggers  # Celery's own records
     assert any(r["message"].endswith(" ready.") for r in records)
