@@ -98,20 +98,37 @@ class _StampingKube:
         return ts
 
 
-def stamped_writer(kube: FakeKube, name: str, rate: float, seed: int) -> PodWriter:
-    """A started ``PodWriter`` for pod ``name`` (``rate`` lines a second) whose maker is a
-    :class:`StampedMaker`. Stop it with :func:`stop_writer` before the pod's container
+def stamped_writer(kube: FakeKube, name: str, rate: float, seed: int, start: bool = True) -> PodWriter:
+    """A ``PodWriter`` for pod ``name`` (``rate`` lines a second) whose maker is a
+    :class:`StampedMaker`, started unless ``start`` is False (then only :func:`write_at`
+    writes through it). Stop it with :func:`stop_writer` before the pod's container
     exits (no line may be written to an exited container)."""
     writer = PodWriter(kube, name, rate, seed)
     writer.maker = StampedMaker(seed)
     writer.kube = _StampingKube(kube, writer.maker)  # type: ignore[assignment]
-    writer.thread.start()
+    if start:
+        writer.thread.start()
     return writer
+
+
+def write_at(writer: PodWriter, ts_ns: int, n: int = 1) -> None:
+    """Write ``n`` lines of the writer's mix, all stamped ``ts_ns`` (e.g. the last
+    nanosecond of an interval), and count them. The pod's stdout must not have a later
+    stamp already (``FakeKube.write_many`` refuses a stamp going backwards)."""
+    with writer.lock:
+        made = [writer.maker.make() for _ in range(n)]
+        writer.kube.kube.write_many(writer.name, [m[0] for m in made], ts_ns)  # type: ignore[attr-defined]
+        writer.maker.stamp = ts_ns  # type: ignore[attr-defined]
+        for _line, kind, sub, bi, bo in made:
+            writer.maker.count(sub, bi, bo)
+            writer.maker.kinds[kind] += 1
 
 
 def stop_writer(writer: PodWriter) -> None:
     """Stop a writer and wait for it: after this no line of it is written."""
     writer.stop.set()
+    if writer.thread.ident is None:  # never started
+        return
     writer.thread.join(10)
     if writer.thread.is_alive():
         raise RuntimeError(f"writer of {writer.name} did not stop")

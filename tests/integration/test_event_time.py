@@ -31,6 +31,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -49,8 +50,9 @@ from sim.event_truth import (
     table,
     truth_cells,
     truth_totals,
+    write_at,
 )
-from sim.fake_kube import PodNotFound
+from sim.fake_kube import NS_PER_S, PodNotFound
 from sim.procs import CeleryProcess, wait_until
 
 RI = 5  # REPORT_INTERVAL (s): divides 86400
@@ -84,7 +86,8 @@ def writers():
     for w in started:
         w.stop.set()
     for w in started:
-        w.thread.join(10)
+        if w.thread.ident is not None:
+            w.thread.join(10)
 
 
 def start_writers(kube, pods, writers, seed=0, rate=RATE):
@@ -140,13 +143,18 @@ def settle(ev, writers, platform, pods, timeout: float = 60, since: int | None =
                              + evidence(ev, writers, platform, since)) from None
 
 
-def assert_exact(ev, writers, platform, since: int | None = None) -> list:
+def assert_exact(ev, writers, platform, since: int | None = None, resends: bool = False) -> list:
     """Per (interval, tunnel) exact, each key logged once with one body, amendments
-    numbered 1..n; returns the parsed reports."""
+    numbered 1..n; returns the parsed reports. Unless ``resends`` (a test that kills
+    workers, which may lose the platform's answer), each key was also POSTed only once:
+    the stub deduplicates, so a second POST would not show in the sums."""
     got = reports(platform)
     truth = truth_cells(writers, RI, since)
     assert diff(truth, platform_cells(got, since)) == [], evidence(ev, writers, platform, since)
     assert repeated_keys(platform.records) == {}
+    if not resends:
+        posted = Counter(a.key for a in platform.attempts)
+        assert {k: n for k, n in posted.items() if n > 1} == {}, [a for a in platform.attempts if posted[a.key] > 1]
     assert [a.key for a in platform.attempts if a.outcome == "mismatch"] == []  # same key, another body
     assert amendment_gaps(got) == []
     assert ev.ledger.gaps() == []
@@ -170,13 +178,28 @@ def first_record(platform, timeout: float = 40) -> None:
 
 
 def test_steady_traffic_lands_in_the_interval_of_its_stamp(ev, kube, platform, writers):
-    pods = ["traefik-a", "traefik-b", "traefik-c"]
-    for p in pods:
+    """Three pods logging steadily, one on a kubelet older than 1.19 (stamps with the
+    fraction's trailing zeros trimmed), one on a node stamping in +08:00; and a fourth
+    whose lines are stamped on the last nanosecond of an interval and the first of the
+    next, three times: each lands on its side of the boundary."""
+    pods = ["traefik-a", "traefik-b", "traefik-c", "traefik-edge"]
+    kube.add_pod("traefik-a")
+    kube.add_pod("traefik-b", old_kubelet=True)
+    for p in pods[2:]:
         kube.add_pod(p)
+        kube.configure_log(p, zone="+08:00")
     ev.init_ledger()
     ev.worker()
     ev.beat()
-    start_writers(kube, pods, writers, seed=1)
+    start_writers(kube, pods[:3], writers, seed=1)
+    edge = stamped_writer(kube, "traefik-edge", RATE, seed=19, start=False)
+    writers.append(edge)
+    for _ in range(3):
+        boundary = (int(time.time()) // RI + 1) * RI
+        wait_until(lambda b=boundary: time.time() > b - 0.3, RI + 1, interval=0.01)
+        write_at(edge, boundary * NS_PER_S - 1, n=4)
+        write_at(edge, boundary * NS_PER_S, n=4)
+        wait_until(lambda b=boundary: time.time() > b + 0.1, 2, interval=0.01)
     wait_intervals(writers, 4)
     for w in writers:
         stop_writer(w)
@@ -220,7 +243,7 @@ def test_backlog_after_an_outage_of_every_worker_lands_where_it_was_stamped(ev, 
     for w in writers:
         stop_writer(w)
     settle(ev, writers, platform, pods, timeout=90)
-    got = assert_exact(ev, writers, platform)
+    got = assert_exact(ev, writers, platform, resends=True)
     outage = sorted({s for s in (d.start for d in got) if down <= s and s + RI <= up})
     assert len(outage) >= 2, outage  # whole intervals stamped while no worker ran...
     truth = truth_cells(writers, RI)
