@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 
 from sim.chaos import LineMaker, PodWriter
 from sim.fake_kube import NS_PER_S, FakeKube
-from sim.platform_stub import Record
+from sim.platform_stub import Attempt, Record
 
 Cell = tuple[int, str]  # (interval start, epoch seconds; tunnel subdomain)
 Sums = tuple[int, int, int]  # (bytes_in, bytes_out, requests)
@@ -232,6 +232,22 @@ def platform_totals(reports: Iterable[Delivered]) -> dict[str, Sums]:
 def repeated_keys(records: Iterable[Record]) -> dict[str, int]:
     """Idempotency-Keys the platform logged more than once (key -> times)."""
     return {k: n for k, n in Counter(r.key for r in records).items() if n > 1}
+
+
+def needless_resends(attempts: Iterable[Attempt]) -> list[str]:
+    """Keys POSTed again after an attempt the client got a final answer to (2xx, not
+    lost): "a report known to be delivered is never sent again". A resend after a fault,
+    a dropped answer or a client that hung up (``lost``) is the retry it should be; the
+    stub checks that one carries the same body (422 otherwise)."""
+    by_key: dict[str | None, list[Attempt]] = defaultdict(list)
+    for a in attempts:
+        by_key[a.key].append(a)
+    bad = []
+    for key, tries in by_key.items():
+        tries.sort(key=lambda a: a.received_at)
+        if any(t.status in (200, 201) and not t.lost for t in tries[:-1]):
+            bad.append(str(key))
+    return sorted(bad)
 
 
 def amendment_gaps(reports: Iterable[Delivered]) -> list[str]:
