@@ -415,9 +415,11 @@ def test_migration_from_a_processing_time_ledger(ev, kube, platform, writers, pr
     """The pre-11 version writes the ledger and reports a few intervals; then the
     scraper's own rolling update: its beat is replaced by the new one and new workers
     join while the old ones still commit, for two report intervals; then the old workers
-    stop. Over all records every line is counted once (totals per tunnel exact, no key
-    logged twice, none with two bodies); every interval that starts after the last old
-    worker stopped is exact per (interval, tunnel)."""
+    stop. A pod that cannot be read for a while during the overlap makes amendments
+    while old workers still run. Over all records every line is counted once (totals per
+    tunnel exact, no key logged twice, none with two bodies); every interval that starts
+    after the last old worker stopped is exact per (interval, tunnel)."""
+    ev.env["SEAL_MAX_WAIT"] = "5"
     pods = ["traefik-a", "traefik-b", "traefik-c"]
     for p in pods:
         kube.add_pod(p)
@@ -435,7 +437,13 @@ def test_migration_from_a_processing_time_ledger(ev, kube, platform, writers, pr
     ev.beat()
     both = time.time()
     old_before, new_before = committed(old_worker), committed(new_worker)
-    wait_until(lambda: time.time() >= both + 2 * RI, 2 * RI + 1, interval=0.2)  # old and new side by side
+    # Old and new side by side for 16 s; traefik-c cannot be read for the first 8 (past
+    # SEAL_MAX_WAIT), so amendments are made while old workers still take report tasks.
+    path = "/pods/traefik-c/log"
+    kube.fail_next(10**9, status=500, path_contains=path)
+    wait_until(lambda: time.time() >= both + 8, 9, interval=0.2)
+    kube.clear_failures(path)
+    wait_until(lambda: time.time() >= both + 16, 9, interval=0.2)
     old_worker.stop()
     assert committed(old_worker) > old_before and committed(new_worker) > new_before  # both committed lines
     stopped = time.time()
@@ -447,6 +455,7 @@ def test_migration_from_a_processing_time_ledger(ev, kube, platform, writers, pr
     got = assert_exact(ev, writers, platform, since=since)
     assert platform_totals(got) == truth_totals(writers), evidence(ev, writers, platform)
     assert any(d.start < both for d in got)  # the old version did report
+    assert amendments(got)  # traefik-c's late lines
     for proc in (old_worker, new_worker):
         assert "Traceback" not in proc.output(), proc.output()[-4000:]
 
