@@ -40,6 +40,7 @@ from bench.harness import (  # noqa: E402
     row,
     tunnel_name,
 )
+from sim.procs import wait_until  # noqa: E402
 
 PODS = 3
 TUNNELS = 200
@@ -66,8 +67,9 @@ def run(tree: Tree, rate: int, seconds: float) -> dict:
         stack.sampling()
         writer = Writer(stack.kube, stack.pods, seed=rate)
         names = [tunnel_name(i) for i in range(TUNNELS)]
-        # Let the first rounds run, then write at the rate for ``seconds``.
-        time.sleep(2)
+        # Traffic starts with the scraper's first round (beat sends it one FETCH_INTERVAL
+        # after it starts): lines written before any read are not the pace's to save.
+        wait_until(lambda: bool(stack.r.keys(f"{stack.prefix}:round:*")), 60, interval=0.02, what="the first round")
         per_tick = rate * TICK
         owed = 0.0
         pos = 0

@@ -36,6 +36,11 @@ def test_a_quiet_pod_is_left_to_the_rounds(s):
     assert read_delay(100, False, None, s) is None  # no previous read to measure growth from
 
 
+def test_a_first_read_with_many_lines_looks_again_soon_to_measure(s):
+    assert read_delay(PACE_LINES, False, None, s) == 1.0
+    assert read_delay(PACE_LINES - 1, False, None, s) is None
+
+
 def test_fetch_min_interval_is_bounded_by_fetch_interval():
     with pytest.raises(ValueError):
         Settings(fetch_interval=5, fetch_min_interval=6)
