@@ -234,19 +234,27 @@ def repeated_keys(records: Iterable[Record]) -> dict[str, int]:
     return {k: n for k, n in Counter(r.key for r in records).items() if n > 1}
 
 
-def needless_resends(attempts: Iterable[Attempt]) -> list[str]:
+def needless_resends(attempts: Iterable[Attempt], kills: Iterable[float] = (), window: float = 5.0) -> list[str]:
     """Keys POSTed again after an attempt the client got a final answer to (2xx, not
     lost): "a report known to be delivered is never sent again". A resend after a fault,
     a dropped answer or a client that hung up (``lost``) is the retry it should be; the
-    stub checks that one carries the same body (422 otherwise)."""
+    stub checks that one carries the same body (422 otherwise). So is one whose answer
+    reached a worker at most ``window`` seconds before it was killed (``kills``: epoch
+    s): it had the answer but may have died before it recorded it."""
+    kills = list(kills)
     by_key: dict[str | None, list[Attempt]] = defaultdict(list)
     for a in attempts:
         by_key[a.key].append(a)
     bad = []
     for key, tries in by_key.items():
         tries.sort(key=lambda a: a.received_at)
-        if any(t.status in (200, 201) and not t.lost for t in tries[:-1]):
-            bad.append(str(key))
+        for t in tries[:-1]:
+            if t.status not in (200, 201) or t.lost:
+                continue
+            at = t.answered_at or t.received_at
+            if not any(0 <= k - at <= window for k in kills):
+                bad.append(str(key))
+                break
     return sorted(bad)
 
 
