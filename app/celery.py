@@ -6,6 +6,7 @@ with a bad variable stops at start with one line naming it (exit status 2).
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 
@@ -96,6 +97,18 @@ def _check_worker(sender, **_: object) -> None:
 def _log_level(logger, **_: object) -> None:
     """LOG_LEVEL rules, as in the original (celery's -l default is WARNING)."""
     logger.setLevel(settings.log_level)
+
+
+@signals.worker_init.connect
+def _freeze_heap(**_: object) -> None:
+    """Before a prefork pool forks its children: move everything imported so far out of
+    the garbage collector's reach (``gc.freeze``), so a child's collections do not write
+    to the parent's pages and copy them (copy-on-write). Measured with the fetch worker
+    (prefork, one child) idle: 124 MiB of PSS summed over both processes without it,
+    111 MiB with it (bench/fetch_memory.py). Those objects live as long as the process
+    anyway; in a process that does not fork it changes nothing else."""
+    gc.collect()
+    gc.freeze()
 
 
 @signals.worker_process_init.connect
