@@ -71,8 +71,9 @@ def read_delay(consumed: int, cut: bool, since_last: float | None, settings: Set
         return 0.0
     if since_last is None or since_last <= 0:
         # No earlier read to measure growth from (the pod's first read, or none for
-        # PACE_TTL): a read that found many new lines looks again soon, and measures.
-        return settings.fetch_min_interval if consumed >= PACE_LINES else None
+        # PACE_TTL): look again soon, and measure. Once per pod: a quiet pod then falls
+        # back to the rounds.
+        return settings.fetch_min_interval
     rate = consumed / since_last  # lines per second since the previous read
     delay = max(settings.fetch_min_interval, PACE_LINES / rate)
     if delay >= settings.fetch_every:

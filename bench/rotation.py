@@ -5,10 +5,12 @@ serves only the current file: sim/fake_kube.py, ``rotate_bytes``). The scraper r
 its default fetch settings (worker-fetch, worker-report and beat from
 docker-compose.yml; ``REPORT_INTERVAL=10`` only so that intervals are delivered soon).
 
-For each rate, for the project and the baseline in the same run:
+For each rate, for the project and the baseline in the same run, after a warm-up of
+``WARMUP`` seconds of traffic (the pace needs two reads of a pod to measure its growth):
 
 - lines lost: those the fake API renamed away before any read returned them
-  (``FakeKube.unserved``), as a share of the lines written and per rotation;
+  (``FakeKube.unserved``), as a share of the lines written and per rotation (in the
+  steady part; the warm-up's own losses are in the details);
 - the gap counter (``stats.gaps``) and the GAP warnings of the fetch worker;
 - exactness of the rest: what the platform received per tunnel equals what was written
   minus the lost lines (nothing else lost, nothing counted twice).
@@ -47,6 +49,7 @@ TUNNELS = 200
 ROTATE_BYTES = 10 * 1024 * 1024  # the kubelet's containerLogMaxSize default
 ENV = {"REPORT_INTERVAL": "10", "LOG_LEVEL": "INFO"}  # fetch settings: the defaults
 TICK = 0.05
+WARMUP = 12.0  # seconds of traffic before the steady part is measured
 
 
 def minus_lost(expected: dict[str, dict[str, int]], lost: list[bytes]) -> dict[str, dict[str, int]]:
@@ -73,10 +76,15 @@ def run(tree: Tree, rate: int, seconds: float) -> dict:
         per_tick = rate * TICK
         owed = 0.0
         pos = 0
-        t_end = time.monotonic() + seconds
+        t_warm = time.monotonic() + WARMUP
+        t_end = t_warm + seconds
         next_tick = time.monotonic()
-        cpu0 = {k: stack.sampler.cpu(k) for k in stack.sampler.roots}
+        cpu0 = warm = None
         while time.monotonic() < t_end:
+            if warm is None and time.monotonic() >= t_warm:
+                # The steady part starts: the pace has measured each pod's growth.
+                warm = (time.time_ns(), stack.kube.rotations, writer.truth.lines)
+                cpu0 = {k: stack.sampler.cpu(k) for k in stack.sampler.roots}
             owed += per_tick
             n = int(owed)
             owed -= n
@@ -99,16 +107,20 @@ def run(tree: Tree, rate: int, seconds: float) -> dict:
                 exact = True
                 break
             time.sleep(0.5)
-        lost = [line for _, line in stack.kube.unserved()]
+        lost_all = stack.kube.unserved()
+        lost = [line for _, line in lost_all]
+        lost_steady = [ts for ts, _ in lost_all if ts >= warm[0]]
         got = delivered_totals(stack.stub.records)
         stats = {k.decode(): int(v) for k, v in stack.r.hgetall(f"{stack.prefix}:stats").items()}
         gap_lines = [x for x in stack.procs["worker-fetch"].output().splitlines() if "GAP in the log" in x]
         rotations = stack.kube.rotations
-    written = writer.truth.lines
+    written = writer.truth.lines - warm[2]
+    steady_rotations = rotations - warm[1]
     return {
-        "tree": tree.name, "rate": rate, "pods": PODS, "written": written, "lost": len(lost),
-        "lost_share": len(lost) / written if written else 0.0, "rotations": rotations,
-        "lost_per_rotation": len(lost) / rotations if rotations else 0.0,
+        "tree": tree.name, "rate": rate, "pods": PODS, "written": written, "lost": len(lost_steady),
+        "lost_share": len(lost_steady) / written if written else 0.0, "rotations": steady_rotations,
+        "lost_per_rotation": len(lost_steady) / steady_rotations if steady_rotations else 0.0,
+        "lost_in_warmup": len(lost) - len(lost_steady), "written_in_warmup": warm[2], "rotations_in_warmup": warm[1],
         "gaps": stats.get("gaps", 0), "exact_rest": exact, "delivered_requests": sum(v["requests"] for v in got.values()),
         "gap_warning": gap_lines[0][:400] if gap_lines else "",
         "cores": {k: (cpu1[k] - cpu0[k]) / span for k in cpu1},

@@ -33,12 +33,13 @@ def test_a_busy_pod_is_read_after_about_pace_lines_but_not_sooner_than_the_minim
 def test_a_quiet_pod_is_left_to_the_rounds(s):
     assert read_delay(50, False, 1.0, s) is None  # 50 lines/s: 20 s > FETCH_INTERVAL
     assert read_delay(900, False, 10.0, s) is None
-    assert read_delay(100, False, None, s) is None  # no previous read to measure growth from
 
 
-def test_a_first_read_with_many_lines_looks_again_soon_to_measure(s):
+def test_a_first_read_with_new_lines_looks_again_soon_to_measure_the_growth(s):
+    # No earlier read to measure from: once, after FETCH_MIN_INTERVAL.
     assert read_delay(PACE_LINES, False, None, s) == 1.0
-    assert read_delay(PACE_LINES - 1, False, None, s) is None
+    assert read_delay(1, False, None, s) == 1.0
+    assert read_delay(0, False, None, s) is None
 
 
 def test_fetch_min_interval_is_bounded_by_fetch_interval():
