@@ -408,6 +408,32 @@ class Stack:
         return {int(m): s for m, s in self.r.zrange(f"{self.prefix}:sealed", 0, -1, withscores=True)}
 
 
+MANIFESTS = {"worker-fetch": "k8s/base/worker-fetch.yaml", "worker-report": "k8s/base/worker-report.yaml",
+             "beat": "k8s/base/beat.yaml", "metrics": "k8s/components/metrics/deployment.yaml"}
+
+
+def _quantity(value: str) -> float:
+    """A Kubernetes quantity: CPU in cores ("250m", "1"), memory in MiB ("96Mi", "1Gi")."""
+    value = str(value)
+    for suffix, scale in (("m", 1e-3), ("Ki", 1 / 1024), ("Mi", 1.0), ("Gi", 1024.0)):
+        if value.endswith(suffix):
+            return float(value[: -len(suffix)]) * scale
+    return float(value)
+
+
+def manifest_resources(tree: Tree | None = None) -> dict[str, dict[str, dict[str, float]]]:
+    """Each process kind's container resources in the tree's k8s manifests:
+    ``{kind: {"requests"|"limits": {"cpu": cores, "memory": MiB}}}``."""
+    root = (tree or project()).path
+    out = {}
+    for kind, rel in MANIFESTS.items():
+        for doc in yaml.safe_load_all((root / rel).read_text()):
+            if doc and doc.get("kind") == "Deployment":
+                (ctr,) = doc["spec"]["template"]["spec"]["containers"]
+                out[kind] = {k: {r: _quantity(v) for r, v in vals.items()} for k, vals in ctr["resources"].items()}
+    return out
+
+
 def diff_counts(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
     return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
 

@@ -44,7 +44,7 @@ def used(r: redis.Redis) -> int:
 
 
 def retained_per_report(tree: Tree, tunnels: int, intervals: int) -> dict:
-    env = {"REPORT_INTERVAL": "10", "FETCH_INTERVAL": "5", "LOG_LEVEL": "WARNING"}
+    env = {"REPORT_INTERVAL": "10", "FETCH_INTERVAL": "5", "LOG_LEVEL": "INFO"}  # INFO: the harness waits for "ready."
     with Stack(tree, delay=0.0, pods=20, env=env) as stack:
         stack.r.execute_command("MEMORY", "PURGE")
         time.sleep(2)
