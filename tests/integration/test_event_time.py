@@ -66,7 +66,11 @@ ENV = {
 }
 RATE = 30  # lines a second per pod (LineMaker's mix: ~78 % tunnel lines)
 ROOT = Path(__file__).resolve().parents[2]
-PRE11 = "64437d2"  # the last commit before issue 11 (processing-time intervals)
+# The scraper as deployed before issue 11 (processing-time intervals): the last commit
+# that changed app/ or workers/ before it. Not 64437d2, where issue 11 was filed: the
+# fetch task has taken an ``early`` argument since 61ff202 (a rolling update from before
+# that fails those tasks on old workers, whatever the ledger).
+PRE11 = os.environ.get("TMS_PRE11_COMMIT", "bc3f6d3")
 PRE11_DIR = Path(os.environ.get("TMS_PRE11_DIR", "/tmp/tms-pre11"))
 
 
@@ -399,10 +403,16 @@ def test_unreadable_pod_past_the_max_wait_reports_amendments(ev, kube, platform,
 
 @pytest.fixture(scope="session")
 def pre11_tree() -> Path:
-    """The pre-issue-11 checkout, created at first use (``git worktree add``)."""
+    """The pre-issue-11 checkout, created at first use (``git worktree add``) and moved
+    to ``PRE11`` if it is at another commit."""
     if not (PRE11_DIR / "app" / "celery.py").exists():
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(PRE11_DIR), PRE11],
                        check=True, capture_output=True)
+    want = subprocess.run(["git", "-C", str(ROOT), "rev-parse", PRE11], check=True, capture_output=True, text=True)
+    have = subprocess.run(["git", "-C", str(PRE11_DIR), "rev-parse", "HEAD"], check=True, capture_output=True, text=True)
+    if want.stdout != have.stdout:
+        subprocess.run(["git", "-C", str(PRE11_DIR), "checkout", "-q", "--detach", PRE11], check=True,
+                       capture_output=True)
     return PRE11_DIR
 
 
