@@ -149,9 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="200,000 lines")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per tree")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--project-tree", default=None,
+                    help="measure this checkout as the project (e.g. a git worktree of a commit) instead of this tree")
     args = ap.parse_args(argv)
+    tree = Tree("project", Path(args.project_tree).resolve()) if args.project_tree else project()
     total = 200_000 if args.quick else args.lines
-    proj = run(project(), total, args.timeout)
+    proj = run(tree, total, args.timeout)
     print(f"  project: {proj}", flush=True)
     base = run(baseline(), total, args.timeout)
     print(f"  baseline: {base}", flush=True)

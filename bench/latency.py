@@ -28,7 +28,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import (  # noqa: E402
-    ROOT,
     Stack,
     Tree,
     Writer,
@@ -119,11 +118,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--intervals", type=int, default=12, help="of steady traffic, the first a warm-up")
     ap.add_argument("--quick", action="store_true", help="5 intervals")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--project-tree", default=None,
+                    help="measure this checkout as the project (e.g. a git worktree of a commit) instead of this tree")
     args = ap.parse_args(argv)
+    tree = Tree("project", Path(args.project_tree).resolve()) if args.project_tree else project()
     intervals = 5 if args.quick else args.intervals
-    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    proj = run(project(), intervals)
-    print(f"  project (HEAD {head} + working tree): {proj}", flush=True)
+    head = subprocess.run(["git", "-C", str(tree.path), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(tree.path), "status", "--porcelain", "--untracked-files=no", "--", "app",
+                            "workers"], capture_output=True, text=True).stdout.strip()
+    head += " + uncommitted changes in app/ or workers/" if dirty else " (clean)"
+    proj = run(tree, intervals)
+    print(f"  project at {head}: {proj}", flush=True)
     base = run(baseline(), intervals)
     print(f"  baseline: {base}", flush=True)
     q = " (quick)" if args.quick else ""
@@ -132,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         return (f"p99 {r['p99']:.1f} s (p50 {r['p50']:.1f} s, max {r['max']:.1f} s; {r['samples']} reports)"
                 f"{'' if r['exact'] else ' NOT exact'}")
 
-    rows = [row(f"5 latency p99{q}", fig(proj), f"p99 <= {GOAL} s (REPORT_INTERVAL {REPORT_INTERVAL} + FETCH_INTERVAL "
+    rows = [row(f"5 latency p99{q}", f"{fig(proj)} at {head}", f"p99 <= {GOAL} s (REPORT_INTERVAL {REPORT_INTERVAL} + FETCH_INTERVAL "
                 f"{FETCH_INTERVAL} + 5)", proj["p99"] <= GOAL and proj["exact"], baseline=fig(base),
                 ratio=f"{proj['p99'] / base['p99']:.2f}x" if base["p99"] else None)]
     emit("latency", rows, args.json, quick=args.quick, details={"project": proj, "baseline": base, "head": head})

@@ -134,7 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=40.0, help="of traffic per run")
     ap.add_argument("--quick", action="store_true", help="2,000 lines/s only, 25 s")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--project-tree", default=None,
+                    help="measure this checkout as the project (e.g. a git worktree of a commit) instead of this tree")
     args = ap.parse_args(argv)
+    tree = Tree("project", Path(args.project_tree).resolve()) if args.project_tree else project()
     rates = [int(x) for x in args.rates.split(",")]
     base_rates = [int(x) for x in args.baseline_rates.split(",") if x]
     seconds = args.seconds
@@ -142,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         rates, base_rates, seconds = [2000], [2000], 25.0
     proj = {}
     for rate in rates:
-        proj[rate] = run(project(), rate, seconds)
+        proj[rate] = run(tree, rate, seconds)
         print(f"  project {rate}/s: {proj[rate]}", flush=True)
     base = {}
     for rate in base_rates:

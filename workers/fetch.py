@@ -23,6 +23,9 @@ from app.settings import EXPECTED
 
 log = logging.getLogger(__name__)
 
+# The message header that marks an early read and carries its token (app/pace.py).
+EARLY_HEADER = "tms_early"
+
 # Outcomes counted as fetch errors of the pod in the metrics. Not a conflict (another
 # fetch committed), a restart seen mid-read, a pod gone or not started: nothing is wrong.
 ERROR_STATUSES = frozenset({
@@ -39,11 +42,15 @@ ERROR_STATUSES = frozenset({
     time_limit=settings.fetch_time_limit + 10,
     expires=float(settings.fetch_time_limit),
 )
-def fetch(name: str, uid: str, early: str = "") -> dict:
+def fetch(name: str, uid: str) -> dict:
     """Read pod ``name`` (uid ``uid``) from its cursor and commit. Never raises for a
     handled error, so the round's chord always completes; the cursor stays put.
-    ``early``: the token of an early read sent by a previous fetch (``app/pace.py``)."""
+
+    An early read sent by a previous fetch (``app/pace.py``) carries its token in the
+    message header ``EARLY_HEADER``, not in the arguments: a worker of an older version
+    that receives it runs an ordinary fetch instead of failing on an unknown argument."""
     started = time.monotonic()
+    early = fetch.request.get(EARLY_HEADER) or ""
     if early:
         try:
             pace.start_early_read(runtime.ledger(), uid, early)
@@ -74,8 +81,8 @@ def _send_next_read(name: str, uid: str, summary: dict) -> None:
     if nxt is None:
         return
     countdown, token = nxt
-    fetch.apply_async((name, uid), {"early": token}, countdown=countdown or None,
-                      expires=countdown + settings.fetch_time_limit, ignore_result=True)
+    fetch.apply_async((name, uid), countdown=countdown or None, expires=countdown + settings.fetch_time_limit,
+                      ignore_result=True, headers={EARLY_HEADER: token})
 
 
 @app.task(
