@@ -225,7 +225,7 @@ def replay(a: argparse.Namespace) -> int:
     missing = sorted(set(keys) - set(revived))
     claimed = ledger.claim(revived, settings().lease_seconds)
     for key in claimed:
-        celery_app.send_task(REPORT_TASK, (key.start, key.subdomain), queue=Queue.REPORT)
+        celery_app.send_task(REPORT_TASK, (key.start, key.name), queue=Queue.REPORT)
     print(f"replayed {len(claimed)} report(s)")
     for k in missing:
         print(f"not a dead letter: {k}", file=sys.stderr)

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 
 from app.errors import KubeError, KubeForbidden, LedgerLost, NoPreviousLog, PodGone
 from app.kube import Container, LogSource, Pod
-from app.ledger import Ledger
+from app.ledger import Ledger, Partial
 from app.model import CommitStatus, Cursor, FetchStatus, fingerprint
 from app.parser import LINE_PREFIX_ROOM, MAX_LINE_BYTES, Aggregator, LineFramer
 
@@ -148,11 +148,57 @@ def fmt_ns(t_ns: int) -> str:
     return datetime.fromtimestamp(t_ns // 1_000_000_000, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{t_ns % 1_000_000_000:09d}Z"
 
 
+class IntervalSums:
+    """Counts lines into the report interval that holds each line's time (docs/design.md,
+    "Sealing"): ``[k * interval, (k + 1) * interval)`` in UTC seconds, aligned to the
+    epoch. Lines come in batches to one ``Aggregator`` per interval; a read in log order
+    changes interval rarely, so the batches stay long."""
+
+    def __init__(self, domain: str, max_line_bytes: int, interval: int) -> None:
+        self.domain = domain
+        self.max_line = max_line_bytes
+        self.interval = interval
+        self._ri_ns = interval * 1_000_000_000
+        self.parts: dict[int, Aggregator] = {}
+        self._start: int | None = None
+        self._batch: list[bytes] = []
+
+    def add(self, t_ns: int, line: bytes) -> None:
+        """Count ``line`` (without its newline or kubelet prefix) at time ``t_ns`` (UTC ns)."""
+        start = t_ns // self._ri_ns * self.interval
+        if start != self._start:
+            self._flush()
+            self._start = start
+        self._batch.append(line)
+        if len(self._batch) >= BATCH_LINES:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._batch and self._start is not None:
+            agg = self.parts.get(self._start)
+            if agg is None:
+                agg = self.parts[self._start] = Aggregator(self.domain, self.max_line)
+            agg.feed_lines(self._batch)
+        self._batch = []
+
+    def finish(self) -> Aggregator:
+        """The sums of every interval together (for counters and warnings)."""
+        self._flush()
+        total = Aggregator(self.domain, self.max_line)
+        for start in sorted(self.parts):
+            total.merge(self.parts[start])
+        return total
+
+    def partials(self) -> dict[int, Partial]:
+        """Interval start -> its sums, for ``Ledger.commit`` (intervals with tunnel counts only)."""
+        return {start: Partial(agg.subdomains, agg.unmetered) for start, agg in self.parts.items() if agg.subdomains}
+
+
 @dataclass
 class ReadResult:
     """What one read of a container's log consumed."""
 
-    agg: Aggregator
+    agg: Aggregator  # every interval's sums together
     cursor: Cursor  # after the consumed lines (unchanged when none)
     consumed: int = 0
     received: int = 0  # bytes, for the limitBytes check
@@ -161,6 +207,7 @@ class ReadResult:
     gap_to_ns: int | None = None
     late: int = 0  # new lines stamped before the floor (more than the window behind H)
     extra: dict[str, int] = field(default_factory=dict)  # counters beyond the parser's
+    parts: dict[int, Partial] = field(default_factory=dict)  # interval start -> its sums
 
 
 def consume(
@@ -171,8 +218,11 @@ def consume(
     domain: str,
     window_ns: int = DEFAULT_REORDER_WINDOW_NS,
     max_line_bytes: int = MAX_LINE_BYTES,
+    report_interval: int = 60,
 ) -> ReadResult:
-    """Walk a log stream read from ``floor(cursor.floor_ns)`` and aggregate what is new.
+    """Walk a log stream read from ``floor(cursor.floor_ns)`` and aggregate what is new,
+    each line into the report interval (``report_interval`` seconds) holding its stamp
+    (``res.parts``; ``res.agg`` sums them all).
 
     A line stamped before the cursor's floor F is taken as consumed; one at or after F
     is consumed iff it matches a remaining count of the cursor's fingerprints (each
@@ -191,8 +241,8 @@ def consume(
     clock stepped back, a stream stalled longer than the window) is counted, and counted
     in ``late``. Only lines stamped before ``floor(F)``'s second are never returned.
     """
-    agg = Aggregator(domain, max_line_bytes)
-    res = ReadResult(agg=agg, cursor=cursor)
+    sums = IntervalSums(domain, max_line_bytes, report_interval)
+    res = ReadResult(agg=Aggregator(domain, max_line_bytes), cursor=cursor)
     floor, old_high = cursor.floor_ns, cursor.high_ns
     remaining = cursor.counts()  # counts of the cursor's lines not yet met in this read
     unmatched = sum(remaining.values())
@@ -211,7 +261,6 @@ def consume(
     # the log rotated), and its predecessor may be older than sinceTime: taken as
     # consumed. First in a first read, it takes H.
     prev_ts: int | None = None if (cursor.seen or cursor.legacy_n) else old_high
-    batch: list[bytes] = []
     before_start = 0
     unreadable = {"rejected:no_timestamp": 0, "rejected:bad_timestamp": 0}
 
@@ -274,12 +323,9 @@ def consume(
         if ts < start_at_ns:
             before_start += 1
             continue
-        batch.append(text)
-        if len(batch) >= BATCH_LINES:
-            agg.feed_lines(batch)
-            batch = []
-    if batch:
-        agg.feed_lines(batch)
+        sums.add(ts, text)
+    res.agg = sums.finish()
+    res.parts = sums.partials()
     res.cut = res.received >= limit_bytes
     if res.consumed:
         new_floor = max(floor, high - window_ns)
@@ -358,11 +404,14 @@ class Fetcher:
         except KubeForbidden as e:
             log.error("fetch %s/%s: %s", ns, name, e, extra={"pod": name, "namespace": ns, "outcome": "forbidden"})
             self.ledger.incr({"fetch_errors:forbidden": 1})
+            self.ledger.note_read_failure(uid)
             return {"pod": name, "status": FetchStatus.FORBIDDEN}
         except KubeError as e:
             log.warning("fetch %s/%s: %s; the cursor stays, next round retries", ns, name, e,
                         extra={"pod": name, "namespace": ns, "outcome": "kube_error"})
             self.ledger.incr({"fetch_errors:kube": 1})
+            # Sealing waits for this pod at most SEAL_MAX_WAIT from its first failed read.
+            self.ledger.note_read_failure(uid)
             return {"pod": name, "status": FetchStatus.KUBE_ERROR}
 
     def _fetch(self, ns: str, name: str, uid: str, start_at: int) -> dict:
@@ -388,6 +437,7 @@ class Fetcher:
         if cursor is None:
             cursor = Cursor(ctr.container_id, 0, 0)
         since = cursor.floor_ns or start_at
+        read_at = self.ledger.now()  # the read record's time: before the request is sent
         res = consume(
             self.source.stream_log(name, ctr.name, since, self.limit),
             cursor,
@@ -396,8 +446,9 @@ class Fetcher:
             self.domain,
             self.window,
             self.max_line,
+            self.ledger.ri,
         )
-        self._commit(pod, ctr, field_, raw, res, summary)
+        self._commit(pod, ctr, field_, raw, res, summary, ctr.container_id, read_at)
         return summary
 
     def _drain_previous(self, pod: Pod, ctr: Container, field_: str, raw: str, cursor: Cursor, start_at: int, summary: dict):
@@ -405,6 +456,7 @@ class Fetcher:
         done is False when this fetch should stop here (more left, or a conflict)."""
         res = None
         reason = ""
+        read_at = self.ledger.now()
         if ctr.last_terminated_id == cursor.container_id:
             try:
                 res = consume(
@@ -415,6 +467,7 @@ class Fetcher:
                     self.domain,
                     self.window,
                     self.max_line,
+                    self.ledger.ri,
                 )
             except NoPreviousLog as e:
                 reason = f"previous container's log unavailable ({e})"
@@ -423,11 +476,13 @@ class Fetcher:
         if res is not None:
             if res.cut:
                 # More of the previous container is waiting: keep draining next round.
-                self._commit(pod, ctr, field_, raw, res, summary)
+                self._commit(pod, ctr, field_, raw, res, summary, cursor.container_id, read_at)
                 return raw, cursor, False
-            # Fully drained: the cursor moves to the start of the current container.
+            # Fully drained: the cursor moves to the start of the current container. The
+            # read record stays the previous container's until the current one is read.
+            high = res.cursor.high_ns
             res.cursor = Cursor(ctr.container_id, 0, 0)
-            if not self._commit(pod, ctr, field_, raw, res, summary):
+            if not self._commit(pod, ctr, field_, raw, res, summary, cursor.container_id, read_at, high):
                 return raw, cursor, False
         else:
             moved = Cursor(ctr.container_id, 0, 0)
@@ -456,8 +511,14 @@ class Fetcher:
             }
         )
 
-    def _commit(self, pod: Pod, ctr: Container, field_: str, expected: str, res: ReadResult, summary: dict) -> bool:
-        """Commit one read if the container did not change under it. True when committed."""
+    def _commit(self, pod: Pod, ctr: Container, field_: str, expected: str, res: ReadResult, summary: dict,
+                marker: str = "", read_at: float | None = None, high_ns: int | None = None) -> bool:
+        """Commit one read if the container did not change under it. True when committed.
+
+        With it goes the pod's read record for the watermark: the container whose log
+        was read (``marker``), ``read_at`` (Redis time before the read was sent) when the
+        read reached the end of the log (not cut at ``limitBytes``), the highest stamp
+        consumed (``high_ns``, default the new cursor's)."""
         summary["cut"] = res.cut  # the last read stopped at limitBytes (more waiting); metrics' lag
         if res.consumed == 0 and res.cut:
             log.warning(
@@ -469,24 +530,31 @@ class Fetcher:
                 extra={"pod": pod.name, "namespace": pod.namespace, "outcome": "no_progress"},
             )
             self.ledger.incr({"no_progress": 1})
+            self.ledger.note_read_failure(pod.uid)  # stuck: holds sealing back at most SEAL_MAX_WAIT
             summary["status"] = FetchStatus.NO_PROGRESS
-        if res.consumed == 0 and res.cursor.encode() == expected:
-            return True  # nothing new
+        if res.consumed == 0 and res.cursor.encode() == expected and (res.cut or read_at is None):
+            return True  # nothing new, and nothing to record
         # A restart (or a replacement under the same name) between listing and reading
         # means the lines may belong to another container: commit nothing, re-read next round.
-        try:
-            after = self.source.get_pod(pod.name)
-            moved = after.uid != pod.uid or after.container(ctr.name) != ctr
-        except PodGone:
-            moved = False  # gone after the read: what was read is its final log
+        moved = False
+        if res.consumed or res.cursor.encode() != expected:
+            try:
+                after = self.source.get_pod(pod.name)
+                moved = after.uid != pod.uid or after.container(ctr.name) != ctr
+            except PodGone:
+                moved = False  # gone after the read: what was read is its final log
         if moved:
             log.info("fetch %s/%s: the container changed during the read; nothing committed", pod.namespace, pod.name)
             self.ledger.incr({"fetch_restarted": 1})
             summary["status"] = FetchStatus.RESTARTED
             return False
         counters = counters_of(res)
-        result = self.ledger.commit(field_, expected, res.cursor.encode(), res.agg.subdomains, counters,
-                                    unmetered=res.agg.unmetered)
+        record = ""
+        if read_at is not None:
+            end_at = None if res.cut else read_at
+            record = Ledger.read_record(marker, end_at, res.cursor.high_ns if high_ns is None else high_ns)
+        result = self.ledger.commit(field_, expected, res.cursor.encode(), counters=counters, parts=res.parts,
+                                    source=pod.uid if record else "", record=record)
         if result.status == CommitStatus.CONFLICT:
             log.info("fetch %s/%s: another fetch committed first; nothing committed", pod.namespace, pod.name)
             self.ledger.incr({"fetch_conflicts": 1})
@@ -512,9 +580,19 @@ class Fetcher:
                 "pod %s/%s: a log line of %d bytes is longer than LOG_LINE_MAX_BYTES (%d); not counted "
                 "(rejected:too_long)", pod.namespace, pod.name, length, res.agg.max_line_bytes,
             )
+        if result.amendments:
+            log.warning("pod %s/%s: %d amendment report(s) for sealed intervals (lines read after their interval "
+                        "was sealed without this pod)", pod.namespace, pod.name, result.amendments,
+                        extra={"pod": pod.name, "namespace": pod.namespace, "outcome": "amended"})
+        if result.expired:
+            log.error("pod %s/%s: %d request(s) stamped in intervals older than INTERVAL_RETENTION: not reported "
+                      "(lines_expired)", pod.namespace, pod.name, result.expired,
+                      extra={"pod": pod.name, "namespace": pod.namespace, "outcome": "expired"})
         summary["consumed"] += res.consumed
         summary["counted"] += res.agg.counted
-        summary["interval"] = int(result.detail)
+        if result.intervals:
+            summary["interval"] = result.intervals[-1]
+            summary["intervals"] = list(result.intervals)
         self._watch_access(pod, res)
         return True
 

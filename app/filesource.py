@@ -58,7 +58,7 @@ import stat
 from dataclasses import dataclass, field
 from hashlib import blake2b
 
-from app.fetching import ReadResult, counters_of, parse_timestamp
+from app.fetching import IntervalSums, ReadResult, counters_of, parse_timestamp
 from app.ledger import Ledger
 from app.model import CommitStatus, Cursor, FetchStatus, FileCursor
 from app.parser import MAX_LINE_BYTES, Aggregator, LineFramer
@@ -288,28 +288,31 @@ class FileFetcher:
                 summary["status"] = FetchStatus.MISMATCH
                 return summary
 
-        agg = Aggregator(self.domain, self.max_line)
+        # Each line goes to the interval of the request's end (StartUTC + Duration: when
+        # Traefik wrote it); a line without a readable time takes the time of the line
+        # before it (the first: the read's start), so it still lands once, somewhere near.
+        read_at = self.ledger.now()
+        sums = IntervalSums(self.domain, self.max_line, self.ledger.ri)
         framer = LineFramer(self.max_line)
         started = cursor.started
         received = consumed = before_start = 0
-        batch: list[bytes] = []
+        prev = int(read_at * 1e9)
+        high = 0
         for chunk in _chunks(fd, start, self.limit):
             received += len(chunk)
             for line in framer.feed(chunk):
                 consumed += 1
-                if not started:
-                    written = line_time_ns(line)
-                    if written is not None:
+                written = line_time_ns(line)
+                if written is not None:
+                    prev = written
+                    high = max(high, written)
+                    if not started:
                         if written < start_at:
                             before_start += 1
                             continue
                         started = True
-                batch.append(line)
-                if len(batch) >= BATCH_LINES:
-                    agg.feed_lines(batch)
-                    batch = []
-        if batch:
-            agg.feed_lines(batch)
+                sums.add(prev, line)
+        agg = sums.finish()
         end = start + received - framer.pending  # a partial last line is not consumed
         cut = received >= self.limit
         summary["cut"] = cut
@@ -326,16 +329,19 @@ class FileFetcher:
             log.warning("NO PROGRESS reading %s: the line at offset %d is longer than FETCH_MAX_BYTES (%d); raise "
                         "FETCH_MAX_BYTES", path, start, self.limit, extra={"outcome": "no_progress"})
             self.ledger.incr({"no_progress": 1})
+            self.ledger.note_read_failure(field_)  # stuck: holds sealing back at most SEAL_MAX_WAIT
             summary["status"] = FetchStatus.NO_PROGRESS
             return summary
-        if consumed == 0 and generation == cursor.generation:
-            return summary  # nothing new
 
         new = FileCursor(end, inode, _tail(fd, end), generation, started)
         res = ReadResult(agg=agg, cursor=Cursor("", 0, 0), consumed=consumed, received=received, cut=cut,
                          extra={"ignored:before_start": before_start} if before_start else {})
-        result = self.ledger.commit(field_, raw, new.encode(), agg.subdomains, counters_of(res),
-                                    unmetered=agg.unmetered)
+        # The read record (docs/design.md, "Sealing"): a read that reached the end of the
+        # file holds every line Traefik wrote before it started. Committed even when
+        # nothing is new, so that an idle file lets intervals be sealed.
+        record = Ledger.read_record("", None if cut else read_at, high)
+        result = self.ledger.commit(field_, raw, new.encode(), counters=counters_of(res), parts=sums.partials(),
+                                    source=field_, record=record)
         if result.status == CommitStatus.CONFLICT:
             log.info("fetch %s: another fetch committed first; nothing committed", path)
             self.ledger.incr({"fetch_conflicts": 1})
@@ -354,7 +360,15 @@ class FileFetcher:
             log.error("%s: a log line of %d bytes is longer than LOG_LINE_MAX_BYTES (%d); not counted "
                       "(rejected:too_long)", path, length, agg.max_line_bytes)
         self._warn_once(path, identity, agg)
-        summary.update(consumed=consumed, counted=agg.counted, interval=int(result.detail))
+        if result.amendments:
+            log.warning("fetch %s: %d amendment report(s) for sealed intervals", path, result.amendments,
+                        extra={"outcome": "amended"})
+        if result.expired:
+            log.error("fetch %s: %d request(s) of intervals older than INTERVAL_RETENTION: not reported "
+                      "(lines_expired)", path, result.expired, extra={"outcome": "expired"})
+        summary.update(consumed=consumed, counted=agg.counted)
+        if result.intervals:
+            summary.update(interval=result.intervals[-1], intervals=list(result.intervals))
         return summary
 
     def _warn_once(self, path: str, identity: str, agg: Aggregator) -> None:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
+from dataclasses import field as dc_field
 from datetime import UTC, datetime
 from functools import lru_cache
 from importlib import resources
@@ -18,6 +19,7 @@ from importlib import resources
 import redis
 
 from app.model import CommitStatus, ReportKey, ReportState
+from app.watermark import Listed, Listing, ReadRecord
 
 SUBDOMAIN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 PODFETCH_TTL = 86400  # seconds a pod's fetch metrics outlive its last fetch
@@ -48,7 +50,7 @@ def _done_report(key: ReportKey, raw: str) -> Report:
     """A report read from its interval's done hash (the field ``finish.lua`` writes)."""
     state, bi, bo, rq, attempts, unmetered, at, user_id = raw.split(" ", 7)
     return Report(key.start, key.subdomain, int(bi), int(bo), int(rq), ReportState(state), int(attempts), "",
-                  int(unmetered), user_id, float(at))
+                  int(unmetered), user_id, float(at), amendment=key.amendment)
 
 
 def valid_subdomain(sub: str) -> bool:
@@ -69,8 +71,20 @@ def iso(ts: int) -> str:
 @dataclass(frozen=True)
 class CommitResult:
     status: CommitStatus
-    detail: str  # interval start, the winning cursor (read after the conflict), or the subdomain
+    detail: str  # the winning cursor (read after the conflict), or the subdomain (overflow)
     digest: str = ""  # on a conflict: SHA-1 of the cursor the script compared ("" = none)
+    intervals: tuple[int, ...] = ()  # ok: the interval starts written (counts or amendments)
+    amendments: int = 0  # ok: amendment reports made (lines of sealed intervals)
+    expired: int = 0  # ok: requests of intervals older than the retention, not reported
+
+
+@dataclass(frozen=True)
+class Partial:
+    """One read's sums for one report interval: ``subdomains`` ``{sub: [bytes_in,
+    bytes_out, requests]}`` and ``unmetered`` ``{sub: upgraded connections}``."""
+
+    subdomains: dict[str, list[int]]
+    unmetered: dict[str, int] = dc_field(default_factory=dict)
 
 
 def cursor_digest(raw: str) -> str:
@@ -91,19 +105,22 @@ class Report:
     unmetered: int = 0  # upgraded connections among the requests (not sent to the platform)
     user_id: str = ""  # the platform's answer, once delivered
     delivered_at: float | None = None  # Redis time of the final answer (delivered or skipped)
+    amendment: int = 0  # 0: the interval's original report; n: its n-th amendment
+    sealed_at: float | None = None  # Redis time the report was made (its interval sealed, or the amendment)
 
     @property
     def key(self) -> ReportKey:
-        return ReportKey(self.start, self.subdomain)
+        return ReportKey(self.start, self.subdomain, self.amendment)
 
 
 class Ledger:
     """Typed access to the ledger keys. Safe to share between threads."""
 
-    def __init__(self, r: redis.Redis, prefix: str, report_interval: int) -> None:
+    def __init__(self, r: redis.Redis, prefix: str, report_interval: int, retention: int = 7 * 86400) -> None:
         self.r = r
         self.p = prefix
         self.ri = report_interval
+        self.retention = retention  # INTERVAL_RETENTION: lines of intervals older than it are not reported
         self._commit = r.register_script(_script("commit.lua"))
         self._seal = r.register_script(_script("seal.lua"))
         self._claim = r.register_script(_script("claim.lua"))
@@ -167,35 +184,123 @@ class Ledger:
         field: str,
         expected: str,
         new: str,
-        partial: dict[str, list[int]],
-        counters: dict[str, int],
+        partial: dict[str, list[int]] | None = None,
+        counters: dict[str, int] | None = None,
         unmetered: dict[str, int] | None = None,
+        *,
+        parts: dict[int, Partial] | None = None,
+        interval: int | None = None,
+        source: str = "",
+        record: str = "",
     ) -> CommitResult:
-        """Atomically: if the stored cursor is still ``expected`` (compared by digest),
-        add ``partial`` to the open interval, store ``new`` and add the counters.
+        """Atomically (``commit.lua``): if the stored cursor is still ``expected``
+        (compared by digest), add each part's sums to its report interval (``parts``:
+        interval start -> ``Partial``), store ``new``, write the read ``record`` of
+        ``source`` (a pod's uid or a file's cursor field; see ``read_record``; "" = none)
+        and add the counters.
 
-        ``unmetered``: per subdomain of ``partial``, how many of its requests were
-        upgraded connections (``<sub>:u`` in the interval, and the ``unmetered`` hash)."""
-        args: list[object] = [self.p, field, cursor_digest(expected), new, self.ri, len(partial)]
-        for sub, (bi, bo, rq) in partial.items():
-            args += [sub, bi, bo, rq]
-        nonzero = {k: v for k, v in counters.items() if v}
+        A part of a sealed interval becomes one amendment report per subdomain; one of an
+        interval that ended more than ``self.retention`` seconds ago is not reported (its
+        requests are counted as ``lines_expired``; ``retention``: ``INTERVAL_RETENTION``). ``partial`` / ``unmetered`` (one
+        part) go to ``interval``, by default the one that holds Redis time now (tests)."""
+        if parts is None:
+            parts = {}
+            if partial:
+                start = interval if interval is not None else int(self.now()) // self.ri * self.ri
+                parts[start] = Partial(partial, unmetered or {})
+        args: list[object] = [self.p, field, cursor_digest(expected), new, self.ri, self.retention, source, record,
+                              len(parts)]
+        for start, part in sorted(parts.items()):
+            args += [start, len(part.subdomains)]
+            for sub, (bi, bo, rq) in part.subdomains.items():
+                args += [sub, bi, bo, rq]
+            upgraded = {sub: n for sub, n in part.unmetered.items() if n and sub in part.subdomains}
+            args.append(len(upgraded))
+            for sub, n in upgraded.items():
+                args += [sub, n]
+        nonzero = {k: v for k, v in (counters or {}).items() if v}
         args.append(len(nonzero))
         for name, inc in nonzero.items():
             args += [name, inc]
-        upgraded = {sub: n for sub, n in (unmetered or {}).items() if n and sub in partial}
-        args.append(len(upgraded))
-        for sub, n in upgraded.items():
-            args += [sub, n]
         keys = [self.k("init"), self.k("cursors"), self.k("stats"), self.k("open"), self.k("sealed"),
-                self.k("unmetered")]
-        status, detail = self._commit(keys=keys, args=args)
-        result = CommitResult(CommitStatus(status.decode()), detail.decode())
-        if result.status == CommitStatus.CONFLICT:
+                self.k("unmetered"), self.k("due"), self.k("sealedto"), self.k("reads"), self.k("readfail"),
+                self.k("history")]
+        out = [x.decode() for x in self._commit(keys=keys, args=args)]
+        status = CommitStatus(out[0])
+        if status == CommitStatus.CONFLICT:
             # The script answers with a digest only; the winning cursor, for messages, is
             # read now (rare: a duplicated or concurrent fetch).
-            return CommitResult(CommitStatus.CONFLICT, self.cursor_raw(field), result.detail)
-        return result
+            return CommitResult(CommitStatus.CONFLICT, self.cursor_raw(field), out[1])
+        if status != CommitStatus.OK:
+            return CommitResult(status, out[1])
+        written = tuple(int(x) for x in out[1].split(",") if x)
+        return CommitResult(status, out[1], intervals=written, amendments=int(out[2]), expired=int(out[3]))
+
+    # The watermark's inputs ------------------------------------------------------------
+
+    @staticmethod
+    def read_record(marker: str, end_at: float | None, high_ns: int) -> str:
+        """The ``record`` argument of ``commit``: the log read (``marker``: a container
+        id, "" for a file; no spaces), the Redis time (s) the read started if it reached
+        the end of the log (None: it was cut at ``limitBytes``), the highest stamp
+        consumed (ns)."""
+        return f"{marker} {'-' if end_at is None else f'{end_at:.3f}'} {high_ns}"
+
+    def note_read_failure(self, field: str) -> None:
+        """A read of source ``field`` (a pod's uid, ``file:<identity>``) failed: from the first such failure since its last
+        commit, the source holds sealing back at most ``SEAL_MAX_WAIT``."""
+        self.r.hsetnx(self.k("readfail"), field, f"{self.now():.3f}")
+
+    def read_records(self) -> dict[str, ReadRecord]:
+        """Source (a pod's uid, ``file:<identity>``) -> its ``ReadRecord`` (``reads`` and
+        ``readfail`` hashes)."""
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.k("reads"))
+            pipe.hgetall(self.k("readfail"))
+            reads, fails = pipe.execute()
+        out: dict[str, ReadRecord] = {}
+        for raw_field, raw in reads.items():
+            marker, end_at, high = raw.decode().split(" ")
+            out[raw_field.decode()] = ReadRecord(marker, None if end_at == "-" else float(end_at), int(high))
+        for raw_field, since in fails.items():
+            f = raw_field.decode()
+            rec = out.get(f, ReadRecord())
+            out[f] = ReadRecord(rec.marker, rec.end_at, rec.high_ns, float(since))
+        return out
+
+    def note_listing(self, name: str, at: float, sources: dict[str, tuple[str, str | None]]) -> None:
+        """Record a plan's listing ``name`` (``pods``, or a file host's queue): the Redis
+        time ``at`` just before it asked, and its sources, field -> (name, marker)."""
+        doc = {"at": at, "sources": {f: [n, m] for f, (n, m) in sources.items()}}
+        self.r.hset(self.k("listing"), name, json.dumps(doc, sort_keys=True))
+
+    def listings(self, names: list[str] | None = None) -> list[Listing]:
+        """The listings recorded (only ``names`` when given)."""
+        raw = self.r.hgetall(self.k("listing"))
+        out = []
+        for key, value in sorted(raw.items()):
+            name = key.decode()
+            if names is not None and name not in names:
+                continue
+            doc = json.loads(value)
+            sources = {f: Listed(n, m) for f, (n, m) in doc["sources"].items()}
+            out.append(Listing(float(doc["at"]), sources, "pod listing" if name == "pods" else f"file listing {name}"))
+        return out
+
+    def note_seal_state(self, doc: dict) -> None:
+        """Keep the last merge's watermark decision (``sealstate``, JSON) for the metrics."""
+        self.r.set(self.k("sealstate"), json.dumps(doc, sort_keys=True))
+
+    def seal_state(self) -> dict:
+        """The last merge's watermark decision: ``at``, ``sealed_to``, ``held_by`` (name ->
+        seconds behind), ``forced`` (names); {} before the first merge."""
+        raw = self.r.get(self.k("sealstate"))
+        return json.loads(raw) if raw else {}
+
+    def sealed_to(self) -> int:
+        """The mark: every interval starting before it is sealed (0: none yet)."""
+        raw = self.r.get(self.k("sealedto"))
+        return int(raw) if raw else 0
 
     def note_pods(self, pods: list[dict]) -> None:
         """Record when each listed pod was last seen (for cursor clean-up)."""
@@ -230,6 +335,8 @@ class Ledger:
             pipe.hdel(self.k("podstate"), uid)
             pipe.delete(self.k("podfetch", uid))
             pipe.zrem(self.k("podfetch"), uid)
+            pipe.hdel(self.k("reads"), uid)
+            pipe.hdel(self.k("readfail"), uid)
             pipe.execute()
         return len(fields)
 
@@ -289,11 +396,21 @@ class Ledger:
         raw = self.r.zrangebyscore(self.k("open"), "-inf", ended_before - self.ri)
         return [int(x) for x in raw]
 
+    def seal_upto(self, mark: int) -> tuple[int, list[ReportKey]] | None:
+        """Move the mark "sealed up to" to ``mark`` (never back) and seal every interval
+        with counts that starts before it (``seal.lua``). Returns the mark before and the
+        reports created now; None when ``mark`` is later than Redis time."""
+        keys = [self.k("open"), self.k("sealed"), self.k("due"), self.k("sealedto")]
+        out = [x.decode() for x in self._seal(keys=keys, args=[self.p, mark, self.ri])]
+        if out == ["not_ended"]:
+            return None
+        return int(out[0]), [ReportKey.parse(m) for m in out[1:]]
+
     def seal(self, start: int) -> list[str]:
-        """Seal an ended interval; the subdomains whose reports were created now."""
-        keys = [self.k("open"), self.k("sealed"), self.k("due")]
-        out = [x.decode() for x in self._seal(keys=keys, args=[self.p, start, self.ri])]
-        return [] if out == ["not_ended"] else out
+        """Seal an ended interval (and every one before it: the mark moves to its end);
+        the subdomains of ``start`` whose reports were created now."""
+        done = self.seal_upto(start + self.ri)
+        return [] if done is None else [k.subdomain for k in done[1] if k.start == start]
 
     def interval_totals(self, start: int) -> dict[str, list[int]]:
         """``{sub: [bytes_in, bytes_out, requests]}`` of an interval (``:u`` fields aside)."""
@@ -381,13 +498,13 @@ class Ledger:
         head = len(self.k("done", ""))
         for raw in self.r.scan_iter(match=self.k("done", "*"), count=1000):
             start = int(raw[head:])
-            out += [ReportKey(start, sub.decode()) for sub in self.r.hkeys(raw)]
+            out += [ReportKey.of(start, name.decode()) for name in self.r.hkeys(raw)]
         return out
 
     def report(self, key: ReportKey) -> Report | None:
         raw = self.r.hgetall(self.rep_key(key))
         if not raw:
-            done = self.r.hget(self.done_key(key.start), key.subdomain)
+            done = self.r.hget(self.done_key(key.start), key.name)
             return None if done is None else _done_report(key, done.decode())
         d = {k.decode(): v.decode() for k, v in raw.items()}
         return Report(
@@ -400,6 +517,8 @@ class Ledger:
             attempts=int(d.get("attempts", 0)),
             reason=d.get("reason", ""),
             unmetered=int(d.get("unmetered", 0)),
+            amendment=key.amendment,
+            sealed_at=float(d["sealed_at"]) if d.get("sealed_at") else None,
         )
 
     def claim(self, keys: list[ReportKey], lease: int) -> list[ReportKey]:
@@ -434,15 +553,17 @@ class Ledger:
         this attempt), ``("busy", None)`` (another copy holds the lock), ``("final",
         state)`` or ``("missing", None)`` (the lock released)."""
         out = self._begin(keys=[self.rep_key(key), self.k("lock", key), self.done_key(key.start)],
-                          args=[token, lock_seconds, key.subdomain])
+                          args=[token, lock_seconds, key.name])
         status = out[0].decode()
         if status == "final":
             return status, ReportState(out[1].decode())
         if status != "go":
             return status, None
         bi, bo, rq, state, attempts, reason, unmetered = (x.decode() for x in out[1:8])
+        sealed_at = out[8].decode() if len(out) > 8 else ""
         return status, Report(key.start, key.subdomain, int(bi), int(bo), int(rq), ReportState(state), int(attempts),
-                              reason, int(unmetered))
+                              reason, int(unmetered), amendment=key.amendment,
+                              sealed_at=float(sealed_at) if sealed_at else None)
 
     def finish(self, key: ReportKey, outcome: ReportState, user_id: str, retention: int, token: str = "") -> bool:
         """Record a final answer (``delivered`` or ``skipped``): the report's record moves
@@ -453,7 +574,7 @@ class Ledger:
         member = str(key)
         keys = [self.rep_key(key), self.done_key(key.start), self.k("due"), self.k("retrying"), self.k("stats"),
                 self.k("lock", key), self.k("parked")]
-        return bool(self._finish(keys=keys, args=[member, key.subdomain, str(outcome), user_id, retention, token]))
+        return bool(self._finish(keys=keys, args=[member, key.name, str(outcome), user_id, retention, token]))
 
     def acquire_send_lock(self, key: ReportKey, token: str, seconds: int) -> bool:
         return bool(self.r.set(self.k("lock", key), token, nx=True, ex=seconds))

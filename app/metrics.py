@@ -18,6 +18,10 @@ Counters (the ledger's ``stats`` hash):
 - ``unmetered_requests_total``: counted requests that were upgraded connections
   (WebSocket...), logged with 0 bytes whatever went through them; no tunnel label
   (``status`` lists them per tunnel).
+- ``amendments_total`` (amendment reports: lines of sealed intervals),
+  ``seal_forced_total`` (intervals sealed past a source unreadable for ``SEAL_MAX_WAIT``),
+  ``lines_expired_total`` (requests of intervals older than ``INTERVAL_RETENTION``, not
+  reported).
 - ``gaps_total`` (log spans that may be lost), ``no_progress_reads_total``,
   ``fetch_conflicts_total``, ``fetch_restarts_total``, ``fetch_errors_total{kind}``,
   ``reports_total{outcome="delivered"|"skipped"|"parked"|"dead"}``; any other counter as
@@ -32,7 +36,9 @@ not known gone; ``podfetch`` records written by every fetch task):
   ``_count``, ``_sum``), ``pod_last_fetch_duration_seconds``,
   ``pod_fetch_errors_total{kind}``.
 
-Gauges: ``min_pod_lag_seconds`` (seconds since any read of any pod reached the end of its
+Gauges: ``sealed_up_to_timestamp_seconds`` (the mark: every interval starting before it
+is sealed), ``seal_held_back_seconds{pod}`` (sources behind what sealing the next
+interval needs, by how many seconds, at the last merge), ``min_pod_lag_seconds`` (seconds since any read of any pod reached the end of its
 log; since the ledger was initialised when none has), ``fetch_interval_seconds``,
 ``report_interval_seconds``, ``intervals{state="open"|"sealed"}``,
 ``undelivered_reports{state="pending"|"queued"|"due"|"dead"}``,
@@ -88,6 +94,10 @@ NAMED = {
                                  "Pods warned about for log lines whose timestamp cannot be read"),
     "unmetered_requests": ("unmetered_requests", "Tunnel requests that were upgraded connections (WebSocket...): "
                            "counted as requests with 0 bytes, their traffic is not in Traefik's access log"),
+    "amendments": ("amendments", "Amendment reports made: lines read after their interval was sealed"),
+    "seal_forced": ("seal_forced", "Intervals sealed without a source unreadable for over SEAL_MAX_WAIT"),
+    "lines_expired": ("lines_expired", "Tunnel requests stamped in intervals older than INTERVAL_RETENTION: "
+                      "not reported"),
 }
 
 
@@ -158,6 +168,20 @@ class LedgerCollector(Collector):
                                 value=counts["retrying"])
         yield GaugeMetricFamily(f"{NS}_dead_letters", "Reports in the dead-letter store (see `deadletters`)",
                                 value=counts["dead"])
+        yield from self._sealing(now)
+
+    def _sealing(self, now: float) -> Iterator[Metric]:
+        """The watermark as the last merge saw it (``sealstate``)."""
+        state = self.ledger.seal_state()
+        yield GaugeMetricFamily(f"{NS}_sealed_up_to_timestamp_seconds", "Every report interval starting before this "
+                                "is sealed (0: none yet)", value=self.ledger.sealed_to())
+        held = GaugeMetricFamily(f"{NS}_seal_held_back_seconds", "Seconds by which a source (pod, or log file) is "
+                                 "behind what sealing the next interval needs, as the last merge saw it (-1: never "
+                                 "read past anything)", labels=["pod"])
+        for name, seconds in sorted(state.get("held_by", {}).items()):
+            if seconds < 0 or seconds > 0:
+                held.add_metric([name], float(seconds))
+        yield held
 
     def _counters(self, stats: dict[str, int]) -> Iterator[Metric]:
         lines = CounterMetricFamily(f"{NS}_log_lines", "Log lines read, by outcome and reason",

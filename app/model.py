@@ -21,33 +21,61 @@ from hashlib import blake2b
 
 @dataclass(frozen=True, order=True)
 class ReportKey:
-    """One report: an interval and a tunnel. String form ``<start>:<subdomain>``.
+    """One report: an interval and a tunnel, and for an amendment its number. String
+    form ``<start>:<subdomain>``, or ``<start>:<subdomain>:a<n>`` for amendment n.
 
     ``start`` is the interval's start in unix seconds (UTC, a multiple of
     ``REPORT_INTERVAL``); ``subdomain`` is already validated (``ledger.valid_subdomain``),
-    so it holds no ``:``. The string form is the member of the ``due``, ``dead`` and
-    ``retrying`` sets and the tail of the ``rep:`` and ``lock:`` keys.
+    so it holds no ``:``. ``amendment``: 0 for the interval's original report, n >= 1 for
+    the n-th amendment (late lines of a sealed interval, made by ``commit.lua``). The
+    string form is the member of the ``due``, ``dead`` and ``retrying`` sets and the
+    tail of the ``rep:`` and ``lock:`` keys; ``name`` (``<subdomain>`` or
+    ``<subdomain>:a<n>``) is the report's field in its interval's ``done:`` hash and the
+    report task's second argument.
     """
 
     start: int
     subdomain: str
+    amendment: int = 0
 
     def __str__(self) -> str:
-        return f"{self.start}:{self.subdomain}"
+        return f"{self.start}:{self.name}"
+
+    @property
+    def name(self) -> str:
+        """``<subdomain>``, or ``<subdomain>:a<n>`` for an amendment."""
+        return f"{self.subdomain}:a{self.amendment}" if self.amendment else self.subdomain
 
     @staticmethod
     def interval_pattern(start: int) -> str:
-        """A Redis ``MATCH`` pattern for every report key of interval ``start``."""
+        """A Redis ``MATCH`` pattern for every report key of interval ``start`` (amendments
+        included)."""
         return f"{start}:*"
 
     @classmethod
+    def of(cls, start: int, name: str) -> ReportKey:
+        """The key of interval ``start`` and a ``name`` (see ``name``). Raises
+        ``ValueError`` when ``name`` is not one."""
+        sub, sep, amend = name.partition(":")
+        if not sub:
+            raise ValueError(f"not a report name: {name[:80]!r}")
+        if not sep:
+            return cls(start, sub)
+        if amend[:1] != "a" or not amend[1:].isascii() or not amend[1:].isdigit() or int(amend[1:]) < 1:
+            raise ValueError(f"not a report name: {name[:80]!r}")
+        return cls(start, sub, int(amend[1:]))
+
+    @classmethod
     def parse(cls, raw: str | bytes) -> ReportKey:
-        """The key of ``<start>:<subdomain>``. Raises ``ValueError`` when it is not one."""
+        """The key of ``<start>:<subdomain>[:a<n>]``. Raises ``ValueError`` when it is not one."""
         text = raw.decode() if isinstance(raw, bytes) else raw
-        start, sep, sub = text.partition(":")
-        if not sep or not sub or not start.isascii() or not start.isdigit():
+        start, sep, name = text.partition(":")
+        if not sep or not name or not start.isascii() or not start.isdigit():
             raise ValueError(f"not a report key: {text[:80]!r}")
-        return cls(int(start), sub)
+        try:
+            return cls.of(int(start), name)
+        except ValueError:
+            raise ValueError(f"not a report key: {text[:80]!r}") from None
 
 
 def fingerprint(t_ns: int, text: bytes) -> bytes:

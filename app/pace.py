@@ -48,16 +48,16 @@ PACE_TTL = 600
 
 
 def seal_countdown(ledger: Ledger, settings: Settings) -> float | None:
-    """Seconds from now to just after the current interval's end, when that end comes
-    before the next round and no other plan has taken it (``SET NX``); else None."""
-    now = ledger.now()
-    ri = settings.report_interval
-    end = (int(now) // ri + 1) * ri
-    if end - now > settings.fetch_every:
-        return None  # a later round is closer to it
-    if not ledger.r.set(ledger.k("sealat", end), "1", nx=True, ex=2 * ri + settings.fetch_every):
-        return None
-    return end - now + SEAL_AFTER
+    """Always None: no merge is sent for just after an interval's end any more.
+
+    Sealing follows the watermark (``app/watermark.py``): an interval can be sealed only
+    once every pod was read to the end of its log at or after its end plus
+    ``SEAL_CLOCK_MARGIN`` plus ``LOG_REORDER_WINDOW``, by a round's fetches, so the
+    merge that can seal it is the chord callback of the first round after that point; a
+    merge sent earlier, with no read behind it, would find nothing to seal. ``ledger``
+    and ``settings`` are unused, kept for the caller (``workers/rounds.py``)."""
+    del ledger, settings
+    return None
 
 
 def read_delay(consumed: int, cut: bool, since_last: float | None, settings: Settings) -> float | None:

@@ -1,7 +1,9 @@
 """Delivering one (interval, subdomain) report to the platform, idempotently.
 
 Every attempt of the same report sends the same body and the same
-``Idempotency-Key: <SCRAPER_ID>:<interval start>/<interval seconds>:<subdomain>``.
+``Idempotency-Key: <SCRAPER_ID>:<interval start>/<interval seconds>:<subdomain>``; an
+amendment (late lines of a sealed interval, ``commit.lua``) is a report of its own with
+the same ``timestamp`` and the key ``...:<subdomain>:a<n>``.
 A report marked delivered is never sent again, and a per-report lock keeps two
 copies of it (a redelivered message, a sweep re-enqueue) off the wire at once.
 
@@ -57,6 +59,8 @@ class Outcome:
 
 
 def idempotency_key(scraper_id: str, start: int, interval: int, sub: str) -> str:
+    """``<SCRAPER_ID>:<interval start, ISO>/<interval s>:<sub>``; ``sub`` is a report's
+    ``ReportKey.name``, so an amendment's key ends in ``:a<n>``."""
     return f"{scraper_id}:{iso(start)}/{interval}:{sub}"
 
 
@@ -84,15 +88,20 @@ class Reporter:
         self.s = settings
 
     def send(self, start: int, sub: str, retries: int) -> Outcome:
-        """One attempt of one report. ``retries``: Celery retries of this message so far.
+        """One attempt of one report. ``sub``: the report's ``ReportKey.name`` (the
+        subdomain, or ``<subdomain>:a<n>`` for an amendment). ``retries``: Celery retries
+        of this message so far.
 
         Two ledger round trips when it goes well: ``begin.lua`` (the send lock, the
         report, the attempt count) before the POST, ``finish.lua`` (the record, the
         counter, the lock released) after it."""
-        if not valid_subdomain(sub):
+        try:
+            key = ReportKey.of(start, sub)
+        except ValueError:
+            key = None
+        if key is None or not valid_subdomain(key.subdomain):
             log.error("report: refusing invalid subdomain %r", sub[:80])
             return Outcome(ReportOutcome.NOOP, detail="invalid subdomain")
-        key = ReportKey(start, sub)
         token = uuid.uuid4().hex
         began = time.monotonic()
         lock_seconds = self.s.report_time_limit + 5
@@ -176,7 +185,10 @@ class Reporter:
     def _retry_or_park(self, rep: Report, retries: int, reason: str, retry_after: float | None) -> Outcome:
         now = self.ledger.now()
         key = rep.key
-        age = now - (rep.start + self.s.report_interval)
+        # Age from the report's making (its interval sealed, or the amendment made): an
+        # interval backfilled after an outage is sealed late and still gets REPORT_MAX_AGE.
+        made = rep.sealed_at if rep.sealed_at is not None else rep.start + self.s.report_interval
+        age = now - made
         if age > self.s.report_max_age:
             why = f"undeliverable for over REPORT_MAX_AGE ({self.s.report_max_age}s); last error: {reason}"
             log.error("❌ %s (%s): %s; parked in the dead-letter store", rep.subdomain, iso(rep.start), why,

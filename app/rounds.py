@@ -1,9 +1,10 @@
 """The rounds: plan -> chord(fetch per pod) -> merge, and the sweep.
 
-``plan`` lists the Traefik pods of one fetch round; ``merge`` (the chord callback)
-seals every report interval that has ended and claims its reports; ``sweep`` merges
-what no callback merged, re-claims reports that were never delivered and expires old
-data (docs/design.md, "Data flow" and "Failure model").
+``plan`` lists the Traefik pods of one fetch round (and records the listing for the
+watermark); ``merge`` (the chord callback) seals every report interval the watermark
+has passed (``app/watermark.py``) and claims its reports; ``sweep`` merges as well,
+re-claims reports that were never delivered (amendments among them) and expires old
+data (docs/design.md, "Data flow", "Sealing" and "Failure model").
 
 Plain functions over the ledger and the log source. They return what must be
 dispatched (the pods to fetch, the report keys to send); the Celery tasks in
@@ -15,7 +16,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from app import filesource
+from app import filesource, watermark
 from app.errors import KubeError, PodGone
 from app.kube import LogSource, Pod
 from app.ledger import Ledger, iso
@@ -26,6 +27,7 @@ from app.settings import Settings
 log = logging.getLogger(__name__)
 
 GONE_AFTER = 3600  # seconds a pod must be unseen before its cursors may go
+POD_LISTING = "pods"  # the name of the Kubernetes plan's listing (a file host's: its queue)
 SWEEP_BATCH = 1000  # reports re-enqueued by one sweep at most
 
 
@@ -54,10 +56,12 @@ class Plan:
 
 @dataclass
 class Merge:
-    """What a merge did: intervals sealed, and the report keys claimed now, to be sent."""
+    """What a merge did: intervals sealed, the report keys claimed now (to be sent), and
+    the watermark's decision."""
 
     sealed: int
     reports: list[ReportKey]
+    decision: watermark.Decision | None = None
 
 
 def ensure_ledger(ledger: Ledger, settings: Settings) -> bool:
@@ -106,6 +110,7 @@ def plan(ledger: Ledger, source: LogSource | KubeError, settings: Settings) -> P
         return Plan(RoundStatus.LEDGER_LOST, round_no)
     error = source if isinstance(source, KubeError) else None
     if error is None:
+        listed_at = ledger.now()  # before asking: every pod created before it is in the answer
         try:
             pods = source.list_pods()
         except KubeError as e:
@@ -114,6 +119,13 @@ def plan(ledger: Ledger, source: LogSource | KubeError, settings: Settings) -> P
         log.error("plan: cannot list Traefik pods: %s", error)
         return Plan(RoundStatus.KUBE_ERROR, round_no, dispatch=True)
     ledger.note_pods([{"uid": p.uid, "name": p.name, "namespace": p.namespace, "deleting": p.deleting} for p in pods])
+    # The watermark's listing: each pod's current container (a pod whose read record is
+    # of another container, a previous one not drained, holds sealing back).
+    sources: dict[str, tuple[str, str | None]] = {}
+    for p in pods:
+        ctr = p.container(settings.traefik_container)
+        sources[p.uid] = (p.name, ctr.container_id if ctr is not None else "")
+    ledger.note_listing(POD_LISTING, listed_at, sources)
     if not pods:
         log.warning("plan: no pod in namespace %s matches %s", settings.traefik_namespace, settings.traefik_label_selector)
     for p in pods:
@@ -139,12 +151,14 @@ def plan_files(ledger: Ledger, settings: Settings) -> Plan:
         return Plan(RoundStatus.DUPLICATE, round_no, queue=queue)
     if not ensure_ledger(ledger, settings):
         return Plan(RoundStatus.LEDGER_LOST, round_no, queue=queue)
+    listed_at = ledger.now()
     found = filesource.discover(settings.log_files)
     for path in found.compressed:
         if ledger.first_note("compressed", path):
             log.info("plan: %s is compressed: skipped. Lines not read before a file was compressed are lost: rotate "
                      "with delaycompress", path)
     previous = ledger.note_files(queue, {f.identity: {"path": f.path, "size": f.size} for f in found.files})
+    ledger.note_listing(queue, listed_at, {FileCursor.field(f.identity): (f.path, None) for f in found.files})
     if not found.errors:  # an unreadable file is not a vanished one
         _vanished_files(ledger, queue, previous, {f.identity for f in found.files})
     if not found.files and not found.unidentified:
@@ -168,18 +182,61 @@ def _vanished_files(ledger: Ledger, queue: str, previous: dict[str, dict], prese
                            "at": ledger.now()})
 
 
-def merge(ledger: Ledger, settings: Settings, min_age: float = 0.0) -> Merge:
-    """Seal every report interval that ended (at least ``min_age`` seconds ago) and
-    claim its reports. Reads Redis, never the fetch results; safe to run twice."""
+def merge(ledger: Ledger, settings: Settings) -> Merge:
+    """Seal every report interval the watermark has passed and claim its reports.
+
+    The decision is ``app.watermark.decide`` over the plans' listings and the read
+    records the commits wrote; the mark "sealed up to" only moves forward, one interval
+    with counts at a time (``seal.lua``), so a backlog is sealed interval by interval as
+    the reads catch up. Reads Redis, never the fetch results; safe to run twice."""
     now = ledger.now()
+    ri = ledger.ri
+    before = ledger.sealed_to()
+    decision = watermark.decide(
+        ledger.listings(), ledger.read_records(), before, now, interval=ri,
+        margin=settings.seal_clock_margin, window=settings.log_reorder_window, max_wait=settings.seal_wait,
+    )
+    _note_decision(ledger, decision, now, settings)
     created: list[ReportKey] = []
-    starts = ledger.open_intervals(now - min_age)
-    for start in starts:
-        subs = ledger.seal(start)
-        created += [ReportKey(start, sub) for sub in subs]
-        if subs:
-            log.info("Reporting %d tunnel(s) for %s", len(subs), iso(start), extra={"interval": iso(start), "outcome": "sealed"})
-    return Merge(len(starts), ledger.claim(created, settings.lease_seconds))
+    sealed = 0
+    if decision.seal_to > before:
+        for start in [*ledger.open_intervals(decision.seal_to), None]:
+            done = ledger.seal_upto(decision.seal_to if start is None else start + ri)
+            if done is None:
+                break
+            subs = done[1]
+            if start is not None:
+                sealed += 1
+            created += subs
+            if subs:
+                begin = subs[0].start
+                log.info("Reporting %d tunnel(s) for %s", len(subs), iso(begin), extra={"interval": iso(begin), "outcome": "sealed"})
+        if decision.forced:
+            _forced(ledger, decision, before, ri)
+    return Merge(sealed, ledger.claim(created, settings.lease_seconds), decision)
+
+
+def _forced(ledger: Ledger, decision: watermark.Decision, before: int, ri: int) -> None:
+    """Intervals sealed past sources that could not be read for SEAL_MAX_WAIT: a WARNING
+    naming each, and the count in ``seal_forced`` (``seal_forced_total``)."""
+    lowest = min(h.past for h in decision.forced)
+    first = max(before, int(lowest // ri) * ri if lowest > watermark.NEVER else before)
+    n = max(0, (decision.seal_to - first) // ri)
+    if n:
+        ledger.incr({"seal_forced": n})
+    for h in decision.forced:
+        log.warning("sealed up to %s without %s, unreadable for %.0fs (over SEAL_MAX_WAIT): its lines stamped "
+                    "before that, when read, are reported as amendments", iso(decision.seal_to), h.name, h.failing_for,
+                    extra={"pod": h.name, "interval": iso(decision.seal_to), "outcome": "seal_forced"})
+
+
+def _note_decision(ledger: Ledger, decision: watermark.Decision, now: float, settings: Settings) -> None:
+    """Keep the last decision for the metrics: what holds sealing back, by how many
+    seconds each source is behind the point the next interval needs."""
+    lag = settings.seal_clock_margin + settings.log_reorder_window
+    held = {h.name: round(now - lag - h.past, 3) if h.past > watermark.NEVER else -1 for h in decision.held_by}
+    doc = {"at": now, "sealed_to": decision.seal_to, "held_by": held, "forced": [h.name for h in decision.forced]}
+    ledger.note_seal_state(doc)
 
 
 def sweep(ledger: Ledger, source: LogSource | None, settings: Settings) -> tuple[dict, list[ReportKey]]:
@@ -189,7 +246,7 @@ def sweep(ledger: Ledger, source: LogSource | None, settings: Settings) -> tuple
     """
     if ledger.init_record() is None:
         return {"status": RoundStatus.LEDGER_LOST}, []
-    merged = merge(ledger, settings, min_age=settings.sweep_merge_age)
+    merged = merge(ledger, settings)
     claimed = ledger.claim_due(settings.lease_seconds, SWEEP_BATCH)
     if claimed:
         log.info("sweep: re-enqueueing %d report(s) never delivered", len(claimed))

@@ -44,7 +44,7 @@ def ledger() -> Ledger:
     with _lock:
         if "ledger" not in _state:
             s = settings()
-            _state["ledger"] = Ledger(redis_client(), s.redis_key_prefix, s.report_interval)
+            _state["ledger"] = Ledger(redis_client(), s.redis_key_prefix, s.report_interval, s.interval_retention)
     return _state["ledger"]  # type: ignore[return-value]
 
 

@@ -50,6 +50,8 @@ EXPECTED = {
     "log_reorder_window": "a number of seconds from 0.001 to 60",
     "terminating_read_interval": "a number of seconds from 0.1 to FETCH_INTERVAL",
     "report_max_age": "a whole number of seconds, at least 60",
+    "seal_max_wait": "a whole number of seconds from 1 to INTERVAL_RETENTION",
+    "seal_clock_margin": "a number of seconds from 0 to 300",
     "scraper_id": "1-63 characters of A-Z a-z 0-9 . _ -",
     "redis_key_prefix": "1-63 characters of A-Z a-z 0-9 . _ -",
     "start_at": "an ISO 8601 time with a zone, e.g. 2026-11-24T00:00:00Z",
@@ -182,8 +184,27 @@ class Settings(BaseSettings):
     while the pod drains keeps it so. At most ``FETCH_INTERVAL``."""
 
     report_max_age: int = 24 * 3600
-    """Seconds after its interval ended that a report is still retried; older ones
-    go to the dead-letter store (24 h: a day's outage is recoverable unattended)."""
+    """Seconds after its interval was sealed that a report is still retried; older ones
+    go to the dead-letter store (24 h: a day's outage is recoverable unattended). Counted
+    from the sealing, not the interval's end, so an interval backfilled after an outage
+    of the workers gets the whole time too."""
+
+    seal_max_wait: int | None = None
+    """Seconds a Traefik pod (or log file) whose log cannot be read (its reads fail: API
+    errors, a node down, NO PROGRESS) may hold back the sealing of report intervals.
+    After that the intervals are sealed without it, with a WARNING and the metric
+    ``seal_forced_total`` naming the pod; its lines, once read, are reported as
+    amendments. Default: 3 x ``REPORT_INTERVAL`` (three minutes with 60 s intervals):
+    long enough for a pod restart or an API hiccup to pass without amendments, short
+    enough that one broken node delays the other pods' reports by minutes, not hours."""
+
+    seal_clock_margin: float = 2.0
+    """Seconds of clock skew allowed between Redis ``TIME`` (when a read started) and
+    the kubelet's stamps (the node's clock): a read that reached the end of a pod's log
+    at Redis time T is taken to hold every line stamped before T minus this margin minus
+    ``LOG_REORDER_WINDOW``. NTP keeps nodes within milliseconds; 2 s also covers a read
+    started while the runtime still held a line it had stamped. A larger margin delays
+    every report by as much."""
 
     scraper_id: str = Field(default_factory=lambda: os.environ.get("POD_NAMESPACE") or "default")
     """Names this deployment in idempotency keys, so two clusters never share one.
@@ -442,6 +463,8 @@ class Settings(BaseSettings):
             # (against 1 s while FETCH_INTERVAL itself is out of range: one error, not two)
             "terminating_read_interval": 0.1 <= self.terminating_read_interval <= max(self.fetch_every, 1),
             "report_max_age": self.report_max_age >= 60,
+            "seal_max_wait": self.seal_max_wait is None or 1 <= self.seal_max_wait <= self.interval_retention,
+            "seal_clock_margin": 0 <= self.seal_clock_margin <= 300,
             "report_auto_retries": 0 <= self.report_auto_retries <= 20,
             "report_retry_max_delay": 1 <= self.report_retry_max_delay <= 3600,
             "report_due_max_delay": 1 <= self.report_due_max_delay <= 86400,
@@ -501,6 +524,11 @@ class Settings(BaseSettings):
         if self.report_lease is not None:
             return self.report_lease
         return min(self.report_interval, 600) + 2 * self.report_hold_lease
+
+    @property
+    def seal_wait(self) -> int:
+        """``SEAL_MAX_WAIT`` with its default (3 x ``REPORT_INTERVAL``) applied."""
+        return self.seal_max_wait if self.seal_max_wait is not None else 3 * self.report_interval
 
     @property
     def sweep_merge_age(self) -> int:

@@ -61,7 +61,7 @@ def enqueue_reports(keys: list[ReportKey]) -> None:
     their lease runs out (docs/design.md, "Failure model")."""
     with app.producer_or_acquire() as producer, producer.batch(ENQUEUE_BATCH):
         for key in keys:
-            report.apply_async((key.start, key.subdomain), producer=producer)
+            report.apply_async((key.start, key.name), producer=producer)
 
 
 # The lease keeper (a worker's main process) ------------------------------------------
@@ -76,10 +76,14 @@ def report_key_of(request: object) -> ReportKey | None:
     args = getattr(request, "args", None)
     if not isinstance(args, list | tuple) or len(args) != 2:
         return None
-    start, sub = args
-    if not isinstance(start, int) or not isinstance(sub, str) or not valid_subdomain(sub):
+    start, name = args
+    if not isinstance(start, int) or not isinstance(name, str):
         return None
-    return ReportKey(start, sub)
+    try:
+        key = ReportKey.of(start, name)
+    except ValueError:
+        return None
+    return key if valid_subdomain(key.subdomain) else None
 
 
 def held_reports() -> list[ReportKey]:

@@ -8,8 +8,9 @@ import time
 
 import pytest
 
-from app.ledger import Ledger, cursor_digest
+from app.ledger import Ledger, Partial, cursor_digest
 from app.model import CommitStatus, Cursor, ReportKey, ReportState
+from app.watermark import ReadRecord
 
 RI = 3600  # long intervals: a test never straddles an interval boundary by accident
 PREFIX = "tl"
@@ -129,17 +130,106 @@ def test_commit_without_init_record_is_noledger_and_writes_nothing(r):
     assert list(r.scan_iter(match=led.p + ":*")) == []
 
 
-def test_commit_into_a_sealed_interval_goes_to_the_first_unsealed_after_it(ledger):
+def test_one_commit_adds_each_part_to_its_own_interval(ledger):
+    """A read spanning intervals: each line's sums go to the interval of its stamp, in
+    the same atomic step as the cursor move."""
     start = current_start(ledger)
-    # Seal the current interval and the two after it (a clock that stepped back, say).
-    ledger.r.zadd(ledger.k("sealed"), {str(start + i * RI): 1 for i in range(3)})
-    res = ledger.commit("uid/traefik", "", "cid|1|1", {"a": [1, 2, 3]}, {})
-    assert res.status == CommitStatus.OK
-    assert int(res.detail) == start + 3 * RI
-    for sealed in (start, start + RI, start + 2 * RI):
-        assert ledger.interval_totals(sealed) == {}
-    assert ledger.interval_totals(start + 3 * RI) == {"a": [1, 2, 3]}
-    assert ledger.r.zscore(ledger.k("open"), str(start + 3 * RI)) == start + 3 * RI
+    parts = {start - RI: Partial({"a": [1, 2, 3]}), start: Partial({"a": [10, 20, 1], "b": [5, 0, 1]}, {"b": 1})}
+    res = ledger.commit("uid/traefik", "", "cid|1|1", counters={"lines_read": 5}, parts=parts)
+    assert res.status == CommitStatus.OK and res.intervals == (start - RI, start) and res.amendments == 0
+    assert ledger.interval_totals(start - RI) == {"a": [1, 2, 3]}
+    assert ledger.interval_totals(start) == {"a": [10, 20, 1], "b": [5, 0, 1]}
+    assert ledger.interval_unmetered(start) == {"b": 1}
+    assert ledger.open_intervals(ledger.now() + RI) == [start - RI, start]
+    assert ledger.cursor_raw("uid/traefik") == "cid|1|1"
+
+
+def amendments(led: Ledger, start: int) -> dict[str, tuple[int, int, int, str]]:
+    out = {}
+    for key in led.report_keys():
+        if key.start == start and key.amendment:
+            rep = led.report(key)
+            out[key.name] = (rep.bytes_in, rep.bytes_out, rep.requests, rep.state)
+    return out
+
+
+def test_a_commit_for_a_sealed_interval_makes_amendments_and_never_touches_the_original(ledger):
+    start = past_interval(ledger, {"a": (1, 2, 3)})
+    assert ledger.seal(start) == ["a"]
+    (orig,) = ledger.claim([ReportKey(start, "a")], 300)
+    before = ledger.report(orig)
+
+    res = ledger.commit("uid/traefik", "", "cid|1|1", counters={}, parts={start: Partial({"a": [7, 8, 2], "b": [1, 1, 1]})})
+    assert res.status == CommitStatus.OK and res.amendments == 2 and res.intervals == (start,)
+    again = ledger.commit("uid/traefik", "cid|1|1", "cid|2|1", counters={}, parts={start: Partial({"a": [1, 0, 1]})})
+    assert again.amendments == 1
+    assert amendments(ledger, start) == {"a:a1": (7, 8, 2, ReportState.PENDING), "b:a1": (1, 1, 1, ReportState.PENDING),
+                                         "a:a2": (1, 0, 1, ReportState.PENDING)}
+    # The original's body is untouched; the interval's counts too (nothing re-opened).
+    assert ledger.report(orig) == before
+    assert ledger.interval_totals(start) == {"a": [1, 2, 3]}
+    assert ledger.open_intervals(ledger.now() + RI) == []
+    # Amendments are claimable at once (the sweep sends them), with their own key.
+    for name in ("a:a1", "a:a2", "b:a1"):
+        assert due_score(ledger, ReportKey.of(start, name)) == 0
+        assert ledger.report(ReportKey.of(start, name)).sealed_at is not None
+    assert ledger.stats()["amendments"] == 3
+
+
+def test_sealed_up_to_mark_outlives_the_intervals_it_sealed(ledger):
+    """After an interval's counts were compacted into the history and it left the sealed
+    set, a line for it is still an amendment: never a new original under a key the
+    platform has seen."""
+    start = past_interval(ledger, {"a": (1, 2, 3)}, ago=3)
+    assert ledger.seal(start) == ["a"]
+    ledger.mark_delivered(ReportKey(start, "a"), ReportState.DELIVERED, "u", 3600)
+    assert ledger.expire_intervals(ledger.now()) == 1
+    assert ledger.r.zscore(ledger.k("sealed"), str(start)) is None and ledger.sealed_to() == start + RI
+    res = ledger.commit("uid/traefik", "", "cid|1|1", counters={}, parts={start: Partial({"a": [1, 1, 1]})})
+    assert res.amendments == 1
+    assert amendments(ledger, start) == {"a:a1": (1, 1, 1, ReportState.PENDING)}
+    assert ledger.interval_totals(start) == {}
+    # An interval below the mark that never had counts (nothing to seal then) too.
+    earlier = start - RI
+    res = ledger.commit("uid/traefik", "cid|1|1", "cid|2|1", counters={}, parts={earlier: Partial({"c": [1, 1, 1]})})
+    assert res.amendments == 1 and ledger.interval_totals(earlier) == {}
+
+
+def test_a_compacted_interval_in_the_history_takes_amendments_without_a_mark(ledger):
+    """A ledger written by the previous version has no mark: its compacted intervals are
+    known by their history line."""
+    start = current_start(ledger) - 5 * RI
+    ledger.r.zadd(ledger.k("history"), {f"{start} 1 1 1 1 0 {start + RI}": start})
+    res = ledger.commit("uid/traefik", "", "cid|1|1", counters={}, parts={start: Partial({"a": [1, 1, 1]})})
+    assert res.amendments == 1 and ledger.interval_totals(start) == {}
+
+
+def test_lines_older_than_the_retention_are_counted_not_reported(r):
+    led = Ledger(r, f"{PREFIX}{next(_seq)}", RI, retention=2 * RI)
+    assert led.initialise(0)
+    old = current_start(led) - 4 * RI
+    res = led.commit("uid/traefik", "", "cid|1|1", counters={"lines_read": 3},
+                     parts={old: Partial({"a": [1, 1, 2]}), current_start(led): Partial({"a": [1, 1, 1]})})
+    assert res.status == CommitStatus.OK and res.expired == 2 and res.intervals == (current_start(led),)
+    assert led.stats() == {"lines_read": 3, "lines_expired": 2}
+    assert led.interval_totals(old) == {} and amendments(led, old) == {}
+    assert led.cursor_raw("uid/traefik") == "cid|1|1"
+
+
+def test_the_read_record_keeps_the_latest_end_and_clears_a_failure(ledger):
+    ledger.note_read_failure("uid")
+    assert ledger.read_records()["uid"].fail_since is not None
+    rec = Ledger.read_record("cid", 100.5, 7)
+    assert ledger.commit("uid/traefik", "", "cid|1|1", source="uid", record=rec).status == CommitStatus.OK
+    assert ledger.read_records() == {"uid": ReadRecord("cid", 100.5, 7)}
+    # A later read cut at limitBytes keeps the end reached before; another container does not.
+    ledger.commit("uid/traefik", "cid|1|1", "cid|2|1", source="uid", record=Ledger.read_record("cid", None, 9))
+    assert ledger.read_records() == {"uid": ReadRecord("cid", 100.5, 9)}
+    ledger.commit("uid/traefik", "cid|2|1", "cid2|0|0", source="uid", record=Ledger.read_record("cid2", None, 0))
+    assert ledger.read_records() == {"uid": ReadRecord("cid2", None, 0)}
+    # A conflict writes no record.
+    ledger.commit("uid/traefik", "stale", "x", source="uid", record=Ledger.read_record("cid2", 200.0, 1))
+    assert ledger.read_records() == {"uid": ReadRecord("cid2", None, 0)}
 
 
 def test_commit_that_would_overflow_writes_nothing(ledger):

@@ -56,3 +56,29 @@ def test_every_state_a_script_or_the_ledger_writes_is_a_report_state(r):
     assert states == {a: "skipped", b: "due", c: "dead"}
     assert all(s in set(ReportState) for s in states.values())
     assert [str(m.decode()) for m in r.zrange(ledger.k("dead"), 0, -1)] == [str(c)]
+
+
+def test_an_amendment_made_by_commit_lua_is_a_report_key_python_reads_and_finishes(r):
+    """``commit.lua`` builds ``<start>:<sub>:a<n>``; Python parses it, ``begin.lua`` and
+    ``finish.lua`` use ``<sub>:a<n>`` as its field in the done hash."""
+    from app.ledger import Partial
+
+    ledger = Ledger(r, "agree-amend", RI)
+    ledger.initialise(0)
+    start = sealed(ledger, {"a-tun": (1, 2, 3)})
+    res = ledger.commit("uid/c", "", "cid|1|1", counters={}, parts={start: Partial({"a-tun": [4, 5, 6]})})
+    assert res.amendments == 1
+    key = ReportKey(start, "a-tun", 1)
+    assert str(key) == f"{start}:a-tun:a1" and ReportKey.parse(str(key)) == key
+    assert {ReportKey.parse(m) for m in r.zrange(ledger.k("due"), 0, -1)} == {ReportKey(start, "a-tun"), key}
+    assert ledger.claim([key], 60) == [key]
+    status, rep = ledger.begin(key, "tok", 30)
+    assert status == "go" and (rep.key, rep.bytes_in, rep.requests, rep.state) == (key, 4, 6, ReportState.QUEUED)
+    ledger.finish(key, ReportState.DELIVERED, "u1", 3600, "tok")
+    assert r.hkeys(ledger.done_key(start)) == [b"a-tun:a1"]
+    done = ledger.report(key)
+    assert (done.key, done.state, done.bytes_in) == (key, ReportState.DELIVERED, 4)
+    assert key in ledger.report_keys()
+    assert ledger.begin(key, "tok2", 30) == ("final", ReportState.DELIVERED)
+    # The original is another report, untouched.
+    assert ledger.report(ReportKey(start, "a-tun")).bytes_in == 1

@@ -208,6 +208,8 @@ def test_parked_at_once_when_too_many_reports_wait_for_a_retry(settings_env, led
 
 def test_older_than_report_max_age_goes_to_the_dead_letters(settings_env, ledger):
     start = sealed_report(ledger, ago=3)  # ended at least two minutes ago
+    # REPORT_MAX_AGE counts from the sealing: sealed two minutes ago too.
+    ledger.r.hset(ledger.rep_key(ReportKey(start, SUB)), "sealed_at", f"{ledger.now() - 120:.3f}")
     client = FakeClient(PlatformRetryable("HTTP 503", 503))
     out = reporter(ledger, client, report_max_age=60).send(start, SUB, 0)
     assert out.action == ReportOutcome.DEAD
@@ -215,6 +217,16 @@ def test_older_than_report_max_age_goes_to_the_dead_letters(settings_env, ledger
     assert (dead.key, dead.state, dead.bytes_in, dead.requests) == (ReportKey(start, SUB), ReportState.DEAD, 1024, 15)
     assert "REPORT_MAX_AGE" in dead.reason and "503" in dead.reason
     assert ledger.due_count() == 0
+
+
+def test_report_max_age_counts_from_the_sealing_not_the_intervals_end(settings_env, ledger):
+    """A backfilled interval (ended long ago, sealed just now after an outage of the
+    workers) is retried, not dead-lettered, on its first retryable failure."""
+    start = sealed_report(ledger, ago=5)  # ended four minutes ago or more, sealed now
+    client = FakeClient(PlatformRetryable("HTTP 503", 503))
+    out = reporter(ledger, client, report_max_age=60).send(start, SUB, 0)
+    assert out.action == ReportOutcome.RETRY
+    assert ledger.dead_letters() == []
 
 
 def test_rejected_goes_to_the_dead_letters(settings_env, ledger):

@@ -141,8 +141,13 @@ def test_merge_seals_ended_intervals_and_returns_the_claimed_keys(r):
     start = now - now % 60 - 120
     r.hset(ledger.k("iv", start), mapping={"b:i": 1, "b:o": 2, "b:r": 3, "a:i": 4, "a:o": 5, "a:r": 6})
     r.zadd(ledger.k("open"), {str(start): start})
+    # No listing yet: the watermark knows of no source, nothing is sealed.
+    assert merge(ledger, Settings()).sealed == 0 and ledger.sealed_to() == 0
+    # A listing (no pods) taken now: every interval that ended before now - margin - W goes.
+    ledger.note_listing("pods", ledger.now(), {})
     out = merge(ledger, Settings())
     assert out.sealed == 1
+    assert start + 60 <= ledger.sealed_to() <= now
     assert sorted(out.reports) == [ReportKey(start, "a"), ReportKey(start, "b")]
     assert {ledger.report(k).state for k in out.reports} == {ReportState.QUEUED}
     again = merge(ledger, Settings())

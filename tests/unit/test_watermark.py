@@ -1,0 +1,156 @@
+"""The watermark (app/watermark.py): when a report interval may be sealed.
+
+The property of the issue: no interval is sealed while a listed, readable pod has not
+been read to the end of its log at or after the interval's end plus the margin plus W
+(or its highest stamp minus W is past that end), unless the maximum wait has passed.
+"""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from app.watermark import NEVER, Listed, Listing, ReadRecord, decide, past
+
+RI = 60
+MARGIN = 2.0
+W = 1.0
+LAG = MARGIN + W
+MAX_WAIT = 180.0
+T0 = 1_800_000_000  # a whole number of intervals
+
+
+def run(listings, records, sealed_to=0, now=T0 + 5 * RI + 60):
+    return decide(listings, records, sealed_to, now, interval=RI, margin=MARGIN, window=W, max_wait=MAX_WAIT)
+
+
+def test_no_listing_seals_nothing():
+    d = run([], {})
+    assert d.seal_to == 0 and d.watermark == NEVER
+
+
+def test_all_pods_read_to_the_end_after_the_point_seal_up_to_it():
+    end = T0 + 5 * RI
+    listing = Listing(end + LAG + 6, {"u1": Listed("p1", "c1"), "u2": Listed("p2", "c2")})
+    records = {"u1": ReadRecord("c1", end + LAG, 0), "u2": ReadRecord("c2", end + LAG + 5, 0)}
+    d = run([listing], records)
+    assert d.seal_to == end and d.forced == []
+    # One of them read a moment too early: the interval waits for it, and it is named.
+    records["u1"] = ReadRecord("c1", end + LAG - 0.001, 0)
+    d = run([listing], records)
+    assert d.seal_to == end - RI
+    assert [h.name for h in d.held_by] == ["p1"]
+
+
+def test_the_listing_must_be_taken_after_the_point():
+    end = T0 + 5 * RI
+    records = {"u1": ReadRecord("c1", end + 100, 0)}
+    d = run([Listing(end + LAG - 1, {"u1": Listed("p1", "c1")})], records, now=end + 100)
+    assert d.seal_to == end - RI and d.held_by[0].name == "pod listing"
+    # A listing older than the max wait (the API cannot list) holds back no longer.
+    d = run([Listing(end + LAG - 1, {"u1": Listed("p1", "c1")})], records, now=end + LAG + MAX_WAIT + 1)
+    assert d.seal_to == end + RI and [h.name for h in d.forced] == ["pod listing"]
+
+
+def test_high_stamp_minus_w_past_the_end_is_enough():
+    end = T0 + 5 * RI
+    listing = Listing(end + 100, {"u1": Listed("p1", "c1")})
+    d = run([listing], {"u1": ReadRecord("c1", None, int((end + W) * 1e9))}, now=end + 101)
+    assert d.seal_to == end
+    d = run([listing], {"u1": ReadRecord("c1", None, int((end + W) * 1e9) - 1_000_000)}, now=end + 101)
+    assert d.seal_to == end - RI
+
+
+def test_undrained_previous_container_holds_back_and_unstarted_pods_hold_nothing():
+    end = T0 + 5 * RI
+    listing = Listing(end + 100, {"u1": Listed("p1", "c2"), "new": Listed("p-new", "")})
+    # The record is of the previous container c1 (drained or not): not past anything.
+    d = run([listing], {"u1": ReadRecord("c1", end + 100, 0)}, now=end + 101)
+    assert d.seal_to == 0 and d.held_by[0].name == "p1"
+    d = run([listing], {"u1": ReadRecord("c2", end + LAG, 0)}, now=end + 101)
+    assert d.seal_to == end
+
+
+def test_an_unreadable_pod_holds_back_only_up_to_the_max_wait():
+    end = T0 + 5 * RI
+    now = end + 100
+    listing = Listing(now - 1, {"u1": Listed("p1", "c1"), "u2": Listed("p2", "c2")})
+    ok = ReadRecord("c2", now - 1, 0)
+    failing = ReadRecord("c1", end - 30, 0, fail_since=now - MAX_WAIT + 1)
+    d = run([listing], {"u1": failing, "u2": ok}, now=now)
+    assert d.seal_to == end - RI and d.forced == [] and d.held_by[0].name == "p1"
+    failing = ReadRecord("c1", end - 30, 0, fail_since=now - MAX_WAIT - 1)
+    d = run([listing], {"u1": failing, "u2": ok}, now=now)
+    assert d.seal_to == end + RI and [h.name for h in d.forced] == ["p1"]
+
+
+def test_the_mark_never_goes_back():
+    d = run([Listing(T0, {})], {}, sealed_to=T0 + 5 * RI)
+    assert d.seal_to == T0 + 5 * RI
+
+
+# The property ----------------------------------------------------------------------------
+
+markers = st.sampled_from(["c1", "c2", ""])
+times = st.floats(min_value=T0, max_value=T0 + 20 * RI, allow_nan=False)
+
+
+@st.composite
+def scenarios(draw):
+    now = draw(st.floats(min_value=T0 + 10 * RI, max_value=T0 + 21 * RI, allow_nan=False))
+    n = draw(st.integers(0, 5))
+    listed = {}
+    records = {}
+    for i in range(n):
+        uid = f"u{i}"
+        listed[uid] = Listed(f"p{i}", draw(st.one_of(st.none(), markers)))
+        if draw(st.booleans()):
+            fail = draw(st.one_of(st.none(), st.floats(min_value=now - 3 * MAX_WAIT, max_value=now)))
+            end_at = draw(st.one_of(st.none(), st.floats(min_value=T0, max_value=now)))
+            high = draw(st.one_of(st.just(0), st.integers(int(T0 * 1e9), int(now * 1e9))))
+            records[uid] = ReadRecord(draw(markers), end_at, high, fail)
+    listing_at = draw(st.floats(min_value=T0, max_value=now))
+    sealed_to = draw(st.sampled_from([0, T0, T0 + 3 * RI]))
+    return now, Listing(listing_at, listed), records, sealed_to
+
+
+@settings(max_examples=500, deadline=None)
+@given(scenarios())
+def test_no_interval_is_sealed_before_every_readable_listed_pod_was_read_past_it(case):
+    now, listing, records, sealed_to = case
+    d = run([listing], records, sealed_to=sealed_to, now=now)
+    assert d.seal_to >= sealed_to and d.seal_to % RI == 0
+    assert d.seal_to <= now - LAG or d.seal_to == sealed_to
+    forced = {h.source for h in d.forced}
+    # Every interval newly sealed: [s, s + RI) with sealed_to <= s < seal_to (those before
+    # T0 - RI, with nothing in them, stand or fall with the first ones).
+    for start in range(max(sealed_to, T0 - RI), d.seal_to, RI):
+        end = start + RI
+        assert listing.at >= end + LAG or now - listing.at > MAX_WAIT
+        for uid, listed in listing.sources.items():
+            rec = records.get(uid)
+            if rec is not None and rec.fail_since is not None and now - rec.fail_since > MAX_WAIT:
+                if past(rec, listed, MARGIN, W) < end:
+                    assert uid in forced  # sealed without it: said so
+                continue  # unreadable for longer than the max wait
+            if rec is None:
+                assert listed.marker == ""  # a pod not started, never read: nothing to wait for
+                continue
+            same_log = listed.marker is None or rec.marker == listed.marker
+            read_to_end_after = rec.end_at is not None and rec.end_at >= end + LAG
+            high_past = rec.high_ns > 0 and rec.high_ns / 1e9 - W >= end
+            assert same_log and (read_to_end_after or high_past), (start, uid, listed, rec)
+
+
+@settings(max_examples=300, deadline=None)
+@given(scenarios())
+def test_the_next_interval_is_held_by_someone_named(case):
+    """Liveness: when the interval after the mark is not sealed, something is named as
+    holding it back (a pod or the listing), or nothing was listed at all."""
+    now, listing, records, sealed_to = case
+    d = run([listing], records, sealed_to=sealed_to, now=now)
+    nxt_end = d.seal_to + 2 * RI
+    if nxt_end <= now - LAG and not math.isinf(d.watermark):
+        assert d.held_by or d.watermark < nxt_end
