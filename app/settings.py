@@ -131,9 +131,11 @@ class Settings(BaseSettings):
     """Container to read. Empty: the one named ``traefik``, else the pod's first."""
 
     fetch_interval: int | None = None
-    """Seconds between log reads. Default: the smaller of 10 and ``REPORT_INTERVAL``.
-    10 s keeps a pod at 1,000 req/s from rotating lines away (10 MiB ≈ 10 s) before
-    they are read."""
+    """Seconds between rounds (every pod listed and read). Default: the smaller of 10 and
+    ``REPORT_INTERVAL``. A pod whose log grows by more than about 1,000 lines a round is
+    also read between rounds, every ``FETCH_MIN_INTERVAL`` at most (``app/pace.py``): the
+    kubelet renames a 10 Mi log away at its next 10 s check, and the lines written since
+    the last read are then unreachable."""
 
     fetch_min_interval: float = 1.0
     """Seconds between two reads of a busy pod at least. Between rounds, a pod whose log
