@@ -769,3 +769,45 @@ def test_a_line_behind_the_floor_before_any_new_line_was_consumed_before():
     first = consume([kubelet_read(log, Cursor(CID, 0, 0))], Cursor(CID, 0, 0), 0, 1 << 20, DOMAIN)
     again = consume([kubelet_read(log, first.cursor)], first.cursor, 0, 1 << 20, DOMAIN)
     assert totals(first) == {"acme": [0, 120, 2]} and again.consumed == 0 and again.late == 0
+
+
+# Event time: each line in the interval of its stamp ---------------------------------------
+
+
+@given(
+    steps=st.lists(st.sampled_from([0, 1, NS // 3, NS, 7 * NS, 59 * NS, 61 * NS]), min_size=1, max_size=60),
+    subs=st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=60),
+    interval=st.sampled_from([1, 5, 60]),
+    limit=st.integers(2_000, 20_000),
+    seed=st.integers(0, 2**32),
+)
+def test_every_line_goes_to_the_interval_of_its_stamp_whatever_the_reads(steps, subs, interval, limit, seed):
+    """Read in rounds of any size: the parts of all reads, per (interval, tunnel), are
+    exactly the lines stamped in that interval (a read spanning intervals splits)."""
+    log = Log()
+    truth: dict[tuple[int, str], list[int]] = defaultdict(lambda: [0, 0, 0])
+    t = BASE
+    for i, step in enumerate(steps):
+        t += step
+        sub = subs[i % len(subs)]
+        log.add(t, sub=sub)
+        bi, bo = log.seq, 1000 + log.seq  # what Log.add wrote
+        cell = truth[(t // NS // interval * interval, sub)]
+        cell[0] += bi
+        cell[1] += bo
+        cell[2] += 1
+    rng = random.Random(seed)
+    cursor = Cursor(CID, 0, 0)
+    got: dict[tuple[int, str], list[int]] = defaultdict(lambda: [0, 0, 0])
+    for _ in range(4 * len(log.lines) + 4):
+        res = consume(chunked(log.read(cursor.t_ns or None, limit), rng=rng), cursor, 0, limit, DOMAIN,
+                      report_interval=interval)
+        assert totals(res) == {s: v for s, v in res.agg.subdomains.items()}
+        for start, part in res.parts.items():
+            assert start % interval == 0
+            for sub, counts in part.subdomains.items():
+                got[(start, sub)] = [a + b for a, b in zip(got[(start, sub)], counts, strict=True)]
+        cursor = res.cursor
+        if not res.cut:
+            break
+    assert dict(got) == dict(truth)
