@@ -66,11 +66,9 @@ ENV = {
 }
 RATE = 30  # lines a second per pod (LineMaker's mix: ~78 % tunnel lines)
 ROOT = Path(__file__).resolve().parents[2]
-# The scraper as deployed before issue 11 (processing-time intervals): the last commit
-# that changed app/ or workers/ before it. Not 64437d2, where issue 11 was filed: the
-# fetch task has taken an ``early`` argument since 61ff202 (a rolling update from before
-# that fails those tasks on old workers, whatever the ledger).
-PRE11 = os.environ.get("TMS_PRE11_COMMIT", "bc3f6d3")
+# The scraper as deployed before issue 11 (processing-time intervals): the parent of the
+# commit that made intervals event-time (eef8d93).
+PRE11 = os.environ.get("TMS_PRE11_COMMIT", "72e569d")
 PRE11_DIR = Path(os.environ.get("TMS_PRE11_DIR", "/tmp/tms-pre11"))
 
 
@@ -474,6 +472,8 @@ def test_migration_from_a_processing_time_ledger(ev, kube, platform, writers, pr
     got = assert_exact(ev, writers, platform, since=since)
     assert platform_totals(got) == truth_totals(writers), evidence(ev, writers, platform)
     assert any(d.start < both for d in got)  # the old version did report
+    # From there on nothing is sealed ahead of the watermark: no amendment.
+    assert [d.key for d in amendments(got) if d.start >= since] == []
     for out in (old_log, new_worker.output()):
         assert "Traceback" not in out, out[-4000:]
 
