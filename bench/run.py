@@ -45,9 +45,10 @@ SCRIPTS = ("delivery", "redis_memory", "fetch_memory", "backlog", "latency", "ro
 TIMEOUT_S = {"quick": 1200, "full": 4 * 3600}
 
 
-def _target_key(row: dict) -> tuple[int, str]:
+def _target_key(row: dict) -> int:
+    """The issue's target number a row starts with (a stable sort keeps each script's order)."""
     m = re.match(r"\s*(\d+)", str(row.get("target", "")))
-    return (int(m.group(1)) if m else 99, str(row.get("target", "")))
+    return int(m.group(1)) if m else 99
 
 
 def _mark(met: bool | None) -> str:
@@ -94,12 +95,30 @@ def run_one(name: str, quick: bool, outdir: Path) -> tuple[list[dict], str | Non
     return rows, None, took
 
 
+def print_tables(paths: list[str]) -> int:
+    """The table of JSON files written by earlier runs (``--table``); quick runs marked."""
+    files = [f for p in map(Path, paths) for f in (sorted(p.glob("*.json")) if p.is_dir() else [p])]
+    rows: list[dict] = []
+    for f in files:
+        doc = json.loads(f.read_text())
+        for r in doc["rows"]:
+            rows.append({**r, "target": r["target"] + (" (quick)" if doc.get("quick") else "")})
+    rows.sort(key=_target_key)
+    print(f"tables of {', '.join(map(str, files))}")
+    print(table(rows))
+    return 0 if all(r.get("met") is not False for r in rows) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: every script with --quick")
     ap.add_argument("--only", default=None, help="comma-separated script names (without .py)")
     ap.add_argument("--keep", default=None, help="folder for the scripts' JSON (default: a temporary one)")
+    ap.add_argument("--table", nargs="+", metavar="JSON", default=None,
+                    help="run nothing: print the table of these JSON files (or folders of them) from earlier runs")
     args = ap.parse_args(argv)
+    if args.table:
+        return print_tables(args.table)
     names = args.only.split(",") if args.only else list(SCRIPTS)
     outdir = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="tms-bench-run-"))
     outdir.mkdir(parents=True, exist_ok=True)
