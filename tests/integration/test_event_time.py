@@ -98,6 +98,17 @@ def start_writers(kube, pods, writers, seed=0, rate=RATE):
     return writers
 
 
+def running(ev, kube, platform, writers, pods, seed: int) -> None:
+    """Pods, a ledger, a worker and beat, the pods logging; back once a report arrived."""
+    for p in pods:
+        kube.add_pod(p)
+    ev.init_ledger()
+    ev.worker()
+    ev.beat()
+    start_writers(kube, pods, writers, seed=seed)
+    first_record(platform)
+
+
 def stamps(writers) -> list[int]:
     out = []
     for w in writers:
@@ -129,9 +140,11 @@ def evidence(ev, writers, platform, since=None) -> str:
 
 
 def settle(ev, writers, platform, pods, timeout: float = 60, since: int | None = None) -> None:
-    """Wait until every pod is read to the end, nothing is open or due in the ledger and
-    the platform's per-(interval, tunnel) sums equal the truth; on timeout, fail with the
-    per-interval table and the differences."""
+    """Stop the writers, then wait until every pod is read to the end, nothing is open or
+    due in the ledger and the platform's per-(interval, tunnel) sums equal the truth; on
+    timeout, fail with the per-interval table and the differences."""
+    for w in writers:
+        stop_writer(w)
     truth = truth_cells(writers, RI, since)
 
     def done() -> bool:
@@ -202,8 +215,6 @@ def test_steady_traffic_lands_in_the_interval_of_its_stamp(ev, kube, platform, w
         write_at(edge, boundary * NS_PER_S, n=4)
         wait_until(lambda b=boundary: time.time() > b + 0.1, 2, interval=0.01)
     wait_intervals(writers, 4)
-    for w in writers:
-        stop_writer(w)
     settle(ev, writers, platform, pods)
     got = assert_exact(ev, writers, platform)
     assert len({d.start for d in got}) >= 4
@@ -220,23 +231,16 @@ def test_backlog_after_an_outage_of_every_worker_lands_where_it_was_stamped(ev, 
     gets exactly what was stamped in it (no spike in the interval of the catch-up), with no
     amendment and no forced seal (every pod was readable). traefik-b's container restarts
     halfway through the outage: the first half of its backlog is read from the previous
-    container. Reads are capped at 64 KiB, so
-    the backlog takes several reads cut at ``limitBytes``: a cut read did not reach the end
-    of the log and moves the watermark only by its highest stamp."""
+    container. Reads are capped at 64 KiB, so the backlog takes several reads cut at
+    ``limitBytes``: a cut read did not reach the end of the log and moves the watermark
+    only by its highest stamp."""
     ev.env.update(FETCH_MAX_BYTES="65536", LOG_LINE_MAX_BYTES="16384")
     pods = ["traefik-a", "traefik-b"]
-    for p in pods:
-        kube.add_pod(p)
-    ev.init_ledger()
-    ev.worker()
-    ev.beat()
-    start_writers(kube, pods, writers, seed=2)
-    first_record(platform)
+    running(ev, kube, platform, writers, pods, seed=2)
     for proc in list(ev.procs):
         os.killpg(proc.proc.pid, signal.SIGKILL)
         proc.proc.wait()
     down = time.time()
-    seen = len(platform.records)
     # The outage: 15 s during which nothing reaches the platform (a request cut by the
     # kill may still complete in the stub within its first second).
     wait_until(lambda: time.time() >= down + 1, 2)
@@ -248,8 +252,6 @@ def test_backlog_after_an_outage_of_every_worker_lands_where_it_was_stamped(ev, 
     after = ev.worker(name="after")
     ev.beat()
     wait_intervals(writers, 2, after=time.time())
-    for w in writers:
-        stop_writer(w)
     settle(ev, writers, platform, pods, timeout=90)
     got = assert_exact(ev, writers, platform, kills=(down,))
     outage = sorted({s for s in (d.start for d in got) if down <= s and s + RI <= up})
@@ -273,18 +275,10 @@ def test_container_restart_drains_the_previous_container_into_its_intervals(ev, 
     read yet: they are read from the previous container (``previous=true``) and land in
     the interval they were stamped in, which waits for them."""
     pods = ["traefik-a", "traefik-b"]
-    for p in pods:
-        kube.add_pod(p)
-    ev.init_ledger()
-    ev.worker()
-    ev.beat()
-    start_writers(kube, pods, writers, seed=3)
-    first_record(platform)
+    running(ev, kube, platform, writers, pods, seed=3)
     wait_until(lambda: RI - 0.6 < time.time() % RI < RI - 0.4, RI + 1, interval=0.01, what="0.5 s before a boundary")
     kube.restart("traefik-a")
     wait_intervals(writers, 3, after=time.time())
-    for w in writers:
-        stop_writer(w)
     settle(ev, writers, platform, pods)
     got = assert_exact(ev, writers, platform)
     assert any(q.get("previous") == "true" for _, path, q in kube.requests if path.endswith("/traefik-a/log"))
@@ -298,15 +292,15 @@ def test_rolling_update_of_traefik(ev, kube, platform, writers):
     """maxSurge 1: a new pod is added, the old one terminates and keeps logging its
     in-flight requests until its container exits; its object (and log) goes a second
     later. The pod watcher reads a terminating pod at once."""
-    running = ["traefik-a-0", "traefik-a-1"]
-    for p in running:
+    live = ["traefik-a-0", "traefik-a-1"]
+    for p in live:
         kube.add_pod(p)
     ev.init_ledger()
     ev.worker()
     ev.beat()
     ev.watcher()
     by_pod = {}
-    for i, p in enumerate(running):
+    for i, p in enumerate(live):
         by_pod[p] = stamped_writer(kube, p, RATE, seed=400 + i)
         writers.append(by_pod[p])
     first_record(platform)
@@ -315,17 +309,15 @@ def test_rolling_update_of_traefik(ev, kube, platform, writers):
         kube.add_pod(new)
         by_pod[new] = stamped_writer(kube, new, RATE, seed=410 + i)
         writers.append(by_pod[new])
-        running.append(new)
+        live.append(new)
         kube.terminate(old, grace_seconds=30)
-        running.remove(old)
+        live.remove(old)
         wait_intervals([by_pod[old]], 2, after=time.time())  # draining across a boundary
         stop_writer(by_pod[old])
         kube.exit_container(old)
         wait_until(lambda o=old: _gone(kube, o), 10, what=f"{old} to be removed")
     wait_intervals(writers, 2, after=time.time())
-    for w in writers:
-        stop_writer(w)
-    settle(ev, writers, platform, running, timeout=90)
+    settle(ev, writers, platform, live, timeout=90)
     got = assert_exact(ev, writers, platform)
     assert amendments(got) == [] and stat(ev, "seal_forced") == 0
 
@@ -351,13 +343,7 @@ def test_unreadable_pod_past_the_max_wait_reports_amendments(ev, kube, platform,
     max_wait = 5
     ev.env["SEAL_MAX_WAIT"] = str(max_wait)
     pods = ["traefik-a", "traefik-b"]
-    for p in pods:
-        kube.add_pod(p)
-    ev.init_ledger()
-    ev.worker()
-    ev.beat()
-    start_writers(kube, pods, writers, seed=5)
-    first_record(platform)
+    running(ev, kube, platform, writers, pods, seed=5)
     path = "/pods/traefik-b/log"
     kube.fail_next(10**9, status=500, path_contains=path)
     broken = time.time()
@@ -372,8 +358,6 @@ def test_unreadable_pod_past_the_max_wait_reports_amendments(ev, kube, platform,
     healed = time.time()
     platform.drop_next(3)  # logged, answer lost: sent again by the same key and body
     wait_intervals(writers, 2, after=healed)
-    for w in writers:
-        stop_writer(w)
     settle(ev, writers, platform, pods, timeout=90)
     got = assert_exact(ev, writers, platform)
     late = amendments(got)
@@ -466,8 +450,6 @@ def test_migration_from_a_processing_time_ledger(ev, kube, platform, writers, pr
     stopped = time.time()
     since = math.ceil(stopped / RI) * RI
     wait_intervals(writers, 2, after=since)
-    for w in writers:
-        stop_writer(w)
     settle(ev, writers, platform, pods, timeout=90, since=since)
     got = assert_exact(ev, writers, platform, since=since)
     assert platform_totals(got) == truth_totals(writers), evidence(ev, writers, platform)
