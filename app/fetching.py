@@ -420,6 +420,10 @@ class Fetcher:
             raise PodGone(f"{name} now has uid {pod.uid}")
         ctr = pod.container(self.container)
         if ctr is None or not ctr.container_id:
+            if self.ledger.read_records().get(uid) is not None:
+                # Read before, now no container to read (restarting, waiting): it holds
+                # sealing back like an unreadable pod, at most SEAL_MAX_WAIT.
+                self.ledger.note_read_failure(uid)
             return {"pod": name, "status": FetchStatus.NOT_STARTED}
         field_ = f"{uid}/{ctr.name}"
         raw = self.ledger.cursor_raw(field_)

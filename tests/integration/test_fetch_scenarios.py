@@ -270,19 +270,27 @@ def test_rotation_past_the_cursor_is_a_gap(pipeline, kube):
 
 
 def test_merge_that_never_ran_is_recovered_by_the_sweep(pipeline, kube):
-    """Fetches without plan (so no chord callback): only the sweep can merge."""
+    """Fetches without their chord callback: only the sweep can merge. (The listing a
+    plan records for the watermark is written here, as a plan whose merge was lost
+    leaves it; fetched after it, the pod's read is then past the interval's end.)"""
+    from app.ledger import Ledger
+
     kube.add_pod(POD)
     traffic = Traffic(seed=27)
     pipeline.init_ledger()
     pipeline.worker(FETCH_TIME_LIMIT="5")
     kube.write_many(POD, traffic.lines(30))
+    led = Ledger(pipeline.r, pipeline.prefix, 1)
     pipeline.fetch(POD)
     wait_read(pipeline, [POD])
     assert pipeline.platform.records == []
-    # sweep merges intervals ended >= max(2 x REPORT_INTERVAL, FETCH_TIME_LIMIT + 10) = 15 s ago
     deadline = time.monotonic() + 40
     while not pipeline.settled():
         assert time.monotonic() < deadline, pipeline.logs()
+        # A plan's listing (its merge lost), a fetch after it, then the sweep.
+        led.note_listing("pods", led.now(), {kube.pod_uid(POD): (POD, None)})
+        pipeline.fetch(POD)
+        time.sleep(0.5)
         pipeline.send("workers.maintenance.sweep")
         time.sleep(1)
     assert pipeline.delivered() == traffic.expected()

@@ -245,6 +245,7 @@ def test_the_sweep_merges_an_interval_two_rounds_after_it_ended(settings_env, r)
         start -= ri
     led.r.hset(led.k("iv", start), mapping={"tun:i": 1, "tun:o": 2, "tun:r": 3})
     led.r.zadd(led.k("open"), {str(start): start})
+    led.note_listing("pods", now, {})  # a plan's listing, no pods (its merge was lost)
     summary, keys = rounds.sweep(led, None, s)
     assert summary["merged"] == 1
     assert keys == [ReportKey(start, "tun")]
