@@ -272,11 +272,20 @@ class Ledger:
         """Record a plan's listing ``name`` (``pods``, or a file host's queue): the Redis
         time ``at`` just before it asked, and its sources, field -> (name, marker)."""
         doc = {"at": at, "sources": {f: [n, m] for f, (n, m) in sources.items()}}
-        self.r.hset(self.k("listing"), name, json.dumps(doc, sort_keys=True))
+        with self.r.pipeline() as pipe:
+            pipe.hset(self.k("listing"), name, json.dumps(doc, sort_keys=True))
+            pipe.hdel(self.k("listingfail"), name)
+            pipe.execute()
+
+    def note_listing_failure(self, name: str) -> None:
+        """A plan could not list (``name`` as in ``note_listing``): from its first failure
+        since the last listing, the listing holds sealing back at most ``SEAL_MAX_WAIT``."""
+        self.r.hsetnx(self.k("listingfail"), name, f"{self.now():.3f}")
 
     def listings(self, names: list[str] | None = None) -> list[Listing]:
         """The listings recorded (only ``names`` when given)."""
         raw = self.r.hgetall(self.k("listing"))
+        fails = {k.decode(): float(v) for k, v in self.r.hgetall(self.k("listingfail")).items()}
         out = []
         for key, value in sorted(raw.items()):
             name = key.decode()
@@ -284,7 +293,9 @@ class Ledger:
                 continue
             doc = json.loads(value)
             sources = {f: Listed(n, m) for f, (n, m) in doc["sources"].items()}
-            out.append(Listing(float(doc["at"]), sources, "pod listing" if name == "pods" else f"file listing {name}"))
+            pods = name == "pods"
+            out.append(Listing(float(doc["at"]), sources, "pod listing" if pods else f"file listing {name}",
+                               fails.get(name), forgettable=not pods))
         return out
 
     def note_seal_state(self, doc: dict) -> None:

@@ -117,6 +117,7 @@ def plan(ledger: Ledger, source: LogSource | KubeError, settings: Settings) -> P
             error = e
     if error is not None:
         log.error("plan: cannot list Traefik pods: %s", error)
+        ledger.note_listing_failure(POD_LISTING)  # sealing waits at most SEAL_MAX_WAIT for a listing
         return Plan(RoundStatus.KUBE_ERROR, round_no, dispatch=True)
     ledger.note_pods([{"uid": p.uid, "name": p.name, "namespace": p.namespace, "deleting": p.deleting} for p in pods])
     # The watermark's listing: each pod's current container (a pod whose read record is

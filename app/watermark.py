@@ -28,7 +28,8 @@ created after that point are known), and over every listed source, of how far it
 past. A source listed with another container than its record's (a previous container
 not drained, or the new one not read yet) is past nothing. A source listed as not
 started and never read holds nothing. A source whose reads have failed for longer than
-``max_wait`` (and a listing older than ``max_wait``) holds nothing any more: the
+``max_wait`` (and a listing that has failed for longer than ``max_wait``, with the sources
+it listed, or one not renewed for ``FORGET_LISTING_AFTER``) holds nothing any more: the
 intervals it held are sealed *forced*, and its lines, read later, become amendments.
 """
 
@@ -69,11 +70,24 @@ class Listed:
 
 @dataclass(frozen=True)
 class Listing:
-    """The sources one plan found, and the Redis time (s) just before it asked."""
+    """The sources one plan found, and the Redis time (s) just before it asked;
+    ``fail_since``: Redis time of the first failed listing since (None: the last one
+    succeeded)."""
 
     at: float
     sources: Mapping[str, Listed] = field(default_factory=dict)
     name: str = "pod listing"
+    fail_since: float | None = None
+    forgettable: bool = False  # a file host's: forgotten after FORGET_LISTING_AFTER unrenewed
+
+
+# A file host's listing not renewed for this long, with no failure recorded either (the
+# host retired, its FILE_QUEUE renamed), no longer holds anything: seconds. (A host whose
+# workers are down that long has its late lines reported as amendments.) The pod listing
+# is never forgotten: a plan that cannot list records the failure (``fail_since``), and a
+# listing not renewed because every worker is down must hold, so that the backlog is
+# placed where it happened.
+FORGET_LISTING_AFTER = 3600
 
 
 @dataclass(frozen=True)
@@ -137,9 +151,14 @@ def decide(
     skipped: list[Holder] = []
     for listing in listings:
         at = listing.at - lag
-        stale = now - listing.at
-        if stale > max_wait:
-            skipped.append(Holder("", listing.name, at, stale))
+        # A plan that cannot list (API down) stops holding after max_wait from its first
+        # failure, and so do the sources it listed (nothing reads them meanwhile); a
+        # listing merely not renewed (every worker down) holds: a backlog is read first.
+        failing_listing = now - listing.fail_since if listing.fail_since is not None else 0.0
+        if listing.forgettable and failing_listing <= max_wait and now - listing.at >= FORGET_LISTING_AFTER:
+            failing_listing = now - listing.at
+        if failing_listing > max_wait:
+            skipped.append(Holder("", listing.name, at, failing_listing))
         else:
             bound = min(bound, at)
             candidates.append(Holder("", listing.name, at))
@@ -149,6 +168,7 @@ def decide(
             if p is None:
                 continue
             failing = now - record.fail_since if record is not None and record.fail_since is not None else 0.0
+            failing = max(failing, failing_listing)
             holder = Holder(source, listed.name, p, failing)
             if failing > max_wait:
                 skipped.append(holder)

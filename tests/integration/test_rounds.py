@@ -152,3 +152,19 @@ def test_merge_seals_ended_intervals_and_returns_the_claimed_keys(r):
     assert {ledger.report(k).state for k in out.reports} == {ReportState.QUEUED}
     again = merge(ledger, Settings())
     assert (again.sealed, again.reports) == (0, [])
+
+
+def test_a_plan_that_cannot_list_records_the_failure_for_the_watermark(r):
+    from app.errors import KubeError
+    from app.model import RoundStatus
+    from app.rounds import plan
+
+    ledger = Ledger(r, "plan-fail", 60)
+    ledger.initialise(0)
+    ledger.note_listing("pods", ledger.now() - 5, {})
+    out = plan(ledger, KubeError("no config"), Settings())
+    assert out.status == RoundStatus.KUBE_ERROR
+    (listing,) = ledger.listings()
+    assert listing.fail_since is not None and abs(listing.fail_since - ledger.now()) < 5
+    ledger.note_listing("pods", ledger.now(), {})
+    assert ledger.listings()[0].fail_since is None

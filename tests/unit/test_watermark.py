@@ -49,9 +49,11 @@ def test_the_listing_must_be_taken_after_the_point():
     records = {"u1": ReadRecord("c1", end + 100, 0)}
     d = run([Listing(end + LAG - 1, {"u1": Listed("p1", "c1")})], records, now=end + 100)
     assert d.seal_to == end - RI and d.held_by[0].name == "pod listing"
-    # A listing older than the max wait (the API cannot list) holds back no longer.
-    d = run([Listing(end + LAG - 1, {"u1": Listed("p1", "c1")})], records, now=end + LAG + MAX_WAIT + 1)
-    assert d.seal_to == end + RI and [h.name for h in d.forced] == ["pod listing"]
+    # A listing that has failed for longer than the max wait (the API cannot list) holds
+    # back no longer, nor do the pods it listed.
+    failing = Listing(end + LAG - 1, {"u1": Listed("p1", "c1")}, fail_since=end + LAG - 1)
+    d = run([failing], records, now=end + LAG + MAX_WAIT + 1)
+    assert d.seal_to == end and [h.name for h in d.forced] == ["pod listing"]
 
 
 def test_high_stamp_minus_w_past_the_end_is_enough():
@@ -154,3 +156,28 @@ def test_the_next_interval_is_held_by_someone_named(case):
     nxt_end = d.seal_to + 2 * RI
     if nxt_end <= now - LAG and not math.isinf(d.watermark):
         assert d.held_by or d.watermark < nxt_end
+
+
+def test_a_plan_that_cannot_list_holds_back_only_up_to_the_max_wait():
+    """The API cannot list for an hour: plan records the failure; the listing and the
+    pods it listed (read by nobody meanwhile) stop holding after the max wait."""
+    last = T0
+    listing = Listing(last, {"u1": Listed("p1", "c1")}, fail_since=last + 10)
+    records = {"u1": ReadRecord("c1", last, 0)}
+    now = last + 3600
+    d = run([listing], records, sealed_to=(last - LAG) // RI * RI, now=now)
+    assert d.seal_to >= (now - LAG - MAX_WAIT) // RI * RI - RI
+    assert {h.name for h in d.forced} == {"pod listing", "p1"}
+    # Not renewed but not failing (every worker down): it holds, the backlog goes first.
+    d = run([Listing(last, {"u1": Listed("p1", "c1")})], records, sealed_to=(last - LAG) // RI * RI, now=now)
+    assert d.seal_to == (last - LAG) // RI * RI
+
+
+def test_a_retired_file_host_stops_holding_after_an_hour():
+    gone = T0 - 3600
+    now = T0
+    host_a = Listing(gone, {"file:a": Listed("/a", None)}, "file listing fetch.a", forgettable=True)
+    host_b = Listing(now - 1, {"file:b": Listed("/b", None)}, "file listing fetch.b", forgettable=True)
+    records = {"file:a": ReadRecord("", gone, 0), "file:b": ReadRecord("", now - 1, 0)}
+    d = run([host_a, host_b], records, sealed_to=(gone - LAG) // RI * RI, now=now)
+    assert d.seal_to == (now - 1 - LAG) // RI * RI
