@@ -99,6 +99,14 @@ markers = st.sampled_from(["c1", "c2", ""])
 times = st.floats(min_value=T0, max_value=T0 + 20 * RI, allow_nan=False)
 
 
+def near_boundaries(now: float):
+    """Times between T0 and ``now``, most of them within a few seconds of an interval
+    boundary plus margin and W, where the rule's edges are."""
+    near = st.builds(lambda k, d: T0 + k * RI + d / 10, st.integers(0, 21), st.integers(-10, int(LAG * 10) + 15))
+    anywhere = st.floats(min_value=T0, max_value=now, allow_nan=False)
+    return st.one_of(near, anywhere).map(lambda t: min(max(t, T0), now))
+
+
 @st.composite
 def scenarios(draw):
     now = draw(st.floats(min_value=T0 + 10 * RI, max_value=T0 + 21 * RI, allow_nan=False))
@@ -110,10 +118,10 @@ def scenarios(draw):
         listed[uid] = Listed(f"p{i}", draw(st.one_of(st.none(), markers)))
         if draw(st.booleans()):
             fail = draw(st.one_of(st.none(), st.floats(min_value=now - 3 * MAX_WAIT, max_value=now)))
-            end_at = draw(st.one_of(st.none(), st.floats(min_value=T0, max_value=now)))
-            high = draw(st.one_of(st.just(0), st.integers(int(T0 * 1e9), int(now * 1e9))))
+            end_at = draw(st.one_of(st.none(), near_boundaries(now)))
+            high = draw(st.one_of(st.just(0), near_boundaries(now).map(lambda t: int(t * 1e9))))
             records[uid] = ReadRecord(draw(markers), end_at, high, fail)
-    listing_at = draw(st.floats(min_value=T0, max_value=now))
+    listing_at = draw(near_boundaries(now))
     sealed_to = draw(st.sampled_from([0, T0, T0 + 3 * RI]))
     return now, Listing(listing_at, listed), records, sealed_to
 
