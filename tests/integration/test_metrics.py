@@ -248,3 +248,26 @@ def test_redis_memory_headroom(r):
         assert not [k for k in s if k[0] == f"{NS}_redis_memory_headroom_ratio"]  # no limit: no headroom
     finally:
         r.config_set("maxmemory", before)
+
+
+def test_sealing_metrics_name_the_pod_holding_back_and_count_amendments(r):
+    from app.ledger import Partial
+    from app.rounds import merge
+    from app.settings import Settings
+
+    ledger = Ledger(r, "seal-m", 60)
+    ledger.initialise(0)
+    now = ledger.now()
+    ledger.note_listing("pods", now, {"uid-a": ("traefik-a", "cid-a"), "uid-b": ("traefik-b", "cid-b")})
+    ledger.commit("uid-a/traefik", "", "cid-a|1|1", source="uid-a", record=Ledger.read_record("cid-a", now, 0))
+    # traefik-b was never read: it holds sealing back, and the merge says so.
+    merge(ledger, Settings())
+    start = int(now) // 60 * 60 - 600
+    ledger.r.set(ledger.k("sealedto"), start + 60)
+    ledger.commit("uid-a/traefik", "cid-a|1|1", "cid-a|2|1", parts={start: Partial({"tun": [1, 2, 3]})})
+    got = scrape(ledger)
+    assert got[("traefik_metrics_scraper_amendments_total", ())] == 1
+    assert got[("traefik_metrics_scraper_seal_forced_total", ())] == 0
+    assert got[("traefik_metrics_scraper_sealed_up_to_timestamp_seconds", ())] == start + 60
+    held = {labels: v for (name, labels), v in got.items() if name == "traefik_metrics_scraper_seal_held_back_seconds"}
+    assert held == {(("pod", "traefik-b"),): -1.0}
