@@ -444,8 +444,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def send_chunked(self, chunks: Iterable[bytes]) -> None:
-        """Stream a text/plain body with chunked transfer encoding, as the apiserver does."""
+    def send_chunked(self, chunks: Iterable[bytes], before_end: Callable[[], None] | None = None) -> None:
+        """Stream a text/plain body with chunked transfer encoding, as the apiserver does.
+        ``before_end`` runs once every chunk was written, before the last (empty) chunk
+        that lets the client finish reading."""
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Transfer-Encoding", "chunked")
@@ -453,6 +455,8 @@ class _Handler(BaseHTTPRequestHandler):
         for chunk in chunks:
             if chunk:
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        if before_end is not None:
+            before_end()
         self.wfile.write(b"0\r\n\r\n")
 
 
@@ -1407,12 +1411,14 @@ class FakeKube:
             old = pod.old_kubelet
             zone = self._log_setup.get((namespace, name), {}).get("zone")
         sent = [0]  # lines sent whole
-        try:
-            req.send_chunked(_log_chunks(stamps, lines, opts["timestamps"], old, opts["limitBytes"], zone, sent))
-        finally:
+
+        def note_served() -> None:
+            # Before the body's end: the client cannot have the whole answer before this.
             if sent[0]:
                 with self._lock:
                     log.served = max(log.served, positions[sent[0] - 1] + 1)
+
+        req.send_chunked(_log_chunks(stamps, lines, opts["timestamps"], old, opts["limitBytes"], zone, sent), note_served)
 
 
 def _encode_line(line: bytes | str) -> bytes:

@@ -33,8 +33,12 @@ def test_a_pod_at_2000_lines_per_second_loses_only_what_rotation_made_unreachabl
     try:
         pipeline.ledger.initialise(0)
         pipeline.worker()
-        pipeline.beat()
         traffic = Traffic(seed=6, tunnels=20)
+        kube.write_many("traefik-0", traffic.lines(100))  # the pod has a log when first read
+        pipeline.beat()
+        # Traffic starts with the first read (beat sends the first round one FETCH_INTERVAL
+        # after it starts): a file rotated before any read leaves no cursor to see a gap by.
+        wait_until(lambda: pipeline.ledger.cursors(), 30, interval=0.05, what="the first read")
         tick = 0.05
         start = next_tick = time.monotonic()
         written = 0
