@@ -12,7 +12,8 @@
 --       k, k x (sub, upgraded connections)), then m counters, m x (name, increment)
 -- A part whose interval is sealed (before sealedto, in the sealed zset, or compacted into
 -- the history) becomes one amendment report per subdomain, rep:<start>:<sub>:a<n>, n from
--- HINCRBY aseq:<start> (never reused: aseq outlives the time amendments are taken). A part
+-- HINCRBY aseq:<start> (never reused: aseq never expires, since a later INTERVAL_RETENTION
+-- can make the interval take amendments again after any expiry set now). A part
 -- whose interval ended more than the retention ago is not reported: its requests are
 -- counted as lines_expired.
 -- Returns {"ok", interval starts written (comma-separated), amendments made, requests
@@ -126,8 +127,10 @@ for _, part in ipairs(parts) do
         amendments = amendments + 1
       end
     end
-    -- The sequence outlives the time this interval takes amendments (then: expired).
-    redis.call('EXPIREAT', seq, part.start + ri + retention + 86400)
+    -- The sequence never expires: an expiry from the retention in force now would let an
+    -- operator's longer INTERVAL_RETENTION reuse a<1> (the platform dedupes it: unbilled).
+    -- A key made by an earlier build with an expiry loses it here.
+    redis.call('PERSIST', seq)
     written[#written + 1] = s
   end
 end

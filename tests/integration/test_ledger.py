@@ -481,3 +481,31 @@ def test_unmetered_goes_through_commit_and_seal_into_the_report_not_its_body(r):
     nxt = led.commit("uid/traefik", "cid|1|1", "cid|3|1", {"a": [0, 0, 1]}, {}, unmetered={"a": 1})
     assert nxt.status == CommitStatus.OK and int(nxt.detail) > start
     assert led.unmetered() == {"a": 2, "c": 2}
+
+
+def test_raising_interval_retention_never_reuses_an_amendment_number(r):
+    """``aseq:<start>`` never expires: with an expiry taken from the retention in force
+    at commit time (7 d), an operator raising INTERVAL_RETENTION to 30 d would let a late
+    line of that interval, still inside the new retention, start the sequence again at
+    ``a1``, a key the platform has seen and deduplicates: those lines never billed."""
+    hour = 3600
+    old = Ledger(r, f"{PREFIX}{next(_seq)}", hour, retention=7 * 86400)
+    assert old.initialise(0)
+    now = int(old.now())
+    old.r.set(old.k("sealedto"), str(now - now % hour))
+    start = now - now % hour - 9 * 86400  # beyond 7 days: not reported, as documented
+    res = old.commit("uid/traefik", "", "cid|1|1", counters={}, parts={start: Partial({"a": [0, 10, 1]})})
+    assert res.status == CommitStatus.OK and res.expired == 1
+    start = now - now % hour - 6 * 86400  # within 7 days
+    res = old.commit("uid/traefik", "cid|1|1", "cid|2|1", counters={}, parts={start: Partial({"a": [0, 10, 1]})})
+    assert res.amendments == 1
+    old.mark_delivered(ReportKey(start, "a", 1), ReportState.DELIVERED, "user-1", 30 * 86400)
+    assert old.r.ttl(old.k("aseq", start)) == -1  # no expiry: nothing for Redis to drop
+    # A key made with an expiry (by an earlier build) loses it at its next amendment.
+    old.r.expire(old.k("aseq", start), 86400)
+    new = Ledger(r, old.p, hour, retention=30 * 86400)  # INTERVAL_RETENTION raised
+    res = new.commit("uid/traefik", "cid|2|1", "cid|3|1", counters={}, parts={start: Partial({"a": [0, 20, 2]})})
+    assert res.amendments == 1 and res.expired == 0
+    assert new.r.ttl(new.k("aseq", start)) == -1
+    made = sorted(k.amendment for k in new.report_keys() if k.start == start and k.subdomain == "a")
+    assert made == [1, 2]
