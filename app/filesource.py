@@ -236,18 +236,20 @@ class FileFetcher:
             summary["status"] = FetchStatus.MOVED
             return summary
         except OSError as e:
-            return self._error(path, e, summary)
+            return self._error(path, identity, e, summary)
         try:
             return self._fetch(fd, path, identity, start_at, summary)
         except OSError as e:
-            return self._error(path, e, summary)
+            return self._error(path, identity, e, summary)
         finally:
             os.close(fd)
 
-    def _error(self, path: str, e: OSError, summary: dict) -> dict:
+    def _error(self, path: str, identity: str, e: OSError, summary: dict) -> dict:
         log.warning("fetch %s: %s; the cursor stays, next round retries", path, e.strerror or type(e).__name__,
                     extra={"outcome": "file_error"})
         self.ledger.incr({"fetch_errors:file": 1})
+        # A file listed but not readable holds sealing back at most SEAL_MAX_WAIT.
+        self.ledger.note_read_failure(FileCursor.field(identity))
         summary["status"] = FetchStatus.FILE_ERROR
         return summary
 
@@ -285,6 +287,8 @@ class FileFetcher:
                               "bytes read from it at offset %d: not read (a copy of an older generation, or a file "
                               "edited in place)", path, cursor.offset, extra={"outcome": "mismatch"})
                 self.ledger.incr({"file_mismatch": 1})
+                # Listed, never read while it is there: holds sealing back at most SEAL_MAX_WAIT.
+                self.ledger.note_read_failure(field_)
                 summary["status"] = FetchStatus.MISMATCH
                 return summary
 

@@ -287,6 +287,67 @@ def test_a_file_that_starts_like_a_read_one_but_differs_is_not_read(ledger, logd
     other.close()
 
 
+def test_a_file_listed_but_not_readable_counts_as_a_read_failure(ledger, logdir, monkeypatch):
+    """A rule-5 mismatch and an I/O error write no read record: each must note a read
+    failure, or the identity's old record would hold sealing back for ever (issue 11: an
+    unreadable source holds it back at most SEAL_MAX_WAIT)."""
+    traffic = Traffic(seed=24)
+    lines = traffic.lines(4)
+    first = AccessLog(logdir / "a.log")
+    first.lines(lines)
+    one_round(ledger, str(logdir / "a.log"))
+    (field_,) = [f for f in ledger.read_records() if f.startswith("file:")]
+    assert ledger.read_records()[field_].fail_since is None
+    other = AccessLog(logdir / "b.log")
+    other.lines([lines[0], *Traffic(seed=25).lines(5)])
+    (result,) = one_round(ledger, str(logdir / "b.log"))
+    assert result["status"] == FetchStatus.MISMATCH
+    since = ledger.read_records()[field_].fail_since
+    assert since is not None and since <= ledger.now()
+    first.close()
+    other.close()
+
+    # An OSError while reading (EIO from a failing disk) of a file read before.
+    def eio(*args, **kwargs):
+        raise OSError(5, "Input/output error")
+        yield b""  # a generator, like _chunks
+
+    ledger.r.delete(ledger.k("readfail"))
+    monkeypatch.setattr(filesource, "_chunks", eio)
+    (result,) = one_round(ledger, str(logdir / "a.log"))
+    assert result["status"] == FetchStatus.FILE_ERROR
+    assert ledger.read_records()[field_].fail_since is not None
+
+
+def test_a_mismatched_file_holds_sealing_back_at_most_seal_max_wait(ledger, logdir):
+    """The file the cursor read is replaced by one with the same first line and other
+    bytes (a new inode): never read (rule 5), it holds sealing back only SEAL_MAX_WAIT
+    (2 s here), then the intervals are sealed forced, naming it."""
+    path = logdir / "access.log"
+    s = file_settings(str(path), seal_max_wait=2)
+    lines = Traffic(seed=26).lines(3)
+    log = AccessLog(path)
+    log.lines(lines)
+    log.close()
+    plan(ledger, s)
+    one_round(ledger, str(path))
+    other = AccessLog(logdir / "access.log.new")
+    other.lines([lines[0], *Traffic(seed=27).lines(4)])
+    other.close()
+    os.rename(logdir / "access.log.new", path)
+    broken_at = ledger.now()
+
+    def sealed_past() -> bool:
+        plan(ledger, s)
+        one_round(ledger, str(path))
+        rounds.merge(ledger, s)
+        return ledger.sealed_to() > broken_at + 2 + 2 * ledger.ri
+
+    wait_until(sealed_past, timeout=20, interval=0.5, what="sealing past the mismatched file")
+    assert ledger.stats().get("file_mismatch", 0) > 0
+    assert str(path) in str(ledger.seal_state().get("forced"))
+
+
 def test_lines_before_the_ledger_start_are_not_counted(r, logdir):
     """START_AT for files: a line's time is StartUTC + Duration; lines before the ledger's
     start are consumed as ignored:before_start until the first one at or after it."""
