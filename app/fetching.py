@@ -571,7 +571,13 @@ class Fetcher:
             summary["status"] = FetchStatus.OVERFLOW
             return False
         if res.gap_from_ns is not None:
-            self._gap(pod, ctr, res.gap_from_ns, res.gap_to_ns, "the log was rotated past the cursor")
+            # The kubelet serves only the current file and renames a full one away
+            # (docs/design.md, "Throughput"): what was written after the last read is out
+            # of reach. Fewer rotations (a larger file) or earlier reads shrink the loss.
+            self._gap(pod, ctr, res.gap_from_ns, res.gap_to_ns,
+                      "the log was rotated past the cursor (lines written after the last read before the kubelet "
+                      "rotated the file are out of the API's reach); rotate less often (raise the kubelet's "
+                      "containerLogMaxSize) or read busy pods sooner (lower FETCH_MIN_INTERVAL)")
         if res.late:
             log.warning(
                 "pod %s/%s: %d line(s) stamped more than LOG_REORDER_WINDOW behind the newest line read "
