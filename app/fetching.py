@@ -540,13 +540,14 @@ class Fetcher:
             return True  # nothing new, and nothing to record
         # A restart (or a replacement under the same name) between listing and reading
         # means the lines may belong to another container: commit nothing, re-read next round.
-        moved = False
-        if res.consumed or res.cursor.encode() != expected:
-            try:
-                after = self.source.get_pod(pod.name)
-                moved = after.uid != pod.uid or after.container(ctr.name) != ctr
-            except PodGone:
-                moved = False  # gone after the read: what was read is its final log
+        # Checked for a read of nothing too: its read record would say that the container
+        # the GET named was read to its end, when the read was of the new, empty one (and
+        # the watermark would seal past the previous container's unread lines).
+        try:
+            after = self.source.get_pod(pod.name)
+            moved = after.uid != pod.uid or after.container(ctr.name) != ctr
+        except PodGone:
+            moved = False  # gone after the read: what was read is its final log
         if moved:
             log.info("fetch %s/%s: the container changed during the read; nothing committed", pod.namespace, pod.name)
             self.ledger.incr({"fetch_restarted": 1})

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import time
+from datetime import UTC, datetime
 
+import pytest
+
+from app import rounds
+from app.fetching import Fetcher
 from app.kube import LogSource
 from app.ledger import Ledger
 from app.model import CommitStatus, RoundStatus
@@ -168,3 +175,156 @@ def test_a_plan_that_cannot_list_records_the_failure_for_the_watermark(r):
     assert listing.fail_since is not None and abs(listing.fail_since - ledger.now()) < 5
     ledger.note_listing("pods", ledger.now(), {})
     assert ledger.listings()[0].fail_since is None
+
+
+DOMAIN = "t.lum.tools"
+RI = 2
+_seq = itertools.count()
+
+
+@pytest.fixture
+def ledger(r):
+    led = Ledger(r, f"trw{next(_seq)}", RI)
+    assert led.initialise(0)
+    return led
+
+
+def _poll(cond, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def stamp(t_ns: int) -> str:
+    return datetime.fromtimestamp(t_ns // 1_000_000_000, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{t_ns % 10**9:09d}Z"
+
+
+def access_line(sub: str, start_ns: int, duration_ns: int | None, bo: int = 100) -> bytes:
+    """A Traefik v3 JSON access line for ``<sub>.t.lum.tools`` that started at ``start_ns``."""
+    entry = {"DownstreamContentSize": bo, "DownstreamStatus": 200, "RequestContentSize": 0,
+             "RequestHost": f"{sub}.{DOMAIN}", "RequestMethod": "GET", "RequestPath": "/", "RequestProtocol": "HTTP/1.1",
+             "RouterName": "tunnels@file", "StartUTC": stamp(start_ns), "level": "info", "msg": "",
+             "time": stamp(start_ns)[:19] + "Z"}
+    if duration_ns is not None:
+        entry["Duration"] = duration_ns
+    return json.dumps(entry, separators=(",", ":"), sort_keys=True).encode() + b"\n"
+
+
+
+# ----- the watermark over plan, fetch and merge, in this process --------------------------
+
+
+POD = "traefik-0"
+
+
+class _RestartBeforeRead:
+    """The log source, with the pod's container restarted (once) between the fetch's GET of
+    the pod and its log request: the kubelet then serves the new, empty container."""
+
+    def __init__(self, source: LogSource, kube) -> None:
+        self.source = source
+        self.kube = kube
+        self.armed = False
+
+    def __getattr__(self, name):
+        return getattr(self.source, name)
+
+    def stream_log(self, *args, **kwargs):
+        if self.armed:
+            self.armed = False
+            self.kube.restart(POD)
+        return self.source.stream_log(*args, **kwargs)
+
+
+@pytest.mark.parametrize("race", [False, True], ids=["restart_before_the_round", "restart_between_get_and_read"])
+def test_a_restart_between_get_and_read_records_no_read_of_the_previous_container(ledger, kube, tmp_path,
+                                                                                     monkeypatch, race):
+    """Issue 11: "An undrained previous container holds sealing back". The container
+    restarts after the fetch's GET of the pod and before its log request. The read returns
+    the new container's (empty) log, consumed 0: ``_commit`` skips its "moved" check
+    (only done when something was consumed) and records the OLD container as read to its
+    end at this read's start. The listing (taken before the restart) names the old
+    container too, so the watermark seals the interval of a line the old container wrote
+    and nobody read yet. Next round drains the previous container: the line becomes an
+    amendment although no pod was unreadable. Expected: no amendment."""
+    monkeypatch.setenv("KUBECONFIG", kube.write_kubeconfig(tmp_path / "kubeconfig"))
+    kube.add_pod(POD)
+    settings = Settings(report_interval=RI, fetch_interval=1, redis_key_prefix=ledger.p, seal_max_wait=600)
+    source = LogSource("traefik", "app.kubernetes.io/name=traefik", 5)
+    wrapped = _RestartBeforeRead(source, kube)
+    fetcher = Fetcher(wrapped, ledger, domain=DOMAIN, container="traefik", limit_bytes=1 << 20)
+
+    def one_round():
+        for key in ledger.r.scan_iter(match=ledger.k("round", "*")):
+            ledger.r.delete(key)
+        plan = rounds.plan(ledger, wrapped, settings)
+        out = [fetcher.fetch(p.name, p.uid) for p in plan.pods]
+        rounds.merge(ledger, settings)
+        return out
+
+    try:
+        kube.write(POD, access_line("tun-r", time.time_ns(), 1_000_000)[:-1])
+        one_round()
+        t2 = kube.write(POD, access_line("tun-r", time.time_ns(), 1_000_000)[:-1])  # written, not read yet
+        # The next round's listing must be from after t2's interval end + margin + W.
+        end2 = (t2 // 10**9 // RI + 1) * RI
+        _poll(lambda: ledger.now() > end2 + settings.seal_clock_margin + settings.log_reorder_window + 0.2, 10)
+        if race:
+            wrapped.armed = True
+        else:
+            kube.restart(POD)
+        one_round()  # with race: the restart happens inside this round's fetch
+        sealed_after_race = ledger.sealed_to()
+        for _ in range(3):
+            one_round()  # drains the previous container
+    finally:
+        source.close()
+    keys = ledger.report_keys()
+    total = sum(ledger.report(k).requests for k in keys if k.subdomain == "tun-r")
+    assert total == 2  # totals stay exact either way
+    amended = [k for k in keys if k.amendment]
+    assert amended == [], (f"sealed to {sealed_after_race} (t2's interval ends {end2}) while the previous container "
+                           f"held t2's line unread; amendments {amended}")
+
+
+def test_pods_that_cannot_be_listed_hold_sealing_back_at_most_seal_max_wait(ledger, kube, tmp_path, monkeypatch):
+    """The API refuses to list pods (RBAC change, apiserver overload answering the list
+    only): each plan logs "cannot list Traefik pods" and sends merge alone, no fetch runs,
+    no ``readfail`` is written. docs/design.md, "Sealing": a source whose reads fail holds
+    sealing back only for SEAL_MAX_WAIT, "so does a listing that could not be renewed.
+    After that the intervals are sealed without it (forced)". Expected: sealing moves on
+    SEAL_MAX_WAIT (2 s) after the listing stopped being renewed."""
+    monkeypatch.setenv("KUBECONFIG", kube.write_kubeconfig(tmp_path / "kubeconfig"))
+    kube.add_pod(POD)
+    settings = Settings(report_interval=RI, fetch_interval=1, redis_key_prefix=ledger.p, seal_max_wait=2)
+    source = LogSource("traefik", "app.kubernetes.io/name=traefik", 5)
+    fetcher = Fetcher(source, ledger, domain=DOMAIN, container="traefik", limit_bytes=1 << 20)
+
+    def one_round():
+        for key in ledger.r.scan_iter(match=ledger.k("round", "*")):
+            ledger.r.delete(key)
+        plan = rounds.plan(ledger, source, settings)
+        for p in plan.pods:
+            fetcher.fetch(p.name, p.uid)
+        rounds.merge(ledger, settings)
+        return plan
+
+    try:
+        kube.write(POD, access_line("tun-l", time.time_ns(), 1_000_000)[:-1])
+        assert one_round().pods
+        kube.deny("list", "pods")
+        denied_at = ledger.now()
+        assert one_round().status == "kube_error"
+
+        def moved_on() -> bool:
+            one_round()
+            return ledger.sealed_to() > denied_at + RI
+
+        ok = _poll(moved_on, 15)
+    finally:
+        source.close()
+    assert ok, (f"sealed_to {ledger.sealed_to()} stuck {ledger.now() - ledger.sealed_to():.1f}s behind; held by "
+                f"{ledger.seal_state().get('held_by')}, forced {ledger.seal_state().get('forced')}")
