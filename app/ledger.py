@@ -295,8 +295,25 @@ class Ledger:
             sources = {f: Listed(n, m) for f, (n, m) in doc["sources"].items()}
             pods = name == "pods"
             out.append(Listing(float(doc["at"]), sources, "pod listing" if pods else f"file listing {name}",
-                               fails.get(name), forgettable=not pods))
+                               fails.get(name), key=name))
         return out
+
+    def drop_listing(self, name: str, at: float) -> bool:
+        """Forget listing ``name`` if it is still the one taken at ``at`` (a stale listing,
+        ``app.watermark``; a plan that renewed it since keeps it). True when dropped."""
+        with self.r.pipeline() as pipe:
+            try:
+                pipe.watch(self.k("listing"))
+                raw = pipe.hget(self.k("listing"), name)
+                if raw is None or float(json.loads(raw)["at"]) != at:
+                    return False
+                pipe.multi()
+                pipe.hdel(self.k("listing"), name)
+                pipe.hdel(self.k("listingfail"), name)
+                pipe.execute()
+            except redis.WatchError:
+                return False  # renewed (or another listing written) meanwhile: next merge decides again
+        return True
 
     def note_seal_state(self, doc: dict) -> None:
         """Keep the last merge's watermark decision (``sealstate``, JSON) for the metrics."""

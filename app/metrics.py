@@ -20,6 +20,8 @@ Counters (the ledger's ``stats`` hash):
   (``status`` lists them per tunnel).
 - ``amendments_total`` (amendment reports: lines of sealed intervals),
   ``seal_forced_total`` (intervals sealed past a source unreadable for ``SEAL_MAX_WAIT``),
+  ``listings_dropped_total`` (stale listings: a plan not renewed for ``SEAL_MAX_WAIT`` while
+  others were),
   ``lines_expired_total`` (requests of intervals older than ``INTERVAL_RETENTION``, not
   reported).
 - ``gaps_total`` (log spans that may be lost), ``no_progress_reads_total``,
@@ -96,6 +98,8 @@ NAMED = {
                            "counted as requests with 0 bytes, their traffic is not in Traefik's access log"),
     "amendments": ("amendments", "Amendment reports made: lines read after their interval was sealed"),
     "seal_forced": ("seal_forced", "Intervals sealed without a source unreadable for over SEAL_MAX_WAIT"),
+    "listings_dropped": ("listings_dropped", "Stale listings dropped: a plan (file host, pod listing) not renewed for "
+                         "SEAL_MAX_WAIT while others were; their sources no longer hold sealing back"),
     "lines_expired": ("lines_expired", "Tunnel requests stamped in intervals older than INTERVAL_RETENTION: "
                       "not reported"),
 }

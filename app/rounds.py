@@ -214,6 +214,13 @@ def merge(ledger: Ledger, settings: Settings) -> Merge:
                 log.info("Reporting %d tunnel(s) for %s", len(subs), iso(begin), extra={"interval": iso(begin), "outcome": "sealed"})
         if decision.forced:
             _forced(ledger, decision, before, ri)
+    for listing in decision.stale:
+        if ledger.sealed_to() >= decision.seal_to and ledger.drop_listing(listing.key, listing.at):
+            log.warning("%s not renewed for %.0fs while other plans ran (over SEAL_MAX_WAIT: a retired file host, a "
+                        "renamed FILE_QUEUE, or a ledger switched to another LOG_SOURCE): dropped; its sources no "
+                        "longer hold sealing back. A plan that runs again lists them again", listing.name,
+                        now - listing.at, extra={"pod": listing.name, "outcome": "listing_dropped"})
+            ledger.incr({"listings_dropped": 1})
     return Merge(sealed, ledger.claim(created, settings.lease_seconds), decision)
 
 

@@ -28,9 +28,17 @@ created after that point are known), and over every listed source, of how far it
 past. A source listed with another container than its record's (a previous container
 not drained, or the new one not read yet) is past nothing. A source listed as not
 started and never read holds nothing. A source whose reads have failed for longer than
-``max_wait`` (and a listing that has failed for longer than ``max_wait``, with the sources
-it listed, or one not renewed for ``FORGET_LISTING_AFTER``) holds nothing any more: the
-intervals it held are sealed *forced*, and its lines, read later, become amendments.
+``max_wait`` (and a listing that has failed for longer than ``max_wait``, or is *stale*,
+with the sources it listed) holds nothing any more: the intervals it held are sealed
+*forced*, and its lines, read later, become amendments.
+
+A listing is stale when another listing was renewed more than ``max_wait`` after it last
+was: plans ran, but not this one (a retired file host, a renamed ``FILE_QUEUE``, the pod
+listing of a ledger switched to the file source). A listing merely old because every
+worker is down is not stale (no other listing is newer), so it holds and a backlog is
+read, and placed where it happened, before its intervals are sealed. ``rounds.merge``
+drops a stale listing from the ledger (WARNING, counter ``listings_dropped``); a plan that
+runs again writes it again.
 """
 
 from __future__ import annotations
@@ -78,16 +86,7 @@ class Listing:
     sources: Mapping[str, Listed] = field(default_factory=dict)
     name: str = "pod listing"
     fail_since: float | None = None
-    forgettable: bool = False  # a file host's: forgotten after FORGET_LISTING_AFTER unrenewed
-
-
-# A file host's listing not renewed for this long, with no failure recorded either (the
-# host retired, its FILE_QUEUE renamed), no longer holds anything: seconds. (A host whose
-# workers are down that long has its late lines reported as amendments.) The pod listing
-# is never forgotten: a plan that cannot list records the failure (``fail_since``), and a
-# listing not renewed because every worker is down must hold, so that the backlog is
-# placed where it happened.
-FORGET_LISTING_AFTER = 3600
+    key: str = ""  # its field in the ledger's ``listing`` hash ("pods", a file host's queue)
 
 
 @dataclass(frozen=True)
@@ -106,12 +105,15 @@ class Decision:
     """``seal_to``: every interval starting before it may be sealed (a multiple of the
     interval, never below the current mark). ``held_by``: what keeps the interval
     starting at ``seal_to`` from being sealed. ``forced``: sources (or listings) skipped
-    after ``max_wait`` that are not past ``seal_to``: sealing to it is forced past them."""
+    after ``max_wait`` that are not past ``seal_to``: sealing to it is forced past them.
+    ``stale``: the listings that stopped holding because others were renewed more than
+    ``max_wait`` after them (see the module docstring), to be dropped."""
 
     seal_to: int
     watermark: float
     held_by: list[Holder]
     forced: list[Holder]
+    stale: list[Listing] = field(default_factory=list)
 
 
 def past(record: ReadRecord | None, listed: Listed, margin: float, window: float) -> float | None:
@@ -149,14 +151,18 @@ def decide(
     bound = math.inf if listings else NEVER
     candidates: list[Holder] = []  # everything that bounds the watermark, failing or not
     skipped: list[Holder] = []
+    stale: list[Listing] = []
+    newest = max((listing.at for listing in listings), default=NEVER)
     for listing in listings:
         at = listing.at - lag
         # A plan that cannot list (API down) stops holding after max_wait from its first
-        # failure, and so do the sources it listed (nothing reads them meanwhile); a
-        # listing merely not renewed (every worker down) holds: a backlog is read first.
+        # failure, and so do the sources it listed (nothing reads them meanwhile); so does
+        # a listing others were renewed more than max_wait after (stale). A listing
+        # merely not renewed (every worker down: none newer) holds: a backlog is read first.
         failing_listing = now - listing.fail_since if listing.fail_since is not None else 0.0
-        if listing.forgettable and failing_listing <= max_wait and now - listing.at >= FORGET_LISTING_AFTER:
-            failing_listing = now - listing.at
+        if newest - listing.at > max_wait:
+            stale.append(listing)
+            failing_listing = max(failing_listing, now - listing.at)
         if failing_listing > max_wait:
             skipped.append(Holder("", listing.name, at, failing_listing))
         else:
@@ -184,4 +190,5 @@ def decide(
     nxt = mark + interval
     held = [h for h in candidates if h.past < nxt]
     forced = [h for h in skipped if h.past < mark]
-    return Decision(mark, bound, sorted(held, key=lambda h: (h.past, h.source)), sorted(forced, key=lambda h: h.source))
+    return Decision(mark, bound, sorted(held, key=lambda h: (h.past, h.source)), sorted(forced, key=lambda h: h.source),
+                    stale)

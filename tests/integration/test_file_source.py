@@ -348,6 +348,40 @@ def test_a_mismatched_file_holds_sealing_back_at_most_seal_max_wait(ledger, logd
     assert str(path) in str(ledger.seal_state().get("forced"))
 
 
+def test_a_retired_file_host_stops_holding_sealing_after_seal_max_wait(ledger, tmp_path):
+    """Host a runs two rounds, then is decommissioned (its plan never runs again); host b
+    goes on. Host a's listing holds sealing back SEAL_MAX_WAIT (2 s) after its last
+    renewal, then is stale: dropped with a WARNING and ``listings_dropped``, and host b's
+    intervals are sealed up to its reads."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, b = AccessLog(tmp_path / "a" / "access.log"), AccessLog(tmp_path / "b" / "access.log")
+    sa = file_settings(str(tmp_path / "a" / "access.log"), file_queue="fetch.a", seal_max_wait=2)
+    sb = file_settings(str(tmp_path / "b" / "access.log"), file_queue="fetch.b", seal_max_wait=2)
+    traffic = Traffic(seed=28)
+    a.lines(traffic.lines(2))
+    b.lines(traffic.lines(2))
+    for _ in range(2):
+        for s in (sa, sb):
+            plan(ledger, s)
+            one_round(ledger, s.log_files)
+    assert {x.key for x in ledger.listings()} == {"fetch.a", "fetch.b"}
+    b.lines(traffic.lines(3))
+    later = int(ledger.now()) // ledger.ri * ledger.ri
+
+    def b_sealed() -> bool:
+        plan(ledger, sb)
+        one_round(ledger, sb.log_files)
+        rounds.merge(ledger, sb)
+        return ledger.sealed_to() > later
+
+    wait_until(b_sealed, timeout=20, interval=0.5, what="sealing past host b's reads without host a")
+    assert {x.key for x in ledger.listings()} == {"fetch.b"}
+    assert ledger.stats()["listings_dropped"] == 1
+    a.close()
+    b.close()
+
+
 def test_lines_before_the_ledger_start_are_not_counted(r, logdir):
     """START_AT for files: a line's time is StartUTC + Duration; lines before the ledger's
     start are consumed as ignored:before_start until the first one at or after it."""

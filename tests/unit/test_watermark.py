@@ -181,11 +181,36 @@ def test_a_plan_that_cannot_list_holds_back_only_up_to_the_max_wait():
     assert d.seal_to == (last - LAG) // RI * RI
 
 
-def test_a_retired_file_host_stops_holding_after_an_hour():
-    gone = T0 - 3600
+def test_a_listing_others_were_renewed_max_wait_after_stops_holding():
+    """A retired file host (or a renamed FILE_QUEUE, or the pod listing of a ledger
+    switched to the file source): plans run, but not its. It holds sealing back for
+    SEAL_MAX_WAIT after the last time it was renewed, then is stale: forced past, named."""
+    gone = T0 - 86400
     now = T0
-    host_a = Listing(gone, {"file:a": Listed("/a", None)}, "file listing fetch.a", forgettable=True)
-    host_b = Listing(now - 1, {"file:b": Listed("/b", None)}, "file listing fetch.b", forgettable=True)
+    host_a = Listing(gone, {"file:a": Listed("/a", None)}, "file listing fetch.a", key="fetch.a")
+    host_b = Listing(now - 1, {"file:b": Listed("/b", None)}, "file listing fetch.b", key="fetch.b")
     records = {"file:a": ReadRecord("", gone, 0), "file:b": ReadRecord("", now - 1, 0)}
     d = run([host_a, host_b], records, sealed_to=(gone - LAG) // RI * RI, now=now)
     assert d.seal_to == (now - 1 - LAG) // RI * RI
+    assert d.stale == [host_a] and {h.name for h in d.forced} == {"file listing fetch.a", "/a"}
+    # Just within SEAL_MAX_WAIT of the newer one: it still holds.
+    last = now - MAX_WAIT
+    host_a = Listing(last, {"file:a": Listed("/a", None)}, "file listing fetch.a", key="fetch.a")
+    records["file:a"] = ReadRecord("", last, 0)
+    d = run([host_a, host_b], records, sealed_to=(gone - LAG) // RI * RI, now=now)
+    assert d.stale == [] and d.seal_to == (last - LAG) // RI * RI
+    # The pod listing of a ledger now read from files: the same.
+    pods = Listing(gone, {"u1": Listed("p1", "c1")}, key="pods")
+    d = run([pods, host_b], {"u1": ReadRecord("c1", gone, 0), **records}, sealed_to=(gone - LAG) // RI * RI, now=now)
+    assert d.stale == [pods] and d.seal_to == (now - 1 - LAG) // RI * RI
+
+
+def test_every_listing_old_because_every_worker_is_down_still_holds():
+    """No plan ran for a day: no listing is newer than another by more than the max wait,
+    so none is stale; the backlog is read first and lands where it happened."""
+    last = T0 - 86400
+    host_a = Listing(last, {"file:a": Listed("/a", None)}, "file listing fetch.a", key="fetch.a")
+    pods = Listing(last + 5, {"u1": Listed("p1", "c1")}, key="pods")
+    records = {"file:a": ReadRecord("", last, 0), "u1": ReadRecord("c1", last + 5, 0)}
+    d = run([host_a, pods], records, sealed_to=(last - LAG) // RI * RI - RI, now=T0)
+    assert d.stale == [] and d.forced == [] and d.seal_to == (last - LAG) // RI * RI
