@@ -104,26 +104,28 @@ def identify(fd: int) -> str | None:
     return identity_of(_head(fd))
 
 
+def _field_time_ns(line: bytes, key: bytes) -> int | None:
+    at = line.find(key)
+    if at < 0:
+        return None
+    begin = at + len(key)
+    end = line.find(b'"', begin, begin + 40)
+    parsed = parse_timestamp(line[begin:end] + b" ") if end > 0 else None
+    return parsed[0] if parsed is not None else None
+
+
 def line_time_ns(line: bytes) -> int | None:
     """When Traefik wrote an access line, in ns: ``StartUTC`` + ``Duration`` (the request's
-    end, when the line is written), else ``time`` (whole seconds); ``None`` when neither
-    can be read. Inside a JSON string a quote is escaped, so ``"StartUTC":"`` is the key."""
-    at = line.find(_START_UTC)
-    if at >= 0:
-        begin = at + len(_START_UTC)
-        end = line.find(b'"', begin, begin + 40)
-        parsed = parse_timestamp(line[begin:end] + b" ") if end > 0 else None
-        if parsed is not None:
-            duration = _DURATION.search(line)
-            return parsed[0] + (int(duration.group(1)) if duration else 0)
-    at = line.find(_TIME)
-    if at >= 0:
-        begin = at + len(_TIME)
-        end = line.find(b'"', begin, begin + 40)
-        parsed = parse_timestamp(line[begin:end] + b" ") if end > 0 else None
-        if parsed is not None:
-            return parsed[0]
-    return None
+    end, when the line is written); without a ``Duration``, ``time`` (the time the line was
+    written, whole seconds), else ``StartUTC`` alone; ``None`` when none can be read.
+    Inside a JSON string a quote is escaped, so ``"StartUTC":"`` is the key."""
+    start = _field_time_ns(line, _START_UTC)
+    if start is not None:
+        duration = _DURATION.search(line)
+        if duration:
+            return start + int(duration.group(1))
+    written = _field_time_ns(line, _TIME)
+    return written if written is not None else start
 
 
 @dataclass(frozen=True)
@@ -211,11 +213,15 @@ def _tail(fd: int, offset: int) -> str:
 class FileFetcher:
     """Reads access-log files into the ledger. One per worker process."""
 
-    def __init__(self, ledger: Ledger, *, domain: str, limit_bytes: int, max_line_bytes: int = MAX_LINE_BYTES) -> None:
+    def __init__(self, ledger: Ledger, *, domain: str, limit_bytes: int, max_line_bytes: int = MAX_LINE_BYTES,
+                 clock_margin: float = 2.0) -> None:
+        """``clock_margin``: ``SEAL_CLOCK_MARGIN`` (s); a line's time is taken no later
+        than the read's start plus it (a line was written before it was read)."""
         self.ledger = ledger
         self.domain = domain
         self.limit = limit_bytes
         self.max_line = max_line_bytes
+        self.margin_ns = int(clock_margin * 1e9)
 
     def fetch(self, path: str, identity: str) -> dict:
         """Read the file at ``path`` if it still has ``identity``, from its cursor, and
@@ -301,12 +307,20 @@ class FileFetcher:
         started = cursor.started
         received = consumed = before_start = 0
         prev = int(read_at * 1e9)
+        # A line was written before this read: a time later than the read's start plus
+        # the clock margin (an absurd Duration, a clock jump) is capped there, counted
+        # (lines_time_capped) and warned about, or its interval would stay open for years.
+        cap = prev + self.margin_ns
+        capped = 0
         high = 0
         for chunk in _chunks(fd, start, self.limit):
             received += len(chunk)
             for line in framer.feed(chunk):
                 consumed += 1
                 written = line_time_ns(line)
+                if written is not None and written > cap:
+                    capped += 1
+                    written = cap
                 if written is not None:
                     prev = written
                     high = max(high, written)
@@ -344,7 +358,10 @@ class FileFetcher:
         # file holds every line Traefik wrote before it started. Committed even when
         # nothing is new, so that an idle file lets intervals be sealed.
         record = Ledger.read_record("", None if cut else read_at, high)
-        result = self.ledger.commit(field_, raw, new.encode(), counters=counters_of(res), parts=sums.partials(),
+        counters = counters_of(res)
+        if capped:
+            counters["lines_time_capped"] = capped
+        result = self.ledger.commit(field_, raw, new.encode(), counters=counters, parts=sums.partials(),
                                     source=field_, record=record)
         if result.status == CommitStatus.CONFLICT:
             log.info("fetch %s: another fetch committed first; nothing committed", path)
@@ -364,6 +381,10 @@ class FileFetcher:
             log.error("%s: a log line of %d bytes is longer than LOG_LINE_MAX_BYTES (%d); not counted "
                       "(rejected:too_long)", path, length, agg.max_line_bytes)
         self._warn_once(path, identity, agg)
+        if capped:
+            log.warning("fetch %s: %d line(s) whose time (StartUTC + Duration) is later than the read plus "
+                        "SEAL_CLOCK_MARGIN: placed at that time instead (a corrupt Duration, or Traefik's clock "
+                        "ahead of Redis's)", path, capped, extra={"outcome": "time_capped"})
         if result.amendments:
             log.warning("fetch %s: %d amendment report(s) for sealed intervals", path, result.amendments,
                         extra={"outcome": "amended"})

@@ -69,7 +69,7 @@ def file_fetcher() -> FileFetcher:
     if "file_fetcher" not in _state:
         s = settings()
         _state["file_fetcher"] = FileFetcher(ledger(), domain=s.tunnel_domain, limit_bytes=s.fetch_max_bytes,
-                                             max_line_bytes=s.log_line_max_bytes)
+                                             max_line_bytes=s.log_line_max_bytes, clock_margin=s.seal_clock_margin)
     return _state["file_fetcher"]  # type: ignore[return-value]
 
 

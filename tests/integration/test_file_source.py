@@ -7,12 +7,14 @@ workers and beat (tests/pipeline.py), one host and two."""
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 import os
 import re
 import shutil
 import threading
 import time
+from datetime import UTC, datetime
 
 import pytest
 
@@ -380,6 +382,72 @@ def test_a_retired_file_host_stops_holding_sealing_after_seal_max_wait(ledger, t
     assert ledger.stats()["listings_dropped"] == 1
     a.close()
     b.close()
+
+
+def _access_line(sub: str, start_ns: int, duration_ns: int | None, written_ns: int | None = None) -> bytes:
+    """A Traefik v3 JSON access line for ``<sub>.t.lum.tools`` that started at ``start_ns``
+    (``time``: when it was written, whole seconds; default its start)."""
+
+    def stamp(t_ns: int) -> str:
+        return datetime.fromtimestamp(t_ns // 10**9, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{t_ns % 10**9:09d}Z"
+
+    entry = {"DownstreamContentSize": 100, "DownstreamStatus": 200, "RequestContentSize": 0,
+             "RequestHost": f"{sub}.{DOMAIN}", "RequestMethod": "GET", "RequestPath": "/", "RequestProtocol": "HTTP/1.1",
+             "RouterName": "tunnels@file", "StartUTC": stamp(start_ns), "level": "info", "msg": "",
+             "time": stamp(written_ns or start_ns)[:19] + "Z"}
+    if duration_ns is not None:
+        entry["Duration"] = duration_ns
+    return json.dumps(entry, separators=(",", ":"), sort_keys=True).encode() + b"\n"
+
+
+def test_a_line_whose_time_is_ahead_of_its_read_is_placed_at_the_read(ledger, logdir):
+    """A Duration of 10^17 ns (three years: a corrupt line, a clock jump in Traefik) puts
+    the request's end years ahead; the line was written before it was read, so its time is
+    capped at the read's start + SEAL_CLOCK_MARGIN (counted, WARNING) and it is reported
+    once the watermark passes the read, not in three years."""
+    path = logdir / "access.log"
+    s = file_settings(str(path), seal_max_wait=2)
+    now = time.time_ns()
+    path.write_bytes(_access_line("tun-odd", now, 10**17) + _access_line("tun-ok", now, 1_000_000))
+    read_at = ledger.now()
+
+    def sealed_past_read() -> bool:
+        plan(ledger, s)
+        one_round(ledger, str(path))
+        rounds.merge(ledger, s)
+        return ledger.sealed_to() > read_at + s.seal_clock_margin + ledger.ri
+
+    wait_until(sealed_past_read, timeout=20, interval=0.5, what="sealing past the read")
+    made = {k.subdomain: k.start for k in ledger.report_keys()}
+    assert set(made) == {"tun-odd", "tun-ok"}
+    assert made["tun-odd"] <= read_at + 2 * s.seal_clock_margin  # at the read (its start + margin), not years on
+    assert ledger.stats()["lines_time_capped"] == 1
+    assert [int(x) for x in ledger.r.zrange(ledger.k("open"), 0, -1)] == []
+
+
+def test_a_line_without_duration_lands_where_it_was_written(ledger, logdir):
+    """No Duration: the line's ``time`` (when Traefik wrote it) places it, not StartUTC: a
+    request that started 10 minutes before its line is written now lands now, in an open
+    interval, not as an amendment of an interval sealed 10 minutes ago."""
+    path = logdir / "access.log"
+    s = file_settings(str(path))
+    path.write_bytes(_access_line("tun-x", time.time_ns(), 1_000_000))
+
+    def sealed_to_now() -> bool:
+        plan(ledger, s)
+        one_round(ledger, str(path))
+        rounds.merge(ledger, s)
+        return ledger.sealed_to() > ledger.now() - 3 * ledger.ri
+
+    wait_until(sealed_to_now, timeout=20, interval=0.5, what="sealing up to now")
+    with path.open("ab") as out:
+        now = time.time_ns()
+        out.write(_access_line("tun-x", now - 600 * 10**9, None, written_ns=now))
+    plan(ledger, s)
+    (result,) = one_round(ledger, str(path))
+    assert result["consumed"] == 1
+    assert [k for k in ledger.report_keys() if k.amendment] == []
+    assert ledger.interval_totals(now // 10**9 // ledger.ri * ledger.ri)["tun-x"][2] >= 1  # the one written now
 
 
 def test_lines_before_the_ledger_start_are_not_counted(r, logdir):

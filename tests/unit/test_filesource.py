@@ -37,7 +37,12 @@ def test_line_time_is_start_plus_duration_else_time():
     start = 1_795_485_022_123_456_789
     assert line_time_ns(LINE) == start + 1_200_000
     without_duration = LINE.replace(b'"Duration":1200000,', b"")
-    assert line_time_ns(without_duration) == start
+    # No Duration: the time the line was written (``time``), not the request's start (a
+    # request that started 10 minutes before its line would land 10 minutes early).
+    assert line_time_ns(without_duration) == 1_795_485_022 * 10**9
+    late = without_duration.replace(b'"time":"2026-11-24T01:50:22Z"', b'"time":"2026-11-24T02:00:22Z"')
+    assert line_time_ns(late) == 1_795_485_622 * 10**9
+    assert line_time_ns(without_duration.replace(b'"time":"2026-11-24T01:50:22Z"', b'"x":"y"')) == start
     only_time = LINE.replace(b'"StartUTC":"2026-11-24T01:50:22.123456789Z",', b"")
     assert line_time_ns(only_time) == 1_795_485_022 * 10**9
     zoned = only_time.replace(b'"time":"2026-11-24T01:50:22Z"', b'"time":"2026-11-24T02:50:22+01:00"')
