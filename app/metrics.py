@@ -20,6 +20,7 @@ Counters (the ledger's ``stats`` hash):
   (``status`` lists them per tunnel).
 - ``amendments_total`` (amendment reports: lines of sealed intervals),
   ``seal_forced_total`` (intervals sealed past a source unreadable for ``SEAL_MAX_WAIT``),
+  ``seal_forced_by_total{pod}`` (the same per source: a pod, a log file's path, a listing),
   ``listings_dropped_total`` (stale listings: a plan not renewed for ``SEAL_MAX_WAIT`` while
   others were),
   ``lines_expired_total`` (requests of intervals older than ``INTERVAL_RETENTION``, not
@@ -195,6 +196,8 @@ class LedgerCollector(Collector):
                                      labels=["kind"])
         reports = CounterMetricFamily(f"{NS}_reports", "Report outcomes (parked: waiting for the sweep)",
                                       labels=["outcome"])
+        forced_by = CounterMetricFamily(f"{NS}_seal_forced_by", "Intervals sealed without this source (a pod, a log "
+                                        "file, or a listing) unreadable for over SEAL_MAX_WAIT", labels=["pod"])
         for outcome in REPORT_OUTCOMES:
             reports.add_metric([outcome], stats.get(f"reports_{outcome}", 0))
         byte_count = CounterMetricFamily(f"{NS}_counted_bytes", "Body bytes counted for tunnels (in: RequestContentSize, "
@@ -218,11 +221,14 @@ class LedgerCollector(Collector):
                 lines.add_metric([head, label], value)
             elif head == "fetch_errors" and label:
                 errors.add_metric([label], value)
+            elif head == "seal_forced_by" and label:
+                forced_by.add_metric([label], value)
             elif not label:
                 yield CounterMetricFamily(f"{NS}_{key}", key.replace("_", " "), value=value)
         yield lines
         yield errors
         yield reports
+        yield forced_by
 
     def _pods(self, now: float, init: dict[str, str] | None) -> Iterator[Metric]:
         records = self.ledger.pod_fetches()

@@ -232,6 +232,14 @@ def _forced(ledger: Ledger, decision: watermark.Decision, before: int, ri: int) 
     n = max(0, (decision.seal_to - first) // ri)
     if n:
         ledger.incr({"seal_forced": n})
+    # Per source: how many intervals were sealed without it (seal_forced_by_total{pod}).
+    by = {}
+    for h in decision.forced:
+        own = max(before, int(h.past // ri) * ri if h.past > watermark.NEVER else before)
+        if decision.seal_to > own:
+            by[f"seal_forced_by:{h.name}"] = by.get(f"seal_forced_by:{h.name}", 0) + (decision.seal_to - own) // ri
+    if by:
+        ledger.incr(by)
     for h in decision.forced:
         log.warning("sealed up to %s without %s, unreadable for %.0fs (over SEAL_MAX_WAIT): its lines stamped "
                     "before that, when read, are reported as amendments", iso(decision.seal_to), h.name, h.failing_for,

@@ -195,8 +195,8 @@ class Settings(BaseSettings):
     """Seconds a Traefik pod (or log file) whose log cannot be read (its reads fail: API
     errors, a node down, NO PROGRESS) may hold back the sealing of report intervals.
     While it holds them, ``seal_held_back_seconds{pod}`` names it; after that the
-    intervals are sealed without it, with a WARNING naming it and the counter
-    ``seal_forced_total``; its lines, once read, are reported as amendments. Default: 3 x ``REPORT_INTERVAL`` (three minutes with 60 s intervals):
+    intervals are sealed without it, with a WARNING naming it and the counters
+    ``seal_forced_total`` and ``seal_forced_by_total{pod}``; its lines, once read, are reported as amendments. Default: 3 x ``REPORT_INTERVAL`` (three minutes with 60 s intervals):
     long enough for a pod restart or an API hiccup to pass without amendments, short
     enough that one broken node delays the other pods' reports by minutes, not hours."""
 

@@ -271,3 +271,25 @@ def test_sealing_metrics_name_the_pod_holding_back_and_count_amendments(r):
     assert got[("traefik_metrics_scraper_sealed_up_to_timestamp_seconds", ())] == start + 60
     held = {labels: v for (name, labels), v in got.items() if name == "traefik_metrics_scraper_seal_held_back_seconds"}
     assert held == {(("pod", "traefik-b"),): -1.0}
+
+
+def test_a_forced_seal_names_the_pod_it_sealed_without(r):
+    """seal_forced_by_total{pod}: how many intervals were sealed without each source
+    unreadable for over SEAL_MAX_WAIT (the total alone does not say which pod)."""
+    from app.rounds import merge
+    from app.settings import Settings
+
+    ledger = Ledger(r, "seal-f", 60)
+    ledger.initialise(0)
+    now = ledger.now()
+    ledger.note_listing("pods", now, {"uid-a": ("traefik-a", "cid-a"), "uid-b": ("traefik-b", "cid-b")})
+    ledger.commit("uid-a/traefik", "", "cid-a|1|1", source="uid-a", record=Ledger.read_record("cid-a", now, 0))
+    # traefik-b was read ten minutes ago and fails since: past SEAL_MAX_WAIT (180 s).
+    ledger.commit("uid-b/traefik", "", "cid-b|1|1", source="uid-b", record=Ledger.read_record("cid-b", now - 600, 0))
+    ledger.r.hset(ledger.k("readfail"), "uid-b", f"{now - 590:.3f}")
+    ledger.r.set(ledger.k("sealedto"), int(now - 900) // 60 * 60)
+    merge(ledger, Settings(report_interval=60, seal_max_wait=180))
+    got = scrape(ledger)
+    forced = got[("traefik_metrics_scraper_seal_forced_total", ())]
+    by = {labels: v for (name, labels), v in got.items() if name == "traefik_metrics_scraper_seal_forced_by_total"}
+    assert forced >= 8 and by == {(("pod", "traefik-b"),): forced}
