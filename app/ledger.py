@@ -26,14 +26,21 @@ PODFETCH_TTL = 86400  # seconds a pod's fetch metrics outlive its last fetch
 # Undelivered reports by state and the oldest interval among them, in one pass inside
 # Redis (a day's platform outage is ~1,440 intervals x tunnels: not worth a round trip each).
 REPORT_STATES_LUA = """
+-- ARGV: prefix, report interval (s). The oldest: the earliest sealed_at (when the report
+-- was made); a report made by a version without it, its interval's end.
 local members = redis.call('ZRANGE', KEYS[1], 0, -1)
 local counts = {}
 local oldest = -1
 for _, m in ipairs(members) do
-  local state = redis.call('HGET', ARGV[1] .. ':rep:' .. m, 'state') or 'missing'
+  local v = redis.call('HMGET', ARGV[1] .. ':rep:' .. m, 'state', 'sealed_at')
+  local state = v[1] or 'missing'
   counts[state] = (counts[state] or 0) + 1
-  local start = tonumber(string.match(m, '^(%d+):'))
-  if start and (oldest < 0 or start < oldest) then oldest = start end
+  local made = tonumber(v[2])
+  if not made then
+    local start = tonumber(string.match(m, '^(%d+):'))
+    if start then made = start + tonumber(ARGV[2]) end
+  end
+  if made and (oldest < 0 or made < oldest) then oldest = made end
 end
 local out = {tostring(oldest)}
 for state, n in pairs(counts) do
@@ -719,11 +726,13 @@ class Ledger:
                 out[uid] = {k.decode(): v.decode() for k, v in rec.items()}
         return out
 
-    def report_states(self) -> tuple[dict[str, int], int | None]:
-        """Undelivered reports (the ``due`` set) by state, and the start of the oldest
-        one's interval (None when there is none). One pass over ``due`` inside Redis."""
-        out = self._states(keys=[self.k("due")], args=[self.p])
-        oldest = int(out[0])
+    def report_states(self) -> tuple[dict[str, int], float | None]:
+        """Undelivered reports (the ``due`` set) by state, and when the oldest of them was
+        made (Redis time, s: its ``sealed_at``, the sealing or the amendment; its
+        interval's end for a report without one), None when there is none. One pass over
+        ``due`` inside Redis."""
+        out = self._states(keys=[self.k("due")], args=[self.p, self.ri])
+        oldest = float(out[0])
         counts = {out[i].decode(): int(out[i + 1]) for i in range(1, len(out), 2)}
         return counts, (oldest if oldest >= 0 else None)
 

@@ -45,7 +45,8 @@ interval needs, by how many seconds, at the last merge), ``min_pod_lag_seconds``
 log; since the ledger was initialised when none has), ``fetch_interval_seconds``,
 ``report_interval_seconds``, ``intervals{state="open"|"sealed"}``,
 ``undelivered_reports{state="pending"|"queued"|"due"|"dead"}``,
-``oldest_undelivered_report_age_seconds`` (since its interval ended; 0 when none),
+``oldest_undelivered_report_age_seconds`` (since it was made: its interval sealed, or
+the amendment made, as ``REPORT_MAX_AGE`` counts; 0 when none),
 ``reports_in_retry`` (waiting for a Celery retry now), ``dead_letters``,
 ``queue_messages{queue="fetch"|"report"|"fetch.<host>"}`` (the last with ``LOG_SOURCE=file``;
 messages waiting in the broker's lists, all
@@ -166,9 +167,10 @@ class LedgerCollector(Collector):
             reports.add_metric([state], n)
         reports.add_metric([ReportState.DEAD.value], counts["dead"])
         yield reports
-        age = max(0.0, now - (oldest + self.s.report_interval)) if oldest is not None else 0.0
+        age = max(0.0, now - oldest) if oldest is not None else 0.0
         yield GaugeMetricFamily(f"{NS}_oldest_undelivered_report_age_seconds",
-                                "Seconds since the interval of the oldest undelivered report ended (0: none)", value=age)
+                                "Seconds since the oldest undelivered report was made (its interval sealed, or the "
+                                "amendment made: what REPORT_MAX_AGE counts from; 0: none)", value=age)
         yield GaugeMetricFamily(f"{NS}_reports_in_retry", "Reports waiting for a Celery retry now",
                                 value=counts["retrying"])
         yield GaugeMetricFamily(f"{NS}_dead_letters", "Reports in the dead-letter store (see `deadletters`)",

@@ -535,9 +535,10 @@ class Settings(BaseSettings):
     @property
     def sweep_merge_age(self) -> int:
         """An ended interval unsealed for this long is merged by the sweep. Two rounds:
-        the chord's merge normally seals it first, and sealing early is harmless (a later
-        commit goes to the next unsealed interval). Not longer: a round whose fetch was
-        held by a worker that died never runs its merge."""
+        the chord's merge normally seals it first. The sweep's merge seals only what the
+        watermark allows (a line read later for a sealed interval is an amendment), so
+        running it early is harmless. Not longer: a round whose fetch was held by a worker
+        that died never runs its merge."""
         return 2 * self.fetch_every
 
     def require_secret(self) -> str:
