@@ -17,7 +17,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from app import pace, runtime
 from app.celery import app, settings
-from app.model import FetchStatus
+from app.model import FetchStatus, FileCursor
 from app.queues import Queue
 from app.settings import EXPECTED
 
@@ -62,6 +62,7 @@ def fetch(name: str, uid: str) -> dict:
         log.warning("fetch %s: over FETCH_TIME_LIMIT (%ss); nothing committed, next round retries", name, settings.fetch_time_limit,
                     extra={"pod": name, "outcome": "timeout"})
         summary = {"pod": name, "status": FetchStatus.TIMEOUT}
+        _read_failed(uid)
     _note(name, uid, summary, time.monotonic() - started)
     _send_next_read(name, uid, summary)
     return summary
@@ -104,9 +105,19 @@ def fetch_file(path: str, identity: str) -> dict:
         log.warning("fetch %s: over FETCH_TIME_LIMIT (%ss); nothing committed, next round retries", path,
                     settings.fetch_time_limit, extra={"outcome": "timeout"})
         summary = {"file": path, "status": FetchStatus.TIMEOUT}
+        _read_failed(FileCursor.field(identity))
     # The metrics' per-pod records hold files too: the path as the name.
     _note(path, f"file:{identity}", summary, time.monotonic() - started)
     return summary
+
+
+def _read_failed(source: str) -> None:
+    """A fetch over FETCH_TIME_LIMIT is a failed read: the source holds sealing back at
+    most SEAL_MAX_WAIT (a pod whose every fetch times out would otherwise hold it for ever)."""
+    try:
+        runtime.ledger().note_read_failure(source)
+    except redis.RedisError as e:
+        log.warning("fetch %s: could not note the failed read: %s", source, type(e).__name__)
 
 
 @signals.worker_init.connect

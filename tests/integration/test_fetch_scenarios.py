@@ -414,3 +414,21 @@ def test_zoned_stamps_and_busy_stderr_are_billed_exactly(pipeline, kube):
     stats = pipeline.ledger.stats()
     assert not any("timestamp" in key for key in stats)
     assert stats["lines_read"] == len(lines)
+
+
+def test_a_fetch_over_its_time_limit_is_a_read_failure(pipeline, kube):
+    """A pod whose fetches keep hitting FETCH_TIME_LIMIT (a log request that hangs) must
+    count as a failed read, or it would hold sealing back with no limit (SEAL_MAX_WAIT)."""
+    kube.add_pod(POD)
+    pipeline.init_ledger()
+    pipeline.worker(FETCH_TIME_LIMIT="5")
+    kube.write_many(POD, Traffic(seed=31).lines(3))
+    kube.delay(8)  # each log request answers after the soft limit
+    uid = kube.pod_uid(POD)
+    try:
+        pipeline.fetch(POD)
+        record = wait_until(lambda: (r := pipeline.ledger.read_records().get(uid)) and r.fail_since and r,
+                            timeout=30, interval=0.2, what="the timed-out fetch noted as a failed read")
+    finally:
+        kube.delay(0)
+    assert record.fail_since <= pipeline.ledger.now()
