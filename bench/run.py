@@ -1,13 +1,13 @@
-"""Run every benchmark of issue 10, one after another, and print one table: one line per
-target with the figure, the goal, the baseline figure (measured in the same run, where a
-baseline applies), the ratio and MET / NOT MET.
+"""Run every benchmark, one after another, and print one table: one line per performance
+target (numbered 1-7 as in README's "Benchmarks") with the figure, the goal, the baseline
+figure (measured in the same run, where a baseline applies), the ratio and met / NOT MET.
 
 ``python bench/run.py [--quick] [--only NAME[,NAME...]] [--keep DIR]`` (``make bench``;
 ``make bench BENCH_ARGS=--quick`` for a smoke run). Exit status 0 when every script
 measured and every goal is met, 1 when a goal is not met, 2 when a script could not measure.
 
-Row contract (every script below follows it; also in /tmp/bench-contract.md)
----------------------------------------------------------------------------
+Row contract (every script below follows it)
+--------------------------------------------
 Each script is run as ``python bench/<name>.py [--quick] --json <out.json>`` from the
 repository root, never two at once (the machine has 2 cores). ``--quick`` is a smoke run
 (same code paths, smaller sizes, a few minutes at most). Before it exits the script writes::
@@ -55,12 +55,25 @@ def _mark(met: bool | None) -> str:
     return "n/a" if met is None else ("met" if met else "NOT MET")
 
 
+# Widest a cell is printed (characters); longer ones keep their head and tail around an
+# ellipsis (the whole figure is in the JSON).
+MAX_CELL = {"target": 45, "figure": 80, "goal": 40, "baseline": 45, "ratio": 16}
+
+
+def _cut(text: str, width: int | None) -> str:
+    if width is None or len(text) <= width:
+        return text
+    head = width // 2 - 1
+    return text[:head] + " … " + text[len(text) - (width - head - 3):]
+
+
 def table(rows: list[dict]) -> str:
-    """The rows as one fixed-width table (columns sized to their content)."""
+    """The rows as one fixed-width table (columns sized to their content, long cells cut)."""
     cols = ("target", "figure", "goal", "baseline", "ratio", "met")
-    cells = [[str(r.get("target", "")), str(r.get("figure", "")), str(r.get("goal", "")),
-              "-" if r.get("baseline") is None else str(r["baseline"]),
-              "-" if r.get("ratio") is None else str(r["ratio"]),
+    cells = [[_cut(str(r.get("target", "")), MAX_CELL["target"]), _cut(str(r.get("figure", "")), MAX_CELL["figure"]),
+              _cut(str(r.get("goal", "")), MAX_CELL["goal"]),
+              "-" if r.get("baseline") is None else _cut(str(r["baseline"]), MAX_CELL["baseline"]),
+              "-" if r.get("ratio") is None else _cut(str(r["ratio"]), MAX_CELL["ratio"]),
               r["met"] if isinstance(r.get("met"), str) else _mark(r.get("met"))] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(cols)]
     line = lambda vals: " | ".join(v.ljust(w) for v, w in zip(vals, widths, strict=True)).rstrip()  # noqa: E731
@@ -100,9 +113,18 @@ def print_tables(paths: list[str]) -> int:
     files = [f for p in map(Path, paths) for f in (sorted(p.glob("*.json")) if p.is_dir() else [p])]
     rows: list[dict] = []
     for f in files:
-        doc = json.loads(f.read_text())
-        for r in doc["rows"]:
-            rows.append({**r, "target": r["target"] + (" (quick)" if doc.get("quick") else "")})
+        try:
+            doc = json.loads(f.read_text())
+            found = doc["rows"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            print(f"run.py: error: {f}: not a benchmark's JSON ({e.__class__.__name__}: {e})", file=sys.stderr)
+            return 2
+        for r in found:
+            quick = doc.get("quick") and "(quick)" not in r["target"]
+            rows.append({**r, "target": r["target"] + (" (quick)" if quick else "")})
+    if not rows:
+        print(f"run.py: error: no benchmark rows in {' '.join(paths)}", file=sys.stderr)
+        return 2
     rows.sort(key=_target_key)
     print(f"tables of {', '.join(map(str, files))}")
     print(table(rows))
@@ -110,9 +132,11 @@ def print_tables(paths: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 epilog="Exit status: 0 every goal met, 1 a goal not met, 2 a benchmark could not measure "
+                                        "or a usage error.")
     ap.add_argument("--quick", action="store_true", help="smoke run: every script with --quick")
-    ap.add_argument("--only", default=None, help="comma-separated script names (without .py)")
+    ap.add_argument("--only", default=None, help=f"comma-separated benchmarks, of: {', '.join(SCRIPTS)}")
     ap.add_argument("--keep", default=None, help="folder for the scripts' JSON (default: a temporary one)")
     ap.add_argument("--table", nargs="+", metavar="JSON", default=None,
                     help="run nothing: print the table of these JSON files (or folders of them) from earlier runs")
@@ -120,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.table:
         return print_tables(args.table)
     names = args.only.split(",") if args.only else list(SCRIPTS)
+    unknown = [n for n in names if n not in SCRIPTS]
+    if unknown:
+        ap.error(f"--only: unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(SCRIPTS)}")
     outdir = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="tms-bench-run-"))
     outdir.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
@@ -138,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         rows += got
     rows.sort(key=_target_key)
     print()
-    print(f"make bench{' (quick)' if args.quick else ''}: {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}; "
+    print(f"benchmarks{' (quick: a smoke run, not the targets)' if args.quick else ''}, ended "
+          f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}; "
           f"{'; '.join(timings)}; JSON in {outdir}")
     print(table(rows), flush=True)
     if failed:
