@@ -94,17 +94,19 @@ def ensure_ledger(ledger: Ledger, settings: Settings) -> bool:
     return False
 
 
-def plan(ledger: Ledger, source: LogSource | KubeError, settings: Settings) -> Plan:
+def plan(ledger: Ledger, source: LogSource | KubeError, settings: Settings, claim: str | None = None) -> Plan:
     """One fetch round: list the Traefik pods to fetch.
 
     ``source`` is the log source, or the ``KubeError`` that kept it from being created
     (no in-cluster config and no KUBECONFIG). Guarded with ``SET NX`` on the round
     number, so a duplicate round does nothing. A round whose pods cannot be listed still
     dispatches merge alone, so intervals are sealed while the Kubernetes API is down.
+    ``claim``: the name a round outside the regular ones claims instead of its number
+    (``seal:<end>``, app/pace.py).
     """
     every = settings.fetch_every
     round_no = int(ledger.now() // every)
-    if not ledger.try_round(round_no, ttl=3 * every):
+    if not ledger.try_round(claim or round_no, ttl=3 * every):
         return Plan(RoundStatus.DUPLICATE, round_no)
     if not ensure_ledger(ledger, settings):
         return Plan(RoundStatus.LEDGER_LOST, round_no)

@@ -27,12 +27,8 @@ log = logging.getLogger(__name__)
 def plan() -> dict:
     """List the Traefik pods and send chord(fetch per pod, merge). With the file source,
     list this host's access-log files and send chord(fetch_file per file, merge), each
-    fetch_file to this host's queue. The round before an interval ends also sends a
-    merge for just after its end (app/pace.py)."""
-    countdown = pace.seal_countdown(runtime.ledger(), settings)
-    if countdown is not None:
-        queue = settings.file_queue if settings.log_source == "file" else Queue.FETCH.value
-        merge.apply_async(countdown=countdown, expires=countdown + settings.fetch_every, queue=queue)
+    fetch_file to this host's queue. With pods, the round before an interval's sealing
+    point also sends a round of its own for just after that point (app/pace.py)."""
     if settings.log_source == "file":
         # Everything of a file round stays on the host's queue: where the files are, and
         # off the fetch queue a Kubernetes reader may consume beside it (docker-compose.yml).
@@ -44,11 +40,29 @@ def plan() -> dict:
             else:
                 merge.apply_async(queue=out.queue)
         return out.summary()
+    sealing = pace.seal_countdown(runtime.ledger(), settings)
+    if sealing is not None:
+        countdown, end = sealing
+        seal_round.apply_async((end,), countdown=countdown, expires=countdown + settings.fetch_every)
+    return _pod_round(None)
+
+
+@app.task(name="workers.maintenance.seal_round", queue=Queue.FETCH, ignore_result=True)
+def seal_round(end: int) -> dict:
+    """A round of its own just after the sealing point of the interval ending at ``end``
+    (epoch seconds), sent by the plan before that point (app/pace.py): its merge seals
+    the interval without waiting for the next regular round."""
+    return _pod_round(f"seal:{end}")
+
+
+def _pod_round(claim: str | None) -> dict:
+    """List the Traefik pods and send chord(fetch per pod, merge); ``claim`` names a round
+    outside the regular ones (app/rounds.plan)."""
     try:
         source = runtime.log_source()
     except KubeError as e:
         source = e
-    out = rounds.plan(runtime.ledger(), source, settings)
+    out = rounds.plan(runtime.ledger(), source, settings, claim=claim)
     if out.dispatch:
         if out.pods:
             chord(group(fetch.s(p.name, p.uid) for p in out.pods), merge.si()).apply_async()

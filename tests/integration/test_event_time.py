@@ -463,3 +463,37 @@ def test_migration_from_a_processing_time_ledger(ev, kube, platform, writers, pr
 def committed(worker: CeleryProcess) -> int:
     """Fetches of this worker that committed lines (the task's result, in its log)."""
     return len(re.findall(r"workers\.fetch\.fetch\[[^]]+\] succeeded in [^:]+: \{[^}]*'consumed': [1-9]", worker.output()))
+
+
+# The sealing round ----------------------------------------------------------------------
+
+
+def test_each_interval_gets_a_round_of_its_own_at_its_sealing_point(ev, kube, platform, writers):
+    """With rounds as far apart as the intervals (``FETCH_INTERVAL`` = ``REPORT_INTERVAL``)
+    and not aligned with them, the plan before each interval's sealing point (its end +
+    ``SEAL_CLOCK_MARGIN`` + ``LOG_REORDER_WINDOW``) sends a round of its own for just
+    after it (app/pace.py): every interval's sealing round runs (``round:seal:<end>``
+    claimed), no interval is sealed before its point, and the sums stay exact."""
+    ev.env.update({"FETCH_INTERVAL": str(RI), "FETCH_MIN_INTERVAL": str(RI)})
+    pods = ["traefik-a", "traefik-b"]
+    running(ev, kube, platform, writers, pods, seed=7)
+    lead = float(ENV["SEAL_CLOCK_MARGIN"]) + float(ENV["LOG_REORDER_WINDOW"])
+    r, ledger = ev.r, ev.ledger
+    rounds: set[int] = set()
+    sealed: dict[int, float] = {}
+
+    def seen() -> bool:
+        rounds.update(int(k.decode().rsplit(":", 1)[1]) for k in r.scan_iter(ledger.k("round", "seal", "*")))
+        for raw, at in r.zrangebyscore(ledger.k("sealed"), "-inf", "+inf", withscores=True):
+            sealed.setdefault(int(raw), at)
+        return len(rounds) >= 4
+
+    wait_until(seen, 8 * RI, interval=0.2, what="four sealing rounds")
+    for end in sorted(rounds)[:-1]:  # the last one may not have sealed yet
+        start = end - RI
+        wait_until(lambda s=start: (seen(), s in sealed)[1], 3 * RI, interval=0.2, what=f"interval {start} sealed")
+    for start, at in sealed.items():
+        assert at >= start + RI + lead, f"interval {start} sealed at {at}, before its sealing point"
+    assert {end - RI for end in sorted(rounds)[:-1]} <= set(sealed)
+    settle(ev, writers, platform, pods)
+    assert_exact(ev, writers, platform)

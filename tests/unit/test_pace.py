@@ -1,10 +1,11 @@
-"""app/pace.py's read_delay: when a pod is read again after a read of it."""
+"""app/pace.py: when a pod is read again after a read of it (read_delay), and when an
+interval's own sealing round runs (seal_point)."""
 
 from __future__ import annotations
 
 import pytest
 
-from app.pace import PACE_LINES, read_delay
+from app.pace import PACE_LINES, SEAL_AFTER, read_delay, seal_point
 from app.settings import Settings
 
 
@@ -47,3 +48,22 @@ def test_fetch_min_interval_is_bounded_by_fetch_interval():
         Settings(fetch_interval=5, fetch_min_interval=6)
     with pytest.raises(ValueError):
         Settings(fetch_min_interval=0.01)
+
+
+def test_the_sealing_point_is_the_end_plus_margin_window_and_a_second():
+    s = Settings(report_interval=60, fetch_interval=10, seal_clock_margin=2, log_reorder_window=1)
+    lead = 2 + 1 + SEAL_AFTER
+    assert seal_point(1_800_000_030.0, s) == (1_800_000_060, 1_800_000_060 + lead)
+    # Just after an end, until its point has passed, the point ahead is still that end's:
+    # a round there must not skip to the next interval.
+    assert seal_point(1_800_000_061.5, s) == (1_800_000_060, 1_800_000_060 + lead)
+    assert seal_point(1_800_000_060 + lead, s) == (1_800_000_120, 1_800_000_120 + lead)
+
+
+def test_every_sealing_point_is_ahead_of_now_and_the_nearest_one():
+    s = Settings(report_interval=10, fetch_interval=5, seal_clock_margin=0.5, log_reorder_window=0.25)
+    for tenth in range(0, 400):
+        now = 1_800_000_000 + tenth / 10
+        end, at = seal_point(now, s)
+        assert end % 10 == 0 and at > now
+        assert at - 10 <= now  # the previous end's point has passed: none is skipped

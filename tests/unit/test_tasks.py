@@ -96,6 +96,8 @@ def test_registered_tasks_and_their_queues(wiring):
         "workers.maintenance.plan": "fetch",
         "workers.maintenance.merge": "fetch",
         "workers.maintenance.sweep": "fetch",
+        # A round of its own at an interval's sealing point (app/pace.py).
+        "workers.maintenance.seal_round": "fetch",
         "workers.report.report": "report",
         # Nominal: always sent to one worker's own direct queue (app/health.py).
         "app.health.ping": "fetch",
