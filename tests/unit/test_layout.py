@@ -46,3 +46,16 @@ def test_scan_through_the_cli_loads_no_celery_kubernetes_or_redis(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert '"a"' in proc.stdout
     assert "HEAVY []" in proc.stderr
+
+
+def test_test_modules_have_unique_names_outside_packages():
+    """pytest's default import mode imports a test module by its basename when its folder
+    is not a package (tests/unit, tests/integration): two of the same name stop the whole
+    run at collection (``make test-unit`` alone would not notice)."""
+    tests = Path(__file__).resolve().parents[1]
+    seen: dict[str, Path] = {}
+    for path in sorted(tests.rglob("test_*.py")):
+        if (path.parent / "__init__.py").exists():
+            continue
+        assert path.name not in seen, f"{path} and {seen[path.name]} share a name"
+        seen[path.name] = path
