@@ -14,7 +14,10 @@ a redelivered, duplicated or concurrent fetch changes nothing twice.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import operator
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,6 +35,12 @@ NO_ACCESS_WARN_AFTER = 3  # reads with lines but no access line before the warni
 # LOG_REORDER_WINDOW's default (app/settings.py says why), for callers without settings.
 DEFAULT_REORDER_WINDOW_NS = 1_000_000_000
 UNREADABLE_STAMP_REASONS = ("rejected:bad_timestamp", "rejected:no_timestamp")
+# consume()'s batch path takes a framed batch of at least this many lines whole.
+FAST_BATCH_MIN = 8
+_UTC_STAMP_SHAPE = b"0000-00-00T00:00:00.000000000Z "  # RFC3339NanoFixed in UTC, and the space
+_STAMP_HEAD = operator.itemgetter(slice(0, len(_UTC_STAMP_SHAPE)))
+_AFTER_STAMP = operator.itemgetter(slice(len(_UTC_STAMP_SHAPE), None))
+_DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
 
 
 def parse_timestamp(line: bytes) -> tuple[int, int] | None:
@@ -165,11 +174,16 @@ class IntervalSums:
 
     def add(self, t_ns: int, line: bytes) -> None:
         """Count ``line`` (without its newline or kubelet prefix) at time ``t_ns`` (UTC ns)."""
+        self.add_many(t_ns, (line,))
+
+    def add_many(self, t_ns: int, lines: Iterable[bytes]) -> None:
+        """Count ``lines`` (without their newline or kubelet prefix), all in the interval
+        holding ``t_ns`` (UTC ns), as ``add`` would one by one."""
         start = t_ns // self._ri_ns * self.interval
         if start != self._start:
             self._flush()
             self._start = start
-        self._batch.append(line)
+        self._batch.extend(lines)
         if len(self._batch) >= BATCH_LINES:
             self._flush()
 
@@ -240,6 +254,13 @@ def consume(
     met every later line is new whatever its stamp: a line stamped before F there (a node
     clock stepped back, a stream stalled longer than the window) is counted, and counted
     in ``late``. Only lines stamped before ``floor(F)``'s second are never returned.
+
+    Lines come framed in batches, one per chunk. Once past the cursor's lines, a batch
+    whose lines all carry a well-formed fixed-width UTC stamp of one minute and one
+    interval, none before F or the ledger's start, is counted whole (``_uniform_batch``:
+    checks in C, no per-line Python); any other batch is walked line by line. Both give
+    the same result (``tests/unit/test_consume_batch.py``); the batch path made a read of
+    kubelet-served Traefik lines about 1.5 times as fast (``bench/parse.py``).
     """
     sums = IntervalSums(domain, max_line_bytes, report_interval)
     res = ReadResult(agg=Aggregator(domain, max_line_bytes), cursor=cursor)
@@ -264,66 +285,87 @@ def consume(
     before_start = 0
     unreadable = {"rejected:no_timestamp": 0, "rejected:bad_timestamp": 0}
 
-    def counting(stream: Iterable[bytes]) -> Iterator[bytes]:
-        for chunk in stream:
-            res.received += len(chunk)
-            yield chunk
-
-    for line in complete_lines(counting(chunks), max_line_bytes + LINE_PREFIX_ROOM):
-        parsed = parse_timestamp(line)
-        if parsed is None:
-            if prev_ts is None:
+    framer = LineFramer(max_line_bytes + LINE_PREFIX_ROOM)
+    ri_ns = report_interval * 1_000_000_000
+    # Lines taken by the batch path that may end within the window of H: (highest stamp,
+    # heads, texts) per batch, oldest first; expanded into stamped lines at the end.
+    tail_batches: deque[tuple[int, list[bytes], list[bytes]]] = deque()
+    for chunk in chunks:
+        res.received += len(chunk)
+        lines = framer.feed(chunk)
+        if len(lines) >= FAST_BATCH_MIN and not check_gap:
+            # Batch path (see _uniform_batch): past the cursor's lines, every line of a batch
+            # in one interval with a well-formed stamp at or after F and the ledger's start is
+            # new and counted, so the batch goes to its interval whole. The same outcome as
+            # the per-line walk below, which takes every other batch.
+            batch = _uniform_batch(lines, ri_ns)
+            if batch is not None and batch[0] >= floor and batch[0] >= start_at_ns:
+                low, top, prev_ts, heads = batch
+                past_consumed = True
+                texts = list(map(_AFTER_STAMP, lines))
+                res.consumed += len(lines)
+                if top > high:
+                    high = top
+                tail_batches.append((top, heads, texts))
+                while tail_batches and tail_batches[0][0] < high - window_ns:
+                    tail_batches.popleft()
+                sums.add_many(low, texts)
                 continue
-            ts, text, readable = prev_ts, line, False
-        else:
-            ts, off = parsed
-            prev_ts = ts
-            text, readable = line[off:], True
-        if ts < floor:
-            if not past_consumed:
-                continue  # consumed before (and pruned from the fingerprints)
-            res.late += 1  # after a new line: new too, stamped behind the floor
-        elif ts <= old_high and (unmatched or legacy_left):
-            key = (ts, fingerprint(ts, text))
-            if legacy_left and ts == floor:
-                legacy_left -= 1
-                matched += 1
-                matched_legacy[key] = matched_legacy.get(key, 0) + 1
+        for line in lines:
+            parsed = parse_timestamp(line)
+            if parsed is None:
+                if prev_ts is None:
+                    continue
+                ts, text, readable = prev_ts, line, False
+            else:
+                ts, off = parsed
+                prev_ts = ts
+                text, readable = line[off:], True
+            if ts < floor:
+                if not past_consumed:
+                    continue  # consumed before (and pruned from the fingerprints)
+                res.late += 1  # after a new line: new too, stamped behind the floor
+            elif ts <= old_high and (unmatched or legacy_left):
+                key = (ts, fingerprint(ts, text))
+                if legacy_left and ts == floor:
+                    legacy_left -= 1
+                    matched += 1
+                    matched_legacy[key] = matched_legacy.get(key, 0) + 1
+                    continue
+                count = remaining.get(key)
+                if count:
+                    remaining[key] = count - 1
+                    unmatched -= 1
+                    matched += 1
+                    continue
+            # New: consumed from here on.
+            past_consumed = True
+            if readable and check_gap:
+                # All consumed lines come before all new ones in log order. None of the
+                # cursor's lines was met before this new one: the log lost them, and maybe
+                # lines after them (rotated past the cursor). When some were met, only
+                # lines already consumed went (a rotation inside the window): no gap.
+                # Nothing after a new line was consumed before: stop matching (a line
+                # identical to a lost one, same stamp and bytes, is new).
+                check_gap = False
+                if matched == 0:
+                    res.gap_from_ns, res.gap_to_ns = old_high, ts
+                unmatched = legacy_left = 0
+            res.consumed += 1
+            if ts > high:
+                high = ts
+            if ts >= high - window_ns:
+                tail.append((ts, text))
+                if len(tail) >= prune_at:
+                    tail = [(t, x) for t, x in tail if t >= high - window_ns]
+                    prune_at = max(4096, 2 * len(tail))
+            if not readable:
+                unreadable["rejected:bad_timestamp" if _looks_stamped(line) else "rejected:no_timestamp"] += 1
                 continue
-            count = remaining.get(key)
-            if count:
-                remaining[key] = count - 1
-                unmatched -= 1
-                matched += 1
+            if ts < start_at_ns:
+                before_start += 1
                 continue
-        # New: consumed from here on.
-        past_consumed = True
-        if readable and check_gap:
-            # All consumed lines come before all new ones in log order. None of the
-            # cursor's lines was met before this new one: the log lost them, and maybe
-            # lines after them (rotated past the cursor). When some were met, only
-            # lines already consumed went (a rotation inside the window): no gap.
-            # Nothing after a new line was consumed before: stop matching (a line
-            # identical to a lost one, same stamp and bytes, is new).
-            check_gap = False
-            if matched == 0:
-                res.gap_from_ns, res.gap_to_ns = old_high, ts
-            unmatched = legacy_left = 0
-        res.consumed += 1
-        if ts > high:
-            high = ts
-        if ts >= high - window_ns:
-            tail.append((ts, text))
-            if len(tail) >= prune_at:
-                tail = [(t, x) for t, x in tail if t >= high - window_ns]
-                prune_at = max(4096, 2 * len(tail))
-        if not readable:
-            unreadable["rejected:bad_timestamp" if _looks_stamped(line) else "rejected:no_timestamp"] += 1
-            continue
-        if ts < start_at_ns:
-            before_start += 1
-            continue
-        sums.add(ts, text)
+            sums.add(ts, text)
     res.agg = sums.finish()
     res.parts = sums.partials()
     res.cut = res.received >= limit_bytes
@@ -332,7 +374,7 @@ def consume(
         counts = cursor.counts()  # consumed lines, met in this read or not
         for key, c in matched_legacy.items():
             counts[key] = counts.get(key, 0) + c
-        for t, text in tail:
+        for t, text in itertools.chain(tail, _stamped(tail_batches, new_floor)):
             if t >= new_floor:
                 key = (t, fingerprint(t, text))
                 counts[key] = counts.get(key, 0) + 1
@@ -343,6 +385,41 @@ def consume(
         if count:
             res.extra[reason] = count
     return res
+
+
+def _uniform_batch(lines: list[bytes], ri_ns: int) -> tuple[int, int, int, list[bytes]] | None:
+    """``(lowest, highest, last stamp, heads)`` of a batch of lines that all start with a
+    well-formed fixed-width UTC kubelet stamp (``YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ ``) of one
+    minute and one report interval (``ri_ns`` ns long); ``None`` for any other batch.
+
+    Checked in C over the batch rather than per line: the 31-byte heads, joined, with
+    every digit mapped to ``0``, must equal the stamp's shape repeated. Such stamps sort
+    as bytes in time order, so the lowest and highest are the byte-wise ``min`` and
+    ``max``, and parsing those two (``parse_timestamp``) checks the rest: every head lies
+    between them, so it shares their minute (checked as a date once) and has a second
+    between theirs. ``heads[i]`` is line i's stamp prefix (``parse_timestamp`` reads it).
+    """
+    heads = list(map(_STAMP_HEAD, lines))
+    if b"".join(heads).translate(_DIGITS_TO_ZERO) != _UTC_STAMP_SHAPE * len(heads):
+        return None
+    low, top = min(heads), max(heads)
+    if low[:17] != top[:17]:
+        return None
+    low_at, top_at = parse_timestamp(low), parse_timestamp(top)
+    if low_at is None or top_at is None or low_at[0] // ri_ns != top_at[0] // ri_ns:
+        return None
+    last = parse_timestamp(heads[-1])
+    assert last is not None  # between low and top: readable (see above)
+    return low_at[0], top_at[0], last[0], heads
+
+
+def _stamped(batches: Iterable[tuple[int, list[bytes], list[bytes]]], since_ns: int) -> Iterator[tuple[int, bytes]]:
+    """``(stamp, text)`` of the lines of the batch path's ``(highest stamp, heads, texts)``
+    batches that may be stamped at or after ``since_ns``."""
+    for top, heads, texts in batches:
+        if top >= since_ns:
+            for head, text in zip(heads, texts, strict=True):
+                yield parse_timestamp(head)[0], text  # type: ignore[index]  # checked by _uniform_batch
 
 
 def _looks_stamped(line: bytes) -> bool:

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import app.fetching
 from app.fetching import (
     DEFAULT_REORDER_WINDOW_NS,
     complete_lines,
@@ -27,6 +28,15 @@ DOMAIN = "t.lum.tools"
 BASE = int(datetime(2026, 11, 24, 1, 50, 22, tzinfo=UTC).timestamp()) * NS  # a whole second
 CID = "containerd://abc"
 W = DEFAULT_REORDER_WINDOW_NS
+
+
+@pytest.fixture(autouse=True, params=["batch path", "line walk"])
+def consume_path(request):
+    """Every test here twice: with consume()'s batch path taking every eligible batch
+    (these tests' chunks are small), and with the per-line walk alone."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(app.fetching, "FAST_BATCH_MIN", 1 if request.param == "batch path" else 10**9)
+        yield request.param
 
 
 def prefix(t_ns: int, trimmed: bool = False) -> bytes:
