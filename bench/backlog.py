@@ -38,10 +38,11 @@ from bench.harness import (  # noqa: E402
     Stack,
     Tree,
     Writer,
+    add_tree_options,
     baseline,
+    chosen_project,
     delivered_totals,
     emit,
-    project,
     row,
     tunnel_name,
 )
@@ -148,11 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lines", type=int, default=1_000_000)
     ap.add_argument("--quick", action="store_true", help="200,000 lines")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per tree")
-    ap.add_argument("--json", default=None)
-    ap.add_argument("--project-tree", default=None,
-                    help="measure this checkout as the project (e.g. a git worktree of a commit) instead of this tree")
+    add_tree_options(ap)
     args = ap.parse_args(argv)
-    tree = Tree("project", Path(args.project_tree).resolve()) if args.project_tree else project()
+    tree = chosen_project(args)
     total = 200_000 if args.quick else args.lines
     proj = run(tree, total, args.timeout)
     print(f"  project: {proj}", flush=True)

@@ -11,6 +11,7 @@ always come from this tree, only the scraper's own processes change.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
@@ -33,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from sim import fake_kube  # noqa: E402
 from sim.fake_kube import FakeKube  # noqa: E402
-from sim.procs import RedisServer, free_port, wait_until  # noqa: E402
+from sim.procs import RedisServer, free_port, stop_group, wait_for_output  # noqa: E402
 
 # The fake Kubernetes API answers a JSON request in two writes (headers, then body) and a
 # log read in many (chunked): without TCP_NODELAY, Nagle's algorithm holds a small write
@@ -75,6 +76,18 @@ class Tree:
 
 def project() -> Tree:
     return Tree("project", ROOT)
+
+
+def add_tree_options(ap: argparse.ArgumentParser) -> None:
+    """The options every end-to-end benchmark takes: ``--json`` and ``--project-tree``."""
+    ap.add_argument("--json", default=None, help="also write the rows and details to this file")
+    ap.add_argument("--project-tree", default=None,
+                    help="measure this checkout as the project (e.g. a git worktree of a commit) instead of this tree")
+
+
+def chosen_project(args: argparse.Namespace) -> Tree:
+    """The tree measured as the project: ``--project-tree`` or this checkout."""
+    return Tree("project", Path(args.project_tree).resolve()) if args.project_tree else project()
 
 
 def baseline() -> Tree:
@@ -257,23 +270,12 @@ class Proc:
         return self.log.read_text(errors="replace")
 
     def wait_for(self, marker: str, timeout: float = 60) -> None:
-        def seen() -> bool:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.output()[-3000:]}")
-            return marker in self.output()
-
-        wait_until(seen, timeout, interval=0.1, what=f"{self.name} to start")
+        wait_for_output(self.proc, self.output, marker, timeout, self.name)
 
     def stop(self, timeout: float = 30) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_group(self.proc, timeout)
         self._fh.close()
 
 

@@ -31,11 +31,12 @@ from bench.harness import (  # noqa: E402
     Stack,
     Tree,
     Writer,
+    add_tree_options,
     baseline,
+    chosen_project,
     delivered_totals,
     emit,
     interval_of_key,
-    project,
     row,
     tunnel_name,
 )
@@ -117,11 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--intervals", type=int, default=12, help="of steady traffic, the first a warm-up")
     ap.add_argument("--quick", action="store_true", help="5 intervals")
-    ap.add_argument("--json", default=None)
-    ap.add_argument("--project-tree", default=None,
-                    help="measure this checkout as the project (e.g. a git worktree of a commit) instead of this tree")
+    add_tree_options(ap)
     args = ap.parse_args(argv)
-    tree = Tree("project", Path(args.project_tree).resolve()) if args.project_tree else project()
+    tree = chosen_project(args)
     intervals = 5 if args.quick else args.intervals
     head = subprocess.run(["git", "-C", str(tree.path), "rev-parse", "--short", "HEAD"], capture_output=True,
                           text=True).stdout.strip()

@@ -35,10 +35,11 @@ from bench.harness import (  # noqa: E402
     Stack,
     Tree,
     Writer,
+    add_tree_options,
     baseline,
+    chosen_project,
     delivered_totals,
     emit,
-    project,
     row,
     tunnel_name,
 )
@@ -133,11 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline-rates", default="2000")
     ap.add_argument("--seconds", type=float, default=40.0, help="of traffic per run")
     ap.add_argument("--quick", action="store_true", help="2,000 lines/s only, 25 s")
-    ap.add_argument("--json", default=None)
-    ap.add_argument("--project-tree", default=None,
-                    help="measure this checkout as the project (e.g. a git worktree of a commit) instead of this tree")
+    add_tree_options(ap)
     args = ap.parse_args(argv)
-    tree = Tree("project", Path(args.project_tree).resolve()) if args.project_tree else project()
+    tree = chosen_project(args)
     rates = [int(x) for x in args.rates.split(",")]
     base_rates = [int(x) for x in args.baseline_rates.split(",") if x]
     seconds = args.seconds

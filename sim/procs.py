@@ -25,6 +25,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_group(proc: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM ``proc``'s process group (it was started with ``start_new_session``), then
+    SIGKILL it if ``proc`` has not exited within ``timeout`` seconds; reaps ``proc``."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def wait_for_output(proc: subprocess.Popen, output: Callable[[], str], marker: str, timeout: float, name: str) -> None:
+    """Wait until ``output()`` holds ``marker``; RuntimeError with the output's end if
+    ``proc`` exits first, TimeoutError after ``timeout`` seconds."""
+
+    def seen() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{output()[-3000:]}")
+        return marker in output()
+
+    wait_until(seen, timeout, interval=0.1, what=f"{name} to start")
+
+
 def wait_until(condition: Callable[[], object], timeout: float, interval: float = 0.05, what: str = "condition") -> object:
     """Poll ``condition`` until it returns something truthy; TimeoutError after ``timeout``."""
     deadline = time.monotonic() + timeout
@@ -120,14 +144,7 @@ class CeleryProcess:
 
     def wait_ready(self, timeout: float = 60) -> None:
         """A worker is ready when it logs ``ready.``; beat when it logs its start."""
-        marker = self.ready_marker()
-
-        def ready() -> bool:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.role} exited with {self.proc.returncode}:\n{self.output()[-3000:]}")
-            return marker in self.output()
-
-        wait_until(ready, timeout, what=f"celery {self.role} to start")
+        wait_for_output(self.proc, self.output, self.ready_marker(), timeout, f"celery {self.role}")
 
     def pool_children(self) -> list[int]:
         """PIDs of a prefork worker's pool processes."""
@@ -137,13 +154,7 @@ class CeleryProcess:
     def stop(self, timeout: float = 20) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_group(self.proc, timeout)
         self._log.close()
 
 
