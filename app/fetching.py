@@ -164,6 +164,8 @@ class IntervalSums:
     changes interval rarely, so the batches stay long."""
 
     def __init__(self, domain: str, max_line_bytes: int, interval: int) -> None:
+        if interval < 1:
+            raise ValueError(f"a report interval is at least 1 s, not {interval}")
         self.domain = domain
         self.max_line = max_line_bytes
         self.interval = interval
@@ -184,8 +186,11 @@ class IntervalSums:
             self._flush()
             self._start = start
         self._batch.extend(lines)
-        if len(self._batch) >= BATCH_LINES:
+        while len(self._batch) >= BATCH_LINES:  # the groups add() would make, line by line
+            rest = self._batch[BATCH_LINES:]
+            del self._batch[BATCH_LINES:]
             self._flush()
+            self._batch = rest
 
     def _flush(self) -> None:
         if self._batch and self._start is not None:
@@ -290,6 +295,7 @@ def consume(
     # Lines taken by the batch path that may end within the window of H: (highest stamp,
     # heads, texts) per batch, oldest first; expanded into stamped lines at the end.
     tail_batches: deque[tuple[int, list[bytes], list[bytes]]] = deque()
+    batches_prune_at = 16
     for chunk in chunks:
         res.received += len(chunk)
         lines = framer.feed(chunk)
@@ -309,6 +315,9 @@ def consume(
                 tail_batches.append((top, heads, texts))
                 while tail_batches and tail_batches[0][0] < high - window_ns:
                     tail_batches.popleft()
+                if len(tail_batches) >= batches_prune_at:  # stamps went back: stale ones behind a fresh one
+                    tail_batches = deque(b for b in tail_batches if b[0] >= high - window_ns)
+                    batches_prune_at = max(16, 2 * len(tail_batches))
                 sums.add_many(low, texts)
                 continue
         for line in lines:

@@ -465,6 +465,25 @@ def _classify_host(host: str, domain: str) -> tuple[str | None, str]:
     return None, NOT_A_TUNNEL
 
 
+# (host, normalised domain) -> _classify_host's answer, shared by every Aggregator of
+# the process: a fetch makes one per report interval it reads, each with its own slots,
+# and would otherwise classify every host again per interval. Bounded like the slots.
+_CLASSIFIED: dict[tuple[str, str], tuple[str | None, str]] = {}
+
+
+def _classify_host_cached(host: str, domain: str) -> tuple[str | None, str]:
+    """``_classify_host`` through ``_CLASSIFIED`` (hosts of at most ``_CACHE_HOST_MAX``)."""
+    key = (host, domain)
+    got = _CLASSIFIED.get(key)
+    if got is None:
+        got = _classify_host(host, domain)
+        if len(host) <= _CACHE_HOST_MAX:
+            if len(_CLASSIFIED) >= _CACHE_MAX:
+                _CLASSIFIED.clear()
+            _CLASSIFIED[key] = got
+    return got
+
+
 def tunnel_subdomain(host: str, domain: str = DEFAULT_DOMAIN) -> str | None:
     """The tunnel subdomain a ``RequestHost`` value counts for, or None.
 
@@ -885,7 +904,7 @@ class Aggregator:
             # Absent or empty RequestHost: an access entry without a host, or not an
             # access entry at all (e.g. Traefik's own JSON log line). Not cached.
             return self._buckets[NO_HOST if self._has_access_key(line) else NOT_ACCESS_LOG]
-        sub, reason = _classify_host(host, self.domain)
+        sub, reason = _classify_host_cached(host, self.domain)
         if sub is None:
             slot = self._buckets[reason]
         else:
@@ -904,7 +923,7 @@ class Aggregator:
             keys = _decode_access_keys(line)
         except _DECODE_ERRORS:
             return False
-        return any(value is not msgspec.UNSET for value in msgspec.structs.astuple(keys))
+        return msgspec.structs.astuple(keys).count(msgspec.UNSET) < len(ACCESS_KEYS)
 
     def _classify_odd(self, line: bytes) -> None:
         """Slow path for a line the typed decoder refused (already UTF-8, not too long)."""

@@ -192,3 +192,47 @@ def test_memory_of_a_long_read_stays_within_the_window():
         tracemalloc.stop()
     assert res.consumed == 300_000
     assert peak < 8 * 1024 * 1024, f"peak {peak:,} bytes for a {len(body):,}-byte read"
+
+
+def test_over_long_lines_are_listed_in_the_same_order(monkeypatch):
+    """A LongLine (over the framing bound) and a plain line over ``max_line_bytes`` in
+    one read: the lengths kept for the log come in the same order both ways (the batch
+    path hands the parser the same groups of lines as the walk)."""
+    lines = [prefix(BASE + i * 1000) + access("a", 1, i) + b"\n" for i in range(2100)]
+    lines[1990] = prefix(BASE + 1990 * 1000) + b"x" * 5000 + b"\n"  # over 4096 + 64: a LongLine
+    lines[2060] = prefix(BASE + 2060 * 1000) + b"y" * 4100 + b"\n"  # text over 4096
+    chunks = [b"".join(lines[:2000]), b"".join(lines[2000:])]
+    got = []
+    for smallest in (1, 10**9):
+        monkeypatch.setattr(fetching, "FAST_BATCH_MIN", smallest)
+        res = consume(chunks, Cursor(CID, 0, 0), 0, 1 << 30, DOMAIN, max_line_bytes=4096)
+        got.append((res.agg.too_long_lengths, res.agg.rejected))
+    assert got[0] == got[1] == ([5000, 4100], {"too_long": 2})
+
+
+def test_memory_stays_within_the_window_when_stamps_go_back():
+    """A first batch stamped 10 minutes ahead (a node clock stepped back after it), then
+    300,000 lines: the stale batches behind the early one are pruned too."""
+    import tracemalloc
+
+    ahead = b"".join(prefix(BASE + 600 * NS + i * NS // 2000) + access("a", 1, i) + b"\n" for i in range(300))
+    rest = b"".join(prefix(BASE + i * NS // 2000) + access(f"t{i % 50}", i % 9, i) + b"\n" for i in range(300_000))
+
+    def chunks():
+        yield ahead
+        for i in range(0, len(rest), 65536):
+            yield rest[i : i + 65536]
+
+    tracemalloc.start()
+    try:
+        res = consume(chunks(), Cursor(CID, 0, 0), 0, 1 << 30, DOMAIN)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert res.consumed == 300_300 and res.late == 0
+    assert peak < 8 * 1024 * 1024, f"peak {peak:,} bytes for a {len(ahead) + len(rest):,}-byte read"
+
+
+def test_a_report_interval_below_one_second_is_refused():
+    with pytest.raises(ValueError, match="at least 1 s"):
+        consume([prefix(BASE) + access("a", 1, 1) + b"\n"], Cursor(CID, 0, 0), 0, 1 << 30, DOMAIN, report_interval=0)
