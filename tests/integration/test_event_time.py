@@ -71,6 +71,9 @@ ROOT = Path(__file__).resolve().parents[2]
 PRE11 = os.environ.get("TMS_PRE11_COMMIT", "72e569d")
 PRE11_DIR = Path(os.environ.get("TMS_PRE11_DIR", "/tmp/tms-pre11"))
 
+# The sealing round's task (3755e62), unknown to workers of 72e569d (the test_tasks snapshot pins it).
+SEAL_ROUND_TASK = "workers.maintenance.seal_round"
+
 
 @pytest.fixture
 def ev(pipeline):
@@ -456,8 +459,13 @@ def test_migration_from_a_processing_time_ledger(ev, kube, platform, writers, pr
     assert any(d.start < both for d in got)  # the old version did report
     # From there on nothing is sealed ahead of the watermark: no amendment.
     assert [d.key for d in amendments(got) if d.start >= since] == []
-    for out in (old_log, new_worker.output()):
-        assert "Traceback" not in out, out[-4000:]
+    assert "Traceback" not in new_worker.output(), new_worker.output()[-4000:]
+    # An old worker does not know the sealing round's task (added after it): Celery logs
+    # "Received unregistered task" with a KeyError traceback and drops the message, and
+    # that interval is sealed by the next regular round (README, "Upgrading"). Nothing
+    # else may fail in it.
+    unknown = old_log.count(f"KeyError: '{SEAL_ROUND_TASK}'")
+    assert old_log.count("Traceback") == unknown, old_log[-4000:]
 
 
 def committed(worker: CeleryProcess) -> int:
