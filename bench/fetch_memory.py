@@ -38,8 +38,9 @@ from harness import (  # noqa: E402
     pss_kb,
     row,
     tunnel_name,
-    wait_until,
 )
+
+from sim.procs import wait_until  # noqa: E402
 
 MIB = 1024 * 1024
 LINES_PER_SECOND = 2000
