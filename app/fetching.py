@@ -171,6 +171,7 @@ class IntervalSums:
         self.interval = interval
         self._ri_ns = interval * 1_000_000_000
         self.parts: dict[int, Aggregator] = {}
+        self._hosts: dict[str, tuple[str | None, str]] = {}  # one host classification cache for all parts
         self._start: int | None = None
         self._batch: list[bytes] = []
 
@@ -196,7 +197,7 @@ class IntervalSums:
         if self._batch and self._start is not None:
             agg = self.parts.get(self._start)
             if agg is None:
-                agg = self.parts[self._start] = Aggregator(self.domain, self.max_line)
+                agg = self.parts[self._start] = Aggregator(self.domain, self.max_line, self._hosts)
             agg.feed_lines(self._batch)
         self._batch = []
 

@@ -465,23 +465,15 @@ def _classify_host(host: str, domain: str) -> tuple[str | None, str]:
     return None, NOT_A_TUNNEL
 
 
-# (host, normalised domain) -> _classify_host's answer, shared by every Aggregator of
-# the process: a fetch makes one per report interval it reads, each with its own slots,
-# and would otherwise classify every host again per interval. Bounded like the slots.
-_CLASSIFIED: dict[tuple[str, str], tuple[str | None, str]] = {}
-
-
-def _classify_host_cached(host: str, domain: str) -> tuple[str | None, str]:
-    """``_classify_host`` through ``_CLASSIFIED`` (hosts of at most ``_CACHE_HOST_MAX``)."""
-    key = (host, domain)
-    got = _CLASSIFIED.get(key)
-    if got is None:
-        got = _classify_host(host, domain)
-        if len(host) <= _CACHE_HOST_MAX:
-            if len(_CLASSIFIED) >= _CACHE_MAX:
-                _CLASSIFIED.clear()
-            _CLASSIFIED[key] = got
-    return got
+def _remember(cache: dict, host: str, value):
+    """Put ``value`` in a per-host cache and return it. Bounded in bytes, not only in
+    count: hosts over ``_CACHE_HOST_MAX`` characters are not kept, and a full cache
+    (``_CACHE_MAX`` hosts) is emptied first."""
+    if len(host) <= _CACHE_HOST_MAX:
+        if len(cache) >= _CACHE_MAX:
+            cache.clear()
+        cache[host] = value
+    return value
 
 
 def tunnel_subdomain(host: str, domain: str = DEFAULT_DOMAIN) -> str | None:
@@ -711,8 +703,14 @@ class Aggregator:
     newline (or ``finish``).
     """
 
-    def __init__(self, domain: str = DEFAULT_DOMAIN, max_line_bytes: int = MAX_LINE_BYTES) -> None:
+    def __init__(self, domain: str = DEFAULT_DOMAIN, max_line_bytes: int = MAX_LINE_BYTES,
+                 hosts: dict[str, tuple[str | None, str]] | None = None) -> None:
+        """``hosts``: a cache of host -> ``(subdomain or None, ignored reason)`` to share
+        with other aggregators of the same domain (``app.fetching.IntervalSums`` gives its
+        per-interval aggregators one, so a read classifies each host once, not once per
+        interval); by default this aggregator's own."""
         self.domain = _normalise_domain(domain)
+        self._hosts = {} if hosts is None else hosts
         self._framer = LineFramer(max_line_bytes)
         self.max_line_bytes = max_line_bytes
         self.too_long_lengths: list[int] = []
@@ -904,18 +902,17 @@ class Aggregator:
             # Absent or empty RequestHost: an access entry without a host, or not an
             # access entry at all (e.g. Traefik's own JSON log line). Not cached.
             return self._buckets[NO_HOST if self._has_access_key(line) else NOT_ACCESS_LOG]
-        sub, reason = _classify_host_cached(host, self.domain)
+        classified = self._hosts.get(host)
+        if classified is None:
+            classified = _remember(self._hosts, host, _classify_host(host, self.domain))
+        sub, reason = classified
         if sub is None:
             slot = self._buckets[reason]
         else:
             slot = self.subdomains.get(sub)
             if slot is None:
                 slot = self.subdomains[sub] = [0, 0, 0]
-        if len(host) <= _CACHE_HOST_MAX:  # the cache is bounded in bytes, not only in count
-            if len(self._slots) >= _CACHE_MAX:
-                self._slots.clear()
-            self._slots[host] = slot
-        return slot
+        return _remember(self._slots, host, slot)
 
     @staticmethod
     def _has_access_key(line: bytes) -> bool:

@@ -30,11 +30,12 @@ from harness import (  # noqa: E402
     Proc,
     Stack,
     Tree,
+    add_tree_options,
     baseline,
+    chosen_project,
     emit,
     free_port,
     process_tree,
-    project,
     pss_kb,
     row,
     tunnel_name,
@@ -115,14 +116,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--big", type=int, default=1000, help="MB of the big log")
     ap.add_argument("--small", type=int, default=100, help="MB of the small log")
     ap.add_argument("--quick", action="store_true", help="300 MB and 30 MB")
-    ap.add_argument("--json", default=None)
+    add_tree_options(ap)
     args = ap.parse_args(argv)
     if args.quick:
         args.big, args.small = 300, 30
     env = {"REPORT_INTERVAL": "3600", "FETCH_INTERVAL": "3600", "FETCH_MAX_BYTES": str(1 << 30),
            "FETCH_TIME_LIMIT": "1200", "VISIBILITY_TIMEOUT": "7200", "LOG_LEVEL": "INFO"}
     results = []
-    with Stack(project(), pods=0, env=env, sample_every=0.05) as stack:
+    tree = chosen_project(args)
+    with Stack(tree, pods=0, env=env, sample_every=0.05) as stack:
         stack.sampling()
         stack.r.hset(f"{stack.prefix}:init", "start_at_ns", "0")  # count every line
         start_ns = (time.time_ns() // 1_000_000_000 - 7 * 86400) * 1_000_000_000
@@ -142,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  fetch {pod}: {res}", flush=True)
         report_idle = sum(pss_kb(p) for p in process_tree(stack.procs["worker-report"].pid)) / 1024
         beat_idle = sum(pss_kb(p) for p in process_tree(stack.procs["beat"].pid)) / 1024
-        metrics = exporter(stack, project())
+        metrics = exporter(stack, tree)
     big, small = fetches["big"], fetches["small"]
     ok = big["peak_mib"] <= 128 and big["result"].get("consumed") == sizes["big"]
     results.append(row(

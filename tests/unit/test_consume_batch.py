@@ -236,3 +236,17 @@ def test_memory_stays_within_the_window_when_stamps_go_back():
 def test_a_report_interval_below_one_second_is_refused():
     with pytest.raises(ValueError, match="at least 1 s"):
         consume([prefix(BASE) + access("a", 1, 1) + b"\n"], Cursor(CID, 0, 0), 0, 1 << 30, DOMAIN, report_interval=0)
+
+
+def test_a_read_classifies_each_host_once_across_intervals(monkeypatch):
+    """IntervalSums' per-interval aggregators share one host cache: a read over three
+    intervals classifies each of its hosts once."""
+    import app.parser
+
+    calls: list[str] = []
+    real = app.parser._classify_host
+    monkeypatch.setattr(app.parser, "_classify_host", lambda host, domain: calls.append(host) or real(host, domain))
+    lines = [prefix(BASE + i * NS // 10) + access(f"t{i % 4}", 1, i) + b"\n" for i in range(150)]  # 15 s
+    res = consume([b"".join(lines)], Cursor(CID, 0, 0), 0, 1 << 30, DOMAIN, report_interval=5)
+    assert len(res.parts) >= 3
+    assert sorted(calls) == [f"t{k}.{DOMAIN}" for k in range(4)]
