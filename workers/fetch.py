@@ -63,6 +63,7 @@ def fetch(name: str, uid: str) -> dict:
                     extra={"pod": name, "outcome": "timeout"})
         summary = {"pod": name, "status": FetchStatus.TIMEOUT}
         _read_failed(uid)
+    runtime.release_free_memory()
     _note(name, uid, summary, time.monotonic() - started)
     _send_next_read(name, uid, summary)
     return summary
@@ -106,6 +107,7 @@ def fetch_file(path: str, identity: str) -> dict:
                     settings.fetch_time_limit, extra={"outcome": "timeout"})
         summary = {"file": path, "status": FetchStatus.TIMEOUT}
         _read_failed(FileCursor.field(identity))
+    runtime.release_free_memory()
     # The metrics' per-pod records hold files too: the path as the name.
     _note(path, f"file:{identity}", summary, time.monotonic() - started)
     return summary
