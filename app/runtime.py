@@ -6,7 +6,6 @@ first use."""
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import threading
 
@@ -30,11 +29,16 @@ _lock = threading.RLock()
 
 
 def _libc_malloc_trim():
-    """glibc's ``malloc_trim``, or None where the C library has none (musl, macOS)."""
+    """glibc's ``malloc_trim``, or None where the C library has none (musl, macOS).
+    Looked up among the symbols already loaded (``dlopen(NULL)``): no library search,
+    no ``ldconfig`` subprocess."""
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
         return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim
 
 
 _malloc_trim = _libc_malloc_trim()

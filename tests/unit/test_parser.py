@@ -738,6 +738,7 @@ def test_huge_hosts_are_not_cached():
     agg.feed_lines([host_line(host) for host in huge] * 2 + [make()])
     assert agg.ignored == {"other_host": 40}
     assert all(len(host) <= 512 for host in agg._slots)
+    assert all(len(host) <= 512 for host in agg._hosts)  # the classification cache too
     long_label = "a" * 63 + ".t.lum.tools:65535"
     assert tunnel_subdomain(long_label) == "a" * 63
 
@@ -811,3 +812,19 @@ def test_memory_per_line_is_a_small_multiple_of_its_length(name):
     check_accounting(agg)
     assert agg.counted == (1 if name == "non-ASCII text" else 0)
     assert peak < factor * len(line), f"{name}: peak {peak / len(line):.2f} times the line"
+
+
+def test_host_caches_are_emptied_when_full(monkeypatch):
+    """Both per-host caches (slots and classifications, the latter shared by a read's
+    aggregators) hold at most _CACHE_MAX hosts; counts do not depend on it."""
+    import app.parser
+
+    monkeypatch.setattr(app.parser, "_CACHE_MAX", 8)
+    shared: dict = {}
+    aggs = [Aggregator(hosts=shared), Aggregator(hosts=shared)]
+    hosts = [f"t{i}.t.lum.tools" for i in range(50)] + [f"x{i}.example.com" for i in range(50)]
+    for agg in aggs:
+        agg.feed_lines([host_line(h) for h in hosts])
+        assert len(agg._slots) <= 8
+        assert agg.counted == 50 and agg.ignored == {"other_host": 50}
+    assert len(shared) <= 8
