@@ -136,23 +136,6 @@ def _minute_epoch(head: bytes) -> int | None:
     return base
 
 
-def complete_lines(
-    chunks: Iterable[bytes], max_line_bytes: int = MAX_LINE_BYTES + LINE_PREFIX_ROOM
-) -> Iterator[bytes]:
-    """Lines ending in a newline, without it; an unfinished last line is never yielded.
-
-    Framed by ``app.parser.LineFramer``, the one framing (``scan`` uses it too): time
-    linear in the stream however it is chunked, and a line over ``max_line_bytes`` is
-    never held: it comes out as a ``LongLine`` (its first bytes, timestamp prefix
-    included, and its length) that the parser rejects as ``too_long``. The default
-    leaves room for the kubelet's timestamp prefix in front of a line of the parser's
-    default bound.
-    """
-    framer = LineFramer(max_line_bytes)
-    for chunk in chunks:
-        yield from framer.feed(chunk)
-
-
 def fmt_ns(t_ns: int) -> str:
     return datetime.fromtimestamp(t_ns // 1_000_000_000, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{t_ns % 1_000_000_000:09d}Z"
 

@@ -612,7 +612,7 @@ class LineFramer:
     take a partial line (a log read cut by ``limitBytes``) does not call it.
 
     The one framing of the product: ``Aggregator.feed_chunk`` (and so ``scan``) and
-    ``app.fetching.complete_lines`` use it. Chunks are ``bytes``.
+    ``app.fetching.consume`` use it. Chunks are ``bytes``.
     """
 
     def __init__(self, max_line_bytes: int = MAX_LINE_BYTES) -> None:

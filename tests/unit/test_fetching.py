@@ -15,13 +15,13 @@ from hypothesis import strategies as st
 import app.fetching
 from app.fetching import (
     DEFAULT_REORDER_WINDOW_NS,
-    complete_lines,
     consume,
     counters_of,
     fmt_ns,
     parse_timestamp,
 )
 from app.model import Cursor, fingerprint
+from app.parser import LINE_PREFIX_ROOM, MAX_LINE_BYTES, LineFramer
 
 NS = 1_000_000_000
 DOMAIN = "t.lum.tools"
@@ -37,6 +37,14 @@ def consume_path(request):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(app.fetching, "FAST_BATCH_MIN", 1 if request.param == "batch path" else 10**9)
         yield request.param
+
+
+def complete_lines(chunks, max_line_bytes: int = MAX_LINE_BYTES + LINE_PREFIX_ROOM):
+    """The lines ``consume()`` frames from ``chunks`` (its ``LineFramer``, at its bound):
+    an unfinished last line is never handed on."""
+    framer = LineFramer(max_line_bytes)
+    for chunk in chunks:
+        yield from framer.feed(chunk)
 
 
 def prefix(t_ns: int, trimmed: bool = False) -> bytes:
