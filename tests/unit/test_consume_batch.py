@@ -173,23 +173,30 @@ def test_long_lines_in_a_batch(monkeypatch):
         assert res.consumed == 30
 
 
-def test_memory_of_a_long_read_stays_within_the_window():
-    """The batch path keeps only the batches that may end within the window of H (for
-    the cursor's fingerprints), not the read: 30 MB read in 64 KiB chunks peaks at a few."""
+def read_peak(first: bytes, rest: bytes):
+    """``consume()`` from an empty cursor over ``first``, then ``rest`` in 64 KiB chunks:
+    its result and the peak of traced memory, in bytes."""
     import tracemalloc
 
-    body = b"".join(prefix(BASE + i * NS // 2000) + access(f"t{i % 50}", i % 9, i) + b"\n" for i in range(300_000))
-
     def chunks():
-        for i in range(0, len(body), 65536):
-            yield body[i : i + 65536]
+        if first:
+            yield first
+        for i in range(0, len(rest), 65536):
+            yield rest[i : i + 65536]
 
     tracemalloc.start()
     try:
         res = consume(chunks(), Cursor(CID, 0, 0), 0, 1 << 30, DOMAIN)
-        peak = tracemalloc.get_traced_memory()[1]
+        return res, tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
+
+
+def test_memory_of_a_long_read_stays_within_the_window():
+    """The batch path keeps only the batches that may end within the window of H (for
+    the cursor's fingerprints), not the read: 30 MB read in 64 KiB chunks peaks at a few."""
+    body = b"".join(prefix(BASE + i * NS // 2000) + access(f"t{i % 50}", i % 9, i) + b"\n" for i in range(300_000))
+    res, peak = read_peak(b"", body)
     assert res.consumed == 300_000
     assert peak < 8 * 1024 * 1024, f"peak {peak:,} bytes for a {len(body):,}-byte read"
 
@@ -213,22 +220,9 @@ def test_over_long_lines_are_listed_in_the_same_order(monkeypatch):
 def test_memory_stays_within_the_window_when_stamps_go_back():
     """A first batch stamped 10 minutes ahead (a node clock stepped back after it), then
     300,000 lines: the stale batches behind the early one are pruned too."""
-    import tracemalloc
-
     ahead = b"".join(prefix(BASE + 600 * NS + i * NS // 2000) + access("a", 1, i) + b"\n" for i in range(300))
     rest = b"".join(prefix(BASE + i * NS // 2000) + access(f"t{i % 50}", i % 9, i) + b"\n" for i in range(300_000))
-
-    def chunks():
-        yield ahead
-        for i in range(0, len(rest), 65536):
-            yield rest[i : i + 65536]
-
-    tracemalloc.start()
-    try:
-        res = consume(chunks(), Cursor(CID, 0, 0), 0, 1 << 30, DOMAIN)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    res, peak = read_peak(ahead, rest)
     assert res.consumed == 300_300 and res.late == 0
     assert peak < 8 * 1024 * 1024, f"peak {peak:,} bytes for a {len(ahead) + len(rest):,}-byte read"
 
