@@ -308,6 +308,7 @@ class _Container:
     log: _Log = field(default_factory=_Log)
     previous: _Log | None = None
     rotated: list[_Log] = field(default_factory=list)  # renamed away by size rotation, never served
+    rotated_at: list[int] = field(default_factory=list)  # instant (ns) of each size rotation, served or not
     last_terminated: dict[str, Any] | None = None
 
 
@@ -793,8 +794,9 @@ class FakeKube:
         with self._lock:
             pod = self._require(namespace, name)
             c = self._container(pod, container)
-            ts = self._stamp(namespace, name, stream) if ts_ns is None else ts_ns
-            self._append(c, encoded, ts, clamp=False, stream=stream)
+            now = self.clock()  # one instant for the rotation check and the stamp
+            ts = self._stamp(namespace, name, stream, now) if ts_ns is None else ts_ns
+            self._append(c, encoded, ts, clamp=False, stream=stream, now=now)
             return ts
 
     def attach_stream(
@@ -844,17 +846,18 @@ class FakeKube:
             pod = self._live(namespace, name)
             if pod is None:
                 return False
-            ts = self._stamp(namespace, name, stream) if ts_ns is None else ts_ns
-            self._append(self._container(pod, container), [line], ts, clamp=True, stream=stream)
+            now = self.clock()
+            ts = self._stamp(namespace, name, stream, now) if ts_ns is None else ts_ns
+            self._append(self._container(pod, container), [line], ts, clamp=True, stream=stream, now=now)
             return True
 
-    def _stamp(self, namespace: str, name: str, stream: str) -> int:
-        """The stamp the runtime's reader of ``stream`` gives a line arriving now."""
+    def _stamp(self, namespace: str, name: str, stream: str, now: int) -> int:
+        """The stamp the runtime's reader of ``stream`` gives a line arriving at ``now``."""
         if stream not in ("stdout", "stderr"):
             raise ValueError(f"stream must be stdout or stderr, not {stream!r}")
         skew = self._log_setup.get((namespace, name), {}).get("skew", {}).get(stream, 0.0)
         seconds = skew() if callable(skew) else skew
-        return self.clock() + int(round(seconds * NS_PER_S))
+        return now + int(round(seconds * NS_PER_S))
 
     # ------------------------------------------------------------ inspection
 
@@ -1032,12 +1035,12 @@ class FakeKube:
         except KeyError:
             raise ValueError(f"container {container} is not valid for pod {pod.name}") from None
 
-    def _append(self, c: _Container, lines: list[bytes], ts: int, clamp: bool, stream: str = "stdout") -> None:
+    def _append(self, c: _Container, lines: list[bytes], ts: int, clamp: bool, stream: str, now: int) -> None:
         """Append lines of one stream, in arrival order; stamps never go backwards
         within the stream (ValueError, or clamped to its last stamp)."""
         if stream not in ("stdout", "stderr"):
             raise ValueError(f"stream must be stdout or stderr, not {stream!r}")
-        self._check_rotation()
+        self._check_rotation(now)  # the checks before the line arrived; a line stamped at clock() lands after them
         log = c.log
         last = log.last.get(stream)
         if last is not None and ts < last:
@@ -1051,12 +1054,13 @@ class FakeKube:
         log.lines.extend(lines)
         log.size += sum(len(line) + CRI_LINE_OVERHEAD for line in lines)
         if self.rotate_bytes is not None and self.rotate_every_ns <= 0 and log.size >= self.rotate_bytes:
-            self._rotate_file(c)
+            self._rotate_file(c, ts)
         self._changed.notify_all()
 
-    def _rotate_file(self, c: _Container) -> None:
-        """Rename the current file away and start a new one (the kubelet's
+    def _rotate_file(self, c: _Container, at_ns: int) -> None:
+        """Rename the current file away at ``at_ns`` and start a new one (the kubelet's
         ``rotateLatestLog``); keep what no read returned of it, for :meth:`unserved`."""
+        c.rotated_at.append(at_ns)
         old = c.log
         c.log = _Log(last=dict(old.last))  # the runtime's readers go on stamping
         old.base = old.served
@@ -1066,27 +1070,40 @@ class FakeKube:
             c.rotated.append(old)
         self.rotations += 1
 
-    def _check_rotation(self) -> None:
-        """The kubelet's periodic size check, for every check time that has passed (the
-        state did not change since then: this runs before every change and read)."""
+    def _check_rotation(self, now: int | None = None) -> None:
+        """The kubelet's periodic size check, for every check time that has passed by
+        ``now`` (default: the clock; the state did not change since then: this runs before
+        every change and read)."""
         if self.rotate_bytes is None or self.rotate_every_ns <= 0:
             return
-        now = self.clock()
+        if now is None:
+            now = self.clock()
         if now < self._next_rotation_check:
             return
         behind = (now - self._next_rotation_check) // self.rotate_every_ns
+        checked_at = self._next_rotation_check  # the first check that passed: nothing changed since it
         self._next_rotation_check += (behind + 1) * self.rotate_every_ns
         for pod in self._pods.values():
             for cname, c in pod.containers.items():
                 # Only running containers are rotated (rotateLogs skips the others).
                 if cname not in pod.exited and c.log.size >= self.rotate_bytes:
-                    self._rotate_file(c)
+                    self._rotate_file(c, checked_at)
 
     def unserved(self, name: str | None = None, namespace: str = "traefik") -> list[tuple[int, bytes]]:
         """(stamp ns, line) of every line that size rotation renamed away before any read
         returned it (of pod ``name``, or of every pod), oldest first per container: the
         lines a reader of the API could no longer get. Exact once no read is in flight."""
         return [item for lost in self.unserved_files(name, namespace) for item in lost]
+
+    def rotation_instants(self, name: str, namespace: str = "traefik") -> list[int]:
+        """Instant (ns, on ``clock``) of every size rotation of pod ``name``'s containers,
+        oldest first per container, whether or not a read had returned every line of the
+        renamed file: each old file's lines are stamped at or before its instant, the new
+        file's at or after it (when written at ``clock``'s time)."""
+        with self._lock:
+            self._check_rotation()
+            pod = self._pods[(namespace, name)]
+            return [at for c in pod.containers.values() for at in c.rotated_at]
 
     def unserved_files(self, name: str | None = None, namespace: str = "traefik") -> list[list[tuple[int, bytes]]]:
         """Per file renamed away by size rotation with lines no read returned: those lines

@@ -371,9 +371,28 @@ def test_size_rotation_is_checked_every_ten_seconds(fake: FakeKube, v1, clock: M
     assert fake.rotations == 1
     assert [line for _, line in fake.log_lines("traefik-0")] == [b"after"]
     assert [line for _, line in fake.unserved("traefik-0")] == [f"{i:09d}".encode() for i in range(10, 35)]
+    # The rotation happened at the 10 s check, between the old file's last stamp and the new one's first.
+    (at,) = fake.rotation_instants("traefik-0")
+    assert at == T0 + 10 * NS_PER_S
+    assert fake.log_lines("traefik-0")[0][0] >= at > max(ts for ts, _ in fake.unserved("traefik-0"))
     clock.advance(10)  # the next check: the new file is small, nothing happens
     fake.write("traefik-0", "later")
     assert fake.rotations == 1
+    assert fake.rotation_instants("traefik-0") == [at]
+
+
+def test_a_rotation_with_every_line_served_is_recorded_too(fake: FakeKube, v1, clock: ManualClock) -> None:
+    """A file renamed away after a read returned all of it loses nothing (no unserved
+    lines) but is still a rotation: the reader sees a new file with none of its lines."""
+    fake.rotate_bytes = 100
+    fake.add_pod("traefik-0")
+    for i in range(5):
+        fake.write("traefik-0", f"{i:09d}")
+    assert v1.read_namespaced_pod_log("traefik-0", "traefik").count("\n") == 5
+    clock.advance(12.5)
+    fake.write("traefik-0", "new")
+    assert fake.unserved("traefik-0") == []
+    assert fake.rotation_instants("traefik-0") == [T0 + 10 * NS_PER_S]
 
 
 def test_multi_container_needs_container_param(fake: FakeKube, v1) -> None:

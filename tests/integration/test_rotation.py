@@ -65,10 +65,21 @@ def test_a_pod_at_2000_lines_per_second_loses_only_what_rotation_made_unreachabl
         assert kube.rotations >= 3
         files = kube.unserved_files("traefik-0")
         gaps = pipeline.ledger.gaps()
-        assert pipeline.ledger.stats().get("gaps", 0) == len(gaps) == len(files), (gaps, [len(f) for f in files])
+        assert pipeline.ledger.stats().get("gaps", 0) == len(gaps)
+        # Every file that lost lines is covered by a gap.
         for lost in files:
             first, last = lost[0][0], lost[-1][0]
             assert any(g["from_ns"] <= first and last <= g["to_ns"] for g in gaps), (first, last, gaps)
+        # Every gap spans a rotation of its own. A rotation just after a read that took the
+        # whole file also records one (nothing was lost, but Traefik's lines carry no
+        # sequence number: the next read cannot tell it from a rotation that lost lines),
+        # so there may be more gaps than files with lost lines, never more than rotations.
+        instants = kube.rotation_instants("traefik-0")
+        for g in sorted(gaps, key=lambda g: g["from_ns"]):
+            at = next((t for t in instants if g["from_ns"] <= t <= g["to_ns"]), None)
+            assert at is not None, ("a gap with no rotation in its span", g, instants)
+            instants.remove(at)
+        assert len(files) <= len(gaps), (gaps, [len(f) for f in files])
         assert "GAP in the log of pod traefik/traefik-0" in pipeline.logs(tail=10**7)
         # The pace read the pod between rounds: far fewer lines lost than the ten seconds
         # of lines a read per FETCH_INTERVAL would leave in a file at each rotation.
