@@ -25,6 +25,14 @@ class LedgerLost(ScraperError):
     """The Redis ledger has no initialisation record: it lost its data, or was never set up."""
 
 
+class FetchTimeLimitExceeded(ScraperError):
+    """A read went past its deadline (``FETCH_TIME_LIMIT`` from the task's start),
+    checked while waiting for the answer and between chunks: the fetch stops, commits
+    nothing, and the next round retries. The thread pool enforces no Celery time limit,
+    so a fetch worker on threads relies on this; on prefork the soft limit may come first
+    (the same outcome)."""
+
+
 # Kubernetes -------------------------------------------------------------------
 
 

@@ -452,8 +452,10 @@ class Fetcher:
         self.window = reorder_window_ns
         self.max_line = max_line_bytes
 
-    def fetch(self, name: str, uid: str) -> dict:
-        """Read one pod from its cursor and commit. Handled errors are returned, never raised."""
+    def fetch(self, name: str, uid: str, deadline: float | None = None) -> dict:
+        """Read one pod from its cursor and commit. Handled errors are returned, never
+        raised; ``FetchTimeLimitExceeded`` is raised once ``deadline``
+        (``time.monotonic()`` seconds) has passed during a read, with nothing committed."""
         ns = self.source.namespace
         try:
             start_at = self.ledger.start_at_ns()
@@ -463,7 +465,7 @@ class Fetcher:
                     "initialised; refusing to read logs (that would bill them again). Run "
                     "`traefik-metrics-scraper init-ledger --start-at <time of the last report delivered>`"
                 )
-            return self._fetch(ns, name, uid, start_at)
+            return self._fetch(ns, name, uid, start_at, deadline)
         except LedgerLost as e:
             log.error("fetch %s/%s: %s", ns, name, e, extra={"pod": name, "namespace": ns, "outcome": "ledger_lost"})
             return {"pod": name, "status": FetchStatus.LEDGER_LOST}
@@ -484,7 +486,7 @@ class Fetcher:
             self.ledger.note_read_failure(uid)
             return {"pod": name, "status": FetchStatus.KUBE_ERROR}
 
-    def _fetch(self, ns: str, name: str, uid: str, start_at: int) -> dict:
+    def _fetch(self, ns: str, name: str, uid: str, start_at: int, deadline: float | None) -> dict:
         pod = self.source.get_pod(name)
         if pod.uid != uid:
             raise PodGone(f"{name} now has uid {pod.uid}")
@@ -505,7 +507,7 @@ class Fetcher:
             cursor = Cursor(ctr.last_terminated_id, 0, 0)
         if cursor is not None and cursor.container_id != ctr.container_id:
             # The container restarted since the last read: drain the previous one first.
-            raw, cursor, done = self._drain_previous(pod, ctr, field_, raw, cursor, start_at, summary)
+            raw, cursor, done = self._drain_previous(pod, ctr, field_, raw, cursor, start_at, summary, deadline)
             if not done:
                 return summary
         if cursor is None:
@@ -513,7 +515,7 @@ class Fetcher:
         since = cursor.floor_ns or start_at
         read_at = self.ledger.now()  # the read record's time: before the request is sent
         res = consume(
-            self.source.stream_log(name, ctr.name, since, self.limit),
+            self.source.stream_log(name, ctr.name, since, self.limit, deadline=deadline),
             cursor,
             start_at,
             self.limit,
@@ -525,7 +527,8 @@ class Fetcher:
         self._commit(pod, ctr, field_, raw, res, summary, ctr.container_id, read_at)
         return summary
 
-    def _drain_previous(self, pod: Pod, ctr: Container, field_: str, raw: str, cursor: Cursor, start_at: int, summary: dict):
+    def _drain_previous(self, pod: Pod, ctr: Container, field_: str, raw: str, cursor: Cursor, start_at: int, summary: dict,
+                        deadline: float | None):
         """Read the previous container from the cursor. Returns (raw, cursor, done):
         done is False when this fetch should stop here (more left, or a conflict)."""
         res = None
@@ -534,7 +537,8 @@ class Fetcher:
         if ctr.last_terminated_id == cursor.container_id:
             try:
                 res = consume(
-                    self.source.stream_log(pod.name, ctr.name, cursor.floor_ns or start_at, self.limit, previous=True),
+                    self.source.stream_log(pod.name, ctr.name, cursor.floor_ns or start_at, self.limit, previous=True,
+                                           deadline=deadline),
                     cursor,
                     start_at,
                     self.limit,

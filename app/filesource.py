@@ -55,9 +55,11 @@ import logging
 import os
 import re
 import stat
+import time
 from dataclasses import dataclass, field
 from hashlib import blake2b
 
+from app.errors import FetchTimeLimitExceeded
 from app.fetching import IntervalSums, ReadResult, counters_of, parse_timestamp
 from app.ledger import Ledger
 from app.model import CommitStatus, Cursor, FetchStatus, FileCursor
@@ -192,10 +194,13 @@ def discover(pattern: str) -> Discovery:
     return out
 
 
-def _chunks(fd: int, start: int, limit: int):
-    """The file's bytes from ``start``, at most ``limit`` of them, in ``CHUNK``s."""
+def _chunks(fd: int, start: int, limit: int, deadline: float | None = None):
+    """The file's bytes from ``start``, at most ``limit`` of them, in ``CHUNK``s.
+    ``FetchTimeLimitExceeded`` once ``deadline`` (``time.monotonic()`` s) has passed."""
     pos, left = start, limit
     while left > 0:
+        if deadline is not None and time.monotonic() > deadline:
+            raise FetchTimeLimitExceeded("read over its time limit")
         data = os.pread(fd, min(CHUNK, left), pos)
         if not data:
             return
@@ -223,9 +228,10 @@ class FileFetcher:
         self.max_line = max_line_bytes
         self.margin_ns = int(clock_margin * 1e9)
 
-    def fetch(self, path: str, identity: str) -> dict:
+    def fetch(self, path: str, identity: str, deadline: float | None = None) -> dict:
         """Read the file at ``path`` if it still has ``identity``, from its cursor, and
-        commit. Handled errors are returned, never raised."""
+        commit. Handled errors are returned, never raised; ``FetchTimeLimitExceeded`` is
+        raised once ``deadline`` (``time.monotonic()`` s) has passed, with nothing committed."""
         summary: dict = {"file": path, "status": FetchStatus.OK, "consumed": 0, "counted": 0}
         start_at = self.ledger.start_at_ns()
         if start_at is None:
@@ -244,7 +250,7 @@ class FileFetcher:
         except OSError as e:
             return self._error(path, identity, e, summary)
         try:
-            return self._fetch(fd, path, identity, start_at, summary)
+            return self._fetch(fd, path, identity, start_at, summary, deadline)
         except OSError as e:
             return self._error(path, identity, e, summary)
         finally:
@@ -259,7 +265,7 @@ class FileFetcher:
         summary["status"] = FetchStatus.FILE_ERROR
         return summary
 
-    def _fetch(self, fd: int, path: str, identity: str, start_at: int, summary: dict) -> dict:
+    def _fetch(self, fd: int, path: str, identity: str, start_at: int, summary: dict, deadline: float | None) -> dict:
         st = os.fstat(fd)
         if identify(fd) != identity:
             log.info("fetch %s: no longer the file the plan saw (rotated or truncated since); next round", path)
@@ -313,7 +319,7 @@ class FileFetcher:
         cap = prev + self.margin_ns
         capped = 0
         high = 0
-        for chunk in _chunks(fd, start, self.limit):
+        for chunk in _chunks(fd, start, self.limit, deadline):
             received += len(chunk)
             for line in framer.feed(chunk):
                 consumed += 1

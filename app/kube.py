@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import urllib3
 
 from app.errors import (
+    FetchTimeLimitExceeded,
     KubeError,
     KubeForbidden,
     KubeUnavailable,
@@ -232,8 +234,18 @@ def _wrap(status: int, body: bytes | str | None, what: str) -> KubeError:
     return KubeError(msg)
 
 
+def _time_left(deadline: float, what: str, cause: BaseException | None = None) -> float:
+    """Seconds left before ``deadline`` (``time.monotonic()``); ``FetchTimeLimitExceeded``
+    (from ``cause``, a timeout the cut read timeout raised) when none are."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise FetchTimeLimitExceeded(f"{what}: over its time limit") from cause
+    return left
+
+
 class LogSource:
-    """Lists the Traefik pods and streams their logs. One per worker process."""
+    """Lists the Traefik pods and streams their logs. One per worker process (shared by
+    the threads of a thread pool: the client's urllib3 pool is thread-safe)."""
 
     def __init__(self, namespace: str, label_selector: str, timeout: float) -> None:
         self.namespace = namespace
@@ -252,7 +264,13 @@ class LogSource:
                 k8s.config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
             except (k8s.ConfigException, OSError) as e:
                 raise KubeError(f"no Kubernetes config: not in a cluster and KUBECONFIG failed: {truncate(str(e))}") from e
-        return k8s.client.ApiClient()
+        configuration = k8s.client.Configuration.get_default_copy()
+        # urllib3's default retries a request whose answer timed out up to three more
+        # times: a log read of a hung apiserver took four read timeouts, past any time
+        # limit. Connection failures are still retried (nothing was sent); a read timeout
+        # ends the call, and the next round (or the caller) tries again.
+        configuration.retries = urllib3.util.Retry(total=3, read=0)
+        return k8s.client.ApiClient(configuration)
 
     def close(self) -> None:
         self.api_client.close()
@@ -295,10 +313,15 @@ class LogSource:
         since_ns: int | None,
         limit_bytes: int,
         previous: bool = False,
+        deadline: float | None = None,
     ) -> Iterator[bytes]:
         """The pod's log with timestamps, as byte chunks, from ``floor(since)`` on.
 
         Lines may be cut at chunk boundaries, and the last line at ``limit_bytes``.
+        ``deadline`` (``time.monotonic()`` seconds) bounds the whole read: the wait for
+        the answer (the read timeout is cut to what is left) and the stream (checked after
+        each chunk). Raises ``FetchTimeLimitExceeded`` past it, ``KubeError`` for the
+        rest.
         """
         query = [("container", container), ("timestamps", "true"), ("limitBytes", str(limit_bytes))]
         if since_ns is not None:
@@ -314,19 +337,30 @@ class LogSource:
             header_params={"Accept": "text/plain"},
             auth_settings=["BearerToken"],
         )
+        timeout = self.timeout
+        if deadline is not None:
+            left = _time_left(deadline, what)
+            timeout = (min(timeout[0], left), min(timeout[1], left))
         try:
-            resp = self.api_client.call_api(*params, _request_timeout=self.timeout)
+            resp = self.api_client.call_api(*params, _request_timeout=timeout)
         except k8s.ApiException as e:
             raise _wrap(e.status or 0, e.body, what) from e
         except (urllib3.exceptions.HTTPError, OSError) as e:
+            if deadline is not None:
+                _time_left(deadline, what, e)
             raise KubeUnavailable(f"{what}: {truncate(str(e))}") from e
         raw = resp.response
         try:
             if resp.status != 200:
                 raise _wrap(resp.status, raw.read(4096), what)
             try:
-                yield from raw.stream(CHUNK, decode_content=True)
+                for chunk in raw.stream(CHUNK, decode_content=True):
+                    yield chunk
+                    if deadline is not None:
+                        _time_left(deadline, what)
             except (urllib3.exceptions.HTTPError, OSError) as e:
+                if deadline is not None:
+                    _time_left(deadline, what, e)
                 raise KubeUnavailable(f"{what}: stream broke: {truncate(str(e))}") from e
         finally:
             # A stream left early holds unread data: drop the connection, not reuse it.

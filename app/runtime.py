@@ -23,8 +23,8 @@ from app.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 _state: dict[str, object] = {}
-# A report worker runs its tasks on threads (--pool=threads): they share one of each,
-# created once.
+# The report and fetch workers run their tasks on threads (--pool=threads): they share
+# one of each, created once.
 _lock = threading.RLock()
 
 
@@ -76,27 +76,30 @@ def ledger() -> Ledger:
 
 
 def log_source() -> LogSource:
-    if "source" not in _state:
-        s = settings()
-        _state["source"] = LogSource(s.traefik_namespace, s.traefik_label_selector, s.kube_request_timeout)
+    with _lock:
+        if "source" not in _state:
+            s = settings()
+            _state["source"] = LogSource(s.traefik_namespace, s.traefik_label_selector, s.kube_request_timeout)
     return _state["source"]  # type: ignore[return-value]
 
 
 def fetcher() -> Fetcher:
-    if "fetcher" not in _state:
-        s = settings()
-        _state["fetcher"] = Fetcher(
-            log_source(), ledger(), domain=s.tunnel_domain, container=s.traefik_container, limit_bytes=s.fetch_max_bytes,
-            reorder_window_ns=int(round(s.log_reorder_window * 1_000_000_000)), max_line_bytes=s.log_line_max_bytes,
-        )
+    with _lock:
+        if "fetcher" not in _state:
+            s = settings()
+            _state["fetcher"] = Fetcher(
+                log_source(), ledger(), domain=s.tunnel_domain, container=s.traefik_container, limit_bytes=s.fetch_max_bytes,
+                reorder_window_ns=int(round(s.log_reorder_window * 1_000_000_000)), max_line_bytes=s.log_line_max_bytes,
+            )
     return _state["fetcher"]  # type: ignore[return-value]
 
 
 def file_fetcher() -> FileFetcher:
-    if "file_fetcher" not in _state:
-        s = settings()
-        _state["file_fetcher"] = FileFetcher(ledger(), domain=s.tunnel_domain, limit_bytes=s.fetch_max_bytes,
-                                             max_line_bytes=s.log_line_max_bytes, clock_margin=s.seal_clock_margin)
+    with _lock:
+        if "file_fetcher" not in _state:
+            s = settings()
+            _state["file_fetcher"] = FileFetcher(ledger(), domain=s.tunnel_domain, limit_bytes=s.fetch_max_bytes,
+                                                 max_line_bytes=s.log_line_max_bytes, clock_margin=s.seal_clock_margin)
     return _state["file_fetcher"]  # type: ignore[return-value]
 
 

@@ -48,10 +48,10 @@ class LocalPipeline:
     # Processes ------------------------------------------------------------------
 
     def worker(self, queues: str = "fetch,report", concurrency: int = 2, name: str | None = None,
-               **env: str) -> CeleryProcess:
+               pool: str = "prefork", **env: str) -> CeleryProcess:
         name = name or f"w{len(self.procs)}"
-        args = ["-Q", queues, "-c", str(concurrency), "-n", f"{name}@%h", "--without-mingle", "--without-gossip",
-                "--loglevel", self.env.get("LOG_LEVEL", "INFO")]
+        args = ["-Q", queues, "-c", str(concurrency), "-n", f"{name}@%h", f"--pool={pool}", "--without-mingle",
+                "--without-gossip", "--loglevel", self.env.get("LOG_LEVEL", "INFO")]
         return self._start(CeleryProcess("worker", {**self.env, **env}, args, log_path=self.dir / f"{name}.log"))
 
     def beat(self, **env: str) -> CeleryProcess:

@@ -17,6 +17,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from app import pace, runtime
 from app.celery import app, settings
+from app.errors import FetchTimeLimitExceeded
 from app.model import FetchStatus, FileCursor
 from app.queues import Queue
 from app.settings import EXPECTED
@@ -57,8 +58,8 @@ def fetch(name: str, uid: str) -> dict:
         except redis.RedisError as e:  # the mark expires on its own; the read goes on
             log.warning("fetch %s: could not free its early-read mark: %s", name, type(e).__name__)
     try:
-        summary = runtime.fetcher().fetch(name, uid)
-    except SoftTimeLimitExceeded:
+        summary = runtime.fetcher().fetch(name, uid, started + settings.fetch_time_limit)
+    except (SoftTimeLimitExceeded, FetchTimeLimitExceeded):
         log.warning("fetch %s: over FETCH_TIME_LIMIT (%ss); nothing committed, next round retries", name, settings.fetch_time_limit,
                     extra={"pod": name, "outcome": "timeout"})
         summary = {"pod": name, "status": FetchStatus.TIMEOUT}
@@ -101,8 +102,8 @@ def fetch_file(path: str, identity: str) -> dict:
     Never raises for a handled error; the cursor stays put."""
     started = time.monotonic()
     try:
-        summary = runtime.file_fetcher().fetch(path, identity)
-    except SoftTimeLimitExceeded:
+        summary = runtime.file_fetcher().fetch(path, identity, started + settings.fetch_time_limit)
+    except (SoftTimeLimitExceeded, FetchTimeLimitExceeded):
         log.warning("fetch %s: over FETCH_TIME_LIMIT (%ss); nothing committed, next round retries", path,
                     settings.fetch_time_limit, extra={"outcome": "timeout"})
         summary = {"file": path, "status": FetchStatus.TIMEOUT}

@@ -416,12 +416,15 @@ def test_zoned_stamps_and_busy_stderr_are_billed_exactly(pipeline, kube):
     assert stats["lines_read"] == len(lines)
 
 
-def test_a_fetch_over_its_time_limit_is_a_read_failure(pipeline, kube):
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+def test_a_fetch_over_its_time_limit_is_a_read_failure(pipeline, kube, pool):
     """A pod whose fetches keep hitting FETCH_TIME_LIMIT (a log request that hangs) must
-    count as a failed read, or it would hold sealing back with no limit (SEAL_MAX_WAIT)."""
+    count as a failed read, or it would hold sealing back with no limit (SEAL_MAX_WAIT).
+    The thread pool (the fetch worker's, in compose and the manifests) enforces no Celery
+    time limit: the read's own deadline stops it."""
     kube.add_pod(POD)
     pipeline.init_ledger()
-    pipeline.worker(FETCH_TIME_LIMIT="5")
+    worker = pipeline.worker(FETCH_TIME_LIMIT="5", pool=pool, concurrency=1)
     kube.write_many(POD, Traffic(seed=31).lines(3))
     kube.delay(8)  # each log request answers after the soft limit
     uid = kube.pod_uid(POD)
@@ -432,3 +435,5 @@ def test_a_fetch_over_its_time_limit_is_a_read_failure(pipeline, kube):
     finally:
         kube.delay(0)
     assert record.fail_since <= pipeline.ledger.now()
+    assert "over FETCH_TIME_LIMIT (5s); nothing committed" in worker.output()
+    assert pipeline.ledger.cursors() == {}

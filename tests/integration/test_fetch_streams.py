@@ -5,17 +5,20 @@ in the node's zone. Each of the issue's three cases, with its exact totals."""
 from __future__ import annotations
 
 import logging
+import time
 from datetime import UTC, datetime
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from app.errors import FetchTimeLimitExceeded
 from app.fetching import Fetcher
-from app.kube import LogSource
+from app.kube import CHUNK, LogSource
 from app.ledger import Ledger
 from app.metrics import LedgerCollector
 from app.model import Cursor
 from sim.fake_kube import NS_PER_S, FakeKube, ManualClock
+from sim.procs import wait_until
 
 NS = NS_PER_S
 DAY = int(datetime(2026, 11, 30, tzinfo=UTC).timestamp()) * NS
@@ -159,3 +162,50 @@ def test_unreadable_stamps_are_counted_once_and_warned_about_once(fake, ledger, 
     served = [line for line in text.splitlines() if 'reason="bad_timestamp"' in line]
     assert served == ['traefik_metrics_scraper_log_lines_total{outcome="rejected",reason="bad_timestamp"} 3.0'], text
     assert "traefik_metrics_scraper_pods_with_bad_timestamps_total 1.0" in text
+
+
+# ------------------------------------------------ the read's deadline (FETCH_TIME_LIMIT)
+# A fetch worker on the thread pool has no Celery time limit: the read enforces its own.
+
+
+def test_a_read_answered_after_its_deadline_stops_at_the_deadline(fake, fetcher, ledger):
+    fake.write(POD, access("acme", 1, 10), at(10, 10, 1))
+    fake.delay(3)  # the answer comes 3 s after the request; the read has 1 s
+    began = time.monotonic()
+    try:
+        with pytest.raises(FetchTimeLimitExceeded):
+            fetcher.fetch(POD, fake.pod_uid(POD), began + 1)
+    finally:
+        fake.delay(0)
+    assert time.monotonic() - began < 2.5  # the read timeout was cut to the time left, not the 5 s configured
+    assert ledger.cursors() == {} and billed(ledger) == {}  # nothing committed
+    fetch(fetcher, fake)  # the next read takes it all, once
+    assert billed(ledger) == {"acme": [1, 10, 1]}
+
+
+def test_a_stream_is_stopped_between_chunks_once_its_deadline_passed(fake):
+    line = access("acme", 1, 10)
+    fake.write_many(POD, [line] * (3 * CHUNK // len(line)), at(10, 10, 1))  # several chunks
+    source = LogSource("traefik", "app.kubernetes.io/name=traefik", 5)
+    try:
+        deadline = time.monotonic() + 2
+        chunks = source.stream_log(POD, "traefik", None, 1 << 30, deadline=deadline)
+        assert len(next(chunks)) > 0  # within the deadline
+        wait_until(lambda: time.monotonic() > deadline, 5, interval=0.05, what="the deadline")
+        with pytest.raises(FetchTimeLimitExceeded):
+            next(chunks)
+        # Without a deadline the same stream is read to its end.
+        assert sum(map(len, source.stream_log(POD, "traefik", None, 1 << 30))) > 2 * CHUNK
+    finally:
+        source.close()
+
+
+def test_a_deadline_already_passed_sends_no_request(fake):
+    source = LogSource("traefik", "app.kubernetes.io/name=traefik", 5)
+    try:
+        before = len(fake.requests)
+        with pytest.raises(FetchTimeLimitExceeded):
+            next(source.stream_log(POD, "traefik", None, 1 << 20, deadline=time.monotonic() - 0.1))
+        assert len(fake.requests) == before
+    finally:
+        source.close()

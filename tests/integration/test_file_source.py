@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 import pytest
 
 from app import filesource, rounds
+from app.errors import FetchTimeLimitExceeded
 from app.filesource import FileFetcher, discover
 from app.ledger import Ledger
 from app.model import FetchStatus, FileCursor, RoundStatus
@@ -483,8 +484,8 @@ def test_a_file_truncated_during_the_read_commits_nothing(ledger, logdir, monkey
     log_.lines(traffic.lines(40))
     real_chunks = filesource._chunks
 
-    def truncating(fd, start, limit):
-        for i, chunk in enumerate(real_chunks(fd, start, limit)):
+    def truncating(fd, start, limit, deadline=None):
+        for i, chunk in enumerate(real_chunks(fd, start, limit, deadline)):
             if i == 1:
                 log_.copytruncate()
                 log_.lines(traffic.lines(2))
@@ -496,6 +497,37 @@ def test_a_file_truncated_during_the_read_commits_nothing(ledger, logdir, monkey
     assert result["status"] == FetchStatus.CHANGED
     assert ledger.cursors() == {} and ledger.stats()["file_changed"] == 1
     monkeypatch.setattr(filesource, "_chunks", real_chunks)
+    settle(ledger, pattern)
+    assert ledger_totals(ledger) == traffic.expected()
+    log_.close()
+
+
+def test_a_read_past_its_deadline_commits_nothing(ledger, logdir, monkeypatch):
+    """FETCH_TIME_LIMIT on a pool without Celery time limits: the read checks its
+    deadline before each chunk; past it, nothing is committed and the next read takes
+    the file from the same cursor."""
+    pattern = str(logdir / "access.log*")
+    traffic = Traffic(seed=26)
+    log_ = AccessLog(logdir / "access.log")
+    log_.lines(traffic.lines(40))
+    real_chunks = filesource._chunks
+    served = []
+
+    def slow_disk(fd, start, limit, deadline=None):
+        for chunk in real_chunks(fd, start, limit, deadline):
+            served.append(len(chunk))
+            yield chunk
+            if len(served) == 2:  # the second chunk took longer than the time left
+                wait_until(lambda: time.monotonic() > deadline, 10, interval=0.05, what="the deadline")
+
+    monkeypatch.setattr(filesource, "CHUNK", 4096)
+    monkeypatch.setattr(filesource, "_chunks", slow_disk)
+    (f,) = discover(pattern).files
+    with pytest.raises(FetchTimeLimitExceeded):
+        FileFetcher(ledger, domain=DOMAIN, limit_bytes=1 << 20).fetch(f.path, f.identity, time.monotonic() + 1)
+    assert len(served) == 2 and os.path.getsize(f.path) > 3 * 4096  # stopped with more to read
+    assert ledger.cursors() == {}
+    monkeypatch.undo()
     settle(ledger, pattern)
     assert ledger_totals(ledger) == traffic.expected()
     log_.close()

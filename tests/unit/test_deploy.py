@@ -340,6 +340,10 @@ def test_k8s_scraper_workloads(docs, overlay):
         # --quiet: Celery prints its banner (not a log record), which would break JSON logs.
         assert argv[:5] == ["celery", "-A", "app", "--quiet", "worker"]
         assert argv[argv.index("-Q") + 1] == queue
+        # Both on threads: the fetch worker one thread in one process (bench/fetch_memory.py;
+        # the read enforces FETCH_TIME_LIMIT itself), the report worker many.
+        assert _flags(argv)["--pool"] == "threads", name
+    assert _flags(_argv(_containers(_scraper_workload(docs, "worker-fetch"))[0]))["--concurrency"] == "1"
     for name in SCRAPER_WORKLOADS:
         (container,) = _containers(_scraper_workload(docs, name))
         resources = _normalized(container["resources"])
@@ -504,6 +508,8 @@ def test_compose_services(compose):
         assert _command(services[name])[:4] == ["celery", "-A", "app", "worker"], name
     assert _queues(services["worker-fetch"]) == ["fetch.files"]
     assert _queues(services["worker-fetch-kubernetes"]) == ["fetch"]
+    pod_logs = _flags(_command(services["worker-fetch-kubernetes"]))
+    assert (pod_logs["--pool"], pod_logs["--concurrency"]) == ("threads", "1")  # as in k8s/base/worker-fetch.yaml
     report = services["worker-report"]
     assert _queues(report) == ["report"]
     # Scalable: nothing in it that two copies could not share.
