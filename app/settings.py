@@ -163,7 +163,10 @@ class Settings(BaseSettings):
     a factor of 2). A fetch holds at most about twice this for one line."""
 
     fetch_time_limit: int = 120
-    """Hard time limit of one fetch task, in seconds (a 32 MiB read takes a few)."""
+    """Time limit of one fetch task, in seconds (a 32 MiB read takes a few). The read
+    stops itself at it, committing nothing (the fetch worker's thread pool has no Celery
+    time limit); on a prefork pool Celery's soft limit is the same, its hard limit 10 s
+    later."""
 
     log_reorder_window: float = 1.0
     """Seconds a log line's stamp may be older than a line before it in the log. The

@@ -57,7 +57,7 @@ ORIGINAL_RESOURCES = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"
 # bench/delivery.py): the fetch worker's two processes idle at 111 MiB of PSS and peak
 # near 135 MiB; the report worker uses 0.25-0.31 core at 167 reports/s.
 RESOURCES = {
-    "worker-fetch": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "192Mi"}},
+    "worker-fetch": {"requests": {"cpu": "100m", "memory": "112Mi"}, "limits": {"cpu": "1", "memory": "160Mi"}},
     "worker-report": {"requests": {"cpu": "250m", "memory": "64Mi"}, "limits": {"cpu": "1", "memory": "128Mi"}},
     "beat": ORIGINAL_RESOURCES,
     "watcher": ORIGINAL_RESOURCES,
