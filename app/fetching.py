@@ -487,7 +487,7 @@ class Fetcher:
             return {"pod": name, "status": FetchStatus.KUBE_ERROR}
 
     def _fetch(self, ns: str, name: str, uid: str, start_at: int, deadline: float | None) -> dict:
-        pod = self.source.get_pod(name)
+        pod = self.source.get_pod(name, deadline)
         if pod.uid != uid:
             raise PodGone(f"{name} now has uid {pod.uid}")
         ctr = pod.container(self.container)
@@ -524,7 +524,7 @@ class Fetcher:
             self.max_line,
             self.ledger.ri,
         )
-        self._commit(pod, ctr, field_, raw, res, summary, ctr.container_id, read_at)
+        self._commit(pod, ctr, field_, raw, res, summary, ctr.container_id, read_at, deadline=deadline)
         return summary
 
     def _drain_previous(self, pod: Pod, ctr: Container, field_: str, raw: str, cursor: Cursor, start_at: int, summary: dict,
@@ -554,13 +554,14 @@ class Fetcher:
         if res is not None:
             if res.cut:
                 # More of the previous container is waiting: keep draining next round.
-                self._commit(pod, ctr, field_, raw, res, summary, cursor.container_id, read_at)
+                self._commit(pod, ctr, field_, raw, res, summary, cursor.container_id, read_at, deadline=deadline)
                 return raw, cursor, False
             # Fully drained: the cursor moves to the start of the current container. The
             # read record stays the previous container's until the current one is read.
             high = res.cursor.high_ns
             res.cursor = Cursor(ctr.container_id, 0, 0)
-            if not self._commit(pod, ctr, field_, raw, res, summary, cursor.container_id, read_at, high):
+            if not self._commit(pod, ctr, field_, raw, res, summary, cursor.container_id, read_at, high,
+                                deadline=deadline):
                 return raw, cursor, False
         else:
             moved = Cursor(ctr.container_id, 0, 0)
@@ -590,7 +591,8 @@ class Fetcher:
         )
 
     def _commit(self, pod: Pod, ctr: Container, field_: str, expected: str, res: ReadResult, summary: dict,
-                marker: str = "", read_at: float | None = None, high_ns: int | None = None) -> bool:
+                marker: str = "", read_at: float | None = None, high_ns: int | None = None,
+                deadline: float | None = None) -> bool:
         """Commit one read if the container did not change under it. True when committed.
 
         With it goes the pod's read record for the watermark: the container whose log
@@ -618,7 +620,7 @@ class Fetcher:
         # the GET named was read to its end, when the read was of the new, empty one (and
         # the watermark would seal past the previous container's unread lines).
         try:
-            after = self.source.get_pod(pod.name)
+            after = self.source.get_pod(pod.name, deadline)
             moved = after.uid != pod.uid or after.container(ctr.name) != ctr
         except PodGone:
             moved = False  # gone after the read: what was read is its final log

@@ -28,7 +28,7 @@ worker's consumer and pool, or while the broker cannot be reached. A worker whos
 consumer stopped while Redis is up lets it expire: its liveness fails and it is
 restarted. The budget covers the longest task the worker may be running when the ping
 arrives (prefetch is 1, so the ping waits for it): twice ``HEALTH_INTERVAL``, plus the
-hard time limit of the longest task of the queues it consumes, plus 10 s.
+longest a task of the queues it consumes can run (``hard_limit``), plus 10 s.
 
 The direct queue is a declared kombu ``Queue`` object passed as the destination, so it
 works with ``task_create_missing_queues=False`` (Celery's router accepts a ``Queue``
@@ -45,6 +45,7 @@ beat goes on), so it does not fail beat's liveness either.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 import threading
@@ -88,10 +89,13 @@ def probe_command(health_dir: str, name: str) -> str:
 
 
 def hard_limit(settings: Settings, queue: str) -> int:
-    """The longest hard time limit of a task on ``queue`` (workers/*.py set them)."""
+    """The longest a task on ``queue`` can run (workers/*.py set the limits). A fetch: on
+    prefork the hard limit, FETCH_TIME_LIMIT + 10; on the thread pool the read stops
+    itself at FETCH_TIME_LIMIT, but a stream that stalls just before it is noticed only
+    when the read timeout (KUBE_REQUEST_TIMEOUT at most) runs out, so that is added."""
     if queue == Queue.REPORT:
         return settings.report_time_limit + 5
-    return settings.fetch_time_limit + 10
+    return settings.fetch_time_limit + math.ceil(settings.kube_request_timeout) + 10
 
 
 def live_budget(settings: Settings, queues: list[str]) -> int:

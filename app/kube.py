@@ -234,6 +234,20 @@ def _wrap(status: int, body: bytes | str | None, what: str) -> KubeError:
     return KubeError(msg)
 
 
+class _NoRetryOnReadTimeout(urllib3.util.Retry):
+    """urllib3's default retries (3), except for an answer that timed out: retried, a
+    log read of a hung apiserver took four read timeouts, past any time limit; it ends
+    the call, and the next round (or the caller) tries again. A connection dropped after
+    the request went out (an apiserver restart, a kept-alive connection closed as it was
+    reused) is a read error to urllib3 too, and is still retried on a new connection.
+    (``Retry.new`` builds the next one with ``type(self)``: the rule holds on every try.)"""
+
+    def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
+        if isinstance(error, urllib3.exceptions.ReadTimeoutError):
+            raise urllib3.exceptions.MaxRetryError(_pool, url, error) from error
+        return super().increment(method, url, response, error, _pool, _stacktrace)
+
+
 def _time_left(deadline: float, what: str, cause: BaseException | None = None) -> float:
     """Seconds left before ``deadline`` (``time.monotonic()``); ``FetchTimeLimitExceeded``
     (from ``cause``, a timeout the cut read timeout raised) when none are."""
@@ -265,11 +279,7 @@ class LogSource:
             except (k8s.ConfigException, OSError) as e:
                 raise KubeError(f"no Kubernetes config: not in a cluster and KUBECONFIG failed: {truncate(str(e))}") from e
         configuration = k8s.client.Configuration.get_default_copy()
-        # urllib3's default retries a request whose answer timed out up to three more
-        # times: a log read of a hung apiserver took four read timeouts, past any time
-        # limit. Connection failures are still retried (nothing was sent); a read timeout
-        # ends the call, and the next round (or the caller) tries again.
-        configuration.retries = urllib3.util.Retry(total=3, read=0)
+        configuration.retries = _NoRetryOnReadTimeout(3)
         return k8s.client.ApiClient(configuration)
 
     def close(self) -> None:
@@ -297,13 +307,26 @@ class LogSource:
         return PodWatch(self.core, self.namespace, self.label_selector, resource_version,
                         timeout_seconds, self.timeout[0])
 
-    def get_pod(self, name: str) -> Pod:
+    def _timeout(self, deadline: float | None, what: str) -> tuple[float, float]:
+        """(connect, read) timeouts of one call, cut to the time left before ``deadline``
+        (``time.monotonic()`` s); ``FetchTimeLimitExceeded`` when none is."""
+        if deadline is None:
+            return self.timeout
+        left = _time_left(deadline, what)
+        return min(self.timeout[0], left), min(self.timeout[1], left)
+
+    def get_pod(self, name: str, deadline: float | None = None) -> Pod:
+        """The pod ``name``. Raises ``PodGone``, ``KubeError``, and
+        ``FetchTimeLimitExceeded`` past ``deadline`` (``time.monotonic()`` s)."""
+        what = f"get pod {name}"
         try:
-            obj = self.core.read_namespaced_pod(name, self.namespace, _request_timeout=self.timeout)
+            obj = self.core.read_namespaced_pod(name, self.namespace, _request_timeout=self._timeout(deadline, what))
         except k8s.ApiException as e:
-            raise _wrap(e.status or 0, e.body, f"get pod {name}") from e
+            raise _wrap(e.status or 0, e.body, what) from e
         except (urllib3.exceptions.HTTPError, OSError) as e:
-            raise KubeUnavailable(f"get pod {name}: {truncate(str(e))}") from e
+            if deadline is not None:
+                _time_left(deadline, what, e)
+            raise KubeUnavailable(f"{what}: {truncate(str(e))}") from e
         return _pod_from(obj)
 
     def stream_log(
@@ -337,12 +360,8 @@ class LogSource:
             header_params={"Accept": "text/plain"},
             auth_settings=["BearerToken"],
         )
-        timeout = self.timeout
-        if deadline is not None:
-            left = _time_left(deadline, what)
-            timeout = (min(timeout[0], left), min(timeout[1], left))
         try:
-            resp = self.api_client.call_api(*params, _request_timeout=timeout)
+            resp = self.api_client.call_api(*params, _request_timeout=self._timeout(deadline, what))
         except k8s.ApiException as e:
             raise _wrap(e.status or 0, e.body, what) from e
         except (urllib3.exceptions.HTTPError, OSError) as e:

@@ -1,7 +1,8 @@
 """Per-process resources: the Redis pool, the ledger, the Kubernetes and platform
-clients. A worker creates them in ``worker_process_init`` (after the fork, so no
-socket is shared between processes); other processes (beat, the CLI) get them on
-first use."""
+clients. A prefork worker's children create them in ``worker_process_init`` (after the
+fork, so no socket is shared between processes); a thread-pool worker (the fetch and
+report workers of compose and the manifests), beat and the CLI get them on first use,
+one of each per process, shared by its threads."""
 
 from __future__ import annotations
 

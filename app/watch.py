@@ -12,9 +12,9 @@ In a small dedicated process, ``traefik-metrics-scraper watch`` (k8s/watcher.yam
 * Not in beat: beat has no ServiceAccount token (only the processes that call the
   Kubernetes API mount it), it must stay exactly one process that only schedules, and
   a beat stuck in a log read would delay every round.
-* Not in a fetch worker: a fetch worker runs one prefork slot (``--concurrency=1``, the
-  128Mi limit), so a watch loop there would take that slot for good, or wait behind a
-  fetch that may run up to ``FETCH_TIME_LIMIT`` (120 s).
+* Not in a fetch worker: a fetch worker runs one slot (``--pool=threads --concurrency=1``),
+  so a watch loop there would take that slot for good, or wait behind a fetch that may
+  run up to ``FETCH_TIME_LIMIT`` (120 s).
 * Not by sending fetch tasks: a read sent to the ``fetch`` queue waits behind the
   round's fetches, and the deadline after a container exits is about one second.
 

@@ -48,8 +48,11 @@ class LocalPipeline:
     # Processes ------------------------------------------------------------------
 
     def worker(self, queues: str = "fetch,report", concurrency: int = 2, name: str | None = None,
-               pool: str = "prefork", **env: str) -> CeleryProcess:
+               pool: str | None = None, **env: str) -> CeleryProcess:
+        """A Celery worker on ``queues``; ``pool`` by default as compose and the manifests run
+        it: threads for a worker of the ``fetch`` queue alone, else prefork."""
         name = name or f"w{len(self.procs)}"
+        pool = pool or ("threads" if queues == "fetch" else "prefork")
         args = ["-Q", queues, "-c", str(concurrency), "-n", f"{name}@%h", f"--pool={pool}", "--without-mingle",
                 "--without-gossip", "--loglevel", self.env.get("LOG_LEVEL", "INFO")]
         return self._start(CeleryProcess("worker", {**self.env, **env}, args, log_path=self.dir / f"{name}.log"))

@@ -4,14 +4,17 @@ in the node's zone. Each of the issue's three cases, with its exact totals."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
+import threading
 import time
 from datetime import UTC, datetime
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from app.errors import FetchTimeLimitExceeded
+from app.errors import FetchTimeLimitExceeded, KubeUnavailable
 from app.fetching import Fetcher
 from app.kube import CHUNK, LogSource
 from app.ledger import Ledger
@@ -121,8 +124,8 @@ class _Mangled:
         self.namespace = source.namespace
         self.marker = marker
 
-    def get_pod(self, name):
-        return self.source.get_pod(name)
+    def get_pod(self, name, deadline=None):
+        return self.source.get_pod(name, deadline)
 
     def stream_log(self, *args, **kwargs):
         body = b"".join(self.source.stream_log(*args, **kwargs))
@@ -207,5 +210,94 @@ def test_a_deadline_already_passed_sends_no_request(fake):
         with pytest.raises(FetchTimeLimitExceeded):
             next(source.stream_log(POD, "traefik", None, 1 << 20, deadline=time.monotonic() - 0.1))
         assert len(fake.requests) == before
+    finally:
+        source.close()
+
+
+def test_a_dropped_connection_is_retried_and_a_timed_out_answer_is_not(fake, tmp_path, monkeypatch):
+    """The Kubernetes client's retries: a connection closed after the request went out,
+    with no answer (an apiserver restart, a kept-alive connection closed as it is reused),
+    is tried again on a new one; an answer that timed out is not (four read timeouts
+    would outlast FETCH_TIME_LIMIT)."""
+    upstream = fake.url.split("//")[1].split(":")
+    accepted = []
+    drop = threading.Event()
+    drop.set()
+
+    def pump(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def serve(listener: socket.socket) -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(conn)
+            if drop.is_set():
+                drop.clear()
+                conn.recv(65536)  # the request arrives, and the connection closes unanswered
+                conn.close()
+                continue
+            up = socket.create_connection((upstream[0], int(upstream[1])))
+            threading.Thread(target=pump, args=(conn, up), daemon=True).start()
+            threading.Thread(target=pump, args=(up, conn), daemon=True).start()
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    threading.Thread(target=serve, args=(listener,), daemon=True).start()
+    real_url = fake.url
+    fake.url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    monkeypatch.setenv("KUBECONFIG", fake.write_kubeconfig(tmp_path / "through-proxy"))
+    fake.url = real_url
+    source = LogSource("traefik", "app.kubernetes.io/name=traefik", 1)
+    try:
+        assert source.get_pod(POD).name == POD
+        assert len(accepted) == 2  # the dropped connection, then the retry
+        fake.delay(3)  # an answer 3 s late against a 1 s read timeout
+        began = time.monotonic()
+        with pytest.raises(KubeUnavailable, match="ReadTimeo"):
+            b"".join(source.stream_log(POD, "traefik", None, 1 << 20))
+        assert time.monotonic() - began < 2.5  # one read timeout, not four
+    finally:
+        fake.delay(0)
+        source.close()
+        listener.close()
+
+
+def test_the_check_after_the_read_is_bounded_by_the_deadline(fake, ledger):
+    """The pod is fetched again after its log was read (did the container change?): that
+    call keeps to the read's deadline too, and past it nothing is committed."""
+    fake.write(POD, access("acme", 1, 10), at(10, 10, 1))
+    source = LogSource("traefik", "app.kubernetes.io/name=traefik", 5)
+    gets = []
+
+    class SlowSecondGet:
+        namespace = source.namespace
+
+        def get_pod(self, name, deadline=None):
+            gets.append(deadline)
+            if len(gets) == 2:  # the check after the read: the apiserver is slow to answer
+                wait_until(lambda: time.monotonic() > deadline, 10, interval=0.05, what="the deadline")
+            return source.get_pod(name, deadline)
+
+        def stream_log(self, *args, **kwargs):
+            return source.stream_log(*args, **kwargs)
+
+    fetcher = Fetcher(SlowSecondGet(), ledger, domain="t.lum.tools", container="", limit_bytes=1 << 20)
+    try:
+        with pytest.raises(FetchTimeLimitExceeded):
+            fetcher.fetch(POD, fake.pod_uid(POD), time.monotonic() + 1)
+        assert len(gets) == 2 and gets[0] == gets[1] is not None
+        assert ledger.cursors() == {} and billed(ledger) == {}
+        fetch(fetcher, fake)
+        assert billed(ledger) == {"acme": [1, 10, 1]}
     finally:
         source.close()

@@ -28,8 +28,9 @@ from sim.procs import CeleryProcess, free_port, wait_until
 ROOT = Path(__file__).resolve().parents[2]
 INTERVAL = 1  # HEALTH_INTERVAL
 FETCH_TIME_LIMIT = 5
-# health.live_budget: 2 x interval + the fetch hard limit (FETCH_TIME_LIMIT + 10) + 10
-LIVE_BUDGET = 2 * INTERVAL + FETCH_TIME_LIMIT + 10 + 10
+KUBE_REQUEST_TIMEOUT = 2
+# health.live_budget: 2 x interval + the longest fetch (FETCH_TIME_LIMIT + KUBE_REQUEST_TIMEOUT + 10) + 10
+LIVE_BUDGET = 2 * INTERVAL + FETCH_TIME_LIMIT + KUBE_REQUEST_TIMEOUT + 10 + 10
 FETCH_INTERVAL = 1
 BEAT_BUDGET = 3 * FETCH_INTERVAL + 15
 
@@ -87,6 +88,7 @@ def _env(redis_url: str, health_dir: Path) -> dict[str, str]:
         "HEALTH_DIR": str(health_dir),
         "HEALTH_INTERVAL": str(INTERVAL),
         "FETCH_TIME_LIMIT": str(FETCH_TIME_LIMIT),
+        "KUBE_REQUEST_TIMEOUT": str(KUBE_REQUEST_TIMEOUT),
         "REPORT_INTERVAL": "2",
         "FETCH_INTERVAL": str(FETCH_INTERVAL),
         "KUBECONFIG": "/nonexistent",
@@ -102,7 +104,9 @@ def probe(health_dir: Path, name: str) -> bool:
 
 def _worker(tmp_path: Path, redis_url: str, name: str) -> tuple[CeleryProcess, Path]:
     health_dir = tmp_path / f"health-{name}"
-    args = ["-Q", "fetch", "-c", "1", "-n", f"{name}@%h", "--without-gossip", "--without-mingle", "-l", "INFO"]
+    # The fetch worker as compose and the manifests run it: one thread.
+    args = ["-Q", "fetch", "--pool=threads", "-c", "1", "-n", f"{name}@%h", "--without-gossip", "--without-mingle",
+            "-l", "INFO"]
     proc = CeleryProcess("worker", _env(redis_url, health_dir), args, log_path=tmp_path / f"{name}.log")
     proc.start()
     proc.wait_ready()

@@ -54,8 +54,9 @@ IMAGE = "ghcr.io/ethanke/traefik-metrics-scraper"
 ORIGINAL_RESOURCES = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": "100m", "memory": "128Mi"}}
 # Each scraper container's resources: the original's, except where issue 10's benchmarks
 # measured more (the manifests' comments give the figures; bench/fetch_memory.py,
-# bench/delivery.py): the fetch worker's two processes idle at 111 MiB of PSS and peak
-# near 135 MiB; the report worker uses 0.25-0.31 core at 167 reports/s.
+# bench/delivery.py): the fetch worker (one process, one thread) at 94-97 MiB of PSS after
+# its first read and 108-109 MiB at most at full delivery scale; the report worker uses
+# 0.25-0.31 core at 167 reports/s.
 RESOURCES = {
     "worker-fetch": {"requests": {"cpu": "100m", "memory": "112Mi"}, "limits": {"cpu": "1", "memory": "160Mi"}},
     "worker-report": {"requests": {"cpu": "250m", "memory": "64Mi"}, "limits": {"cpu": "1", "memory": "128Mi"}},
