@@ -153,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def fig(r: dict) -> str:
         return (f"{r['lost']:,} of {r['written']:,} lines lost ({r['lost_share']:.2%}; {r['lost_per_rotation']:,.0f} per "
-                f"rotation, {r['rotations']} rotations), gaps {r['gaps']}, rest {'exact' if r['exact_rest'] else 'NOT exact'}")
+                f"rotation, {r['rotations']} rotations), gaps {r['gaps']} (with the warm-up's "
+                f"{r['rotations_in_warmup']} rotations), rest {'exact' if r['exact_rest'] else 'NOT exact'}")
 
     q = " (quick)" if args.quick else ""
     rows = []
