@@ -4,6 +4,9 @@ foreign bodies are truncated before they reach a log line."""
 
 from __future__ import annotations
 
+import math
+import time
+
 MAX_BODY = 200
 
 
@@ -31,6 +34,18 @@ class FetchTimeLimitExceeded(ScraperError):
     nothing, and the next round retries. The thread pool enforces no Celery time limit,
     so a fetch worker on threads relies on this; on prefork the soft limit may come first
     (the same outcome)."""
+
+
+def time_left(deadline: float | None, what: str, cause: BaseException | None = None) -> float:
+    """Seconds left before ``deadline`` (``time.monotonic()`` s; ``None``: no deadline,
+    infinitely many). ``FetchTimeLimitExceeded`` (from ``cause``: a timeout that the
+    time left cut short) when none are."""
+    if deadline is None:
+        return math.inf
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise FetchTimeLimitExceeded(f"{what}: over its time limit") from cause
+    return left
 
 
 # Kubernetes -------------------------------------------------------------------

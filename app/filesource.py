@@ -55,11 +55,10 @@ import logging
 import os
 import re
 import stat
-import time
 from dataclasses import dataclass, field
 from hashlib import blake2b
 
-from app.errors import FetchTimeLimitExceeded
+from app.errors import time_left
 from app.fetching import IntervalSums, ReadResult, counters_of, parse_timestamp
 from app.ledger import Ledger
 from app.model import CommitStatus, Cursor, FetchStatus, FileCursor
@@ -199,8 +198,7 @@ def _chunks(fd: int, start: int, limit: int, deadline: float | None = None):
     ``FetchTimeLimitExceeded`` once ``deadline`` (``time.monotonic()`` s) has passed."""
     pos, left = start, limit
     while left > 0:
-        if deadline is not None and time.monotonic() > deadline:
-            raise FetchTimeLimitExceeded("read over its time limit")
+        time_left(deadline, "read of the file")
         data = os.pread(fd, min(CHUNK, left), pos)
         if not data:
             return

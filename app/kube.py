@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,13 +28,13 @@ from typing import TYPE_CHECKING, Any
 import urllib3
 
 from app.errors import (
-    FetchTimeLimitExceeded,
     KubeError,
     KubeForbidden,
     KubeUnavailable,
     NoPreviousLog,
     PodGone,
     WatchExpired,
+    time_left,
     truncate,
 )
 
@@ -248,15 +247,6 @@ class _NoRetryOnReadTimeout(urllib3.util.Retry):
         return super().increment(method, url, response, error, _pool, _stacktrace)
 
 
-def _time_left(deadline: float, what: str, cause: BaseException | None = None) -> float:
-    """Seconds left before ``deadline`` (``time.monotonic()``); ``FetchTimeLimitExceeded``
-    (from ``cause``, a timeout the cut read timeout raised) when none are."""
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise FetchTimeLimitExceeded(f"{what}: over its time limit") from cause
-    return left
-
-
 class LogSource:
     """Lists the Traefik pods and streams their logs. One per worker process (shared by
     the threads of a thread pool: the client's urllib3 pool is thread-safe)."""
@@ -310,9 +300,7 @@ class LogSource:
     def _timeout(self, deadline: float | None, what: str) -> tuple[float, float]:
         """(connect, read) timeouts of one call, cut to the time left before ``deadline``
         (``time.monotonic()`` s); ``FetchTimeLimitExceeded`` when none is."""
-        if deadline is None:
-            return self.timeout
-        left = _time_left(deadline, what)
+        left = time_left(deadline, what)
         return min(self.timeout[0], left), min(self.timeout[1], left)
 
     def get_pod(self, name: str, deadline: float | None = None) -> Pod:
@@ -324,8 +312,7 @@ class LogSource:
         except k8s.ApiException as e:
             raise _wrap(e.status or 0, e.body, what) from e
         except (urllib3.exceptions.HTTPError, OSError) as e:
-            if deadline is not None:
-                _time_left(deadline, what, e)
+            time_left(deadline, what, e)
             raise KubeUnavailable(f"{what}: {truncate(str(e))}") from e
         return _pod_from(obj)
 
@@ -365,8 +352,7 @@ class LogSource:
         except k8s.ApiException as e:
             raise _wrap(e.status or 0, e.body, what) from e
         except (urllib3.exceptions.HTTPError, OSError) as e:
-            if deadline is not None:
-                _time_left(deadline, what, e)
+            time_left(deadline, what, e)
             raise KubeUnavailable(f"{what}: {truncate(str(e))}") from e
         raw = resp.response
         try:
@@ -375,11 +361,9 @@ class LogSource:
             try:
                 for chunk in raw.stream(CHUNK, decode_content=True):
                     yield chunk
-                    if deadline is not None:
-                        _time_left(deadline, what)
+                    time_left(deadline, what)
             except (urllib3.exceptions.HTTPError, OSError) as e:
-                if deadline is not None:
-                    _time_left(deadline, what, e)
+                time_left(deadline, what, e)
                 raise KubeUnavailable(f"{what}: stream broke: {truncate(str(e))}") from e
         finally:
             # A stream left early holds unread data: drop the connection, not reuse it.
