@@ -198,6 +198,38 @@ class IntervalSums:
 
 
 @dataclass
+class ReadState:
+    """Where ``consume`` is in one log stream, carried from one slice of a stream to the
+    next (``app/follow.py``): the unfinished last line (in ``framer``), the stamp of the
+    last line, and, until a new line is met, the cursor's lines not yet met again."""
+
+    framer: LineFramer
+    prev_ts: int | None
+    remaining: dict[tuple[int, bytes], int]  # the cursor's lines not met yet: (stamp, fingerprint) -> count
+    unmatched: int
+    legacy_left: int  # old-form cursor: lines stamped exactly at its floor not met yet
+    check_gap: bool
+    past_consumed: bool = False  # a new line was met: every line after it is new
+    matched: int = 0
+    matched_legacy: dict[tuple[int, bytes], int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, cursor: Cursor, max_line_bytes: int = MAX_LINE_BYTES) -> ReadState:
+        """The state at the start of a read from ``cursor``."""
+        remaining = cursor.counts()
+        unmatched = sum(remaining.values())
+        # A line whose prefix cannot be read takes the stamp of the line before it in this
+        # read, so that its fingerprint is the same in every read that returns it. First in
+        # a read from a cursor that consumed lines, it is one of those: a re-read starts with
+        # consumed lines (the newest one is stamped at or after F, so it comes back unless
+        # the log rotated), and its predecessor may be older than sinceTime: taken as
+        # consumed. First in a first read, it takes H.
+        prev_ts = None if (cursor.seen or cursor.legacy_n) else cursor.high_ns
+        return cls(LineFramer(max_line_bytes + LINE_PREFIX_ROOM), prev_ts, remaining, unmatched, cursor.legacy_n,
+                   check_gap=unmatched + cursor.legacy_n > 0)
+
+
+@dataclass
 class ReadResult:
     """What one read of a container's log consumed."""
 
@@ -222,6 +254,7 @@ def consume(
     window_ns: int = DEFAULT_REORDER_WINDOW_NS,
     max_line_bytes: int = MAX_LINE_BYTES,
     report_interval: int = 60,
+    state: ReadState | None = None,
 ) -> ReadResult:
     """Walk a log stream read from ``floor(cursor.floor_ns)`` and aggregate what is new,
     each line into the report interval (``report_interval`` seconds) holding its stamp
@@ -250,31 +283,31 @@ def consume(
     checks in C, no per-line Python); any other batch is walked line by line. Both give
     the same result (``tests/unit/test_consume_batch.py``); the batch path made a read of
     kubelet-served Traefik lines about 1.5 times as fast (``bench/parse.py``).
+
+    A stream read in slices (a ``follow=true`` stream, ``app/follow.py``) passes one
+    ``state`` (``ReadState.of(cursor)``) to every slice, each with the cursor its previous
+    slice committed (or the same cursor when that slice consumed nothing): the slices
+    then give what one read of the whole stream would.
     """
     sums = IntervalSums(domain, max_line_bytes, report_interval)
     res = ReadResult(agg=Aggregator(domain, max_line_bytes), cursor=cursor)
+    st = state if state is not None else ReadState.of(cursor, max_line_bytes)
     floor, old_high = cursor.floor_ns, cursor.high_ns
-    remaining = cursor.counts()  # counts of the cursor's lines not yet met in this read
-    unmatched = sum(remaining.values())
-    legacy_left = cursor.legacy_n  # old form: the first n lines stamped exactly floor
-    matched = 0
-    matched_legacy: dict[tuple[int, bytes], int] = {}
-    check_gap = unmatched + legacy_left > 0
+    remaining = st.remaining  # counts of the cursor's lines not yet met in this read
+    unmatched = st.unmatched
+    legacy_left = st.legacy_left  # old form: the first n lines stamped exactly floor
+    matched = st.matched
+    matched_legacy = st.matched_legacy
+    check_gap = st.check_gap
     high = old_high
-    past_consumed = False  # a new line was met: every line after it is new
+    past_consumed = st.past_consumed  # a new line was met: every line after it is new
     tail: list[tuple[int, bytes]] = []  # new lines that may end within the window of H
     prune_at = 4096
-    # A line whose prefix cannot be read takes the stamp of the line before it in this
-    # read, so that its fingerprint is the same in every read that returns it. First in
-    # a read from a cursor that consumed lines, it is one of those: a re-read starts with
-    # consumed lines (the newest one is stamped at or after F, so it comes back unless
-    # the log rotated), and its predecessor may be older than sinceTime: taken as
-    # consumed. First in a first read, it takes H.
-    prev_ts: int | None = None if (cursor.seen or cursor.legacy_n) else old_high
+    prev_ts = st.prev_ts  # the stamp an unreadable prefix takes (ReadState.of says why)
     before_start = 0
     unreadable = {"rejected:no_timestamp": 0, "rejected:bad_timestamp": 0}
 
-    framer = LineFramer(max_line_bytes + LINE_PREFIX_ROOM)
+    framer = st.framer
     ri_ns = report_interval * 1_000_000_000
     # Lines taken by the batch path that may end within the window of H: (highest stamp,
     # heads, texts) per batch, oldest first; expanded into stamped lines at the end.
@@ -362,6 +395,8 @@ def consume(
     res.agg = sums.finish()
     res.parts = sums.partials()
     res.cut = res.received >= limit_bytes
+    st.prev_ts, st.past_consumed, st.check_gap = prev_ts, past_consumed, check_gap
+    st.unmatched, st.legacy_left, st.matched = unmatched, legacy_left, matched
     if res.consumed:
         new_floor = max(floor, high - window_ns)
         counts = cursor.counts()  # consumed lines, met in this read or not
@@ -372,6 +407,8 @@ def consume(
                 key = (t, fingerprint(t, text))
                 counts[key] = counts.get(key, 0) + 1
         res.cursor = Cursor.build(cursor.container_id, high, new_floor, counts)
+        # Past the cursor's lines for good: the next slice's cursor holds the matches.
+        st.remaining, st.matched_legacy = {}, {}
     if before_start:
         res.extra["ignored:before_start"] = before_start
     for reason, count in unreadable.items():
@@ -452,10 +489,15 @@ class Fetcher:
         self.window = reorder_window_ns
         self.max_line = max_line_bytes
 
-    def fetch(self, name: str, uid: str, deadline: float | None = None) -> dict:
+    def fetch(self, name: str, uid: str, deadline: float | None = None, probe: bool = False) -> dict:
         """Read one pod from its cursor and commit. Handled errors are returned, never
         raised; ``FetchTimeLimitExceeded`` is raised once ``deadline``
-        (``time.monotonic()`` seconds) has passed during a read, with nothing committed."""
+        (``time.monotonic()`` seconds) has passed during a read, with nothing committed.
+
+        ``probe``: the pod is followed (``app/follow.py``) and its stream is quiet. The
+        read commits its read record only when it found nothing new (every line of the log
+        was consumed when the read started); what it found new is the follower's to count
+        (status ``FOLLOWED``)."""
         ns = self.source.namespace
         try:
             start_at = self.ledger.start_at_ns()
@@ -465,7 +507,7 @@ class Fetcher:
                     "initialised; refusing to read logs (that would bill them again). Run "
                     "`traefik-metrics-scraper init-ledger --start-at <time of the last report delivered>`"
                 )
-            return self._fetch(ns, name, uid, start_at, deadline)
+            return self._fetch(ns, name, uid, start_at, deadline, probe)
         except LedgerLost as e:
             log.error("fetch %s/%s: %s", ns, name, e, extra={"pod": name, "namespace": ns, "outcome": "ledger_lost"})
             return {"pod": name, "status": FetchStatus.LEDGER_LOST}
@@ -486,7 +528,7 @@ class Fetcher:
             self.ledger.note_read_failure(uid)
             return {"pod": name, "status": FetchStatus.KUBE_ERROR}
 
-    def _fetch(self, ns: str, name: str, uid: str, start_at: int, deadline: float | None) -> dict:
+    def _fetch(self, ns: str, name: str, uid: str, start_at: int, deadline: float | None, probe: bool = False) -> dict:
         pod = self.source.get_pod(name, deadline)
         if pod.uid != uid:
             raise PodGone(f"{name} now has uid {pod.uid}")
@@ -524,6 +566,9 @@ class Fetcher:
             self.max_line,
             self.ledger.ri,
         )
+        if probe and res.consumed:
+            summary["status"] = FetchStatus.FOLLOWED
+            return summary
         self._commit(pod, ctr, field_, raw, res, summary, ctr.container_id, read_at, deadline=deadline)
         return summary
 
@@ -592,13 +637,16 @@ class Fetcher:
 
     def _commit(self, pod: Pod, ctr: Container, field_: str, expected: str, res: ReadResult, summary: dict,
                 marker: str = "", read_at: float | None = None, high_ns: int | None = None,
-                deadline: float | None = None) -> bool:
+                deadline: float | None = None, *, endless: bool = False, check_pod: bool = True) -> bool:
         """Commit one read if the container did not change under it. True when committed.
 
         With it goes the pod's read record for the watermark: the container whose log
         was read (``marker``), ``read_at`` (Redis time before the read was sent) when the
         read reached the end of the log (not cut at ``limitBytes``), the highest stamp
-        consumed (``high_ns``, default the new cursor's)."""
+        consumed (``high_ns``, default the new cursor's). A slice of a follow stream
+        (``endless``) never reaches an end: its record carries the highest stamp only.
+        ``check_pod=False`` skips the look at the pod after the read (a follow stream's
+        later slices: the stream is of the container the first slice checked)."""
         summary["cut"] = res.cut  # the last read stopped at limitBytes (more waiting); metrics' lag
         if res.consumed == 0 and res.cut:
             log.warning(
@@ -619,11 +667,13 @@ class Fetcher:
         # Checked for a read of nothing too: its read record would say that the container
         # the GET named was read to its end, when the read was of the new, empty one (and
         # the watermark would seal past the previous container's unread lines).
+        moved = False
         try:
-            after = self.source.get_pod(pod.name, deadline)
-            moved = after.uid != pod.uid or after.container(ctr.name) != ctr
+            if check_pod:
+                after = self.source.get_pod(pod.name, deadline)
+                moved = after.uid != pod.uid or after.container(ctr.name) != ctr
         except PodGone:
-            moved = False  # gone after the read: what was read is its final log
+            pass  # gone after the read: what was read is its final log
         if moved:
             log.info("fetch %s/%s: the container changed during the read; nothing committed", pod.namespace, pod.name)
             self.ledger.incr({"fetch_restarted": 1})
@@ -631,8 +681,8 @@ class Fetcher:
             return False
         counters = counters_of(res)
         record = ""
-        if read_at is not None:
-            end_at = None if res.cut else read_at
+        if read_at is not None or endless:
+            end_at = None if (res.cut or endless) else read_at
             record = Ledger.read_record(marker, end_at, res.cursor.high_ns if high_ns is None else high_ns)
         result = self.ledger.commit(field_, expected, res.cursor.encode(), counters=counters, parts=res.parts,
                                     source=pod.uid if record else "", record=record)

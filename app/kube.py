@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -316,6 +317,32 @@ class LogSource:
             raise KubeUnavailable(f"{what}: {truncate(str(e))}") from e
         return _pod_from(obj)
 
+    def _open_log(self, name: str, query: list[tuple[str, str]], what: str,
+                  timeout: tuple[float, float]) -> urllib3.BaseHTTPResponse:
+        """Send one log request; the urllib3 response, status 200, not read yet."""
+        params = self.api_client.param_serialize(
+            "GET",
+            LOG_PATH,
+            path_params={"namespace": self.namespace, "name": name},
+            query_params=query,
+            header_params={"Accept": "text/plain"},
+            auth_settings=["BearerToken"],
+        )
+        try:
+            resp = self.api_client.call_api(*params, _request_timeout=timeout)
+        except k8s.ApiException as e:
+            raise _wrap(e.status or 0, e.body, what) from e
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise KubeUnavailable(f"{what}: {truncate(str(e))}") from e
+        raw = resp.response
+        if resp.status != 200:
+            try:
+                raise _wrap(resp.status, raw.read(4096), what)
+            finally:
+                raw.close()
+                raw.release_conn()
+        return raw
+
     def stream_log(
         self,
         name: str,
@@ -339,25 +366,12 @@ class LogSource:
         if previous:
             query.append(("previous", "true"))
         what = f"read {'previous ' if previous else ''}log of {name}/{container}"
-        params = self.api_client.param_serialize(
-            "GET",
-            LOG_PATH,
-            path_params={"namespace": self.namespace, "name": name},
-            query_params=query,
-            header_params={"Accept": "text/plain"},
-            auth_settings=["BearerToken"],
-        )
         try:
-            resp = self.api_client.call_api(*params, _request_timeout=self._timeout(deadline, what))
-        except k8s.ApiException as e:
-            raise _wrap(e.status or 0, e.body, what) from e
-        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raw = self._open_log(name, query, what, self._timeout(deadline, what))
+        except KubeUnavailable as e:
             time_left(deadline, what, e)
-            raise KubeUnavailable(f"{what}: {truncate(str(e))}") from e
-        raw = resp.response
+            raise
         try:
-            if resp.status != 200:
-                raise _wrap(resp.status, raw.read(4096), what)
             try:
                 for chunk in raw.stream(CHUNK, decode_content=True):
                     yield chunk
@@ -369,6 +383,61 @@ class LogSource:
             # A stream left early holds unread data: drop the connection, not reuse it.
             raw.close()
             raw.release_conn()
+
+    def follow_log(self, name: str, container: str, since_ns: int | None, idle_timeout: float) -> LogFollow:
+        """A ``follow=true`` stream of the pod's log with timestamps, from ``floor(since)``
+        on: what the file holds, then each line as the runtime writes it, across size
+        rotations (the kubelet reads the renamed file to its end before it opens the new
+        one: ``waitLogs`` in staging/src/k8s.io/cri-client/pkg/logs/logs.go), until the
+        container stops, the pod goes, or no byte came for ``idle_timeout`` seconds.
+        Raises ``KubeError`` (``PodGone`` for 404) when the request fails."""
+        query = [("container", container), ("timestamps", "true"), ("follow", "true")]
+        if since_ns is not None:
+            query.append(("sinceTime", format_since(since_ns)))
+        what = f"follow log of {name}/{container}"
+        return LogFollow(self._open_log(name, query, what, (self.timeout[0], idle_timeout)), what)
+
+
+class LogFollow:
+    """One open ``follow=true`` log stream: iterate ``chunks()`` in one thread (it releases
+    the connection when it ends); ``stop()`` from any thread ends it (the blocked read
+    returns)."""
+
+    def __init__(self, raw: urllib3.BaseHTTPResponse, what: str) -> None:
+        self._raw = raw
+        self.what = what
+        self.stopped = False
+
+    def chunks(self) -> Iterator[bytes]:
+        """The stream's bytes as they come (each chunk the server flushed, at most
+        ``CHUNK``). Ends at the end of the stream or after ``stop()``; raises
+        ``KubeUnavailable`` when it breaks or stays silent past its idle timeout (urllib3
+        ``ReadTimeoutError``)."""
+        try:
+            yield from self._raw.stream(CHUNK, decode_content=True)
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            if self.stopped:
+                return
+            raise KubeUnavailable(f"{self.what}: stream ended: {truncate(str(e))}") from e
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        """Close the connection (the reading thread, when done with it)."""
+        self._raw.close()
+        self._raw.release_conn()
+
+    def stop(self) -> None:
+        """End the stream from any thread: the socket is shut, so a read blocked in
+        ``chunks()`` returns, and ``chunks()`` ends."""
+        self.stopped = True
+        conn = getattr(self._raw, "connection", None)
+        sock = getattr(conn, "sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # closed already
 
 
 # For the ``check`` command -------------------------------------------------------------------

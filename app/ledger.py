@@ -64,7 +64,8 @@ def valid_subdomain(sub: str) -> bool:
     return bool(SUBDOMAIN.match(sub))
 
 
-def _script(name: str) -> str:
+def lua_script(name: str) -> str:
+    """The text of the Lua script ``app/lua/<name>``."""
     return resources.files("app").joinpath("lua", name).read_text()
 
 
@@ -128,15 +129,15 @@ class Ledger:
         self.p = prefix
         self.ri = report_interval
         self.retention = retention  # INTERVAL_RETENTION: lines of intervals older than it are not reported
-        self._commit = r.register_script(_script("commit.lua"))
-        self._seal = r.register_script(_script("seal.lua"))
-        self._claim = r.register_script(_script("claim.lua"))
-        self._reserve = r.register_script(_script("reserve_retry.lua"))
-        self._hold = r.register_script(_script("hold.lua"))
-        self._wake = r.register_script(_script("wake.lua"))
+        self._commit = r.register_script(lua_script("commit.lua"))
+        self._seal = r.register_script(lua_script("seal.lua"))
+        self._claim = r.register_script(lua_script("claim.lua"))
+        self._reserve = r.register_script(lua_script("reserve_retry.lua"))
+        self._hold = r.register_script(lua_script("hold.lua"))
+        self._wake = r.register_script(lua_script("wake.lua"))
         self._states = r.register_script(REPORT_STATES_LUA)
-        self._begin = r.register_script(_script("begin.lua"))
-        self._finish = r.register_script(_script("finish.lua"))
+        self._begin = r.register_script(lua_script("begin.lua"))
+        self._finish = r.register_script(lua_script("finish.lua"))
 
     def k(self, *parts: object) -> str:
         return ":".join([self.p, *map(str, parts)])

@@ -334,6 +334,8 @@ class FetchStatus(StrEnum):
     NO_LEDGER = "noledger"  # the initialisation record vanished during a drain
     OVERFLOW = "overflow"
     TIMEOUT = "timeout"
+    # A follower holds the pod's log open (app/follow.py): the round left it to it.
+    FOLLOWED = "followed"
     # The file source (app/filesource.py):
     MOVED = "moved"  # the path no longer holds that identity (rotated or truncated since plan)
     CHANGED = "changed"  # the file shrank or changed its first line during the read

@@ -33,6 +33,7 @@ makes one that races a round's fetch of the same pod commit nothing twice.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 
 from app.ledger import Ledger
 from app.settings import Settings
@@ -102,15 +103,21 @@ def read_delay(consumed: int, cut: bool, since_last: float | None, settings: Set
     return delay
 
 
-def next_read(ledger: Ledger, uid: str, consumed: int, cut: bool, settings: Settings) -> tuple[float, str] | None:
+def next_read(ledger: Ledger, uid: str, consumed: int, cut: bool, settings: Settings,
+              follow: Callable[[float], bool] | None = None) -> tuple[float, str] | None:
     """After a committed read of pod ``uid``: ``(countdown in seconds, token)`` of the
-    early read to send, or None (no early read: the pod is quiet, or one is already
-    pending). Records the read's time (Redis TIME) for the next growth estimate and
+    early read to send, or None (no early read: the pod is quiet, followed, or one is
+    already pending). Records the read's time (Redis TIME) for the next growth estimate and
     claims the pod's one pending early read (``SET NX``, expiring after the countdown
-    plus ``FETCH_TIME_LIMIT``, so a lost message frees it). Raises ``redis.RedisError``."""
+    plus ``FETCH_TIME_LIMIT``, so a lost message frees it). ``follow(rate)``, given the
+    log's growth in lines a second when it is known (not after a read cut at
+    ``limitBytes``: a backlog is read first), returns True when the pod is followed from
+    now on (``app/follow.py``): then no early read. Raises ``redis.RedisError``."""
     now = ledger.now()
     prev = ledger.r.set(ledger.k("pace", uid), f"{now:.6f}", ex=PACE_TTL, get=True)
     since = now - float(prev) if prev else None
+    if follow is not None and not cut and consumed > 0 and since is not None and since > 0 and follow(consumed / since):
+        return None
     delay = read_delay(consumed, cut, since, settings)
     if delay is None:
         return None

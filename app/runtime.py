@@ -15,6 +15,7 @@ import redis
 from app.errors import KubeError
 from app.fetching import Fetcher
 from app.filesource import FileFetcher
+from app.follow import Follower
 from app.kube import LogSource
 from app.ledger import Ledger
 from app.platform import PlatformClient
@@ -93,6 +94,25 @@ def fetcher() -> Fetcher:
                 reorder_window_ns=int(round(s.log_reorder_window * 1_000_000_000)), max_line_bytes=s.log_line_max_bytes,
             )
     return _state["fetcher"]  # type: ignore[return-value]
+
+
+def follower() -> Follower:
+    """This process's follow streams (``app/follow.py``), created at first use."""
+    with _lock:
+        if "follower" not in _state:
+            s = settings()
+            _state["follower"] = Follower(fetcher(), max_pods=s.follow_max_pods, min_rate=s.follow_min_rate,
+                                          slice_seconds=s.fetch_min_interval)
+    return _state["follower"]  # type: ignore[return-value]
+
+
+def stop_following(timeout: float) -> None:
+    """End this process's follow streams, if any (at shutdown): each commits what it read
+    and releases its pod, within ``timeout`` seconds."""
+    with _lock:
+        f = _state.get("follower")
+    if f is not None:
+        f.stop(timeout)  # type: ignore[attr-defined]
 
 
 def file_fetcher() -> FileFetcher:

@@ -43,6 +43,8 @@ EXPECTED = {
     "traefik_container": "a container name, or empty",
     "fetch_interval": "a whole number of seconds from 1 to REPORT_INTERVAL",
     "fetch_min_interval": "a number of seconds from 0.1 to FETCH_INTERVAL",
+    "follow_max_pods": "a whole number from 0 to 256",
+    "follow_min_rate": "a number of lines per second from 0 to 1000000",
     "fetch_max_bytes": "a whole number of bytes from 4096 to 1073741824, more than LOG_LINE_MAX_BYTES + 64 "
     "(one read must hold the longest line and its timestamp)",
     "log_line_max_bytes": "a whole number of bytes from 4096 to 536870912, below FETCH_MAX_BYTES - 64",
@@ -146,6 +148,22 @@ class Settings(BaseSettings):
     second loses at most about a second of lines at a rotation (each read also re-reads
     ``LOG_REORDER_WINDOW`` plus up to a second of log, hence not less). A pod that grows
     by less than 1,000 lines per ``FETCH_INTERVAL`` is read by the rounds only."""
+
+    follow_max_pods: int = 16
+    """Pods one fetch worker process holds a ``follow=true`` log stream open for, at most
+    (``app/follow.py``); 0 turns following off (every pod is read by the rounds and the
+    pace). A read without ``follow`` sees only the current log file, so the lines written
+    after the last read before the kubelet renames a full file away (10 Mi, checked every
+    10 s) are lost; a follow stream reads the renamed file to its end first, and loses
+    none. Each costs a thread, an open connection to the apiserver and a stream from the
+    kubelet. 16: a Traefik deployment rarely has more busy pods than that, and two fetch
+    workers cover 32."""
+
+    follow_min_rate: float = 1.0
+    """Lines per second a pod's log must grow by (measured between two reads) to be
+    followed (``FOLLOW_MAX_PODS``). A pod read by the rounds loses, at each rotation, the
+    lines of up to ``FETCH_INTERVAL``; at 1 line/s of about 1 KB a rotation comes every
+    3 hours or so, and may lose 10 lines. Below it a stream would mostly sit idle."""
 
     fetch_max_bytes: int = 32 * 1024 * 1024
     """``limitBytes`` of one log read (32 MiB); the rest is read next round. Bounds a
@@ -460,6 +478,8 @@ class Settings(BaseSettings):
             "report_interval": 1 <= self.report_interval <= 86400 and 86400 % self.report_interval == 0,
             "fetch_interval": self.fetch_interval is None or 1 <= self.fetch_interval <= self.report_interval,
             "fetch_min_interval": 0.1 <= self.fetch_min_interval <= max(self.fetch_every, 1),
+            "follow_max_pods": 0 <= self.follow_max_pods <= 256,
+            "follow_min_rate": 0 <= self.follow_min_rate <= 1_000_000,
             "fetch_max_bytes": 4096 <= self.fetch_max_bytes <= 1 << 30
             and (not line_max_ok or self.fetch_max_bytes > self.log_line_max_bytes + LINE_PREFIX_ROOM),
             "log_line_max_bytes": line_max_ok,

@@ -15,7 +15,7 @@ import redis
 from celery import signals
 from celery.exceptions import SoftTimeLimitExceeded
 
-from app import pace, runtime
+from app import follow, pace, runtime
 from app.celery import app, settings
 from app.errors import FetchTimeLimitExceeded
 from app.model import FetchStatus, FileCursor
@@ -58,7 +58,12 @@ def fetch(name: str, uid: str) -> dict:
         except redis.RedisError as e:  # the mark expires on its own; the read goes on
             log.warning("fetch %s: could not free its early-read mark: %s", name, type(e).__name__)
     try:
-        summary = runtime.fetcher().fetch(name, uid, started + settings.fetch_time_limit)
+        lease = _follow_lease(name, uid)
+        if lease is follow.Lease.BUSY:
+            summary = {"pod": name, "status": FetchStatus.FOLLOWED}  # its follower reads it
+        else:
+            summary = runtime.fetcher().fetch(name, uid, started + settings.fetch_time_limit,
+                                              probe=lease is follow.Lease.QUIET)
     except (SoftTimeLimitExceeded, FetchTimeLimitExceeded):
         log.warning("fetch %s: over FETCH_TIME_LIMIT (%ss); nothing committed, next round retries", name, settings.fetch_time_limit,
                     extra={"pod": name, "outcome": "timeout"})
@@ -70,14 +75,33 @@ def fetch(name: str, uid: str) -> dict:
     return summary
 
 
+def _follow_lease(name: str, uid: str) -> follow.Lease | None:
+    """The pod's follow lease (``app/follow.py``): BUSY, the round leaves the pod to its
+    follower; QUIET, the round reads it as a probe; None, not followed."""
+    if settings.follow_max_pods <= 0:
+        return None
+    try:
+        return follow.lease_of(runtime.ledger(), uid)
+    except redis.RedisError as e:  # read it: the cursor's compare-and-set keeps it exact
+        log.warning("fetch %s: could not look at its follow lease: %s", name, type(e).__name__)
+        return None
+
+
 def _send_next_read(name: str, uid: str, summary: dict) -> None:
-    """Send the pod's next read now or after a countdown, outside the round's chord, when
-    ``app/pace.py`` says so (a read cut at limitBytes that made progress, or a pod whose
-    log grows fast)."""
+    """Follow the pod from now on when its log grows by FOLLOW_MIN_RATE or more
+    (``app/follow.py``); else send its next read now or after a countdown, outside the
+    round's chord, when ``app/pace.py`` says so (a read cut at limitBytes that made
+    progress, or a pod whose log grows fast)."""
     if summary.get("status") != FetchStatus.OK:
         return
+
+    def start_following(rate: float) -> bool:
+        follower = runtime.follower()
+        return follower.wants(rate) and follower.offer(name, uid)
+
     try:
-        nxt = pace.next_read(runtime.ledger(), uid, int(summary.get("consumed", 0)), bool(summary.get("cut")), settings)
+        nxt = pace.next_read(runtime.ledger(), uid, int(summary.get("consumed", 0)), bool(summary.get("cut")), settings,
+                             follow=start_following if settings.follow_max_pods > 0 else None)
     except redis.RedisError as e:  # the rounds still read the pod
         log.warning("fetch %s: could not plan its next read: %s", name, type(e).__name__)
         return
@@ -121,6 +145,19 @@ def _read_failed(source: str) -> None:
         runtime.ledger().note_read_failure(source)
     except redis.RedisError as e:
         log.warning("fetch %s: could not note the failed read: %s", source, type(e).__name__)
+
+
+# Seconds a stopping worker gives its follow streams to commit what they read and let
+# their pods go (within the grace period: docs/operations.md).
+FOLLOW_STOP_TIMEOUT = 10.0
+
+
+@signals.worker_shutting_down.connect
+@signals.worker_process_shutdown.connect
+def _stop_following(**_: object) -> None:
+    """At shutdown (a thread-pool worker's process, or a prefork pool process): end the
+    follow streams, each committing what it read and releasing its pod to the rounds."""
+    runtime.stop_following(FOLLOW_STOP_TIMEOUT)
 
 
 @signals.worker_init.connect

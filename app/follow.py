@@ -1,0 +1,284 @@
+"""Busy pods' logs held open across the kubelet's rotations: follow streams.
+
+Why: the kubelet serves only a container's current log file and renames it away once it
+reaches ``containerLogMaxSize`` (10 Mi by default, looked at every 10 s). A read without
+``follow`` sees only the current file, so the lines written after the last read and
+before the rename are out of reach (docs/design.md, "Throughput"); reading more often
+shrinks that loss but never ends it. A ``follow=true`` stream does not lose them: at the
+end of the open file the kubelet waits for more, and switches to the new file only on
+the Create event of the log's own path, after reading the renamed one to its end
+(``waitLogs`` in staging/src/k8s.io/cri-client/pkg/logs/logs.go).
+
+How:
+
+* After a committed read of a pod whose log grew by ``FOLLOW_MIN_RATE`` lines a second
+  or more (``app/pace.py`` measures it), the fetch task offers the pod to its process's
+  ``Follower`` (:meth:`Follower.offer`). With room (``FOLLOW_MAX_PODS``) it takes the
+  pod's lease (``follow:<uid>``, ``SET NX`` with a time to live, renewed every
+  ``TICK``) and starts a thread that holds a follow stream from the pod's cursor.
+* The thread reads the stream in slices of ``FETCH_MIN_INTERVAL`` seconds and commits
+  each one as a fetch does (``Fetcher._commit``: the same ``commit.lua`` compare-and-set
+  of the cursor). One ``ReadState`` across the slices makes them count what one read of
+  the whole stream would. A slice's read record carries its highest stamp only: a
+  stream never reaches an end, so a busy followed pod moves the watermark by its stamps.
+* While a pod is followed the rounds do not read it (their fetch sees the lease:
+  ``FetchStatus.FOLLOWED``). When the lease says the stream is quiet (no byte for
+  ``FETCH_MIN_INTERVAL``), a round's fetch reads the pod as a *probe*: it commits only
+  a read record, and only when the read found nothing new, so a quiet followed pod
+  moves the watermark by its reads as any pod does (``Fetcher.fetch(probe=True)``).
+* A follower lets a pod go (deletes the lease; the rounds read it again) when its
+  container stops or the pod goes, when a commit meets another one's cursor, after
+  ``IDLE_RELEASE`` seconds without a byte, and when the worker stops (after committing
+  what it read). A stream that breaks is opened again from the cursor at once.
+
+A lease outlives a follower that died by at most ``LEASE_TTL`` seconds, during which the
+rounds leave the pod alone. Exactness never rests on the lease: two readers of one pod
+are kept apart by the cursor's compare-and-set, as two fetches are.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from enum import StrEnum
+
+import redis
+
+from app.errors import KubeError, LedgerLost, PodGone
+from app.fetching import Fetcher, ReadState, consume
+from app.kube import LogFollow
+from app.ledger import Ledger, lua_script
+from app.model import Cursor
+
+log = logging.getLogger(__name__)
+
+TICK = 0.5  # seconds between two renewals of the leases (and looks at the streams' state)
+LEASE_TTL = 15  # seconds a lease outlives its last renewal (a follower that died)
+IDLE_RELEASE = 60.0  # seconds without a byte after which a pod goes back to the rounds
+NO_LIMIT = 1 << 62  # a follow stream is not cut at limitBytes
+MAX_EMPTY_STREAMS = 3  # streams in a row that end without a byte before the pod goes back to the rounds
+
+
+class Lease(StrEnum):
+    """A followed pod's stream, as its lease says."""
+
+    BUSY = "busy"  # bytes came within FETCH_MIN_INTERVAL: the rounds leave the pod alone
+    QUIET = "quiet"  # none since: a round's fetch reads it as a probe (for the watermark)
+
+
+def lease_key(ledger: Ledger, uid: str) -> str:
+    return ledger.k("follow", uid)
+
+
+def lease_of(ledger: Ledger, uid: str) -> Lease | None:
+    """The state of pod ``uid``'s follow lease; None when no one follows it. Raises
+    ``redis.RedisError``."""
+    raw = ledger.r.get(lease_key(ledger, uid))
+    if not raw:
+        return None
+    state = raw.decode().rpartition(" ")[2]
+    return Lease.QUIET if state == Lease.QUIET else Lease.BUSY
+
+
+class Follower:
+    """The follow streams of one process (a fetch worker's): at most ``max_pods``, one
+    thread each, and one thread renewing their leases. Thread-safe."""
+
+    def __init__(self, fetcher: Fetcher, *, max_pods: int, min_rate: float, slice_seconds: float) -> None:
+        self.fetcher = fetcher
+        self.ledger = fetcher.ledger
+        self.max_pods = max_pods
+        self.min_rate = min_rate
+        self.slice_seconds = slice_seconds
+        self._lease = self.ledger.r.register_script(lua_script("follow.lua"))
+        self._lock = threading.Lock()
+        self._streams: dict[str, _Stream] = {}
+        self._stopping = threading.Event()
+        self._renewer: threading.Thread | None = None
+
+    def wants(self, rate: float) -> bool:
+        """Whether a pod whose log grows by ``rate`` lines a second is worth following."""
+        return self.max_pods > 0 and rate >= self.min_rate
+
+    def following(self) -> list[str]:
+        """The uids of the pods this process follows now."""
+        with self._lock:
+            return list(self._streams)
+
+    def offer(self, name: str, uid: str) -> bool:
+        """Follow pod ``name`` (uid ``uid``) if this process has room and no one follows
+        it. True when this process follows it now. Raises ``redis.RedisError``."""
+        with self._lock:
+            if self._stopping.is_set() or len(self._streams) >= self.max_pods:
+                return uid in self._streams
+            if uid in self._streams:
+                return True
+            token = secrets.token_hex(8)
+            if not self.ledger.r.set(lease_key(self.ledger, uid), f"{token} {Lease.BUSY}", nx=True, ex=LEASE_TTL):
+                return False
+            stream = _Stream(self, name, uid, token)
+            self._streams[uid] = stream
+            if self._renewer is None:
+                self._renewer = threading.Thread(target=self._renew, name="follow-leases", daemon=True)
+                self._renewer.start()
+            stream.thread.start()
+        log.info("following the log of pod %s", name, extra={"pod": name, "outcome": "follow"})
+        self._incr({"follow_started": 1})
+        return True
+
+    def stop(self, timeout: float) -> None:
+        """End every stream (each commits what it read and releases its lease), waiting at
+        most ``timeout`` seconds in all."""
+        self._stopping.set()
+        with self._lock:
+            streams = list(self._streams.values())
+        for s in streams:
+            s.stop()
+        end = time.monotonic() + timeout
+        for s in streams:
+            s.thread.join(max(0.0, end - time.monotonic()))
+
+    def _renew(self) -> None:
+        """Every ``TICK``: renew each stream's lease with its state; a stream whose lease
+        is gone (expired and taken by another) stops."""
+        while not self._stopping.wait(TICK):
+            with self._lock:
+                streams = list(self._streams.values())
+            now = time.monotonic()
+            for s in streams:
+                state = Lease.BUSY if now - s.last_byte < self.slice_seconds else Lease.QUIET
+                try:
+                    held = self._lease(keys=[lease_key(self.ledger, s.uid)], args=[s.token, state, LEASE_TTL])
+                except redis.RedisError as e:
+                    log.warning("follow %s: could not renew its lease: %s", s.name, type(e).__name__)
+                    continue
+                if not held:
+                    log.warning("follow %s: its lease was lost; stopping", s.name)
+                    s.stop()
+
+    def _done(self, stream: _Stream, reason: str) -> None:
+        with self._lock:
+            self._streams.pop(stream.uid, None)
+        try:
+            self._lease(keys=[lease_key(self.ledger, stream.uid)], args=[stream.token, "", 0])
+        except redis.RedisError as e:  # it expires on its own
+            log.warning("follow %s: could not release its lease: %s", stream.name, type(e).__name__)
+        log.info("no longer following the log of pod %s: %s", stream.name, reason,
+                 extra={"pod": stream.name, "outcome": "unfollow"})
+        self._incr({f"follow_ended:{reason.split(' ')[0]}": 1})
+
+    def _incr(self, counters: dict[str, int]) -> None:
+        try:
+            self.ledger.incr(counters)
+        except redis.RedisError as e:
+            log.warning("follow: could not count %s: %s", list(counters), type(e).__name__)
+
+
+class _Stream:
+    """One followed pod: its thread, its lease token, and the stream it holds."""
+
+    def __init__(self, follower: Follower, name: str, uid: str, token: str) -> None:
+        self.follower = follower
+        self.name = name
+        self.uid = uid
+        self.token = token
+        self.last_byte = time.monotonic()
+        self.ended = ""  # why the current slice ended the stream ("" while it runs on)
+        self._stopped = threading.Event()
+        self._open: LogFollow | None = None
+        self._open_lock = threading.Lock()
+        self.thread = threading.Thread(target=self._run, name=f"follow-{name}", daemon=True)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        with self._open_lock:
+            if self._open is not None:
+                self._open.stop()
+
+    def _run(self) -> None:
+        reason = "stopped"
+        try:
+            reason = self._follow()
+        except PodGone:
+            reason = "gone"
+        except KubeError as e:
+            reason = f"kube_error ({e})"
+        except LedgerLost as e:
+            reason = f"ledger_lost ({e})"
+        except redis.RedisError as e:
+            reason = f"redis_error ({type(e).__name__})"
+        finally:
+            self.follower._done(self, reason)
+
+    def _follow(self) -> str:
+        """Follow the pod until there is a reason not to; that reason."""
+        fetcher = self.follower.fetcher
+        ledger = fetcher.ledger
+        source = fetcher.source
+        empty = 0  # streams in a row that ended without a byte
+        while not self._stopped.is_set():
+            start_at = ledger.start_at_ns()
+            if start_at is None:
+                return "ledger_lost"
+            pod = source.get_pod(self.name)
+            if pod.uid != self.uid:
+                return "gone"
+            ctr = pod.container(fetcher.container)
+            if ctr is None or not ctr.container_id or ctr.exited:
+                return "stopped_container"
+            field_ = f"{self.uid}/{ctr.name}"
+            raw = ledger.cursor_raw(field_)
+            cursor = Cursor.decode(raw)
+            if cursor is None or cursor.container_id != ctr.container_id:
+                return "new_container"  # the rounds read it first (a previous container to drain)
+            opened_at = time.monotonic()
+            opened = source.follow_log(self.name, ctr.name, cursor.floor_ns or start_at, IDLE_RELEASE)
+            with self._open_lock:
+                self._open = opened
+                if self._stopped.is_set():
+                    opened.stop()
+            state = ReadState.of(cursor, fetcher.max_line)
+            chunks = opened.chunks()
+            checked = False  # the pod looked at after a commit of this stream's lines
+            self.ended = ""
+            while not self.ended:
+                res = consume(self._slice(chunks), cursor, start_at, NO_LIMIT, fetcher.domain, fetcher.window,
+                              fetcher.max_line, ledger.ri, state=state)
+                summary: dict = {}
+                if not fetcher._commit(pod, ctr, field_, raw, res, summary, ctr.container_id, endless=True,
+                                       check_pod=not checked):
+                    chunks.close()
+                    return str(summary.get("status", "conflict"))
+                if res.consumed:
+                    checked = True
+                    cursor, raw = res.cursor, res.cursor.encode()
+            if self.ended == "idle":
+                return "idle"
+            # The stream ended (the container stopped, or the connection broke): look at
+            # the pod again, and follow on from the cursor if it still runs.
+            empty = empty + 1 if self.last_byte < opened_at else 0
+            if empty >= MAX_EMPTY_STREAMS:
+                return "broken"
+        return "stopped"
+
+    def _slice(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        """The stream's chunks for one slice: until ``slice_seconds`` have passed, or the
+        stream ends (``self.ended`` says why)."""
+        end = time.monotonic() + self.follower.slice_seconds
+        while True:
+            try:
+                chunk = next(chunks)
+            except StopIteration:
+                self.ended = "stopped" if self._stopped.is_set() else "eof"
+                return
+            except KubeError:
+                # Broke, or silent for IDLE_RELEASE (urllib3's read timeout ends it too).
+                self.ended = "idle" if time.monotonic() - self.last_byte >= IDLE_RELEASE - 1 else "broken"
+                return
+            self.last_byte = time.monotonic()
+            yield chunk
+            if self.last_byte >= end:
+                return

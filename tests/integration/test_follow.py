@@ -1,0 +1,237 @@
+"""The follower (app/follow.py) against the fake Kubernetes API's ``follow=true`` streams
+(official client, real Redis): a busy pod whose log the kubelet rotates every half
+second is counted exactly, with no line lost and no gap; the lease keeps the rounds and
+other followers off; a stream ends when the container stops, when a fetch commits under
+it, when its lease is lost and when the worker stops, each time with what it read
+committed."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+
+import pytest
+
+from app import follow
+from app.fetching import Fetcher
+from app.follow import Follower, Lease, lease_of
+from app.kube import LogSource
+from app.ledger import Ledger
+from app.model import Cursor, FetchStatus
+from sim.fake_kube import FakeKube
+from sim.procs import wait_until
+from tests.traffic import Traffic
+
+POD = "traefik-0"
+ROTATE_BYTES = 400_000  # about 350 Traffic lines: rotated at every check of a busy pod
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    fk = FakeKube(rotate_bytes=ROTATE_BYTES, rotate_every=0.5)
+    fk.start()
+    monkeypatch.setenv("KUBECONFIG", fk.write_kubeconfig(tmp_path / "kubeconfig"))
+    fk.add_pod(POD)
+    yield fk
+    fk.stop()
+
+
+@pytest.fixture
+def ledger(r):
+    led = Ledger(r, "fol", 3600)
+    led.initialise(0)
+    return led
+
+
+@pytest.fixture
+def source(fake):
+    src = LogSource("traefik", "app.kubernetes.io/name=traefik", 5)
+    yield src
+    src.close()
+
+
+def make_fetcher(source: LogSource, ledger: Ledger) -> Fetcher:
+    return Fetcher(source, ledger, domain="t.lum.tools", container="", limit_bytes=1 << 22)
+
+
+@pytest.fixture
+def fetcher(source, ledger):
+    return make_fetcher(source, ledger)
+
+
+@pytest.fixture
+def follower(fetcher):
+    f = Follower(fetcher, max_pods=4, min_rate=1.0, slice_seconds=0.2)
+    yield f
+    f.stop(10)
+
+
+def committed(ledger: Ledger) -> dict[str, dict[str, int]]:
+    """What the ledger holds per tunnel, over every interval."""
+    out: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for start in ledger.open_intervals(float("inf")):
+        for sub, (bi, bo, rq) in ledger.interval_totals(start).items():
+            t = out[sub]
+            t[0] += bi
+            t[1] += bo
+            t[2] += rq
+    return {s: {"bytes_in": v[0], "bytes_out": v[1], "requests": v[2]} for s, v in out.items()}
+
+
+def write_steadily(fake: FakeKube, traffic: Traffic, rate: int, seconds: float, pod: str = POD) -> threading.Thread:
+    """Write ``rate`` lines a second to ``pod`` for ``seconds``, in a thread (started)."""
+
+    def run() -> None:
+        start = time.monotonic()
+        written = 0
+        while (elapsed := time.monotonic() - start) < seconds:
+            n = int(elapsed * rate) - written
+            if n > 0:
+                fake.write_many(pod, traffic.lines(n))
+                written += n
+            time.sleep(0.01)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def first_read(fake: FakeKube, fetcher: Fetcher, traffic: Traffic) -> str:
+    fake.write_many(POD, traffic.lines(50))
+    uid = fake.pod_uid(POD)
+    assert fetcher.fetch(POD, uid)["status"] == FetchStatus.OK
+    return uid
+
+
+def test_a_followed_pod_rotated_every_half_second_loses_nothing(fake, ledger, fetcher, follower):
+    traffic = Traffic(seed=11, tunnels=30)
+    uid = first_read(fake, fetcher, traffic)
+    assert follower.offer(POD, uid)
+    assert lease_of(ledger, uid) is Lease.BUSY
+    write_steadily(fake, traffic, 2000, 4.0).join()
+    wait_until(lambda: committed(ledger) == traffic.expected(), 30, interval=0.1, what="every line committed")
+    assert fake.rotations >= 4
+    assert fake.unserved(POD) == []
+    assert ledger.gaps() == []
+    assert ledger.stats().get("follow_started") == 1
+    # Its read record carries the stamps: the watermark moves with a busy followed pod.
+    rec = ledger.read_records()[uid]
+    assert rec.high_ns == Cursor.decode(ledger.cursor_raw(f"{uid}/traefik")).high_ns > 0
+    follower.stop(10)
+    assert lease_of(ledger, uid) is None
+    assert ledger.stats().get("follow_ended:stopped") == 1
+    assert committed(ledger) == traffic.expected()
+
+
+def test_without_the_follower_the_same_traffic_loses_lines(fake, ledger, fetcher):
+    """The contrast: reads every 0.2 s, as fast as the pace ever reads, leave lines in
+    the renamed files (the scraper records the gaps)."""
+    traffic = Traffic(seed=12, tunnels=30)
+    uid = first_read(fake, fetcher, traffic)
+    writer = write_steadily(fake, traffic, 2000, 4.0)
+    while writer.is_alive():
+        fetcher.fetch(POD, uid)
+        time.sleep(0.2)
+    fetcher.fetch(POD, uid)
+    assert fake.unserved(POD)
+    assert ledger.gaps()
+
+
+def test_the_stream_ends_with_the_container_and_the_pod_goes_back_to_the_rounds(fake, ledger, fetcher, follower):
+    traffic = Traffic(seed=13)
+    uid = first_read(fake, fetcher, traffic)
+    assert follower.offer(POD, uid)
+    write_steadily(fake, traffic, 500, 1.0).join()
+    fake.terminate(POD, grace_seconds=30)
+    fake.exit_container(POD)
+    wait_until(lambda: follower.following() == [], 15, interval=0.05, what="the follower letting the pod go")
+    assert lease_of(ledger, uid) is None
+    assert ledger.stats().get("follow_ended:stopped_container") == 1
+    assert committed(ledger) == traffic.expected()
+
+
+def test_a_pod_deleted_while_followed(fake, ledger, fetcher, follower):
+    traffic = Traffic(seed=14)
+    uid = first_read(fake, fetcher, traffic)
+    assert follower.offer(POD, uid)
+    write_steadily(fake, traffic, 500, 1.0).join()
+    wait_until(lambda: committed(ledger) == traffic.expected(), 15, interval=0.05, what="the lines committed")
+    fake.delete(POD)
+    wait_until(lambda: follower.following() == [], 15, interval=0.05, what="the follower letting the pod go")
+    assert lease_of(ledger, uid) is None
+    assert ledger.stats().get("follow_ended:gone") == 1
+
+
+def test_one_follower_per_pod_and_a_bound_per_process(fake, ledger, source, fetcher, follower):
+    traffic = Traffic(seed=15)
+    uid = first_read(fake, fetcher, traffic)
+    other = Follower(make_fetcher(source, ledger), max_pods=1, min_rate=1.0, slice_seconds=0.2)
+    try:
+        assert follower.offer(POD, uid)
+        assert follower.offer(POD, uid)  # already followed here
+        assert not other.offer(POD, uid)  # the lease is taken
+        fake.add_pod("traefik-1")
+        fake.write_many("traefik-1", traffic.lines(10))
+        uid1 = fake.pod_uid("traefik-1")
+        assert fetcher.fetch("traefik-1", uid1)["status"] == FetchStatus.OK
+        assert other.offer("traefik-1", uid1)
+        fake.add_pod("traefik-2")
+        assert not other.offer("traefik-2", fake.pod_uid("traefik-2"))  # max_pods=1
+        assert not follower.wants(0.5) and follower.wants(1.0)
+        assert not Follower(fetcher, max_pods=0, min_rate=1.0, slice_seconds=0.2).wants(100.0)
+        follower.stop(10)
+        assert other.following() == [uid1]
+    finally:
+        other.stop(10)
+    assert committed(ledger) == traffic.expected()
+
+
+def test_a_fetch_that_commits_under_the_follower_ends_the_stream_and_nothing_counts_twice(fake, ledger, fetcher,
+                                                                                           follower):
+    traffic = Traffic(seed=16)
+    uid = first_read(fake, fetcher, traffic)
+    assert follower.offer(POD, uid)
+    writer = write_steadily(fake, traffic, 1000, 3.0)
+    while follower.following() and writer.is_alive():
+        fetcher.fetch(POD, uid)  # a round's fetch that did not see the lease
+        time.sleep(0.05)
+    writer.join()
+    wait_until(lambda: follower.following() == [], 15, interval=0.05, what="the follower letting the pod go")
+    assert ledger.stats().get("follow_ended:conflict") == 1
+    fetcher.fetch(POD, uid)
+    assert committed(ledger) == traffic.expected()
+
+
+def test_a_lost_lease_stops_the_stream(fake, ledger, fetcher, follower):
+    traffic = Traffic(seed=17)
+    uid = first_read(fake, fetcher, traffic)
+    assert follower.offer(POD, uid)
+    fake.write_many(POD, traffic.lines(20))
+    wait_until(lambda: committed(ledger) == traffic.expected(), 15, interval=0.05, what="the lines committed")
+    ledger.r.set(follow.lease_key(ledger, uid), "someone-else busy", ex=30)
+    wait_until(lambda: follower.following() == [], 10, interval=0.05, what="the stream stopping")
+    assert ledger.r.get(follow.lease_key(ledger, uid)) == b"someone-else busy"  # the other's lease is left alone
+
+
+def test_a_quiet_followed_pod_is_probed_for_the_watermark(fake, ledger, fetcher, follower):
+    """The probe commits a read record only when the read found nothing new; what it
+    finds new is left to the follower."""
+    traffic = Traffic(seed=18)
+    uid = first_read(fake, fetcher, traffic)
+    before = ledger.read_records()[uid].end_at
+    # Lines the cursor has not consumed: the probe commits nothing.
+    fake.write_many(POD, traffic.lines(5))
+    cursor = ledger.cursor_raw(f"{uid}/traefik")
+    assert fetcher.fetch(POD, uid, probe=True)["status"] == FetchStatus.FOLLOWED
+    assert ledger.cursor_raw(f"{uid}/traefik") == cursor
+    assert ledger.read_records()[uid].end_at == before
+    # Followed and quiet: the follower took them, the probe records the read's start.
+    assert follower.offer(POD, uid)
+    wait_until(lambda: committed(ledger) == traffic.expected(), 15, interval=0.05, what="the lines committed")
+    wait_until(lambda: lease_of(ledger, uid) is Lease.QUIET, 5, interval=0.05, what="the lease saying quiet")
+    t0 = ledger.now()
+    assert fetcher.fetch(POD, uid, probe=True)["status"] == FetchStatus.OK
+    rec = ledger.read_records()[uid]
+    assert rec.end_at is not None and rec.end_at >= t0
+    assert committed(ledger) == traffic.expected()

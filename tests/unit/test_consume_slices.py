@@ -1,0 +1,108 @@
+"""``consume()`` over a stream in slices (a follow stream, ``app/follow.py``) against one
+read of the same stream: with one ``ReadState`` carried across the slices, and each slice
+given the cursor the previous one produced (the same cursor when it consumed nothing),
+the slices count, in sum, exactly what the one read counts, and end at the same cursor.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from app.fetching import ReadState, consume
+from app.model import Cursor
+from tests.unit.test_consume_batch import ODD_FORMS, STEPS, stamp
+from tests.unit.test_fetching import BASE, CID, DOMAIN, ERROR_LINE, NS, access
+
+
+def totals(results) -> dict:
+    """What a list of reads counted, summed: per interval and tunnel, and the counters.
+    Not ``late``: a slice measures it against its own cursor's floor (the window behind
+    the newest line so far), one read against the floor it started from."""
+    parts: Counter = Counter()
+    unmetered: Counter = Counter()
+    counters: Counter = Counter()
+    for res in results:
+        for start, part in res.parts.items():
+            for sub, (bi, bo, rq) in part.subdomains.items():
+                parts[(start, sub, "in")] += bi
+                parts[(start, sub, "out")] += bo
+                parts[(start, sub, "rq")] += rq
+            for sub, n in part.unmetered.items():
+                unmetered[(start, sub)] += n
+        counters["consumed"] += res.consumed
+        counters["counted"] += res.agg.counted
+        counters["total"] += res.agg.total
+        counters.update(res.extra)
+        counters.update({f"rejected:{k}": v for k, v in res.agg.rejected.items()})
+        counters.update({f"ignored:{k}": v for k, v in res.agg.ignored.items()})
+    gaps = [(r.gap_from_ns, r.gap_to_ns) for r in results if r.gap_from_ns is not None]
+    return {"parts": +parts, "unmetered": +unmetered, "counters": +counters, "gaps": gaps}
+
+
+def in_slices(chunks: list[bytes], cuts: list[int], cursor: Cursor, start_at: int, interval: int):
+    """``chunks`` consumed in slices ending before each index of ``cuts``, the way the
+    follower does it: one state, the cursor moving on after each slice that consumed."""
+    state = ReadState.of(cursor)
+    results = []
+    bounds = [0, *sorted(set(cuts)), len(chunks)]
+    for a, b in zip(bounds, bounds[1:], strict=False):
+        res = consume(iter(chunks[a:b]), cursor, start_at, 1 << 62, DOMAIN, report_interval=interval, state=state)
+        results.append(res)
+        if res.consumed:
+            cursor = res.cursor
+    return results, cursor
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), n=st.integers(1, 150), interval=st.sampled_from([1, 5, 60]), seed=st.integers(0, 2**32))
+def test_slices_of_a_stream_count_what_one_read_counts(data, n, interval, seed):
+    rng = random.Random(seed)
+    t = BASE + 58 * NS
+    lines: list[bytes] = []
+    odd_form = data.draw(st.sampled_from(ODD_FORMS), label="odd stamp")
+    odd_share = data.draw(st.sampled_from([0, 0.03, 0.3]), label="odd share")
+    for _ in range(n):
+        t += rng.choice(STEPS)
+        form = odd_form if rng.random() < odd_share else "fixed"
+        text = (rng.choice([ERROR_LINE, b"", b"{broken"]) if rng.random() < 0.1
+                else access(rng.choice(["a", "b", "c"]), rng.choice([0, 7]), rng.randrange(1000)))
+        lines.append(stamp(t, form) + text + b"\n")
+    body = b"".join(lines)
+    cursor = Cursor(CID, 0, 0)
+    if data.draw(st.booleans(), label="from a cursor"):  # an earlier read of part of the log
+        cursor = consume([body[: data.draw(st.integers(0, len(body)), label="first read")]], cursor, 0, 1 << 30,
+                         DOMAIN, report_interval=interval).cursor
+    start_at = data.draw(st.sampled_from([0, BASE + 59 * NS]), label="ledger start")
+    size = data.draw(st.sampled_from([1, 13, 300, 1 << 20]), label="chunk size")
+    chunks = []
+    i = 0
+    while i < len(body):
+        step = rng.randint(1, size)
+        chunks.append(body[i : i + step])
+        i += step
+    cuts = data.draw(st.lists(st.integers(0, len(chunks)), max_size=12), label="slice ends")
+
+    whole = consume(iter(chunks), cursor, start_at, 1 << 62, DOMAIN, report_interval=interval)
+    sliced, end = in_slices(chunks, cuts, cursor, start_at, interval)
+    assert totals(sliced) == totals([whole])
+    assert end.encode() == whole.cursor.encode()
+
+
+def test_a_slice_of_re_read_lines_only_leaves_the_matching_to_the_next():
+    """The first slice of a stream from a cursor holds only lines the cursor consumed: it
+    consumes nothing, and the next slice, which starts with the cursor's last lines,
+    reports no gap and counts only the new lines."""
+    lines = [stamp(BASE + i * NS // 10, "fixed") + access("a", 1, i) + b"\n" for i in range(30)]
+    first = consume([b"".join(lines[:20])], Cursor(CID, 0, 0), 0, 1 << 30, DOMAIN)
+    assert first.consumed == 20
+    chunks = [lines[i] for i in range(30)]  # the re-read starts at the cursor's second
+    results, end = in_slices(chunks, [15, 19], first.cursor, 0, 60)
+    assert [r.consumed for r in results] == [0, 0, 10]
+    assert all(r.gap_from_ns is None for r in results)
+    assert sum(r.parts[next(iter(r.parts))].subdomains["a"][2] for r in results if r.parts) == 10
+    whole = consume([b"".join(lines)], Cursor(CID, 0, 0), 0, 1 << 30, DOMAIN)
+    assert end.encode() == whole.cursor.encode()
