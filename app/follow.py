@@ -39,6 +39,7 @@ are kept apart by the cursor's compare-and-set, as two fetches are.
 from __future__ import annotations
 
 import logging
+import queue
 import secrets
 import threading
 import time
@@ -49,7 +50,7 @@ import redis
 
 from app.errors import KubeError, LedgerLost, PodGone
 from app.fetching import Fetcher, ReadState, consume
-from app.kube import LogFollow
+from app.kube import Container, LogFollow, Pod
 from app.ledger import Ledger, lua_script
 from app.model import Cursor
 
@@ -59,6 +60,7 @@ TICK = 0.5  # seconds between two renewals of the leases (and looks at the strea
 LEASE_TTL = 15  # seconds a lease outlives its last renewal (a follower that died)
 IDLE_RELEASE = 60.0  # seconds without a byte after which a pod goes back to the rounds
 NO_LIMIT = 1 << 62  # a follow stream is not cut at limitBytes
+QUEUED_CHUNKS = 16  # chunks (256 KiB at most each) read ahead of the count, per stream
 MAX_EMPTY_STREAMS = 3  # streams in a row that end without a byte before the pod goes back to the rounds
 
 
@@ -210,6 +212,9 @@ class _Stream:
             reason = f"ledger_lost ({e})"
         except redis.RedisError as e:
             reason = f"redis_error ({type(e).__name__})"
+        except Exception:  # the thread's top: a bug ends this stream, not the worker
+            log.exception("follow %s: unexpected error", self.name)
+            reason = "error"
         finally:
             self.follower._done(self, reason)
 
@@ -235,28 +240,27 @@ class _Stream:
             if cursor is None or cursor.container_id != ctr.container_id:
                 return "new_container"  # the rounds read it first (a previous container to drain)
             opened_at = time.monotonic()
-            opened = source.follow_log(self.name, ctr.name, cursor.floor_ns or start_at, IDLE_RELEASE)
+            # The read timeout only ends a stream whose connection died silently: idleness
+            # is told by the slices (IDLE_RELEASE), and the stream stopped.
+            opened = source.follow_log(self.name, ctr.name, cursor.floor_ns or start_at, IDLE_RELEASE + 30)
             with self._open_lock:
                 self._open = opened
                 if self._stopped.is_set():
                     opened.stop()
-            state = ReadState.of(cursor, fetcher.max_line)
-            chunks = opened.chunks()
-            checked = False  # the pod looked at after a commit of this stream's lines
-            self.ended = ""
-            while not self.ended:
-                res = consume(self._slice(chunks), cursor, start_at, NO_LIMIT, fetcher.domain, fetcher.window,
-                              fetcher.max_line, ledger.ri, state=state)
-                summary: dict = {}
-                if not fetcher._commit(pod, ctr, field_, raw, res, summary, ctr.container_id, endless=True,
-                                       check_pod=not checked):
-                    chunks.close()
-                    return str(summary.get("status", "conflict"))
-                if res.consumed:
-                    checked = True
-                    cursor, raw = res.cursor, res.cursor.encode()
-            if self.ended == "idle":
-                return "idle"
+            chunks: queue.Queue[bytes | _End] = queue.Queue(maxsize=QUEUED_CHUNKS)
+            reader = threading.Thread(target=_read, args=(opened, chunks), name=f"follow-read-{self.name}", daemon=True)
+            reader.start()
+            try:
+                outcome = self._consume(pod, ctr, field_, raw, cursor, start_at, chunks)
+            finally:
+                opened.stop()
+                while reader.is_alive():  # let the reader put its last chunk, and end
+                    try:
+                        chunks.get(timeout=0.05)
+                    except queue.Empty:
+                        pass
+            if outcome:
+                return outcome
             # The stream ended (the container stopped, or the connection broke): look at
             # the pod again, and follow on from the cursor if it still runs.
             empty = empty + 1 if self.last_byte < opened_at else 0
@@ -264,21 +268,59 @@ class _Stream:
                 return "broken"
         return "stopped"
 
-    def _slice(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
-        """The stream's chunks for one slice: until ``slice_seconds`` have passed, or the
-        stream ends (``self.ended`` says why)."""
+    def _consume(self, pod: Pod, ctr: Container, field_: str, raw: str, cursor: Cursor, start_at: int,
+                 chunks: queue.Queue[bytes | _End]) -> str:
+        """Count and commit one stream, slice by slice, until it ends. A reason to let the
+        pod go ("" when the stream merely ended: it is opened again)."""
+        fetcher = self.follower.fetcher
+        state = ReadState.of(cursor, fetcher.max_line)
+        checked = False  # the pod looked at after a commit of this stream's lines
+        self.ended = ""
+        while not self.ended:
+            res = consume(self._slice(chunks), cursor, start_at, NO_LIMIT, fetcher.domain, fetcher.window,
+                          fetcher.max_line, fetcher.ledger.ri, state=state)
+            summary: dict = {"consumed": 0, "counted": 0}
+            if not fetcher._commit(pod, ctr, field_, raw, res, summary, ctr.container_id, endless=True,
+                                   check_pod=not checked):
+                return str(summary.get("status", "conflict"))
+            if res.consumed:
+                checked = True
+                cursor, raw = res.cursor, res.cursor.encode()
+        return self.ended if self.ended in ("idle", "stopped") else ""
+
+    def _slice(self, chunks: queue.Queue[bytes | _End]) -> Iterator[bytes]:
+        """The stream's chunks for one slice: until ``slice_seconds`` have passed (bytes
+        or none), or the stream ends or has been silent for ``IDLE_RELEASE``
+        (``self.ended`` says why)."""
         end = time.monotonic() + self.follower.slice_seconds
-        while True:
+        while (left := end - time.monotonic()) > 0:
             try:
-                chunk = next(chunks)
-            except StopIteration:
-                self.ended = "stopped" if self._stopped.is_set() else "eof"
+                item = chunks.get(timeout=left)
+            except queue.Empty:
+                if time.monotonic() - self.last_byte >= IDLE_RELEASE:
+                    self.ended = "idle"
                 return
-            except KubeError:
-                # Broke, or silent for IDLE_RELEASE (urllib3's read timeout ends it too).
-                self.ended = "idle" if time.monotonic() - self.last_byte >= IDLE_RELEASE - 1 else "broken"
+            if isinstance(item, _End):
+                self.ended = "stopped" if self._stopped.is_set() else item.reason
                 return
             self.last_byte = time.monotonic()
-            yield chunk
-            if self.last_byte >= end:
-                return
+            yield item
+
+
+class _End:
+    """The end of a stream, put after its last chunk: ``eof`` or ``broken``."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _read(opened: LogFollow, chunks: queue.Queue[bytes | _End]) -> None:
+    """A stream's reader thread: its chunks into ``chunks`` (bounded: a slow commit holds
+    the stream back, not memory), then an ``_End``."""
+    try:
+        for chunk in opened.chunks():
+            chunks.put(chunk)
+        chunks.put(_End("eof"))
+    except KubeError as e:
+        log.info("%s", e)
+        chunks.put(_End("broken"))

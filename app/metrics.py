@@ -25,6 +25,10 @@ Counters (the ledger's ``stats`` hash):
   others were),
   ``lines_expired_total`` (requests of intervals older than ``INTERVAL_RETENTION``, not
   reported).
+- ``follow_started_total`` and ``follows_ended_total{reason}``: follow streams
+  (``app/follow.py``) started, and ended by reason (``idle``, ``stopped``,
+  ``stopped_container``, ``gone``, ``new_container``, ``conflict``, ``broken``,
+  ``kube_error``...).
 - ``gaps_total`` (log spans that may be lost), ``no_progress_reads_total``,
   ``fetch_conflicts_total``, ``fetch_restarts_total``, ``fetch_errors_total{kind}``,
   ``reports_total{outcome="delivered"|"skipped"|"parked"|"dead"}``; any other counter as
@@ -47,7 +51,7 @@ log; since the ledger was initialised when none has), ``fetch_interval_seconds``
 ``undelivered_reports{state="pending"|"queued"|"due"|"dead"}``,
 ``oldest_undelivered_report_age_seconds`` (since it was made: its interval sealed, or
 the amendment made, as ``REPORT_MAX_AGE`` counts; 0 when none),
-``reports_in_retry`` (waiting for a Celery retry now), ``dead_letters``,
+``reports_in_retry`` (waiting for a Celery retry now), ``dead_letters``, ``followed_pods``,
 ``queue_messages{queue="fetch"|"report"|"fetch.<host>"}`` (the last with ``LOG_SOURCE=file``;
 messages waiting in the broker's lists, all
 priorities), ``broker_unacked_messages`` (delivered to a worker, not acknowledged: running,
@@ -175,6 +179,9 @@ class LedgerCollector(Collector):
                                 value=counts["retrying"])
         yield GaugeMetricFamily(f"{NS}_dead_letters", "Reports in the dead-letter store (see `deadletters`)",
                                 value=counts["dead"])
+        followed = sum(1 for _ in ledger.r.scan_iter(match=ledger.k("follow", "*"), count=1000))
+        yield GaugeMetricFamily(f"{NS}_followed_pods", "Pods whose log a fetch worker holds open (follow=true; "
+                                "FOLLOW_MAX_PODS per fetch worker process)", value=followed)
         yield from self._sealing(now)
 
     def _sealing(self, now: float) -> Iterator[Metric]:
@@ -200,6 +207,8 @@ class LedgerCollector(Collector):
                                       labels=["outcome"])
         forced_by = CounterMetricFamily(f"{NS}_seal_forced_by", "Intervals sealed without this source (a pod, a log "
                                         "file, or a listing) unreadable for over SEAL_MAX_WAIT", labels=["pod"])
+        follows_ended = CounterMetricFamily(f"{NS}_follows_ended", "Follow streams ended (the pod went back to the "
+                                            "rounds), by reason", labels=["reason"])
         for outcome in REPORT_OUTCOMES:
             reports.add_metric([outcome], stats.get(f"reports_{outcome}", 0))
         byte_count = CounterMetricFamily(f"{NS}_counted_bytes", "Body bytes counted for tunnels (in: RequestContentSize, "
@@ -225,12 +234,15 @@ class LedgerCollector(Collector):
                 errors.add_metric([label], value)
             elif head == "seal_forced_by" and label:
                 forced_by.add_metric([label], value)
+            elif head == "follow_ended" and label:
+                follows_ended.add_metric([label], value)
             elif not label:
                 yield CounterMetricFamily(f"{NS}_{key}", key.replace("_", " "), value=value)
         yield lines
         yield errors
         yield reports
         yield forced_by
+        yield follows_ended
 
     def _pods(self, now: float, init: dict[str, str] | None) -> Iterator[Metric]:
         records = self.ledger.pod_fetches()

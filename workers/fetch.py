@@ -174,9 +174,12 @@ def _check_file_source(sender, **_: object) -> None:
 
 def _note(name: str, uid: str, summary: dict, seconds: float) -> None:
     """Per-pod metrics (app/metrics.py): duration, error kind, and whether the read
-    reached the end of the log (committed, or nothing new, and not cut at limitBytes)."""
+    reached the end of the log (committed, or nothing new, and not cut at limitBytes; or
+    the pod is followed)."""
     status = summary.get("status")
-    reached_end = status == FetchStatus.OK and summary.get("cut") is False
+    # A followed pod's stream is at the end of its log (its follower reads each line as
+    # it is written), as long as its lease is renewed.
+    reached_end = (status == FetchStatus.OK and summary.get("cut") is False) or status == FetchStatus.FOLLOWED
     error = str(status) if status in ERROR_STATUSES else ""
     try:
         runtime.ledger().note_fetch(uid, name, seconds, reached_end, error)
