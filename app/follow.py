@@ -60,7 +60,10 @@ TICK = 0.5  # seconds between two renewals of the leases (and looks at the strea
 LEASE_TTL = 15  # seconds a lease outlives its last renewal (a follower that died)
 IDLE_RELEASE = 60.0  # seconds without a byte after which a pod goes back to the rounds
 NO_LIMIT = 1 << 62  # a follow stream is not cut at limitBytes
-QUEUED_CHUNKS = 16  # chunks (256 KiB at most each) read ahead of the count, per stream
+# Seconds a busy stream's newest line may be old before the follower warns that it is
+# behind (half the kubelet's 10 s rotation check: a file can be renamed at each check).
+BEHIND_WARN = 5.0
+QUEUED_CHUNKS = 4  # chunks (256 KiB at most each) read ahead of the count, per stream: 1 MiB at most
 MAX_EMPTY_STREAMS = 3  # streams in a row that end without a byte before the pod goes back to the rounds
 
 
@@ -189,6 +192,7 @@ class _Stream:
         self.token = token
         self.last_byte = time.monotonic()
         self.ended = ""  # why the current slice ended the stream ("" while it runs on)
+        self.warned_behind = False
         self._stopped = threading.Event()
         self._open: LogFollow | None = None
         self._open_lock = threading.Lock()
@@ -286,7 +290,29 @@ class _Stream:
             if res.consumed:
                 checked = True
                 cursor, raw = res.cursor, res.cursor.encode()
+                if chunks.qsize() and not self.warned_behind:
+                    self._check_behind(cursor.high_ns)
         return self.ended if self.ended in ("idle", "stopped") else ""
+
+    def _check_behind(self, high_ns: int) -> None:
+        """Warn once per stream when the stream has bytes waiting and its newest line is
+        more than ``BEHIND_WARN`` seconds old: the pod writes faster than this process
+        counts. Should the stream fall a whole log file behind, the kubelet skips that
+        file (at the end of the renamed file it opens the current one), and its lines
+        are lost with no gap to show for it."""
+        ledger = self.follower.ledger
+        behind = ledger.now() - high_ns / 1e9
+        if behind <= BEHIND_WARN:
+            return
+        self.warned_behind = True
+        log.warning(
+            "the follow stream of pod %s is %.0f s behind its log: the pod writes faster than this fetch worker "
+            "counts, and a stream a whole log file behind loses that file (lines lost, no gap recorded). Give it "
+            "room: lower FOLLOW_MAX_PODS so that more fetch workers share the busy pods, add fetch workers, or "
+            "raise the kubelet's containerLogMaxSize", self.name, behind,
+            extra={"pod": self.name, "outcome": "follow_behind"},
+        )
+        self.follower._incr({"follow_behind": 1})
 
     def _slice(self, chunks: queue.Queue[bytes | _End]) -> Iterator[bytes]:
         """The stream's chunks for one slice: until ``slice_seconds`` have passed (bytes

@@ -235,3 +235,43 @@ def test_a_quiet_followed_pod_is_probed_for_the_watermark(fake, ledger, fetcher,
     rec = ledger.read_records()[uid]
     assert rec.end_at is not None and rec.end_at >= t0
     assert committed(ledger) == traffic.expected()
+
+
+def test_the_pace_offers_a_growing_pod_to_the_follower_at_its_second_read(ledger):
+    """``pace.next_read`` asks ``follow(rate)`` with the growth measured between two reads,
+    and sends no early read when the pod is followed; never for a first read or a cut one."""
+    from app import pace
+    from app.settings import Settings
+
+    settings = Settings(platform_api_url="http://p:3000", platform_internal_secret="x")
+    asked: list[float] = []
+
+    def follow_it(rate: float) -> bool:
+        asked.append(rate)
+        return True
+
+    assert pace.next_read(ledger, "u1", 100, False, settings, follow=follow_it) is not None  # first: measure
+    assert asked == []
+    ledger.r.delete(ledger.k("pace", "u1", "next"))
+    time.sleep(0.05)
+    assert pace.next_read(ledger, "u1", 100, False, settings, follow=follow_it) is None
+    assert len(asked) == 1 and asked[0] > 100  # 100 lines in well under a second
+    nxt = pace.next_read(ledger, "u2", 100, False, settings, follow=follow_it)  # another pod's first read
+    assert nxt is not None and len(asked) == 1
+    ledger.r.delete(ledger.k("pace", "u2", "next"))
+    nxt = pace.next_read(ledger, "u2", 5000, True, settings, follow=follow_it)  # cut: the backlog first
+    assert nxt is not None and nxt[0] == 0.0 and len(asked) == 1
+
+
+def test_a_stream_behind_its_log_is_warned_about(fake, ledger, fetcher, follower, monkeypatch, caplog):
+    monkeypatch.setattr(follow, "BEHIND_WARN", 0.0)
+    traffic = Traffic(seed=19)
+    uid = first_read(fake, fetcher, traffic)
+    assert follower.offer(POD, uid)
+    fake.rotate_bytes = None
+    with caplog.at_level("WARNING", logger="app.follow"):
+        for _ in range(10):
+            fake.write_many(POD, traffic.lines(3000))  # a burst: chunks wait in the queue
+        wait_until(lambda: committed(ledger) == traffic.expected(), 30, interval=0.1, what="the burst committed")
+    assert ledger.stats().get("follow_behind") == 1
+    assert "the follow stream of pod traefik-0 is" in caplog.text and "FOLLOW_MAX_PODS" in caplog.text
