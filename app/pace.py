@@ -110,13 +110,15 @@ def next_read(ledger: Ledger, uid: str, consumed: int, cut: bool, settings: Sett
     already pending). Records the read's time (Redis TIME) for the next growth estimate and
     claims the pod's one pending early read (``SET NX``, expiring after the countdown
     plus ``FETCH_TIME_LIMIT``, so a lost message frees it). ``follow(rate)``, given the
-    log's growth in lines a second when it is known (not after a read cut at
-    ``limitBytes``: a backlog is read first), returns True when the pod is followed from
-    now on (``app/follow.py``): then no early read. Raises ``redis.RedisError``."""
+    lines a second read since the previous read when that is known (the log's growth;
+    after a read cut at ``limitBytes``, at least that: a pod writing faster than reads
+    of ``FETCH_MAX_BYTES`` keep up with is cut every time), returns True when the pod is
+    followed from now on (``app/follow.py``): then no early read. Raises
+    ``redis.RedisError``."""
     now = ledger.now()
     prev = ledger.r.set(ledger.k("pace", uid), f"{now:.6f}", ex=PACE_TTL, get=True)
     since = now - float(prev) if prev else None
-    if follow is not None and not cut and consumed > 0 and since is not None and since > 0 and follow(consumed / since):
+    if follow is not None and consumed > 0 and since is not None and since > 0 and follow(consumed / since):
         return None
     delay = read_delay(consumed, cut, since, settings)
     if delay is None:

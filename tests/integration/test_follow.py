@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
+from unittest.mock import ANY
 
 import pytest
 
@@ -239,7 +240,7 @@ def test_a_quiet_followed_pod_is_probed_for_the_watermark(fake, ledger, fetcher,
 
 def test_the_pace_offers_a_growing_pod_to_the_follower_at_its_second_read(ledger):
     """``pace.next_read`` asks ``follow(rate)`` with the growth measured between two reads,
-    and sends no early read when the pod is followed; never for a first read or a cut one."""
+    cut or not, and sends no early read when the pod is followed; never for a first read."""
     from app import pace
     from app.settings import Settings
 
@@ -259,8 +260,10 @@ def test_the_pace_offers_a_growing_pod_to_the_follower_at_its_second_read(ledger
     nxt = pace.next_read(ledger, "u2", 100, False, settings, follow=follow_it)  # another pod's first read
     assert nxt is not None and len(asked) == 1
     ledger.r.delete(ledger.k("pace", "u2", "next"))
-    nxt = pace.next_read(ledger, "u2", 5000, True, settings, follow=follow_it)  # cut: the backlog first
-    assert nxt is not None and nxt[0] == 0.0 and len(asked) == 1
+    # A read cut at limitBytes: a pod writing faster than the reads keep up with.
+    assert pace.next_read(ledger, "u2", 5000, True, settings, follow=follow_it) is None
+    assert len(asked) == 2 and asked[1] > 5000
+    assert pace.next_read(ledger, "u3", 5000, True, settings, follow=lambda rate: False) == (0.0, ANY)
 
 
 def test_a_stream_behind_its_log_is_warned_about(fake, ledger, fetcher, follower, monkeypatch, caplog):
