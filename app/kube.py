@@ -252,15 +252,17 @@ class LogSource:
     """Lists the Traefik pods and streams their logs. One per worker process (shared by
     the threads of a thread pool: the client's urllib3 pool is thread-safe)."""
 
-    def __init__(self, namespace: str, label_selector: str, timeout: float) -> None:
+    def __init__(self, namespace: str, label_selector: str, timeout: float, streams: int = 0) -> None:
+        """``streams``: follow streams this process may hold open at once (each keeps a
+        connection of the pool out for as long as it runs)."""
         self.namespace = namespace
         self.label_selector = label_selector
         self.timeout = (min(timeout, 10.0), timeout)  # (connect, read)
-        self.api_client = self._load()
+        self.api_client = self._load(streams)
         self.core = k8s.client.CoreV1Api(self.api_client)
 
     @staticmethod
-    def _load() -> client.ApiClient:
+    def _load(streams: int) -> client.ApiClient:
         try:
             k8s.config.load_incluster_config()
         except k8s.ConfigException:
@@ -271,6 +273,10 @@ class LogSource:
                 raise KubeError(f"no Kubernetes config: not in a cluster and KUBECONFIG failed: {truncate(str(e))}") from e
         configuration = k8s.client.Configuration.get_default_copy()
         configuration.retries = _NoRetryOnReadTimeout(3)
+        # Room in urllib3's pool for the follow streams besides the other calls (the
+        # client's default is 5 x cpu_count); a connection returned to a full pool is
+        # dropped with a warning.
+        configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize or 0, streams + 8)
         return k8s.client.ApiClient(configuration)
 
     def close(self) -> None:

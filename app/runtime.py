@@ -81,7 +81,8 @@ def log_source() -> LogSource:
     with _lock:
         if "source" not in _state:
             s = settings()
-            _state["source"] = LogSource(s.traefik_namespace, s.traefik_label_selector, s.kube_request_timeout)
+            _state["source"] = LogSource(s.traefik_namespace, s.traefik_label_selector, s.kube_request_timeout,
+                                         streams=s.follow_max_pods)
     return _state["source"]  # type: ignore[return-value]
 
 

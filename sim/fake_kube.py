@@ -10,8 +10,14 @@ exact metering, as listed in docs/design.md ("Kubernetes pod log endpoint"):
 * ``timestamps=true`` prefixes lines with a fixed-width RFC3339Nano stamp (9 fraction
   digits), or the zero-trimmed form of kubelets older than 1.19;
 * ``limitBytes`` cuts the body at exactly that many bytes, mid-line if need be;
-* only the current log file is served (rotation drops lines), ``previous=true`` serves
-  only the last terminated container;
+* only the current log file is served (a read without ``follow`` loses what rotation
+  renamed away before it), ``previous=true`` serves only the last terminated container;
+* ``follow=true`` streams the open file, then each line as it is written, as the
+  kubelet's ``ReadLogs``/``waitLogs`` do: across a size rotation the renamed file to its
+  end, then the new one from its start (nothing lost); the stream ends after the file's
+  end once the container no longer runs (a restart at once; an exit or the pod's deletion
+  within ``follow_check_period``, 1 s), or at ``limitBytes``; ``stop()`` cuts it
+  (``_serve_follow``, ``follow_readers``);
 * a terminating pod stays readable during its grace period, a deleted one is 404;
   a graceful deletion runs as the kubelet runs it: ``deletionTimestamp`` is set, the
   containers keep running until they exit (or are killed when the grace period ends),
@@ -292,8 +298,9 @@ class _Log:
     stamps: list[int] = field(default_factory=list)
     lines: list[bytes] = field(default_factory=list)
     size: int = 0  # approximate CRI file size, for size-based rotation
+    # Line numbers count from the file's first line ever, dropped ones included.
     served: int = 0  # lines from the start of the file handed out whole by some read
-    base: int = 0  # once rotated: lines dropped from the front (all served before)
+    base: int = 0  # lines dropped from the front: ``lines[0]`` is line number ``base``
     last: dict[str, int] = field(default_factory=dict)  # per stream: the last stamp
     ordered: bool = True  # stamps non-decreasing in file order (a bisect is exact)
 
@@ -310,6 +317,22 @@ class _Container:
     rotated: list[_Log] = field(default_factory=list)  # renamed away by size rotation, never served
     rotated_at: list[int] = field(default_factory=list)  # instant (ns) of each size rotation, served or not
     last_terminated: dict[str, Any] | None = None
+
+
+@dataclass(eq=False)
+class _Follower:
+    """One open ``follow=true`` stream: the kubelet's ``ReadLogs`` in follow mode
+    (staging/src/k8s.io/cri-client/pkg/logs/logs.go) with the file it holds open."""
+
+    namespace: str
+    name: str
+    pod: _Pod  # the pod object it was opened on (a replaced pod is another object)
+    container: _Container
+    container_id: str  # the container whose log it reads (``isContainerRunning`` asks about it)
+    log: _Log  # the open file
+    pos: int  # line number (see _Log) of the next line to read from it
+    path_log: _Log  # the file the container's log path names now (a size rotation makes a new one)
+    creates: int = 0  # Create events of that path not handled yet: size rotations since it opened
 
 
 @dataclass
@@ -449,16 +472,40 @@ class _Handler(BaseHTTPRequestHandler):
         """Stream a text/plain body with chunked transfer encoding, as the apiserver does.
         ``before_end`` runs once every chunk was written, before the last (empty) chunk
         that lets the client finish reading."""
+        self.begin_chunked()
+        for chunk in chunks:
+            self.write_chunk(chunk)
+        if before_end is not None:
+            before_end()
+        self.end_chunked()
+
+    def begin_chunked(self) -> None:
+        """The status line and headers of a chunked text/plain body, sent now."""
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
-        for chunk in chunks:
-            if chunk:
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-        if before_end is not None:
-            before_end()
+
+    def write_chunk(self, chunk: bytes) -> None:
+        """One chunk of the body, flushed (an empty one is skipped: it would end the body)."""
+        if chunk:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            self.wfile.flush()
+
+    def end_chunked(self) -> None:
+        """The last (empty) chunk: the client has the whole body."""
         self.wfile.write(b"0\r\n\r\n")
+
+    def client_gone(self) -> bool:
+        """True once the client closed its side (EOF on the socket), without blocking: a
+        follow stream waiting for lines ends then, as the kubelet's does when the request's
+        context is cancelled (``waitLogs``: ``case <-ctx.Done()``)."""
+        try:
+            return self.connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False  # nothing to read: still there
+        except OSError:
+            return True  # reset, or closed by stop()
 
 
 class FakeKube:
@@ -490,7 +537,8 @@ class FakeKube:
         runtime writes to a new, empty file). The kubelet serves only the current file
         (``ReadLogs`` opens the container's log path, staging/src/k8s.io/cri-client/pkg/
         logs/logs.go), so the lines of the renamed file that no read returned before the
-        rotation are unreachable: :meth:`unserved` lists them. The checks come at
+        rotation are unreachable: :meth:`unserved` lists them (an open ``follow=true``
+        stream still reads the renamed file to its end: see :meth:`_serve_follow`). The checks come at
         ``rotate_every`` from this object's creation (the kubelet's own start), on
         ``clock``; ``rotate_every=0`` checks at every write."""
         self.clock: Callable[[], int] = clock or time.time_ns
@@ -519,6 +567,12 @@ class FakeKube:
         self._denied: set[tuple[str, str]] = set()  # (verb, resource[/subresource]) not granted
         self._delay = 0.0
         self._log_setup: dict[tuple[str, str], dict[str, Any]] = {}  # configure_log, per pod name
+        self._followers: list[_Follower] = []  # open follow=true streams
+        # Seconds a follow stream waits at the end of its file when nothing is written:
+        # the kubelet's ``logForceCheckPeriod`` (1 s, the timer in ``waitLogs``), after
+        # which it reads on and asks the runtime whether the container still runs; an
+        # exited container or a deleted pod ends the stream only then (see _serve_follow).
+        self.follow_check_period = 1.0
         self._stopped = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -541,8 +595,11 @@ class FakeKube:
         return self.url
 
     def stop(self) -> None:
-        """Stop serving and cut open (keep-alive) connections."""
+        """Stop serving and cut open (keep-alive) connections; open follow streams end
+        without their last chunk (the client sees the connection drop)."""
         self._stopped.set()
+        with self._changed:
+            self._changed.notify_all()  # wake the follow streams waiting for lines
         server = self._server
         if server is None:
             return
@@ -557,6 +614,8 @@ class FakeKube:
                 continue  # already closed by the other side
         if self._thread is not None:
             self._thread.join(timeout=5)
+        with self._changed:  # the follow streams' threads unregister as they end
+            self._changed.wait_for(lambda: not self._followers, timeout=2)
         self._server = None
 
     def __enter__(self) -> FakeKube:
@@ -720,7 +779,9 @@ class FakeKube:
         container: str | None = None,
     ) -> None:
         """Kubelet log rotation: only the last ``keep_last`` lines of the current log
-        stay reachable; the rest are gone for good."""
+        stay reachable; the rest are gone for good, for an open follow stream too (this
+        forces a loss; size rotation, ``rotate_bytes``, is the kubelet's rename, which a
+        follow stream survives)."""
         with self._lock:
             pod = self._require(namespace, name)
             log = self._container(pod, container).log
@@ -728,7 +789,12 @@ class FakeKube:
             dropped = log.lines[:drop]
             del log.lines[:drop]
             del log.stamps[:drop]
+            log.base += drop
             log.size -= sum(len(line) + CRI_LINE_OVERHEAD for line in dropped)
+            for f in self._followers:
+                if f.log is log:
+                    f.pos = max(f.pos, log.base)
+            self._changed.notify_all()
 
     # ------------------------------------------------------------------ logs
 
@@ -899,6 +965,23 @@ class FakeKube:
         with self._changed:
             return self._changed.wait_for(enough, timeout)
 
+    def follow_readers(self, name: str, namespace: str = "traefik") -> int:
+        """How many ``follow=true`` streams of pod ``name``'s logs are open now: a stream
+        counts from when its request was accepted (before its answer's headers) until its
+        thread is done with it (after its last chunk, or once the client went away or
+        :meth:`stop` cut it)."""
+        with self._lock:
+            return sum(1 for f in self._followers if (f.namespace, f.name) == (namespace, name))
+
+    def wait_follow_readers(self, name: str, count: int, timeout: float, namespace: str = "traefik") -> bool:
+        """Block until exactly ``count`` follow streams of pod ``name`` are open (see
+        :meth:`follow_readers`); False if ``timeout`` seconds pass first."""
+        with self._changed:
+            return self._changed.wait_for(
+                lambda: sum(1 for f in self._followers if (f.namespace, f.name) == (namespace, name)) == count,
+                timeout,
+            )
+
     # ------------------------------------------------------- fault injection
 
     def fail_next(self, n: int, status: int = 500, path_contains: str = "") -> None:
@@ -1059,16 +1142,29 @@ class FakeKube:
 
     def _rotate_file(self, c: _Container, at_ns: int) -> None:
         """Rename the current file away at ``at_ns`` and start a new one (the kubelet's
-        ``rotateLatestLog``); keep what no read returned of it, for :meth:`unserved`."""
+        ``rotateLatestLog``); keep what no read returned of it, for :meth:`unserved`, and
+        what a follow stream holding it has not read yet (it reads the renamed file to
+        its end). A follow stream of this container gets the Create event of the new file
+        at its log path (``waitLogs`` returns ``recreated``)."""
         c.rotated_at.append(at_ns)
         old = c.log
         c.log = _Log(last=dict(old.last))  # the runtime's readers go on stamping
-        old.base = old.served
-        del old.lines[:old.served]
-        del old.stamps[:old.served]
+        keep_from = old.served
+        for f in self._followers:
+            if f.log is old:
+                keep_from = min(keep_from, f.pos)
+            if f.container is c and f.container_id == c.container_id:
+                f.creates += 1
+                f.path_log = c.log
+        drop = keep_from - old.base
+        if drop > 0:
+            del old.lines[:drop]
+            del old.stamps[:drop]
+            old.base = keep_from
         if old.lines:
             c.rotated.append(old)
         self.rotations += 1
+        self._changed.notify_all()
 
     def _check_rotation(self, now: int | None = None) -> None:
         """The kubelet's periodic size check, for every check time that has passed by
@@ -1092,7 +1188,9 @@ class FakeKube:
     def unserved(self, name: str | None = None, namespace: str = "traefik") -> list[tuple[int, bytes]]:
         """(stamp ns, line) of every line that size rotation renamed away before any read
         returned it (of pod ``name``, or of every pod), oldest first per container: the
-        lines a reader of the API could no longer get. Exact once no read is in flight."""
+        lines a reader of the API could no longer get. Exact once no read is in flight; a
+        follow stream holding a renamed file still sends its lines, which then leave this
+        list as they are sent."""
         return [item for lost in self.unserved_files(name, namespace) for item in lost]
 
     def rotation_instants(self, name: str, namespace: str = "traefik") -> list[int]:
@@ -1115,7 +1213,7 @@ class FakeKube:
             for pod in pods:
                 for c in pod.containers.values():
                     for old in c.rotated:
-                        skip = max(0, old.served - old.base)
+                        skip = max(0, old.served - old.base)  # kept for a follow stream but served
                         if skip < len(old.lines):
                             out.append(list(zip(old.stamps[skip:], old.lines[skip:], strict=True)))
         return out
@@ -1370,6 +1468,9 @@ class FakeKube:
         }
 
     def _serve_log(self, req: _Handler, namespace: str, name: str, query: dict[str, str]) -> None:
+        """``GET .../pods/{name}/log``: the container's current log file (or, with
+        ``previous``, the last terminated container's) as the kubelet serves it; with
+        ``follow=true`` see :meth:`_serve_follow`."""
         opts = _log_options(query)
         with self._lock:
             pause = self._delay
@@ -1405,37 +1506,180 @@ class FakeKube:
             since = opts["sinceTime"]
             if opts["sinceSeconds"] is not None:
                 since = self.clock() - opts["sinceSeconds"] * NS_PER_S
-            stamps = log.stamps[start:]
-            lines = log.lines[start:]
-            if since is not None:
-                # The kubelet tests every line on its own: ``if msg.timestamp.Before(
-                # w.opts.since) { return nil }`` in (*logWriter).write, called by ReadLogs
-                # for each parsed line (pkg/kubelet/kuberuntime/logs/logs.go; since 1.30
-                # staging/src/k8s.io/cri-client/pkg/logs/logs.go). Stamps are instants (the
-                # zone is only how they are written). The file is in arrival order and its
-                # stamps are monotonic per stream only, so a line older than sinceTime after
-                # a newer one is dropped alone: no bisect, unless the stamps are sorted.
-                if log.ordered:
-                    cut = bisect.bisect_left(stamps, since)
-                    stamps, lines = stamps[cut:], lines[cut:]
-                    positions = range(start + cut, start + cut + len(lines))
-                else:
-                    keep = [i for i, ts in enumerate(stamps) if ts >= since]
-                    stamps, lines = [stamps[i] for i in keep], [lines[i] for i in keep]
-                    positions = [start + i for i in keep]
-            else:
-                positions = range(start, start + len(lines))
             old = pod.old_kubelet
             zone = self._log_setup.get((namespace, name), {}).get("zone")
+            if opts["follow"]:
+                # The container is resolved once, when the request arrives: the kubelet's
+                # GetKubeletContainerLogs (pkg/kubelet/kubelet_pods.go) takes the running
+                # container's ID from the pod status (validateContainerLogStatus; the last
+                # terminated one for previous=true), GetContainerLogs
+                # (pkg/kubelet/kuberuntime/kuberuntime_container.go) its log path, and
+                # (*kubeGenericRuntimeManager).ReadLogs (pkg/kubelet/kuberuntime/
+                # kuberuntime_logs.go) hands both to logs.ReadLogs, which opens that file.
+                cid = c.container_id if not opts["previous"] else (c.last_terminated or {}).get("containerID", "")
+                follower = _Follower(namespace, name, pod, c, cid, log, log.base + start, path_log=log)
+                self._followers.append(follower)
+            else:
+                follower = None
+                first = log.base  # line number of lines[0] (see _Log)
+                stamps = log.stamps[start:]
+                lines = log.lines[start:]
+                if since is not None:
+                    # The kubelet tests every line on its own: ``if msg.timestamp.Before(
+                    # w.opts.since) { return nil }`` in (*logWriter).write, called by ReadLogs
+                    # for each parsed line (pkg/kubelet/kuberuntime/logs/logs.go; since 1.30
+                    # staging/src/k8s.io/cri-client/pkg/logs/logs.go). Stamps are instants (the
+                    # zone is only how they are written). The file is in arrival order and its
+                    # stamps are monotonic per stream only, so a line older than sinceTime after
+                    # a newer one is dropped alone: no bisect, unless the stamps are sorted.
+                    if log.ordered:
+                        cut = bisect.bisect_left(stamps, since)
+                        stamps, lines = stamps[cut:], lines[cut:]
+                        positions = range(start + cut, start + cut + len(lines))
+                    else:
+                        keep = [i for i, ts in enumerate(stamps) if ts >= since]
+                        stamps, lines = [stamps[i] for i in keep], [lines[i] for i in keep]
+                        positions = [start + i for i in keep]
+                else:
+                    positions = range(start, start + len(lines))
+        if follower is not None:
+            self._serve_follow(req, follower, since, opts["timestamps"], old, opts["limitBytes"], zone)
+            return
         sent = [0]  # lines sent whole
 
         def note_served() -> None:
             # Before the body's end: the client cannot have the whole answer before this.
             if sent[0]:
                 with self._lock:
-                    log.served = max(log.served, positions[sent[0] - 1] + 1)
+                    log.served = max(log.served, first + positions[sent[0] - 1] + 1)
 
         req.send_chunked(_log_chunks(stamps, lines, opts["timestamps"], old, opts["limitBytes"], zone, sent), note_served)
+
+    def _serve_follow(
+        self,
+        req: _Handler,
+        f: _Follower,
+        since: int | None,
+        timestamps: bool,
+        old_kubelet: bool,
+        limit: int | None,
+        zone: str | None,
+    ) -> None:
+        """``follow=true``: the kubelet's ``ReadLogs`` in follow mode, with ``waitLogs``
+        (staging/src/k8s.io/cri-client/pkg/logs/logs.go).
+
+        From the open file (``f.log``, from ``tailLines`` back if given) every line is
+        sent as it is read, skipped alone if stamped before ``since``; each batch goes out
+        at once as chunks, flushed, without waiting for ``CHUNK_BYTES``. At the end of the
+        file ``waitLogs`` first asks whether the container still runs
+        (``isContainerRunning``): if not, the file is read once more to its end and the
+        stream ends (the last chunk). If it runs, it waits for an event of the log
+        directory (fsnotify) or ``logForceCheckPeriod`` (:attr:`follow_check_period`):
+        a Write reads on from the same file; the Create event of the log's own path (a
+        size rotation renamed the file away and the runtime opened a new one) opens the
+        path again and reads the new file from its start. The events come in order and the
+        runtime writes to the renamed file only before the new one exists, so the old file
+        is read to its end first: nothing is lost across a rotation. (Behind by two
+        rotations, it opens the path's newest file at the first Create and again from its
+        start at the second, as upstream does.) A restart creates the new container's
+        file in the same directory (an event), so the old stream ends at once; an exit, or
+        the pod's deletion (the fake stops its containers with the object), creates no
+        event: the stream ends at the next timer, within ``follow_check_period``.
+        ``limitBytes`` ends the stream once that many bytes were sent, mid-line if need be
+        (``errMaximumWrite``). A line counts as served (:meth:`unserved`) once its last
+        byte was written to the socket. :meth:`stop` hangs up without the last chunk; a
+        client that closed its side ends the stream (the request's context is cancelled).
+        """
+        remaining = limit
+        found = True  # waitLogs' first result: the container still ran at the last wait
+        try:
+            # The kubelet writes zero bytes before it reads (GetKubeletContainerLogs): the
+            # answer's headers go out at once, before any line.
+            req.begin_chunked()
+            while True:
+                with self._lock:
+                    if self._stopped.is_set():
+                        req.close_connection = True
+                        return  # hang up, no last chunk
+                    log = f.log
+                    stamps, lines, positions = _follow_take(f, since)
+                if lines:
+                    sent = [0]  # lines of this batch sent whole
+                    for chunk in _log_chunks(stamps, lines, timestamps, old_kubelet, remaining, zone, sent):
+                        req.write_chunk(chunk)
+                        if remaining is not None:
+                            remaining -= len(chunk)
+                        self._note_follow_served(log, positions, sent[0])  # chunks before this one
+                    self._note_follow_served(log, positions, sent[0])
+                    if remaining == 0:
+                        break  # limitBytes reached
+                if not found:
+                    break  # "The container is not running, we got to the end of the log."
+                with self._changed:
+                    found = self._follow_wait(f, req)
+            req.end_chunked()
+        finally:
+            with self._changed:
+                self._followers.remove(f)
+                self._changed.notify_all()
+
+    def _note_follow_served(self, log: _Log, positions: list[int], sent: int) -> None:
+        if sent:
+            with self._lock:
+                log.served = max(log.served, positions[sent - 1] + 1)
+
+    def _follow_running(self, f: _Follower) -> bool:
+        """``isContainerRunning`` for the stream's container: its pod object still there,
+        the container not restarted (same ID) and not exited. Holds the lock."""
+        pod = self._live(f.namespace, f.name)
+        return (
+            pod is f.pod
+            and f.container.container_id == f.container_id
+            and f.container.name not in pod.exited
+        )
+
+    def _follow_wait(self, f: _Follower, req: _Handler) -> bool:
+        """``waitLogs`` at the end of the open file; returns its ``found`` (False: the
+        container no longer runs; read to the end once more, then end). Holds the lock
+        (``self._changed``); waits on it, woken by writes, rotations and pod changes, and
+        every 50 ms for what happens on the clock alone (grace periods, rotation checks)."""
+        self._check_rotation()
+        if not self._follow_running(f):
+            return False
+        deadline = time.monotonic() + self.follow_check_period
+        while not self._stopped.is_set():
+            if f.pos < f.log.base + len(f.log.lines):
+                return True  # a Write event (it comes before the Create of a rotation)
+            if f.creates:  # the Create event of the log path: open it again, read from its start
+                f.creates -= 1
+                f.log = f.path_log
+                f.pos = f.log.base
+                return True
+            if f.container.container_id != f.container_id:
+                return True  # the restarted container's new file: a Create of another name
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return True  # logForceCheckPeriod: read on
+            if req.client_gone():
+                raise ConnectionAbortedError("the client closed the follow stream")
+            self._changed.wait(min(left, 0.05))
+            self._check_rotation()
+            self._live(f.namespace, f.name)
+        return True
+
+
+def _follow_take(f: _Follower, since: int | None) -> tuple[list[int], list[bytes], list[int]]:
+    """What a follow stream reads of its open file from where it is to the end, lines
+    stamped before ``since`` skipped: (stamps, lines, line numbers). Holds the lock."""
+    log = f.log
+    i = max(0, f.pos - log.base)
+    stamps, lines = log.stamps[i:], log.lines[i:]
+    first = log.base + i
+    f.pos = log.base + len(log.lines)
+    if since is None:
+        return stamps, lines, list(range(first, first + len(lines)))
+    keep = [k for k, ts in enumerate(stamps) if ts >= since]
+    return [stamps[k] for k in keep], [lines[k] for k in keep], [first + k for k in keep]
 
 
 def _encode_line(line: bytes | str) -> bytes:
@@ -1453,8 +1697,6 @@ def _log_options(query: dict[str, str]) -> dict[str, Any]:
             opts[key] = _parse_bool(query[key]) if key in query else False
     except ValueError as err:
         raise ApiError(400, f'invalid boolean value: "{err}"') from None
-    if opts["follow"]:
-        raise ApiError(400, "follow=true is not supported by the fake apiserver")
     for key, minimum in (("limitBytes", 1), ("tailLines", 0), ("sinceSeconds", 1)):
         if key not in query:
             opts[key] = None
