@@ -212,6 +212,10 @@ class ReadState:
     past_consumed: bool = False  # a new line was met: every line after it is new
     matched: int = 0
     matched_legacy: dict[tuple[int, bytes], int] = field(default_factory=dict)
+    # A follow stream: a new line stamped before the floor ends the read there (``rewound``
+    # set; that line and the rest are not consumed), to be read again from the cursor.
+    rewind_on_late: bool = False
+    rewound: bool = False
 
     @classmethod
     def of(cls, cursor: Cursor, max_line_bytes: int = MAX_LINE_BYTES) -> ReadState:
@@ -350,6 +354,9 @@ def consume(
             if ts < floor:
                 if not past_consumed:
                     continue  # consumed before (and pruned from the fingerprints)
+                if st.rewind_on_late:
+                    st.rewound = True  # a follow stream went back: stop before this line
+                    break
                 res.late += 1  # after a new line: new too, stamped behind the floor
             elif ts <= old_high and (unmatched or legacy_left):
                 key = (ts, fingerprint(ts, text))
@@ -392,6 +399,8 @@ def consume(
                 before_start += 1
                 continue
             sums.add(ts, text)
+        if st.rewound:
+            break
     res.agg = sums.finish()
     res.parts = sums.partials()
     res.cut = res.received >= limit_bytes

@@ -49,7 +49,7 @@ from enum import StrEnum
 import redis
 
 from app.errors import KubeError, LedgerLost, PodGone
-from app.fetching import Fetcher, ReadState, consume
+from app.fetching import Fetcher, ReadState, consume, fmt_ns
 from app.kube import Container, LogFollow, Pod
 from app.ledger import Ledger, lua_script
 from app.model import Cursor
@@ -278,6 +278,7 @@ class _Stream:
         pod go ("" when the stream merely ended: it is opened again)."""
         fetcher = self.follower.fetcher
         state = ReadState.of(cursor, fetcher.max_line)
+        state.rewind_on_late = True
         checked = False  # the pod looked at after a commit of this stream's lines
         self.ended = ""
         while not self.ended:
@@ -292,7 +293,23 @@ class _Stream:
                 cursor, raw = res.cursor, res.cursor.encode()
                 if chunks.qsize() and not self.warned_behind:
                     self._check_behind(cursor.high_ns)
+            if state.rewound:
+                self._rewound(cursor)
+                return ""
         return self.ended if self.ended in ("idle", "stopped") else ""
+
+    def _rewound(self, cursor: Cursor) -> None:
+        """The stream went back: a line stamped more than ``LOG_REORDER_WINDOW`` before
+        the newest one. Either the kubelet opened a file again from its start (a stream
+        more than one rotation behind: each Create event of the log's path reopens it in
+        ``waitLogs``), and the lines would be counted twice; or the node's clock stepped
+        back. The stream is opened again from the cursor, whose fingerprints tell the
+        lines already counted, as for any read; lines stamped before the second of its
+        floor are not returned by the kubelet (as for a poll: docs/design.md, "Known
+        gaps")."""
+        log.warning("follow %s: the stream went back to lines stamped before %s; reading again from the cursor",
+                    self.name, fmt_ns(cursor.floor_ns), extra={"pod": self.name, "outcome": "follow_rewound"})
+        self.follower._incr({"follow_rewound": 1})
 
     def _check_behind(self, high_ns: int) -> None:
         """Warn once per stream when the stream has bytes waiting and its newest line is

@@ -25,6 +25,7 @@ from sim.procs import wait_until
 from tests.traffic import Traffic
 
 POD = "traefik-0"
+NS = 1_000_000_000
 ROTATE_BYTES = 400_000  # about 350 Traffic lines: rotated at every check of a busy pod
 
 
@@ -278,3 +279,25 @@ def test_a_stream_behind_its_log_is_warned_about(fake, ledger, fetcher, follower
         wait_until(lambda: committed(ledger) == traffic.expected(), 30, interval=0.1, what="the burst committed")
     assert ledger.stats().get("follow_behind") == 1
     assert "the follow stream of pod traefik-0 is" in caplog.text and "FOLLOW_MAX_PODS" in caplog.text
+
+
+def test_a_stream_that_goes_back_is_read_again_from_the_cursor(fake, ledger, fetcher, follower):
+    """A line stamped 2.8 s before the newest one (a file served again from its start, or
+    the node's clock stepped back): the follower stops before it and reads again from
+    the cursor. The lines before and after it are counted once; it is not returned by the
+    kubelet from the cursor's second (as for a poll), and the rewind is counted."""
+    fake.rotate_bytes = None
+    traffic = Traffic(seed=20)
+    uid = first_read(fake, fetcher, traffic)
+    t0 = time.time_ns()
+    assert follower.offer(POD, uid)  # its stream starts at the cursor's second, before t0
+    fake.write_many(POD, traffic.lines(100), ts_ns=t0 + 3 * NS)
+    wait_until(lambda: committed(ledger) == traffic.expected(), 15, interval=0.05, what="the lines committed")
+    # After the stream's sinceTime (which the kubelet applies to every line it sends), but
+    # more than LOG_REORDER_WINDOW before the newest line.
+    back = Traffic(seed=21)
+    fake.write_many(POD, back.lines(1), ts_ns=t0 + NS // 5, stream="stderr")
+    fake.write_many(POD, traffic.lines(100), ts_ns=t0 + 3 * NS + 1)
+    wait_until(lambda: ledger.stats().get("follow_rewound") == 1, 15, interval=0.05, what="the rewind")
+    wait_until(lambda: committed(ledger) == traffic.expected(), 15, interval=0.05, what="the lines after it")
+    assert follower.following() == [uid]

@@ -106,3 +106,24 @@ def test_a_slice_of_re_read_lines_only_leaves_the_matching_to_the_next():
     assert sum(r.parts[next(iter(r.parts))].subdomains["a"][2] for r in results if r.parts) == 10
     whole = consume([b"".join(lines)], Cursor(CID, 0, 0), 0, 1 << 30, DOMAIN)
     assert end.encode() == whole.cursor.encode()
+
+
+def test_a_follow_stream_that_goes_back_stops_before_the_first_late_line():
+    """With ``rewind_on_late`` (the follower), a new line stamped before the floor ends
+    the read before it: the lines before it are counted, it and the rest are not, and
+    ``rewound`` says so (the follower reads again from the cursor)."""
+    lines = [stamp(BASE + i * NS // 10, "fixed") + access("a", 1, i) + b"\n" for i in range(30)]
+    again = [stamp(BASE + i * NS // 10, "fixed") + access("a", 1, i) + b"\n" for i in range(5)]  # the file from its start
+    state = ReadState.of(Cursor(CID, 0, 0))
+    state.rewind_on_late = True
+    res = consume(iter([b"".join(lines[:20])]), Cursor(CID, 0, 0), 0, 1 << 62, DOMAIN, state=state)
+    assert res.consumed == 20 and not state.rewound
+    res2 = consume(iter([b"".join(lines[20:] + again)]), res.cursor, 0, 1 << 62, DOMAIN, state=state)
+    assert state.rewound
+    assert res2.consumed == 10 and res2.late == 0
+    assert res2.cursor.high_ns == BASE + 29 * NS // 10
+    # Without it (a read), the same lines are counted as late.
+    plain = ReadState.of(Cursor(CID, 0, 0))
+    consume(iter([b"".join(lines[:20])]), Cursor(CID, 0, 0), 0, 1 << 62, DOMAIN, state=plain)
+    res3 = consume(iter([b"".join(lines[20:] + again)]), res.cursor, 0, 1 << 62, DOMAIN, state=plain)
+    assert res3.consumed == 15 and res3.late == 5
