@@ -24,8 +24,11 @@ def test_a_cut_read_is_followed_at_once_until_the_backlog_is_read(tmp_path, redi
         kube.write_many("traefik-0", traffic.lines(20), ts_ns=ts)
         lines += 20
         ts += 10**9
+    # FOLLOW_MAX_PODS=0: the pace's chain of reads, as for a pod no follower has room for
+    # (with following on, the second read hands the pod to the follower: test_follow.py).
     pipeline = LocalPipeline(tmp_path, redis_url, kube, platform, "pace", REPORT_INTERVAL="60", FETCH_INTERVAL="60",
-                             FETCH_MAX_BYTES=str(LIMIT), LOG_LINE_MAX_BYTES="4096", SCRAPER_ID="test", LOG_LEVEL="INFO")
+                             FETCH_MAX_BYTES=str(LIMIT), LOG_LINE_MAX_BYTES="4096", SCRAPER_ID="test", LOG_LEVEL="INFO",
+                             FOLLOW_MAX_PODS="0")
     try:
         pipeline.ledger.initialise(0)
         pipeline.worker(queues="fetch", concurrency=2)

@@ -18,30 +18,10 @@ from kubernetes.client.exceptions import ApiException
 
 from sim.fake_kube import NS_PER_S, FakeKube, ManualClock, PodNotFound, format_ts
 
-T0 = 1_795_000_000 * NS_PER_S  # 2026-11-18T11:06:40Z, a whole second
 T0_TEXT = "2026-11-18T11:06:40"
 LOG_PATH = "/api/v1/namespaces/{namespace}/pods/{name}/log"
 
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(T0)
-
-
-@pytest.fixture
-def fake(clock: ManualClock):
-    fk = FakeKube(clock=clock)
-    fk.start()
-    yield fk
-    fk.stop()
-
-
-@pytest.fixture
-def api_client(fake: FakeKube, tmp_path) -> client.ApiClient:
-    path = fake.write_kubeconfig(tmp_path / "kubeconfig")
-    api = config.new_client_from_config(config_file=path)
-    yield api
-    api.close()
+T0 = 1_795_000_000 * NS_PER_S  # 2026-11-18T11:06:40Z, a whole second (the fixture clock's start)
 
 
 @pytest.fixture

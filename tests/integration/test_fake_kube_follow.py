@@ -20,29 +20,12 @@ from urllib3.connection import HTTPConnection
 
 from sim.fake_kube import NS_PER_S, FakeKube, ManualClock, format_ts
 
-T0 = 1_795_000_000 * NS_PER_S  # 2026-11-18T11:06:40Z, a whole second
 LOG_PATH = "/api/v1/namespaces/{namespace}/pods/{name}/log"
 WAIT = 5.0  # seconds any wait below may take before the test fails
 
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(T0)
+T0 = 1_795_000_000 * NS_PER_S  # 2026-11-18T11:06:40Z, a whole second (the fixture clock's start)
 
 
-@pytest.fixture
-def fake(clock: ManualClock):
-    fk = FakeKube(clock=clock)
-    fk.start()
-    yield fk
-    fk.stop()
-
-
-@pytest.fixture
-def api_client(fake: FakeKube, tmp_path) -> client.ApiClient:
-    api = config.new_client_from_config(config_file=fake.write_kubeconfig(tmp_path / "kubeconfig"))
-    yield api
-    api.close()
 
 
 class Follow:

@@ -15,28 +15,13 @@ from kubernetes.client.exceptions import ApiException
 
 from app.errors import WatchExpired
 from app.kube import LogSource
-from sim.fake_kube import NS_PER_S, FakeKube, ManualClock
+from sim.fake_kube import NS_PER_S
 
-T0 = 1_795_000_000 * NS_PER_S
 SELECTOR = "app.kubernetes.io/name=traefik"
 
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(T0)
+T0 = 1_795_000_000 * NS_PER_S  # 2026-11-18T11:06:40Z, a whole second (the fixture clock's start)
 
 
-@pytest.fixture
-def fake(clock: ManualClock):
-    fk = FakeKube(clock=clock)
-    fk.start()
-    yield fk
-    fk.stop()
-
-
-@pytest.fixture
-def kubeconfig(fake: FakeKube, tmp_path) -> str:
-    return fake.write_kubeconfig(tmp_path / "kubeconfig")
 
 
 @pytest.fixture

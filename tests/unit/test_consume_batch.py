@@ -66,11 +66,11 @@ ODD_FORMS = ["trimmed", "offset", "bad", "badsec", "none"]
 STEPS = [0, 1, 1000, NS // 100, NS // 3, NS, 59 * NS, -NS // 1000, -2 * NS]
 
 
-@settings(max_examples=300, deadline=None)
-@given(data=st.data(), n=st.integers(1, 120), interval=st.sampled_from([1, 5, 60, 120, 3600]), seed=st.integers(0, 2**32))
-def test_batch_path_gives_what_the_line_walk_gives(data, n, interval, seed):
-    rng = random.Random(seed)
-    t = BASE + data.draw(st.integers(-2 * NS, 2 * NS), label="start") + 58 * NS  # near a minute's end
+def kubelet_log(data, n: int, rng: random.Random, start: int) -> list[bytes]:
+    """``n`` lines as a kubelet serves them, from ``start`` + 58 s (near a minute's end):
+    stamps that step forward and back by the ``STEPS``, a drawn share in one odd stamp
+    form, and one line in ten not an access line."""
+    t = start + 58 * NS
     lines: list[bytes] = []
     odd_form = data.draw(st.sampled_from(ODD_FORMS), label="odd stamp")
     odd_share = data.draw(st.sampled_from([0, 0.03, 0.3]), label="odd share")
@@ -82,6 +82,25 @@ def test_batch_path_gives_what_the_line_walk_gives(data, n, interval, seed):
         else:
             text = access(rng.choice(["a", "b", "c"]), rng.choice([0, 7]), rng.randrange(1000))
         lines.append(stamp(t, form) + text + b"\n")
+    return lines
+
+
+def random_chunks(body: bytes, rng: random.Random, largest: int) -> list[bytes]:
+    """``body`` cut into chunks of 1 to ``largest`` bytes, as a stream may come."""
+    chunks = []
+    i = 0
+    while i < len(body):
+        size = rng.randint(1, largest)
+        chunks.append(body[i : i + size])
+        i += size
+    return chunks
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), n=st.integers(1, 120), interval=st.sampled_from([1, 5, 60, 120, 3600]), seed=st.integers(0, 2**32))
+def test_batch_path_gives_what_the_line_walk_gives(data, n, interval, seed):
+    rng = random.Random(seed)
+    lines = kubelet_log(data, n, rng, BASE + data.draw(st.integers(-2 * NS, 2 * NS), label="start"))
     body = b"".join(lines)
     # A cursor from an earlier read of part of this log, or none.
     cursor = Cursor(CID, 0, 0)
@@ -94,13 +113,7 @@ def test_batch_path_gives_what_the_line_walk_gives(data, n, interval, seed):
         start_at = rng.choice(lines)[:31]
         start_at = fetching.parse_timestamp(start_at)[0] if fetching.parse_timestamp(start_at) else BASE
         start_at += data.draw(st.sampled_from([-1, 0, 1]), label="ledger start")
-    sizes = data.draw(st.sampled_from([1, 17, 200, 4096, 1 << 20]), label="chunk size")
-    chunks = []
-    i = 0
-    while i < len(body):
-        size = rng.randint(1, sizes)
-        chunks.append(body[i : i + size])
-        i += size
+    chunks = random_chunks(body, rng, data.draw(st.sampled_from([1, 17, 200, 4096, 1 << 20]), label="chunk size"))
     limit = data.draw(st.sampled_from([len(body), len(body) + 1, 1 << 30]), label="limit")
     batch, walk = both_paths(chunks, cursor, start_at, limit, interval)
     assert batch == walk

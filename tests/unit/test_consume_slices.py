@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from app.fetching import ReadState, consume
 from app.model import Cursor
-from tests.unit.test_consume_batch import ODD_FORMS, STEPS, stamp
-from tests.unit.test_fetching import BASE, CID, DOMAIN, ERROR_LINE, NS, access
+from tests.unit.test_consume_batch import kubelet_log, random_chunks, stamp
+from tests.unit.test_fetching import BASE, CID, DOMAIN, NS, access
 
 
 def totals(results) -> dict:
@@ -61,29 +61,14 @@ def in_slices(chunks: list[bytes], cuts: list[int], cursor: Cursor, start_at: in
 @given(data=st.data(), n=st.integers(1, 150), interval=st.sampled_from([1, 5, 60]), seed=st.integers(0, 2**32))
 def test_slices_of_a_stream_count_what_one_read_counts(data, n, interval, seed):
     rng = random.Random(seed)
-    t = BASE + 58 * NS
-    lines: list[bytes] = []
-    odd_form = data.draw(st.sampled_from(ODD_FORMS), label="odd stamp")
-    odd_share = data.draw(st.sampled_from([0, 0.03, 0.3]), label="odd share")
-    for _ in range(n):
-        t += rng.choice(STEPS)
-        form = odd_form if rng.random() < odd_share else "fixed"
-        text = (rng.choice([ERROR_LINE, b"", b"{broken"]) if rng.random() < 0.1
-                else access(rng.choice(["a", "b", "c"]), rng.choice([0, 7]), rng.randrange(1000)))
-        lines.append(stamp(t, form) + text + b"\n")
+    lines = kubelet_log(data, n, rng, BASE)
     body = b"".join(lines)
     cursor = Cursor(CID, 0, 0)
     if data.draw(st.booleans(), label="from a cursor"):  # an earlier read of part of the log
         cursor = consume([body[: data.draw(st.integers(0, len(body)), label="first read")]], cursor, 0, 1 << 30,
                          DOMAIN, report_interval=interval).cursor
     start_at = data.draw(st.sampled_from([0, BASE + 59 * NS]), label="ledger start")
-    size = data.draw(st.sampled_from([1, 13, 300, 1 << 20]), label="chunk size")
-    chunks = []
-    i = 0
-    while i < len(body):
-        step = rng.randint(1, size)
-        chunks.append(body[i : i + step])
-        i += step
+    chunks = random_chunks(body, rng, data.draw(st.sampled_from([1, 13, 300, 1 << 20]), label="chunk size"))
     cuts = data.draw(st.lists(st.integers(0, len(chunks)), max_size=12), label="slice ends")
 
     whole = consume(iter(chunks), cursor, start_at, 1 << 62, DOMAIN, report_interval=interval)
