@@ -35,6 +35,13 @@ NO_ACCESS_WARN_AFTER = 3  # reads with lines but no access line before the warni
 # LOG_REORDER_WINDOW's default (app/settings.py says why), for callers without settings.
 DEFAULT_REORDER_WINDOW_NS = 1_000_000_000
 UNREADABLE_STAMP_REASONS = ("rejected:bad_timestamp", "rejected:no_timestamp")
+# A probe of a followed pod (Fetcher.fetch(probe=True)) that finds new lines stamped this
+# many seconds before it started counts them itself: the follow stream should have
+# delivered and committed them by then (it commits every FETCH_MIN_INTERVAL, 1 s by
+# default; the kubelet's follow reader looks at the file at least every second; 0.5 s
+# more for the clocks). A probe runs only once the stream took no byte for
+# FETCH_MIN_INTERVAL and committed all it took (Lease.QUIET).
+STALLED_AFTER = 2.5
 # consume()'s batch path takes a framed batch of at least this many lines whole.
 FAST_BATCH_MIN = 8
 _UTC_STAMP_SHAPE = b"0000-00-00T00:00:00.000000000Z "  # RFC3339NanoFixed in UTC, and the space
@@ -212,9 +219,11 @@ class ReadState:
     past_consumed: bool = False  # a new line was met: every line after it is new
     matched: int = 0
     matched_legacy: dict[tuple[int, bytes], int] = field(default_factory=dict)
-    # A follow stream: a new line stamped before the floor ends the read there (``rewound``
-    # set; that line and the rest are not consumed), to be read again from the cursor.
-    rewind_on_late: bool = False
+    # A follow stream (app/follow.py): a new line stamped before the floor ends the read
+    # there (``rewound`` set; that line and the rest are not consumed), to be read again
+    # from the cursor; one stamped between the floor and the newest that this stream
+    # consumed already is a repeat, not counted (``ReadResult.repeated``).
+    follow: bool = False
     rewound: bool = False
 
     @classmethod
@@ -245,6 +254,9 @@ class ReadResult:
     gap_from_ns: int | None = None  # rotation past the cursor: span start
     gap_to_ns: int | None = None
     late: int = 0  # new lines stamped before the floor (more than the window behind H)
+    repeated: int = 0  # a follow stream's lines sent again (ReadState.follow): not counted
+    first_new_ns: int | None = None  # the stamp of the first new line
+    matched: int = 0  # lines of the cursor's met again (its fingerprints, or the legacy count)
     extra: dict[str, int] = field(default_factory=dict)  # counters beyond the parser's
     parts: dict[int, Partial] = field(default_factory=dict)  # interval start -> its sums
 
@@ -308,6 +320,8 @@ def consume(
     tail: list[tuple[int, bytes]] = []  # new lines that may end within the window of H
     prune_at = 4096
     prev_ts = st.prev_ts  # the stamp an unreadable prefix takes (ReadState.of says why)
+    follow = st.follow
+    recent: dict[tuple[int, bytes], int] | None = None  # a follow stream's lines within the window, once needed
     before_start = 0
     unreadable = {"rejected:no_timestamp": 0, "rejected:bad_timestamp": 0}
 
@@ -326,8 +340,11 @@ def consume(
             # new and counted, so the batch goes to its interval whole. The same outcome as
             # the per-line walk below, which takes every other batch.
             batch = _uniform_batch(lines, ri_ns)
-            if batch is not None and batch[0] >= floor and batch[0] >= start_at_ns:
+            if (batch is not None and batch[0] >= floor and batch[0] >= start_at_ns
+                    and (not follow or (recent is None and batch[0] > high))):
                 low, top, prev_ts, heads = batch
+                if not past_consumed:
+                    res.first_new_ns = low
                 past_consumed = True
                 texts = list(map(_AFTER_STAMP, lines))
                 res.consumed += len(lines)
@@ -354,7 +371,7 @@ def consume(
             if ts < floor:
                 if not past_consumed:
                     continue  # consumed before (and pruned from the fingerprints)
-                if st.rewind_on_late:
+                if follow:
                     st.rewound = True  # a follow stream went back: stop before this line
                     break
                 res.late += 1  # after a new line: new too, stamped behind the floor
@@ -371,7 +388,26 @@ def consume(
                     unmatched -= 1
                     matched += 1
                     continue
+            if follow and past_consumed and ts <= high:
+                # A follow stream met a line no newer than the newest: the other stream's
+                # skew, or the kubelet sending a file again from its start (a stream more than
+                # one rotation behind: waitLogs reopens the log's path at each Create event).
+                # A line this stream consumed within the window is a repeat: not counted.
+                if recent is None:
+                    recent = cursor.counts()
+                    for t, x in itertools.chain(tail, _stamped(tail_batches, floor)):
+                        if t >= floor:
+                            k = (t, fingerprint(t, x))
+                            recent[k] = recent.get(k, 0) + 1
+                key = (ts, fingerprint(ts, text))
+                count = recent.get(key)
+                if count:
+                    recent[key] = count - 1
+                    res.repeated += 1
+                    continue
             # New: consumed from here on.
+            if not past_consumed:
+                res.first_new_ns = ts
             past_consumed = True
             if readable and check_gap:
                 # All consumed lines come before all new ones in log order. None of the
@@ -385,6 +421,9 @@ def consume(
                     res.gap_from_ns, res.gap_to_ns = old_high, ts
                 unmatched = legacy_left = 0
             res.consumed += 1
+            if recent is not None:
+                k = (ts, fingerprint(ts, text))
+                recent[k] = recent.get(k, 0) + 1
             if ts > high:
                 high = ts
             if ts >= high - window_ns:
@@ -406,6 +445,7 @@ def consume(
     res.cut = res.received >= limit_bytes
     st.prev_ts, st.past_consumed, st.check_gap = prev_ts, past_consumed, check_gap
     st.unmatched, st.legacy_left, st.matched = unmatched, legacy_left, matched
+    res.matched = matched
     if res.consumed:
         new_floor = max(floor, high - window_ns)
         counts = cursor.counts()  # consumed lines, met in this read or not
@@ -575,11 +615,30 @@ class Fetcher:
             self.max_line,
             self.ledger.ri,
         )
-        if probe and res.consumed:
+        if probe and not self._probe_commits(pod, ctr, cursor, res, read_at):
             summary["status"] = FetchStatus.FOLLOWED
             return summary
         self._commit(pod, ctr, field_, raw, res, summary, ctr.container_id, read_at, deadline=deadline)
         return summary
+
+    def _probe_commits(self, pod: Pod, ctr: Container, cursor: Cursor, res: ReadResult, read_at: float) -> bool:
+        """Whether a probe of a followed pod commits (``fetch(probe=True)``): when it found
+        nothing new and met the cursor's own lines again (the file was not renamed since:
+        the follower may still be reading the renamed one), it records the read; when it
+        found new lines stamped more than ``STALLED_AFTER`` seconds before it started, the
+        follow stream has stalled (a connection gone silent), and the probe counts them
+        itself (the follower's next commit then conflicts, and it lets the pod go);
+        otherwise the new lines are the follower's."""
+        if res.consumed == 0:
+            return res.matched > 0 or not cursor.seen
+        if res.first_new_ns is None or res.first_new_ns >= (read_at - STALLED_AFTER) * 1_000_000_000:
+            return False
+        log.warning("fetch %s/%s: the follow stream has not delivered lines stamped from %s on, %.0f s before this "
+                    "read; counted by this read, and the follower lets the pod go", pod.namespace, pod.name,
+                    fmt_ns(res.first_new_ns), read_at - res.first_new_ns / 1e9,
+                    extra={"pod": pod.name, "namespace": pod.namespace, "outcome": "follow_stalled"})
+        self.ledger.incr({"follow_stalled": 1})
+        return True
 
     def _drain_previous(self, pod: Pod, ctr: Container, field_: str, raw: str, cursor: Cursor, start_at: int, summary: dict,
                         deadline: float | None):

@@ -82,6 +82,9 @@ class Container:
     # exit between its two looks at the pod still reads the same container's log.
     exited: bool = field(default=False, compare=False)
     finished_ns: int = field(default=0, compare=False)
+    # The current container runs now (state.running). Not while it waits to be started
+    # again (CrashLoopBackOff: state.waiting, the containerID still the exited one's).
+    running: bool = field(default=True, compare=False)
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,7 @@ def _pod_from(obj: client.V1Pod) -> Pod:
                 last_finished_ns=finished,
                 exited=ended is not None,
                 finished_ns=_epoch_ns(ended.finished_at) if ended is not None else 0,
+                running=s is not None and s.state is not None and s.state.running is not None,
             )
         )
     meta = obj.metadata

@@ -179,7 +179,11 @@ class LedgerCollector(Collector):
                                 value=counts["retrying"])
         yield GaugeMetricFamily(f"{NS}_dead_letters", "Reports in the dead-letter store (see `deadletters`)",
                                 value=counts["dead"])
-        followed = sum(1 for _ in ledger.r.scan_iter(match=ledger.k("follow", "*"), count=1000))
+        uids = ledger.r.smembers(ledger.k("followed"))  # a member whose lease expired: its follower died
+        with ledger.r.pipeline(transaction=False) as pipe:
+            for uid in uids:
+                pipe.exists(ledger.k("follow", uid.decode()))
+            followed = sum(pipe.execute()) if uids else 0
         yield GaugeMetricFamily(f"{NS}_followed_pods", "Pods whose log a fetch worker holds open (follow=true; "
                                 "FOLLOW_MAX_PODS per fetch worker process)", value=followed)
         yield from self._sealing(now)

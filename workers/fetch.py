@@ -153,9 +153,11 @@ FOLLOW_STOP_TIMEOUT = 10.0
 
 
 @signals.worker_shutting_down.connect
+@signals.worker_shutdown.connect
 @signals.worker_process_shutdown.connect
 def _stop_following(**_: object) -> None:
-    """At shutdown (a thread-pool worker's process, or a prefork pool process): end the
+    """At shutdown (a thread-pool worker's process: a signal, or ``celery control
+    shutdown``, which sends only ``worker_shutdown``; or a prefork pool process): end the
     follow streams, each committing what it read and releasing its pod to the rounds."""
     runtime.stop_following(FOLLOW_STOP_TIMEOUT)
 

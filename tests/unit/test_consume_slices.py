@@ -94,13 +94,13 @@ def test_a_slice_of_re_read_lines_only_leaves_the_matching_to_the_next():
 
 
 def test_a_follow_stream_that_goes_back_stops_before_the_first_late_line():
-    """With ``rewind_on_late`` (the follower), a new line stamped before the floor ends
+    """With ``follow`` (the follower), a new line stamped before the floor ends
     the read before it: the lines before it are counted, it and the rest are not, and
     ``rewound`` says so (the follower reads again from the cursor)."""
     lines = [stamp(BASE + i * NS // 10, "fixed") + access("a", 1, i) + b"\n" for i in range(30)]
     again = [stamp(BASE + i * NS // 10, "fixed") + access("a", 1, i) + b"\n" for i in range(5)]  # the file from its start
     state = ReadState.of(Cursor(CID, 0, 0))
-    state.rewind_on_late = True
+    state.follow = True
     res = consume(iter([b"".join(lines[:20])]), Cursor(CID, 0, 0), 0, 1 << 62, DOMAIN, state=state)
     assert res.consumed == 20 and not state.rewound
     res2 = consume(iter([b"".join(lines[20:] + again)]), res.cursor, 0, 1 << 62, DOMAIN, state=state)
