@@ -22,17 +22,22 @@ How:
   the whole stream would. A slice's read record carries its highest stamp only: a
   stream never reaches an end, so a busy followed pod moves the watermark by its stamps.
 * While a pod is followed the rounds do not read it (their fetch sees the lease:
-  ``FetchStatus.FOLLOWED``). When the lease says the stream is quiet (no byte for
-  ``FETCH_MIN_INTERVAL``), a round's fetch reads the pod as a *probe*: it commits only
-  a read record, and only when the read found nothing new, so a quiet followed pod
-  moves the watermark by its reads as any pod does (``Fetcher.fetch(probe=True)``).
+  ``FetchStatus.FOLLOWED``). When the lease says the stream is quiet (no byte taken for
+  ``FETCH_MIN_INTERVAL``, none waiting, all committed), a round's fetch reads the pod as
+  a *probe*: it commits only a read record, and only when the read found nothing new
+  and met the cursor's lines, so a quiet followed pod moves the watermark by its reads
+  as any pod does; lines it finds that the stream should have delivered long ago it
+  counts itself (``Fetcher.fetch(probe=True)``).
 * A follower lets a pod go (deletes the lease; the rounds read it again) when its
-  container stops or the pod goes, when a commit meets another one's cursor, after
-  ``IDLE_RELEASE`` seconds without a byte, and when the worker stops (after committing
-  what it read). A stream that breaks is opened again from the cursor at once.
+  container stops or waits to restart, or the pod goes, when a commit meets another
+  one's cursor, after ``IDLE_RELEASE`` seconds without a byte, after
+  ``MAX_EMPTY_STREAMS`` streams in a row without a new line, and when the worker stops
+  (after committing what it read). A stream that breaks is opened again from the cursor.
+* A stream that sends lines again (the kubelet reopens the file after a rotation it fell
+  behind) does not count them twice: ``ReadState.follow`` in ``app/fetching.py``.
 
-A lease outlives a follower that died by at most ``LEASE_TTL`` seconds, during which the
-rounds leave the pod alone. Exactness never rests on the lease: two readers of one pod
+The rounds stop heeding a lease ``STALE_AFTER`` seconds after its last renewal (a
+follower that died or hung). Exactness never rests on the lease: two readers of one pod
 are kept apart by the cursor's compare-and-set, as two fetches are.
 """
 
