@@ -71,9 +71,11 @@ NO_LIMIT = 1 << 62  # a follow stream is not cut at limitBytes
 BEHIND_WARN = 5.0
 QUEUED_CHUNKS = 4  # chunks (256 KiB at most each) read ahead of the count, per stream: 1 MiB at most
 # Bytes after which a slice ends even before its time: what a slice holds until its
-# commit (the counts and the fingerprints of its last second of lines) grows with them
-# (tracemalloc: 2.4 MB for a second at 2,000 lines/s, 28.5 MB at 24,000).
-SLICE_BYTES = 4 * 1024 * 1024
+# commit (the counts, and the lines within the window for the cursor's fingerprints)
+# grows with them (tracemalloc: 2.4 MB for a second at 2,000 lines/s, 28.5 MB at
+# 24,000). With the read-ahead, a stream holds about 2.5 MiB at most: 16 streams 40 MiB
+# over the fetch worker's ~100 MiB, within its 160 Mi limit (k8s/base/worker-fetch.yaml).
+SLICE_BYTES = 1024 * 1024
 MAX_EMPTY_STREAMS = 3  # streams in a row with no new line before the pod goes back to the rounds
 REOPEN_WAIT = 1.0  # seconds before opening the stream again after one with no new line, doubled each time
 

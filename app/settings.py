@@ -156,7 +156,7 @@ class Settings(BaseSettings):
     after the last read before the kubelet renames a full file away (10 Mi, checked every
     10 s) are lost; a follow stream reads the renamed file to its end first, and loses
     none. Each costs two threads, an open connection to the apiserver, a stream from the
-    kubelet and up to about 6 MiB while it counts (a 4 MiB slice and 1 MiB read ahead). 16: a Traefik deployment rarely has more busy pods than that, and two fetch
+    kubelet and up to about 2.5 MiB while it counts (a 1 MiB slice and 1 MiB read ahead). 16: a Traefik deployment rarely has more busy pods than that, and two fetch
     workers cover 32."""
 
     follow_min_rate: float = 1.0
