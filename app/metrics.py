@@ -108,6 +108,8 @@ NAMED = {
                          "SEAL_MAX_WAIT while others were; their sources no longer hold sealing back"),
     "lines_expired": ("lines_expired", "Tunnel requests stamped in intervals older than INTERVAL_RETENTION: "
                       "not reported"),
+    "follow_behind": ("follow_behind", "Follow streams that fell over 5 s behind their pod's log with bytes waiting "
+                      "(a stream a whole log file behind loses that file unrecorded)"),
 }
 
 

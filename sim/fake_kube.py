@@ -333,6 +333,7 @@ class _Follower:
     pos: int  # line number (see _Log) of the next line to read from it
     path_log: _Log  # the file the container's log path names now (a size rotation makes a new one)
     creates: int = 0  # Create events of that path not handled yet: size rotations since it opened
+    cut: bool = False  # cut_follow_streams: hang up at the next look
 
 
 @dataclass
@@ -964,6 +965,17 @@ class FakeKube:
 
         with self._changed:
             return self._changed.wait_for(enough, timeout)
+
+    def cut_follow_streams(self, name: str, namespace: str = "traefik") -> int:
+        """Drop the open ``follow=true`` streams of pod ``name`` as an apiserver restart
+        would: each hangs up without its last chunk, within about 50 ms (the client sees
+        the connection drop). Returns how many."""
+        with self._changed:
+            mine = [f for f in self._followers if (f.namespace, f.name) == (namespace, name)]
+            for f in mine:
+                f.cut = True
+            self._changed.notify_all()
+        return len(mine)
 
     def follow_readers(self, name: str, namespace: str = "traefik") -> int:
         """How many ``follow=true`` streams of pod ``name``'s logs are open now: a stream
@@ -1598,7 +1610,7 @@ class FakeKube:
             req.begin_chunked()
             while True:
                 with self._lock:
-                    if self._stopped.is_set():
+                    if self._stopped.is_set() or f.cut:
                         req.close_connection = True
                         return  # hang up, no last chunk
                     log = f.log

@@ -301,3 +301,28 @@ def test_a_stream_that_goes_back_is_read_again_from_the_cursor(fake, ledger, fet
     wait_until(lambda: ledger.stats().get("follow_rewound") == 1, 15, interval=0.05, what="the rewind")
     wait_until(lambda: committed(ledger) == traffic.expected(), 15, interval=0.05, what="the lines after it")
     assert follower.following() == [uid]
+
+
+def test_a_stream_dropped_during_an_apiserver_outage_hands_the_pod_back_to_the_rounds(fake, ledger, fetcher,
+                                                                                       follower):
+    """The stream drops and the log answers 500 from then on: the follower commits what it
+    read, cannot open a new stream, and lets the pod go (``kube_error``); the rounds' reads
+    then fail and are noted as read failures (SEAL_MAX_WAIT bounds what they hold back).
+    Once the API answers again, a read counts the rest exactly once."""
+    fake.rotate_bytes = None
+    traffic = Traffic(seed=22)
+    uid = first_read(fake, fetcher, traffic)
+    assert follower.offer(POD, uid)
+    fake.write_many(POD, traffic.lines(100))
+    wait_until(lambda: committed(ledger) == traffic.expected(), 15, interval=0.05, what="the lines committed")
+    fake.fail_next(10**6, status=500, path_contains="/log")
+    assert fake.cut_follow_streams(POD) == 1
+    wait_until(lambda: follower.following() == [], 15, interval=0.05, what="the follower letting the pod go")
+    assert ledger.stats().get("follow_ended:kube_error") == 1
+    assert lease_of(ledger, uid) is None
+    fake.write_many(POD, traffic.lines(50))
+    assert fetcher.fetch(POD, uid)["status"] == FetchStatus.KUBE_ERROR
+    assert ledger.read_records()[uid].fail_since is not None
+    fake.clear_failures("/log")
+    assert fetcher.fetch(POD, uid)["status"] == FetchStatus.OK
+    assert committed(ledger) == traffic.expected()
