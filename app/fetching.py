@@ -344,7 +344,7 @@ def consume(
                     and (not follow or (recent is None and batch[0] > high))):
                 low, top, prev_ts, heads = batch
                 if not past_consumed:
-                    res.first_new_ns = low
+                    res.first_new_ns = parse_timestamp(heads[0])[0]  # type: ignore[index]  # checked by _uniform_batch
                 past_consumed = True
                 texts = list(map(_AFTER_STAMP, lines))
                 res.consumed += len(lines)
