@@ -322,6 +322,7 @@ def consume(
     prev_ts = st.prev_ts  # the stamp an unreadable prefix takes (ReadState.of says why)
     follow = st.follow
     recent: dict[tuple[int, bytes], int] | None = None  # a follow stream's lines within the window, once needed
+    unfolded: list[tuple[int, list[bytes], list[bytes]]] = []  # batch-path batches not in ``recent`` yet
     before_start = 0
     unreadable = {"rejected:no_timestamp": 0, "rejected:bad_timestamp": 0}
 
@@ -341,7 +342,7 @@ def consume(
             # the per-line walk below, which takes every other batch.
             batch = _uniform_batch(lines, ri_ns)
             if (batch is not None and batch[0] >= floor and batch[0] >= start_at_ns
-                    and (not follow or (recent is None and batch[0] > high))):
+                    and (not follow or batch[0] > high)):
                 low, top, prev_ts, heads = batch
                 if not past_consumed:
                     res.first_new_ns = parse_timestamp(heads[0])[0]  # type: ignore[index]  # checked by _uniform_batch
@@ -351,6 +352,8 @@ def consume(
                 if top > high:
                     high = top
                 tail_batches.append((top, heads, texts))
+                if recent is not None:
+                    unfolded.append((top, heads, texts))
                 while tail_batches and tail_batches[0][0] < high - window_ns:
                     tail_batches.popleft()
                 if len(tail_batches) >= batches_prune_at:  # stamps went back: stale ones behind a fresh one
@@ -395,10 +398,16 @@ def consume(
                 # A line this stream consumed within the window is a repeat: not counted.
                 if recent is None:
                     recent = cursor.counts()
-                    for t, x in itertools.chain(tail, _stamped(tail_batches, floor)):
+                    unfolded = list(tail_batches)
+                    for t, x in tail:
                         if t >= floor:
                             k = (t, fingerprint(t, x))
                             recent[k] = recent.get(k, 0) + 1
+                for t, x in _stamped(unfolded, floor):  # batches taken whole since the last look
+                    if t >= floor:
+                        k = (t, fingerprint(t, x))
+                        recent[k] = recent.get(k, 0) + 1
+                unfolded = []
                 key = (ts, fingerprint(ts, text))
                 count = recent.get(key)
                 if count:

@@ -70,12 +70,13 @@ NO_LIMIT = 1 << 62  # a follow stream is not cut at limitBytes
 # behind (half the kubelet's 10 s rotation check: a file can be renamed at each check).
 BEHIND_WARN = 5.0
 QUEUED_CHUNKS = 4  # chunks (256 KiB at most each) read ahead of the count, per stream: 1 MiB at most
-# Bytes after which a slice ends even before its time: what a slice holds until its
-# commit (the counts, and the lines within the window for the cursor's fingerprints)
-# grows with them (tracemalloc: 2.4 MB for a second at 2,000 lines/s, 28.5 MB at
-# 24,000). With the read-ahead, a stream holds about 2.5 MiB at most: 16 streams 40 MiB
-# over the fetch worker's ~100 MiB, within its 160 Mi limit (k8s/base/worker-fetch.yaml).
-SLICE_BYTES = 1024 * 1024
+# Bytes after which a slice ends even before its time (a burst). Not less: each commit
+# writes the cursor, whose fingerprints cover LOG_REORDER_WINDOW of lines whatever the
+# slice's length, so commits per second times that window grows with the square of the
+# rate (1 MiB slices took a core at 8,000 lines/s per pod in bench/rotation.py). What a
+# stream holds while it counts is mostly that window of lines (tracemalloc: 2.4 MB for
+# a second at 2,000 lines/s, 28.5 MB at 24,000), as for a poll's read.
+SLICE_BYTES = 8 * 1024 * 1024
 MAX_EMPTY_STREAMS = 3  # streams in a row with no new line before the pod goes back to the rounds
 REOPEN_WAIT = 1.0  # seconds before opening the stream again after one with no new line, doubled each time
 

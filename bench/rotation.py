@@ -116,7 +116,7 @@ def run(tree: Tree, rate: int, seconds: float) -> dict:
         got = delivered_totals(stack.stub.records)
         stats = {k.decode(): int(v) for k, v in stack.r.hgetall(f"{stack.prefix}:stats").items()}
         out = stack.procs["worker-fetch"].output().splitlines()
-        gap_lines = [x for x in out if "GAP in the log" in x or "is behind its log" in x]
+        gap_lines = [x for x in out if "GAP in the log" in x or "behind its log" in x]
         followed = sum(1 for x in out if "following the log of pod" in x)
         rotations = stack.kube.rotations
     written = writer.truth.lines - warm[2]

@@ -108,9 +108,9 @@ def first_read(fake: FakeKube, fetcher: Fetcher, traffic: Traffic) -> str:
 
 # --------------------------------------------------------------------------------------
 # 1. A stream two rotations behind reads the newest file twice (kubelet: one Create event
-#    per rotation, each reopens the log path). rewind_on_late only catches the repeat when
-#    the repeated lines are stamped more than LOG_REORDER_WINDOW before the newest line:
-#    a newest file holding less than W of log is billed twice.
+#    per rotation, each reopens the log path). The repeat starts with a line older than the
+#    newest (containerd stamps each line with time.Now() in ns): within the window it is
+#    told by its fingerprint, before it the stream is read again from the cursor.
 # --------------------------------------------------------------------------------------
 
 
@@ -127,7 +127,8 @@ def test_a_stream_two_rotations_behind_never_bills_the_newest_file_twice(fake, l
     with fake._lock:
         append_locked(fake, a.lines(40), t + NS // 10, rotate_bytes=1)  # A renamed: Create #1
         append_locked(fake, b.lines(40), t + 2 * NS // 10, rotate_bytes=1)  # B renamed: Create #2
-        append_locked(fake, c.lines(40), t + 3 * NS // 10, rotate_bytes=None)  # C, the log path now
+        for i, line in enumerate(c.lines(40)):  # C, the log path now; each line its own stamp,
+            append_locked(fake, [line], t + 3 * NS // 10 + i * 1000, rotate_bytes=None)  # as containerd stamps
     assert fake.rotations == 2
     time.sleep(2.0)  # the stream: the rest of A, C from its start (Create #1), C again (Create #2)
     wait_until(lambda: fake.follow_readers(POD) == 1, 10, interval=0.05, what="the stream still open")
