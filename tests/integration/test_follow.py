@@ -7,24 +7,19 @@ committed."""
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import defaultdict
 from unittest.mock import ANY
 
 import pytest
 
 from app import follow
-from app.fetching import Fetcher
 from app.follow import Follower, Lease, lease_of
-from app.kube import LogSource
-from app.ledger import Ledger
 from app.model import Cursor, FetchStatus
 from sim.fake_kube import FakeKube
 from sim.procs import wait_until
+from tests.followkit import POD, committed, first_read, make_fetcher, write_steadily
 from tests.traffic import Traffic
 
-POD = "traefik-0"
 NS = 1_000_000_000
 ROTATE_BYTES = 400_000  # about 350 Traffic lines: rotated at every check of a busy pod
 
@@ -37,73 +32,6 @@ def fake(tmp_path, monkeypatch):
     fk.add_pod(POD)
     yield fk
     fk.stop()
-
-
-@pytest.fixture
-def ledger(r):
-    led = Ledger(r, "fol", 3600)
-    led.initialise(0)
-    return led
-
-
-@pytest.fixture
-def source(fake):
-    src = LogSource("traefik", "app.kubernetes.io/name=traefik", 5)
-    yield src
-    src.close()
-
-
-def make_fetcher(source: LogSource, ledger: Ledger) -> Fetcher:
-    return Fetcher(source, ledger, domain="t.lum.tools", container="", limit_bytes=1 << 22)
-
-
-@pytest.fixture
-def fetcher(source, ledger):
-    return make_fetcher(source, ledger)
-
-
-@pytest.fixture
-def follower(fetcher):
-    f = Follower(fetcher, max_pods=4, min_rate=1.0, slice_seconds=0.2)
-    yield f
-    f.stop(10)
-
-
-def committed(ledger: Ledger) -> dict[str, dict[str, int]]:
-    """What the ledger holds per tunnel, over every interval."""
-    out: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
-    for start in ledger.open_intervals(float("inf")):
-        for sub, (bi, bo, rq) in ledger.interval_totals(start).items():
-            t = out[sub]
-            t[0] += bi
-            t[1] += bo
-            t[2] += rq
-    return {s: {"bytes_in": v[0], "bytes_out": v[1], "requests": v[2]} for s, v in out.items()}
-
-
-def write_steadily(fake: FakeKube, traffic: Traffic, rate: int, seconds: float, pod: str = POD) -> threading.Thread:
-    """Write ``rate`` lines a second to ``pod`` for ``seconds``, in a thread (started)."""
-
-    def run() -> None:
-        start = time.monotonic()
-        written = 0
-        while (elapsed := time.monotonic() - start) < seconds:
-            n = int(elapsed * rate) - written
-            if n > 0:
-                fake.write_many(pod, traffic.lines(n))
-                written += n
-            time.sleep(0.01)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t
-
-
-def first_read(fake: FakeKube, fetcher: Fetcher, traffic: Traffic) -> str:
-    fake.write_many(POD, traffic.lines(50))
-    uid = fake.pod_uid(POD)
-    assert fetcher.fetch(POD, uid)["status"] == FetchStatus.OK
-    return uid
 
 
 def test_a_followed_pod_rotated_every_half_second_loses_nothing(fake, ledger, fetcher, follower):

@@ -9,21 +9,17 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections import defaultdict
 
 import pytest
 
 from app import follow
-from app.fetching import Fetcher
 from app.follow import Follower, Lease, lease_of
-from app.kube import LogSource
-from app.ledger import Ledger
 from app.model import FetchStatus
 from sim.fake_kube import FakeKube
 from sim.procs import wait_until
+from tests.followkit import POD, committed, first_read, make_fetcher, plus, write_steadily
 from tests.traffic import Traffic
 
-POD = "traefik-0"
 NS = 1_000_000_000
 
 
@@ -39,56 +35,6 @@ def fake(tmp_path, monkeypatch):
     fk.stop()
 
 
-@pytest.fixture
-def ledger(r):
-    led = Ledger(r, "rev", 3600)
-    led.initialise(0)
-    return led
-
-
-@pytest.fixture
-def source(fake):
-    src = LogSource("traefik", "app.kubernetes.io/name=traefik", 5)
-    yield src
-    src.close()
-
-
-def make_fetcher(source: LogSource, ledger: Ledger) -> Fetcher:
-    return Fetcher(source, ledger, domain="t.lum.tools", container="", limit_bytes=1 << 22)
-
-
-@pytest.fixture
-def fetcher(source, ledger):
-    return make_fetcher(source, ledger)
-
-
-@pytest.fixture
-def follower(fetcher):
-    f = Follower(fetcher, max_pods=4, min_rate=1.0, slice_seconds=0.2)
-    yield f
-    f.stop(10)
-
-
-def committed(ledger: Ledger) -> dict[str, dict[str, int]]:
-    out: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
-    for start in ledger.open_intervals(float("inf")):
-        for sub, (bi, bo, rq) in ledger.interval_totals(start).items():
-            t = out[sub]
-            t[0] += bi
-            t[1] += bo
-            t[2] += rq
-    return {s: {"bytes_in": v[0], "bytes_out": v[1], "requests": v[2]} for s, v in out.items()}
-
-
-def plus(*truths: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
-    out: dict[str, dict[str, int]] = defaultdict(lambda: {"bytes_in": 0, "bytes_out": 0, "requests": 0})
-    for truth in truths:
-        for sub, t in truth.items():
-            for k, v in t.items():
-                out[sub][k] += v
-    return dict(out)
-
-
 def append_locked(fake: FakeKube, lines: list[bytes], ts: int, *, rotate_bytes: int | None) -> None:
     """Append ``lines`` to POD's current file as ``write_many`` does, but with the fake's
     lock already held by the caller (the follow stream's goroutine cannot run between
@@ -97,13 +43,6 @@ def append_locked(fake: FakeKube, lines: list[bytes], ts: int, *, rotate_bytes: 
     pod = fake._require("traefik", POD)
     c = fake._container(pod, None)
     fake._append(c, [bytes(line) for line in lines], ts, clamp=False, stream="stdout", now=fake.clock())
-
-
-def first_read(fake: FakeKube, fetcher: Fetcher, traffic: Traffic) -> str:
-    fake.write_many(POD, traffic.lines(50))
-    uid = fake.pod_uid(POD)
-    assert fetcher.fetch(POD, uid)["status"] == FetchStatus.OK
-    return uid
 
 
 # --------------------------------------------------------------------------------------
@@ -310,22 +249,6 @@ def test_a_probe_does_not_record_an_end_while_the_follower_holds_uncommitted_lin
 # --------------------------------------------------------------------------------------
 # Checks that pass (areas where nothing was found): kept as regression tests.
 # --------------------------------------------------------------------------------------
-
-
-def write_steadily(fake: FakeKube, traffic: Traffic, rate: int, seconds: float) -> threading.Thread:
-    def run() -> None:
-        start = time.monotonic()
-        written = 0
-        while (elapsed := time.monotonic() - start) < seconds:
-            n = int(elapsed * rate) - written
-            if n > 0:
-                fake.write_many(POD, traffic.lines(n))
-                written += n
-            time.sleep(0.01)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t
 
 
 def test_ok_stop_mid_stream_then_a_poll_counts_each_line_once(fake, ledger, fetcher, follower):
