@@ -323,6 +323,7 @@ def consume(
     follow = st.follow
     recent: dict[tuple[int, bytes], int] | None = None  # a follow stream's lines within the window, once needed
     unfolded: list[tuple[int, list[bytes], list[bytes]]] = []  # batch-path batches not in ``recent`` yet
+    repeating = False  # the last line was a repeat (a follow stream)
     before_start = 0
     unreadable = {"rejected:no_timestamp": 0, "rejected:bad_timestamp": 0}
 
@@ -342,8 +343,9 @@ def consume(
             # the per-line walk below, which takes every other batch.
             batch = _uniform_batch(lines, ri_ns)
             if (batch is not None and batch[0] >= floor and batch[0] >= start_at_ns
-                    and (not follow or batch[0] > high)):
+                    and (not follow or batch[0] > high or (batch[0] == high and not repeating))):
                 low, top, prev_ts, heads = batch
+                repeating = False
                 if not past_consumed:
                     res.first_new_ns = parse_timestamp(heads[0])[0]  # type: ignore[index]  # checked by _uniform_batch
                 past_consumed = True
@@ -391,11 +393,14 @@ def consume(
                     unmatched -= 1
                     matched += 1
                     continue
-            if follow and past_consumed and ts <= high:
-                # A follow stream met a line no newer than the newest: the other stream's
-                # skew, or the kubelet sending a file again from its start (a stream more than
-                # one rotation behind: waitLogs reopens the log's path at each Create event).
-                # A line this stream consumed within the window is a repeat: not counted.
+            if follow and past_consumed and (ts < high or (ts == high and repeating)):
+                # A follow stream met a line older than the newest: the other stream's skew,
+                # or the kubelet sending a file again from its start (a stream more than one
+                # rotation behind: waitLogs reopens the log's path at each Create event). A
+                # line this stream consumed within the window is a repeat: not counted. A
+                # line stamped as the newest is one only right after a repeat (the re-sent
+                # file's last lines): two identical lines of one stamp in a row (the runtime's
+                # clock did not move) are both new.
                 if recent is None:
                     recent = cursor.counts()
                     unfolded = list(tail_batches)
@@ -413,7 +418,12 @@ def consume(
                 if count:
                     recent[key] = count - 1
                     res.repeated += 1
+                    repeating = True
+                    # Into the cursor as a consumed line: a later read from the cursor must
+                    # not take it, and every line after it, as new.
+                    tail.append((ts, text))
                     continue
+            repeating = False
             # New: consumed from here on.
             if not past_consumed:
                 res.first_new_ns = ts
