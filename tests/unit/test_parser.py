@@ -828,3 +828,29 @@ def test_host_caches_are_emptied_when_full(monkeypatch):
         assert len(agg._slots) <= 8
         assert agg.counted == 50 and agg.ignored == {"other_host": 50}
     assert len(shared) <= 8
+
+
+def test_hostless_lines_among_refused_lines_are_told_apart_by_their_own_keys():
+    """Lines without a host are sorted out after the batch is decoded, by index: each
+    must be judged by its own keys however many refused lines come before it."""
+    lines = [
+        b"not json",
+        b'{"level":"info","msg":"Configuration loaded"}',  # no access key
+        b'{"RequestHost":"a.t.lum.tools","RequestContentSize":"1"}',  # refused: bad size type
+        b"{",
+        b'{"StartUTC":"2026-11-24T02:52:57Z"}',  # an access key, no host
+        b'{"RequestHost":"a.t.lum.tools","RequestContentSize":5,"DownstreamContentSize":7}',
+        b"[1]",
+        b'{"RequestHost":"","Duration":12}',
+        b'{"msg":"x"}',
+    ]
+    agg = Aggregator()
+    agg.feed_lines(lines)
+    assert agg.subdomains == {"a": [5, 7, 1]}
+    assert agg.ignored == {"not_access_log": 3, "no_host": 2}
+    assert agg.rejected == {"bad_size_type": 1, "invalid_json": 1, "not_object": 1}
+    assert agg.total == len(lines) and agg.counted == 1
+    one_by_one = Aggregator()
+    for line in lines:
+        one_by_one.feed_lines([line])
+    assert one_by_one.to_dict() == agg.to_dict()
