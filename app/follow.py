@@ -179,6 +179,8 @@ class Follower:
                 streams = list(self._streams.values())
             now = time.monotonic()
             for s in streams:
+                if s.releasing:
+                    continue
                 state = Lease.QUIET if s.quiet(now) else Lease.BUSY
                 try:
                     held = self._lease(keys=[lease_key(self.ledger, s.uid)], args=[s.token, state, LEASE_TTL])
@@ -190,8 +192,10 @@ class Follower:
                     s.stop()
 
     def _done(self, stream: _Stream, reason: str) -> None:
-        with self._lock:
-            self._streams.pop(stream.uid, None)
+        """The stream ended: release its lease and count why, then drop it, so that
+        ``following()`` no longer names a pod only once all of that is done (until
+        then an offer of the pod finds it still followed)."""
+        stream.releasing = True
         try:
             self._lease(keys=[lease_key(self.ledger, stream.uid)], args=[stream.token, "", 0])
             self.ledger.r.srem(self.ledger.k("followed"), stream.uid)
@@ -200,6 +204,8 @@ class Follower:
         log.info("no longer following the log of pod %s: %s", stream.name, reason,
                  extra={"pod": stream.name, "outcome": "unfollow"})
         self._incr({f"follow_ended:{reason.split(' ')[0]}": 1})
+        with self._lock:
+            self._streams.pop(stream.uid, None)
 
     def _incr(self, counters: dict[str, int]) -> None:
         try:
@@ -222,6 +228,7 @@ class _Stream:
         self.chunks: queue.Queue[bytes | _End] | None = None
         self.ended = ""  # why the current slice ended the stream ("" while it runs on)
         self.warned_behind = False
+        self.releasing = False  # its thread is releasing the lease: not renewed again
         self._stopped = threading.Event()
         self._open: LogFollow | None = None
         self._open_lock = threading.Lock()
