@@ -380,6 +380,12 @@ def consume(
                     st.rewound = True  # a follow stream went back: stop before this line
                     break
                 res.late += 1  # after a new line: new too, stamped behind the floor
+            elif follow and past_consumed and ts < high - window_ns:
+                # A follow stream's line more than the window behind the newest: as before
+                # the floor (this slice's lines that old are no longer all at hand to tell
+                # a line sent again; the cursor built from here holds none of them).
+                st.rewound = True
+                break
             elif ts <= old_high and (unmatched or legacy_left):
                 key = (ts, fingerprint(ts, text))
                 if legacy_left and ts == floor:

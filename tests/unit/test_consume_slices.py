@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -112,3 +113,22 @@ def test_a_follow_stream_that_goes_back_stops_before_the_first_late_line():
     consume(iter([b"".join(lines[:20])]), Cursor(CID, 0, 0), 0, 1 << 62, DOMAIN, state=plain)
     res3 = consume(iter([b"".join(lines[20:] + again)]), res.cursor, 0, 1 << 62, DOMAIN, state=plain)
     assert res3.consumed == 15 and res3.late == 5
+
+
+@pytest.mark.parametrize("lines_a_chunk", [10, 1])  # the batch path takes each second whole; the line walk
+def test_a_file_sent_again_within_one_slice_is_not_counted_twice_however_long_the_slice(lines_a_chunk):
+    """The kubelet sends a stream more than one rotation behind the newest file twice. When
+    the first sending and the second fall in one slice that spans more than the window of
+    stamps, the lines sent again that are older than the window of the newest line are
+    not counted again either: the read stops before them (``rewound``), as before the
+    floor, and the lines within the window are repeats."""
+    per_second = 10
+    sent = [stamp(BASE + i * NS // per_second, "fixed") + access("a", 1, i) + b"\n" for i in range(5 * per_second)]
+    chunks = [b"".join(sent[i:i + lines_a_chunk]) for i in range(0, len(sent), lines_a_chunk)]
+    again = b"".join(sent[per_second:])  # the newest file sent again, from its start (second 1)
+    state = ReadState.of(Cursor(CID, 0, 0))
+    state.follow = True
+    res = consume(iter([*chunks, again]), Cursor(CID, 0, 0), 0, 1 << 62, DOMAIN, state=state)
+    assert res.parts[BASE // NS // 60 * 60].subdomains["a"][2] == len(sent)
+    assert res.consumed == len(sent) and state.rewound
+    assert res.cursor.high_ns == BASE + (len(sent) - 1) * NS // per_second
