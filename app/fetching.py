@@ -219,12 +219,11 @@ class ReadState:
     past_consumed: bool = False  # a new line was met: every line after it is new
     matched: int = 0
     matched_legacy: dict[tuple[int, bytes], int] = field(default_factory=dict)
-    # A follow stream (app/follow.py): a new line stamped before the floor ends the read
-    # there (``rewound`` set; that line and the rest are not consumed), to be read again
-    # from the cursor; one stamped between the floor and the newest that this stream
-    # consumed already is a repeat, not counted (``ReadResult.repeated``).
+    # A follow stream (app/follow.py): once past the cursor's lines, a line stamped more
+    # than the window before the newest is old (``ReadResult.old``), and one stamped within
+    # the window, up to the newest, that this stream consumed already is a repeat
+    # (``ReadResult.repeated``); neither is counted.
     follow: bool = False
-    rewound: bool = False
 
     @classmethod
     def of(cls, cursor: Cursor, max_line_bytes: int = MAX_LINE_BYTES) -> ReadState:
@@ -255,6 +254,7 @@ class ReadResult:
     gap_to_ns: int | None = None
     late: int = 0  # new lines stamped before the floor (more than the window behind H)
     repeated: int = 0  # a follow stream's lines sent again (ReadState.follow): not counted
+    old: int = 0  # a follow stream's lines stamped more than the window before its newest: not counted
     first_new_ns: int | None = None  # the stamp of the first new line
     matched: int = 0  # lines of the cursor's met again (its fingerprints, or the legacy count)
     extra: dict[str, int] = field(default_factory=dict)  # counters beyond the parser's
@@ -323,7 +323,6 @@ def consume(
     follow = st.follow
     recent: dict[tuple[int, bytes], int] | None = None  # a follow stream's lines within the window, once needed
     unfolded: list[tuple[int, list[bytes], list[bytes]]] = []  # batch-path batches not in ``recent`` yet
-    repeating = False  # the last line was a repeat (a follow stream)
     before_start = 0
     unreadable = {"rejected:no_timestamp": 0, "rejected:bad_timestamp": 0}
 
@@ -343,9 +342,8 @@ def consume(
             # the per-line walk below, which takes every other batch.
             batch = _uniform_batch(lines, ri_ns)
             if (batch is not None and batch[0] >= floor and batch[0] >= start_at_ns
-                    and (not follow or batch[0] > high or (batch[0] == high and not repeating))):
+                    and (not follow or batch[0] > high)):
                 low, top, prev_ts, heads = batch
-                repeating = False
                 if not past_consumed:
                     res.first_new_ns = parse_timestamp(heads[0])[0]  # type: ignore[index]  # checked by _uniform_batch
                 past_consumed = True
@@ -377,15 +375,19 @@ def consume(
                 if not past_consumed:
                     continue  # consumed before (and pruned from the fingerprints)
                 if follow:
-                    st.rewound = True  # a follow stream went back: stop before this line
-                    break
+                    res.old += 1  # see below
+                    continue
                 res.late += 1  # after a new line: new too, stamped behind the floor
             elif follow and past_consumed and ts < high - window_ns:
-                # A follow stream's line more than the window behind the newest: as before
-                # the floor (this slice's lines that old are no longer all at hand to tell
-                # a line sent again; the cursor built from here holds none of them).
-                st.rewound = True
-                break
+                # A follow stream's line more than the window behind the newest: a file the
+                # kubelet sent again (a stream more than one rotation behind: waitLogs
+                # reopens the log's path at each Create event) whose lines that old are no
+                # longer at hand to tell (the cursor holds the window only), or a clock
+                # stepped back. Not counted: counting could bill a line twice, and
+                # LOG_REORDER_WINDOW allows a line that late to be lost. Not consumed
+                # either (the next cursor's floor is past it); the stream goes on.
+                res.old += 1
+                continue
             elif ts <= old_high and (unmatched or legacy_left):
                 key = (ts, fingerprint(ts, text))
                 if legacy_left and ts == floor:
@@ -399,14 +401,14 @@ def consume(
                     unmatched -= 1
                     matched += 1
                     continue
-            if follow and past_consumed and (ts < high or (ts == high and repeating)):
-                # A follow stream met a line older than the newest: the other stream's skew,
-                # or the kubelet sending a file again from its start (a stream more than one
-                # rotation behind: waitLogs reopens the log's path at each Create event). A
-                # line this stream consumed within the window is a repeat: not counted. A
-                # line stamped as the newest is one only right after a repeat (the re-sent
-                # file's last lines): two identical lines of one stamp in a row (the runtime's
-                # clock did not move) are both new.
+            if follow and past_consumed and ts <= high:
+                # A follow stream met a line no newer than the newest: the other stream's
+                # skew, or the kubelet sending a file again from its start (see above). A
+                # line this stream consumed within the window is a repeat: not counted. So
+                # is a line identical in stamp and bytes to one consumed (the runtime
+                # stamped both in one read of its pipe, as CRI-O's conmon does): only a
+                # line that bills nothing can be that (an access line carries its start in
+                # ns), and it goes into the cursor as consumed.
                 if recent is None:
                     recent = cursor.counts()
                     unfolded = list(tail_batches)
@@ -424,12 +426,10 @@ def consume(
                 if count:
                     recent[key] = count - 1
                     res.repeated += 1
-                    repeating = True
                     # Into the cursor as a consumed line: a later read from the cursor must
                     # not take it, and every line after it, as new.
                     tail.append((ts, text))
                     continue
-            repeating = False
             # New: consumed from here on.
             if not past_consumed:
                 res.first_new_ns = ts
@@ -463,15 +463,13 @@ def consume(
                 before_start += 1
                 continue
             sums.add(ts, text)
-        if st.rewound:
-            break
     res.agg = sums.finish()
     res.parts = sums.partials()
     res.cut = res.received >= limit_bytes
     st.prev_ts, st.past_consumed, st.check_gap = prev_ts, past_consumed, check_gap
     st.unmatched, st.legacy_left, st.matched = unmatched, legacy_left, matched
     res.matched = matched
-    if res.consumed:
+    if res.consumed or res.repeated:
         new_floor = max(floor, high - window_ns)
         counts = cursor.counts()  # consumed lines, met in this read or not
         for key, c in matched_legacy.items():

@@ -341,31 +341,29 @@ class _Stream:
             self.committed_at = time.monotonic()
             if res.repeated:
                 self._repeated(res.repeated)
+            if res.old:
+                self._old(res.old, res.cursor)
+            if res.consumed or res.repeated:  # lines judged repeats go into the cursor too
+                cursor, raw = res.cursor, res.cursor.encode()
             if res.consumed:
                 checked = True
                 self.new_lines += res.consumed
-                cursor, raw = res.cursor, res.cursor.encode()
                 if chunks.qsize():
                     self._check_behind(cursor.high_ns)
                 else:
                     self.warned_behind = False  # caught up: a later fall behind is warned about again
-            if state.rewound:
-                self._rewound(cursor)
-                return ""
         return self.ended if self.ended in ("idle", "stopped") else ""
 
-    def _rewound(self, cursor: Cursor) -> None:
-        """The stream went back: a line stamped more than ``LOG_REORDER_WINDOW`` before
-        the newest one. Either the kubelet opened a file again from its start (a stream
-        more than one rotation behind: each Create event of the log's path reopens it in
-        ``waitLogs``), and the lines would be counted twice; or the node's clock stepped
-        back. The stream is opened again from the cursor, whose fingerprints tell the
-        lines already counted, as for any read; lines stamped before the second of its
-        floor are not returned by the kubelet (as for a poll: docs/design.md, "Known
-        gaps")."""
-        log.warning("follow %s: the stream went back to lines stamped before %s; reading again from the cursor",
-                    self.name, fmt_ns(cursor.floor_ns), extra={"pod": self.name, "outcome": "follow_rewound"})
-        self.follower._incr({"follow_rewound": 1})
+    def _old(self, n: int, cursor: Cursor) -> None:
+        """The stream sent lines stamped more than ``LOG_REORDER_WINDOW`` before its newest
+        one: a file the kubelet sent again from its start (a stream more than one rotation
+        behind: each Create event of the log's path reopens it in ``waitLogs``), whose
+        lines would be counted twice, or a clock stepped back. Not counted (see
+        ``app.fetching.consume``)."""
+        log.warning("follow %s: the stream sent %d line(s) stamped more than LOG_REORDER_WINDOW before its newest "
+                    "(a file sent again from its start, or a clock stepped back); not counted; newest %s",
+                    self.name, n, fmt_ns(cursor.high_ns), extra={"pod": self.name, "outcome": "follow_old"})
+        self.follower._incr({"follow_old_lines": n})
 
     def _repeated(self, n: int) -> None:
         """The stream sent lines it had sent before (the kubelet read a file again from its

@@ -209,11 +209,11 @@ def test_a_stream_behind_its_log_is_warned_about(fake, ledger, fetcher, follower
     assert "the follow stream of pod traefik-0 is" in caplog.text and "FOLLOW_MAX_PODS" in caplog.text
 
 
-def test_a_stream_that_goes_back_is_read_again_from_the_cursor(fake, ledger, fetcher, follower):
+def test_a_line_more_than_the_window_behind_the_newest_is_not_counted_and_the_stream_goes_on(fake, ledger, fetcher,
+                                                                                             follower):
     """A line stamped 2.8 s before the newest one (a file served again from its start, or
-    the node's clock stepped back): the follower stops before it and reads again from
-    the cursor. The lines before and after it are counted once; it is not returned by the
-    kubelet from the cursor's second (as for a poll), and the rewind is counted."""
+    the node's clock stepped back): the follower does not count it (follow_old_lines),
+    and counts the lines before and after it once, on the same stream."""
     fake.rotate_bytes = None
     traffic = Traffic(seed=20)
     uid = first_read(fake, fetcher, traffic)
@@ -226,9 +226,10 @@ def test_a_stream_that_goes_back_is_read_again_from_the_cursor(fake, ledger, fet
     back = Traffic(seed=21)
     fake.write_many(POD, back.lines(1), ts_ns=t0 + NS // 5, stream="stderr")
     fake.write_many(POD, traffic.lines(100), ts_ns=t0 + 3 * NS + 1)
-    wait_until(lambda: ledger.stats().get("follow_rewound") == 1, 15, interval=0.05, what="the rewind")
+    wait_until(lambda: ledger.stats().get("follow_old_lines") == 1, 15, interval=0.05, what="the old line")
     wait_until(lambda: committed(ledger) == traffic.expected(), 15, interval=0.05, what="the lines after it")
     assert follower.following() == [uid]
+    assert fake.follow_readers(POD) == 1  # the same stream: not opened again
 
 
 def test_a_stream_dropped_during_an_apiserver_outage_hands_the_pod_back_to_the_rounds(fake, ledger, fetcher,

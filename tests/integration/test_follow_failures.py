@@ -1,12 +1,15 @@
-"""The follower (app/follow.py) under what broke it in review, each kept as a regression
-test: a stream two rotations behind (the kubelet sends the newest file twice), a line late
-by more than the window, a container whose status lags its exit, a slow commit while the
-log rotates, a stream gone silent, a stream falling behind twice; and the checks that
-found nothing (lease takeover, restart, stop mid-stream)."""
+"""The follower (app/follow.py) under what broke it in two reviews, each kept as a
+regression test: a stream two rotations behind (the kubelet sends the newest file twice),
+with a newest file of one line or longer than the window, a line late by more than the
+window (also while the stream is on a renamed file), a repeat alone in its slice, a
+container whose status lags its exit, a slow commit while the log rotates, a stream gone
+silent, a stream falling behind twice; and the checks that found nothing (lease takeover,
+restart, stop mid-stream, the rounds racing the follower)."""
 
 from __future__ import annotations
 
 import contextlib
+import random
 import threading
 import time
 
@@ -14,7 +17,8 @@ import pytest
 
 from app import follow
 from app.follow import Follower, Lease, lease_of
-from app.model import FetchStatus
+from app.kube import LogSource
+from app.model import Cursor, FetchStatus, fingerprint
 from sim.fake_kube import FakeKube
 from sim.procs import wait_until
 from tests.followkit import POD, committed, first_read, make_fetcher, plus, write_steadily
@@ -35,21 +39,22 @@ def fake(tmp_path, monkeypatch):
     fk.stop()
 
 
-def append_locked(fake: FakeKube, lines: list[bytes], ts: int, *, rotate_bytes: int | None) -> None:
+def append_locked(fake: FakeKube, lines: list[bytes], ts: int, *, rotate_bytes: int | None,
+                  stream: str = "stdout") -> None:
     """Append ``lines`` to POD's current file as ``write_many`` does, but with the fake's
     lock already held by the caller (the follow stream's goroutine cannot run between
     two such appends): ``rotate_bytes`` set, the append renames the file away."""
     fake.rotate_bytes = rotate_bytes
     pod = fake._require("traefik", POD)
     c = fake._container(pod, None)
-    fake._append(c, [bytes(line) for line in lines], ts, clamp=False, stream="stdout", now=fake.clock())
+    fake._append(c, [bytes(line) for line in lines], ts, clamp=False, stream=stream, now=fake.clock())
 
 
 # --------------------------------------------------------------------------------------
 # 1. A stream two rotations behind reads the newest file twice (kubelet: one Create event
 #    per rotation, each reopens the log path). The repeat starts with a line older than the
 #    newest (containerd stamps each line with time.Now() in ns): within the window it is
-#    told by its fingerprint, before it the stream is read again from the cursor.
+#    told by its fingerprint; older than the window, it is not counted (follow_old_lines).
 # --------------------------------------------------------------------------------------
 
 
@@ -82,11 +87,11 @@ def test_a_stream_two_rotations_behind_never_bills_the_newest_file_twice(fake, l
 
 
 # --------------------------------------------------------------------------------------
-# 2. rewind_on_late turns a late line (a stream stalled, or a clock step, of more than
-#    LOG_REORDER_WINDOW) from "counted, lines_late, WARN" into "silently dropped": the
-#    stream is reopened from the cursor, where the late line (stamped before the floor,
-#    after only consumed lines) is taken as consumed, with no fingerprint check and no
-#    counter. A poll whose read holds the new lines and the late line counts it.
+# 2. A follow stream's line stamped more than LOG_REORDER_WINDOW before its newest (a
+#    stream stalled, or a clock step) is not counted, where a poll whose read holds the
+#    new lines and the late line counts it: the follower cannot tell it from a line of a
+#    file the kubelet sent again (see 1 and the attacks below), and LOG_REORDER_WINDOW
+#    allows a line that late to be lost. It is counted in follow_old_lines and warned about.
 # --------------------------------------------------------------------------------------
 
 
@@ -100,11 +105,10 @@ def _late_scenario_stamps() -> tuple[int, int]:
 
 def test_a_line_late_by_more_than_the_window_is_left_out_with_a_record_when_followed(fake, ledger, fetcher,
                                                                                     follower):
-    """The follower does not count on past a line stamped more than the window before the
-    newest (it could be a file sent again); it reads again from the cursor, where the
-    kubelet returns the line but the cursor takes it as consumed (it is before the floor,
-    among consumed lines): left out, as LOG_REORDER_WINDOW says a line that late may be,
-    with the rewind counted and warned about. Nothing is counted twice."""
+    """The follower does not count a line stamped more than the window before the newest
+    (it could be a line of a file sent again): left out, as LOG_REORDER_WINDOW says a line
+    that late may be, counted in follow_old_lines. Nothing is counted twice, and the
+    lines after it are counted on the same stream."""
     base = Traffic(seed=201)
     uid = first_read(fake, fetcher, base)
     busy_at, late_at = _late_scenario_stamps()
@@ -121,7 +125,7 @@ def test_a_line_late_by_more_than_the_window_is_left_out_with_a_record_when_foll
                >= plus(base.expected(), busy.expected(), after.expected())["tun-0"]["requests"], 15, interval=0.05,
                what="the lines after it committed")
     stats = ledger.stats()
-    assert stats.get("follow_rewound") == 1  # the follower reopened from the cursor
+    assert stats.get("follow_old_lines") == 1
     assert committed(ledger) == plus(base.expected(), busy.expected(), after.expected())
 
 
@@ -355,3 +359,150 @@ def test_a_silent_stream_does_not_keep_a_busy_pod_unread(fake, ledger, fetcher, 
     assert committed(ledger) == traffic.expected(), (
         f"round statuses {statuses}: the lines seen by the probes were left to a silent stream and rotated away"
     )
+
+
+# --------------------------------------------------------------------------------------
+# The second review. 1 and 3 billed lines twice, 4 billed every line after a repeat twice,
+# 2 lost the rest of a renamed file: a follow stream's line more than the window behind
+# its newest was checked against a slice's lines already pruned to the window (1), or made
+# the follower open the stream again, on the current file (2); a line stamped as the newest
+# was a repeat only right after another, a flag each slice reset (3); a slice of repeats
+# only did not move the cursor (4). Now such a line is not counted and the stream goes on,
+# any line up to the newest is checked, and repeats go into the cursor in any slice.
+# --------------------------------------------------------------------------------------
+
+
+def test_two_rotations_behind_with_a_newest_file_longer_than_the_window(fake, ledger, fetcher, follower):
+    while (time.time_ns() // NS) % 60 > 50:  # every stamp below in one minute (the batch path takes them)
+        time.sleep(0.5)
+    base = Traffic(seed=1501)
+    uid = first_read(fake, fetcher, base)
+    assert follower.offer(POD, uid)
+    wait_until(lambda: fake.follow_readers(POD) == 1, 10, interval=0.05, what="the stream open")
+    t = time.time_ns() // NS * NS + NS  # the next second
+    a, b, c = Traffic(seed=1502), Traffic(seed=1503), Traffic(seed=1504)
+    with fake._lock:
+        append_locked(fake, a.lines(40), t + NS // 10, rotate_bytes=1)  # A renamed: Create #1
+        append_locked(fake, b.lines(40), t + 2 * NS // 10, rotate_bytes=1)  # B renamed: Create #2
+        for i, line in enumerate(c.lines(600)):  # C: 600 lines over 3 s, each its own stamp
+            append_locked(fake, [line], t + 3 * NS // 10 + i * 5_000_000, rotate_bytes=None)
+    assert fake.rotations == 2
+    want = plus(base.expected(), a.expected(), c.expected())  # B lost (documented)
+    wait_until(lambda: ledger.stats().get("follow_repeated_lines", 0) + ledger.stats().get("follow_old_lines", 0)
+               == 600, 15, interval=0.05, what="C sent again, and told")
+    got = committed(ledger)
+    stats = ledger.stats()
+    assert got == want, (f"requests got {sum(v['requests'] for v in got.values())}, want "
+                         f"{sum(v['requests'] for v in want.values())}; repeated={stats.get('follow_repeated_lines')} "
+                         f"old={stats.get('follow_old_lines')} lines_read={stats.get('lines_read')}")
+
+
+def test_two_rotations_behind_with_a_newest_file_of_one_line(fake, ledger, fetcher, follower):
+    base = Traffic(seed=1101)
+    uid = first_read(fake, fetcher, base)
+    assert follower.offer(POD, uid)
+    wait_until(lambda: fake.follow_readers(POD) == 1, 10, interval=0.05, what="the stream open")
+    t = time.time_ns()
+    a, b, c = Traffic(seed=1102), Traffic(seed=1103), Traffic(seed=1104)
+    with fake._lock:
+        append_locked(fake, a.lines(40), t + NS // 10, rotate_bytes=1)  # A renamed: Create #1
+        append_locked(fake, b.lines(40), t + 2 * NS // 10, rotate_bytes=1)  # B renamed: Create #2
+        append_locked(fake, [c.line("tun-1")], t + 3 * NS // 10, rotate_bytes=None)  # C: one line
+    assert fake.rotations == 2
+    wait_until(lambda: ledger.stats().get("follow_repeated_lines") == 1, 15, interval=0.05,
+               what="C's line sent again, and told")
+    assert committed(ledger) == plus(base.expected(), a.expected(), c.expected())
+
+
+def test_a_line_late_by_more_than_the_window_on_a_renamed_file_loses_only_itself(fake, ledger, fetcher, follower):
+    base = Traffic(seed=1301)
+    uid = first_read(fake, fetcher, base)
+    t = (time.time_ns() // NS + 2) * NS
+    assert follower.offer(POD, uid)
+    wait_until(lambda: fake.follow_readers(POD) == 1, 10, interval=0.05, what="the stream open")
+    first = Traffic(seed=1302)
+    fake.write_many(POD, first.lines(20), ts_ns=t + 6 * NS // 10)
+    wait_until(lambda: committed(ledger) == plus(base.expected(), first.expected()), 15, interval=0.05,
+               what="the first lines committed")
+    late, rest, after = Traffic(seed=1303), Traffic(seed=1304), Traffic(seed=1305)
+    with fake._lock:  # the stream's reader is held up meanwhile (a busy node)
+        append_locked(fake, [late.line("tun-late")], t - NS // 2, rotate_bytes=None, stream="stderr")
+        append_locked(fake, rest.lines(40), t + 7 * NS // 10, rotate_bytes=1)  # then the file is renamed
+        append_locked(fake, after.lines(10), t + 8 * NS // 10, rotate_bytes=None)  # the new file
+    want = plus(base.expected(), first.expected(), rest.expected(), after.expected())  # the late line may go
+    wait_until(lambda: committed(ledger) == want, 15, interval=0.05, what="the rest of the renamed file and after")
+    assert ledger.stats().get("follow_old_lines") == 1
+    assert ledger.gaps() == [] and fake.unserved(POD) == []
+    assert fake.follow_readers(POD) == 1  # the same stream all along
+
+
+def test_a_repeat_alone_in_its_slice_goes_into_the_cursor(fake, ledger, fetcher, follower):
+    base = Traffic(seed=1401)
+    uid = first_read(fake, fetcher, base)
+    assert follower.offer(POD, uid)
+    wait_until(lambda: fake.follow_readers(POD) == 1, 10, interval=0.05, what="the stream open")
+    t = (time.time_ns() // NS + 1) * NS
+    same = b'time="2026-11-24T01:50:22Z" level=error msg="Error while dialing backend" providerName=kubernetes'
+    y, z = Traffic(seed=1402), Traffic(seed=1403)
+    # Traefik's own log (stderr) writes one message twice, stamped alike (a runtime that
+    # stamps a read of its pipe once), a stdout line in between.
+    fake.write_many(POD, [same], ts_ns=t, stream="stderr")
+    fake.write_many(POD, y.lines(5), ts_ns=t + NS // 10)
+    wait_until(lambda: committed(ledger) == plus(base.expected(), y.expected()), 15, interval=0.05, what="y")
+    fake.write_many(POD, [same], ts_ns=t, stream="stderr")  # alone in its slice: taken for a repeat
+    wait_until(lambda: ledger.stats().get("follow_repeated_lines") == 1, 15, interval=0.05, what="the repeat")
+    fake.write_many(POD, z.lines(30), ts_ns=t + 2 * NS // 10)
+    wait_until(lambda: committed(ledger) == plus(base.expected(), y.expected(), z.expected()), 15, interval=0.05,
+               what="z")
+    follower.stop(10)  # a worker's shutdown: the rounds read the pod again
+    assert lease_of(ledger, uid) is None
+    held = Cursor.decode(ledger.cursor_raw(f"{uid}/traefik")).counts().get((t, fingerprint(t, same)), 0)
+    assert held == 2  # the log holds the line twice within the window, and so does the cursor
+    assert fetcher.fetch(POD, uid)["status"] == FetchStatus.OK
+    assert committed(ledger) == plus(base.expected(), y.expected(), z.expected())
+
+
+def test_the_rounds_racing_the_follower_through_bursts_and_rotations(tmp_path, monkeypatch, ledger, r):
+    """Held in review: the rounds' fetches (a probe when the lease says quiet, none when
+    busy, a read when there is no lease) every 0.15 s against a follower, over four bursts
+    of 1,500 lines/s with pauses, rotations every 0.5 s, stderr skewed by up to 0.3 s."""
+    fk = FakeKube(rotate_bytes=400_000, rotate_every=0.5)
+    fk.start()
+    monkeypatch.setenv("KUBECONFIG", fk.write_kubeconfig(tmp_path / "kubeconfig"))
+    src = LogSource("traefik", "app.kubernetes.io/name=traefik", 5)
+    try:
+        fk.add_pod(POD)
+        rng = random.Random(5)
+        fk.configure_log(POD, skew={"stderr": lambda: rng.uniform(-0.3, 0.3)})
+        rounds = make_fetcher(src, ledger)
+        fol = Follower(make_fetcher(src, ledger), max_pods=4, min_rate=1.0, slice_seconds=0.2)
+        traffic = Traffic(seed=1601)
+        uid = first_read(fk, rounds, traffic)
+        assert fol.offer(POD, uid)
+        statuses = []
+        stop = threading.Event()
+
+        def round_loop():
+            while not stop.is_set():
+                lease = lease_of(ledger, uid)
+                if lease is not Lease.BUSY:
+                    statuses.append(rounds.fetch(POD, uid, probe=lease is Lease.QUIET)["status"])
+                time.sleep(0.15)
+
+        th = threading.Thread(target=round_loop, daemon=True)
+        th.start()
+        for _ in range(4):
+            w = write_steadily(fk, traffic, 1500, 1.0)
+            while w.is_alive():
+                fk.append_now(POD, b"level=warn msg=x%d" % rng.randrange(10**9), stream="stderr")
+                time.sleep(0.02)
+            time.sleep(1.6)  # quiet: the rounds probe
+        stop.set()
+        th.join()
+        wait_until(lambda: committed(ledger) == traffic.expected(), 20, interval=0.1, what="all committed")
+        fol.stop(10)
+        assert committed(ledger) == traffic.expected()
+        assert fk.unserved(POD) == [] and ledger.gaps() == [], statuses
+    finally:
+        src.close()
+        fk.stop()

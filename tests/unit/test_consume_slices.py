@@ -94,25 +94,30 @@ def test_a_slice_of_re_read_lines_only_leaves_the_matching_to_the_next():
     assert end.encode() == whole.cursor.encode()
 
 
-def test_a_follow_stream_that_goes_back_stops_before_the_first_late_line():
-    """With ``follow`` (the follower), a new line stamped before the floor ends
-    the read before it: the lines before it are counted, it and the rest are not, and
-    ``rewound`` says so (the follower reads again from the cursor)."""
-    lines = [stamp(BASE + i * NS // 10, "fixed") + access("a", 1, i) + b"\n" for i in range(30)]
-    again = [stamp(BASE + i * NS // 10, "fixed") + access("a", 1, i) + b"\n" for i in range(5)]  # the file from its start
-    state = ReadState.of(Cursor(CID, 0, 0))
+def follow_state(cursor: Cursor) -> ReadState:
+    state = ReadState.of(cursor)
     state.follow = True
+    return state
+
+
+def test_a_follow_stream_leaves_out_a_line_more_than_the_window_behind_and_goes_on():
+    """With ``follow`` (the follower), a new line stamped more than the window before the
+    newest is not counted (``old``), here before the floor; the lines after it are. A
+    poll's read counts the same lines as late."""
+    lines = [stamp(BASE + i * NS // 10, "fixed") + access("a", 1, i) + b"\n" for i in range(40)]
+    again = [stamp(BASE + i * NS // 10, "fixed") + access("a", 1, i) + b"\n" for i in range(5)]  # the file from its start
+    state = follow_state(Cursor(CID, 0, 0))
     res = consume(iter([b"".join(lines[:20])]), Cursor(CID, 0, 0), 0, 1 << 62, DOMAIN, state=state)
-    assert res.consumed == 20 and not state.rewound
-    res2 = consume(iter([b"".join(lines[20:] + again)]), res.cursor, 0, 1 << 62, DOMAIN, state=state)
-    assert state.rewound
-    assert res2.consumed == 10 and res2.late == 0
-    assert res2.cursor.high_ns == BASE + 29 * NS // 10
+    assert res.consumed == 20 and res.old == 0
+    res2 = consume(iter([b"".join(lines[20:30] + again + lines[30:])]), res.cursor, 0, 1 << 62, DOMAIN, state=state)
+    assert (res2.consumed, res2.old, res2.late, res2.repeated) == (20, 5, 0, 0)
+    assert res2.agg.subdomains["a"][2] == 20
+    assert res2.cursor.high_ns == BASE + 39 * NS // 10
     # Without it (a read), the same lines are counted as late.
     plain = ReadState.of(Cursor(CID, 0, 0))
     consume(iter([b"".join(lines[:20])]), Cursor(CID, 0, 0), 0, 1 << 62, DOMAIN, state=plain)
-    res3 = consume(iter([b"".join(lines[20:] + again)]), res.cursor, 0, 1 << 62, DOMAIN, state=plain)
-    assert res3.consumed == 15 and res3.late == 5
+    res3 = consume(iter([b"".join(lines[20:30] + again + lines[30:])]), res.cursor, 0, 1 << 62, DOMAIN, state=plain)
+    assert res3.consumed == 25 and res3.late == 5
 
 
 @pytest.mark.parametrize("lines_a_chunk", [10, 1])  # the batch path takes each second whole; the line walk
@@ -120,15 +125,58 @@ def test_a_file_sent_again_within_one_slice_is_not_counted_twice_however_long_th
     """The kubelet sends a stream more than one rotation behind the newest file twice. When
     the first sending and the second fall in one slice that spans more than the window of
     stamps, the lines sent again that are older than the window of the newest line are
-    not counted again either: the read stops before them (``rewound``), as before the
-    floor, and the lines within the window are repeats."""
+    not counted (``old``: they are no longer at hand to tell), and those within it are
+    repeats."""
     per_second = 10
     sent = [stamp(BASE + i * NS // per_second, "fixed") + access("a", 1, i) + b"\n" for i in range(5 * per_second)]
     chunks = [b"".join(sent[i:i + lines_a_chunk]) for i in range(0, len(sent), lines_a_chunk)]
     again = b"".join(sent[per_second:])  # the newest file sent again, from its start (second 1)
-    state = ReadState.of(Cursor(CID, 0, 0))
-    state.follow = True
+    state = follow_state(Cursor(CID, 0, 0))
     res = consume(iter([*chunks, again]), Cursor(CID, 0, 0), 0, 1 << 62, DOMAIN, state=state)
     assert res.parts[BASE // NS // 60 * 60].subdomains["a"][2] == len(sent)
-    assert res.consumed == len(sent) and state.rewound
+    assert (res.consumed, res.old, res.repeated) == (len(sent), 29, 11)  # 1.0-3.8 s old; 3.9-4.9 s repeats
     assert res.cursor.high_ns == BASE + (len(sent) - 1) * NS // per_second
+
+
+@pytest.mark.parametrize("cut", [0, 1, 4, 5, 9])
+def test_a_file_sent_again_is_told_whatever_the_slices_and_down_to_its_newest_line(cut):
+    """A file of 5 lines sent, then sent again (the kubelet reopening it), in two slices
+    cut anywhere: 5 counted, 5 repeats, and the cursor the same as from one read. The
+    newest line sent again is a repeat too (no state that a slice boundary resets)."""
+    base = [stamp(BASE + i * 1000, "fixed") + access("z", 1, 10) + b"\n" for i in range(3)]
+    cursor = consume([b"".join(base)], Cursor(CID, 0, 0), 0, 1 << 30, DOMAIN).cursor
+    c = [stamp(BASE + NS // 2 + i * 1000, "fixed") + access("a", 100 + i, 1000 + i) + b"\n" for i in range(5)]
+    stream = [*c, *c]
+    state = follow_state(cursor)
+    results = []
+    for part in (stream[:cut], stream[cut:]):
+        res = consume(iter(part), cursor, 0, 1 << 62, DOMAIN, state=state)
+        results.append(res)
+        if res.consumed or res.repeated:
+            cursor = res.cursor
+    assert sum(r.agg.subdomains.get("a", [0, 0, 0])[2] for r in results) == 5
+    assert sum(r.repeated for r in results) == 5
+    # A line sent once, as the whole newest file: its second sending is a repeat too.
+    first = consume([b"".join(base)], Cursor(CID, 0, 0), 0, 1 << 30, DOMAIN).cursor
+    one = consume(iter([c[0], c[0]]), first, 0, 1 << 62, DOMAIN, state=follow_state(first))
+    assert (one.consumed, one.repeated) == (1, 1)
+
+
+def test_a_slice_of_repeats_only_moves_the_cursor_so_a_later_read_counts_nothing_twice():
+    """Two identical lines of one stamp (a runtime that stamps a read of its pipe once)
+    are in the log; the second comes alone in a slice and is taken for a repeat. It goes
+    into the cursor all the same: a read from that cursor (the rounds, once the follower
+    lets go) meets both copies as consumed and counts only what came after."""
+    same = stamp(BASE, "fixed") + b'time="2026-11-24T01:50:22Z" level=error msg="Error while dialing backend"\n'
+    y = [stamp(BASE + NS // 10, "fixed") + access("a", 1, i) + b"\n" for i in range(5)]
+    z = [stamp(BASE + NS // 5, "fixed") + access("b", 1, i) + b"\n" for i in range(30)]
+    start = Cursor(CID, 0, 0)
+    state = follow_state(start)
+    res1 = consume(iter([same, *y]), start, 0, 1 << 62, DOMAIN, state=state)
+    res2 = consume(iter([same]), res1.cursor, 0, 1 << 62, DOMAIN, state=state)
+    assert (res2.consumed, res2.repeated) == (0, 1)
+    assert res2.cursor.encode() != res1.cursor.encode()
+    res3 = consume(iter(z), res2.cursor, 0, 1 << 62, DOMAIN, state=state)
+    assert res3.agg.subdomains["b"][2] == 30
+    poll = consume([b"".join([same, *y, same, *z])], res3.cursor, 0, 1 << 62, DOMAIN)
+    assert poll.consumed == 0 and poll.agg.subdomains == {}
