@@ -16,7 +16,7 @@ from kombu import Queue as KombuQueue
 
 from app import brokerfix, health, logs, runtime
 from app.queues import Queue
-from app.settings import ConfigError, settings_or_exit
+from app.settings import ConfigError, celery_url, settings_or_exit
 from beat_schedule import build_schedule
 
 log = logging.getLogger(__name__)
@@ -30,8 +30,8 @@ brokerfix.reuse_clients()
 
 app = Celery(
     "traefik_metrics_scraper",
-    broker=settings.broker_url,
-    backend=settings.result_backend,
+    broker=celery_url(settings.broker_url, "virtual_host"),
+    backend=celery_url(settings.result_backend, "db"),
     include=["workers.fetch", "workers.report", "workers.rounds"],
 )
 

@@ -16,7 +16,7 @@ import sys
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -532,10 +532,12 @@ class Settings(BaseSettings):
 
     @property
     def broker_url(self) -> str:
+        """The broker's Redis, as a redis-py URL (``celery_url`` gives Celery's form)."""
         return self.celery_broker_url or self.redis_url
 
     @property
     def result_backend(self) -> str:
+        """The result backend's Redis, as a redis-py URL (``celery_url`` gives Celery's form)."""
         return self.celery_result_backend or self.redis_url
 
     @property
@@ -620,3 +622,18 @@ def settings_or_exit() -> Settings:
     except ConfigError as e:
         print(str(e), file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def celery_url(url: str, db_key: str) -> str:
+    """``url`` (a redis-py URL: ``redis://``, ``rediss://`` or ``unix://``) in the form
+    Celery takes: kombu and Celery's Redis backend know no ``unix://`` scheme (``KeyError:
+    'No such transport: unix'``) and read a Unix socket as ``redis+socket:///path``, with
+    the database as ``virtual_host`` for the broker and ``db`` for the result backend
+    (``db_key``); redis-py's ``?db=N`` is renamed so. Other URLs are returned unchanged."""
+    parts = urlsplit(url)
+    if parts.scheme != "unix":
+        return url
+    query = urlencode([(db_key if key == "db" else key, value) for key, value in parse_qsl(parts.query)])
+    # Not urlunsplit: with no host it writes "redis+socket:/path", which Celery does not
+    # take for a URL.
+    return f"redis+socket://{parts.netloc}{parts.path}" + (f"?{query}" if query else "")

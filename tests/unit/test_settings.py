@@ -299,3 +299,16 @@ def test_fetch_max_bytes_just_above_the_line_bound_is_accepted(no_setting_env, l
     no_setting_env.setenv("FETCH_MAX_BYTES", fetch_max)
     s = load_settings()
     assert s.fetch_max_bytes > s.log_line_max_bytes + 64
+
+
+def test_a_unix_socket_url_is_given_to_celery_as_redis_socket():
+    """kombu and Celery's result backend know no unix:// scheme (a worker died with
+    "No such transport: unix"): the socket goes to them as redis+socket://, with the
+    database as each of them names it."""
+    from app.settings import celery_url
+
+    assert celery_url("unix:///run/redis.sock?db=2", "virtual_host") == "redis+socket:///run/redis.sock?virtual_host=2"
+    assert celery_url("unix:///run/redis.sock?db=2", "db") == "redis+socket:///run/redis.sock?db=2"
+    assert celery_url("unix:///run/redis.sock", "db") == "redis+socket:///run/redis.sock"
+    for url in ("redis://redis:6379/0", "rediss://r.example:6380/1"):
+        assert celery_url(url, "virtual_host") == url
