@@ -342,7 +342,7 @@ def consume(
             # the per-line walk below, which takes every other batch.
             batch = _uniform_batch(lines, ri_ns)
             if (batch is not None and batch[0] >= floor and batch[0] >= start_at_ns
-                    and (not follow or batch[0] > high)):
+                    and (not follow or (batch[0] > high and _no_repeat_inside(lines, batch[3])))):
                 low, top, prev_ts, heads = batch
                 if not past_consumed:
                     res.first_new_ns = parse_timestamp(heads[0])[0]  # type: ignore[index]  # checked by _uniform_batch
@@ -422,9 +422,7 @@ def consume(
                         recent[k] = recent.get(k, 0) + 1
                 unfolded = []
                 key = (ts, fingerprint(ts, text))
-                count = recent.get(key)
-                if count:
-                    recent[key] = count - 1
+                if recent.get(key):  # not used up: a file sent a third time is a repeat again
                     res.repeated += 1
                     # Into the cursor as a consumed line: a later read from the cursor must
                     # not take it, and every line after it, as new.
@@ -513,6 +511,20 @@ def _uniform_batch(lines: list[bytes], ri_ns: int) -> tuple[int, int, int, list[
     last = parse_timestamp(heads[-1])
     assert last is not None  # between low and top: readable (see above)
     return low_at[0], top_at[0], last[0], heads
+
+
+def _no_repeat_inside(lines: list[bytes], heads: list[bytes]) -> bool:
+    """Whether a follow stream's batch, all newer than the newest line before it, holds
+    no line the per-line walk would take for a repeat: its stamps never go back (a file
+    sent again inside one chunk goes back to its first stamp), and no two of its lines are
+    identical (same stamp, same text). Checked in C; the lines are hashed only when two
+    of them share a stamp (CRI-O stamps a read of its pipe once)."""
+    later = itertools.islice(heads, 1, None)
+    if not all(map(operator.le, heads, later)):
+        return False
+    if not any(map(operator.eq, heads, itertools.islice(heads, 1, None))):
+        return True
+    return len(set(lines)) == len(lines)
 
 
 def _stamped(batches: Iterable[tuple[int, list[bytes], list[bytes]]], since_ns: int) -> Iterator[tuple[int, bytes]]:

@@ -9,6 +9,7 @@ restart, stop mid-stream, the rounds racing the follower)."""
 from __future__ import annotations
 
 import contextlib
+import queue
 import random
 import threading
 import time
@@ -506,3 +507,108 @@ def test_the_rounds_racing_the_follower_through_bursts_and_rotations(tmp_path, m
     finally:
         src.close()
         fk.stop()
+
+
+# --------------------------------------------------------------------------------------
+# The third review. Both billed a file twice: a repeat used up the count it matched, so a
+# file sent a third time (three rotations behind) was counted again; and a batch taken
+# whole was checked only against the newest line before it, so a file and its re-sending
+# in one chunk (the apiserver's proxy hands on what it holds) were both counted. Now a
+# repeat leaves the count, and a follow batch is taken whole only when its stamps never go
+# back and no two of its lines are identical (app.fetching._no_repeat_inside).
+# --------------------------------------------------------------------------------------
+
+
+def test_a_stream_three_rotations_behind_never_bills_the_newest_file_twice(fake, ledger, fetcher, follower):
+    """Three size rotations while the stream's reader is held up: at the end of A the
+    kubelet takes the three queued Create events of the log path one after the other and
+    opens the newest file, D, at each (the fake's ``f.creates``): D comes three times."""
+    base = Traffic(seed=2101)
+    uid = first_read(fake, fetcher, base)
+    assert follower.offer(POD, uid)
+    wait_until(lambda: fake.follow_readers(POD) == 1, 10, interval=0.05, what="the stream open")
+    t = time.time_ns()
+    a, b, c, d = Traffic(seed=2102), Traffic(seed=2103), Traffic(seed=2104), Traffic(seed=2105)
+    with fake._lock:
+        append_locked(fake, a.lines(40), t + NS // 10, rotate_bytes=1)  # A renamed: Create #1
+        append_locked(fake, b.lines(40), t + 2 * NS // 10, rotate_bytes=1)  # B renamed: Create #2
+        append_locked(fake, c.lines(40), t + 25 * NS // 100, rotate_bytes=1)  # C renamed: Create #3
+        for i, line in enumerate(d.lines(40)):  # D, the log path now
+            append_locked(fake, [line], t + 3 * NS // 10 + i * 1000, rotate_bytes=None)
+    assert fake.rotations == 3
+    wait_until(lambda: ledger.stats().get("follow_repeated_lines", 0) + ledger.stats().get("follow_old_lines", 0)
+               >= 40, 15, interval=0.05, what="D sent again")
+    time.sleep(1.0)
+    got = committed(ledger)
+    want = plus(base.expected(), a.expected(), d.expected())  # B and C lost (documented)
+    stats = ledger.stats()
+    assert got == want, (f"D billed twice: {got == plus(want, d.expected())}; "
+                         f"requests got {sum(v['requests'] for v in got.values())}, want "
+                         f"{sum(v['requests'] for v in want.values())}; repeated={stats.get('follow_repeated_lines')} "
+                         f"old={stats.get('follow_old_lines')}")
+
+
+def coalescing_read(opened, chunks):
+    """follow._read, with the bytes that are already waiting handed on as one chunk (at
+    most 32 KiB), as the apiserver's proxy does (io.Copy into a flushing writer: each Read
+    of the kubelet's response returns what its connection holds)."""
+    inner: queue.Queue = queue.Queue()
+
+    def pull():
+        try:
+            for chunk in opened.chunks():
+                inner.put(chunk)
+        finally:
+            inner.put(None)
+
+    threading.Thread(target=pull, daemon=True).start()
+    while True:
+        first = inner.get()
+        if first is None:
+            break
+        time.sleep(0.02)  # the proxy is a little behind
+        parts, size, done = [first], len(first), False
+        while size < 32 * 1024:
+            try:
+                nxt = inner.get_nowait()
+            except queue.Empty:
+                break
+            if nxt is None:
+                done = True
+                break
+            parts.append(nxt)
+            size += len(nxt)
+        chunks.put(b"".join(parts))
+        if done:
+            break
+    chunks.put(follow._End("eof"))
+
+
+def test_a_newest_file_and_its_second_sending_in_one_chunk_are_billed_once(fake, ledger, fetcher, follower,
+                                                                            monkeypatch):
+    """Two rotations behind (as test_follow_failures' first case): the rest of A, then C,
+    then C again; C is small (12 lines), so C and its second sending fit in one chunk of
+    the proxy. The batch path takes that chunk whole (its lowest stamp is above the newest
+    before it)."""
+    monkeypatch.setattr(follow, "_read", coalescing_read)
+    while (time.time_ns() // NS) % 60 > 50:  # the stamps below in one minute (the batch path takes them)
+        time.sleep(0.5)
+    base = Traffic(seed=2201)
+    uid = first_read(fake, fetcher, base)
+    assert follower.offer(POD, uid)
+    wait_until(lambda: fake.follow_readers(POD) == 1, 10, interval=0.05, what="the stream open")
+    t = time.time_ns() // NS * NS + NS
+    a, b, c = Traffic(seed=2202), Traffic(seed=2203), Traffic(seed=2204)
+    with fake._lock:
+        append_locked(fake, a.lines(40), t + NS // 10, rotate_bytes=1)  # A renamed: Create #1
+        append_locked(fake, b.lines(40), t + 2 * NS // 10, rotate_bytes=1)  # B renamed: Create #2
+        for i, line in enumerate(c.lines(12)):  # C, the log path now; each line its own stamp
+            append_locked(fake, [line], t + 3 * NS // 10 + i * 1_000_000, rotate_bytes=None)
+    time.sleep(2.0)
+    got = committed(ledger)
+    want = plus(base.expected(), a.expected(), c.expected())  # B lost (documented)
+    stats = ledger.stats()
+    assert got == want, (f"C billed twice: {got == plus(want, c.expected())}; "
+                         f"requests got {sum(v['requests'] for v in got.values())}, want "
+                         f"{sum(v['requests'] for v in want.values())}; repeated={stats.get('follow_repeated_lines')} "
+                         f"old={stats.get('follow_old_lines')}")
