@@ -42,12 +42,22 @@ UNREADABLE_STAMP_REASONS = ("rejected:bad_timestamp", "rejected:no_timestamp")
 # more for the clocks). A probe runs only once the stream took no byte for
 # FETCH_MIN_INTERVAL and committed all it took (Lease.QUIET).
 STALLED_AFTER = 2.5
+# Seconds a probe's request for a followed pod back waits for its follower (which looks
+# every 0.5 s while the stream is quiet); a request not taken up by then is dropped.
+HANDBACK_TTL = 30
 # consume()'s batch path takes a framed batch of at least this many lines whole.
 FAST_BATCH_MIN = 8
 _UTC_STAMP_SHAPE = b"0000-00-00T00:00:00.000000000Z "  # RFC3339NanoFixed in UTC, and the space
 _STAMP_HEAD = operator.itemgetter(slice(0, len(_UTC_STAMP_SHAPE)))
 _AFTER_STAMP = operator.itemgetter(slice(len(_UTC_STAMP_SHAPE), None))
 _DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
+
+
+def handback_key(ledger: Ledger, uid: str) -> str:
+    """Set by a probe that could not record a read to the end (``Fetcher._probe_commits``):
+    the pod's follower (``app/follow.py``), once its stream is quiet, hands the pod back to
+    the rounds, whose next read records it. It expires after ``HANDBACK_TTL`` seconds."""
+    return ledger.k("followback", uid)
 
 
 def parse_timestamp(line: bytes) -> tuple[int, int] | None:
@@ -665,7 +675,13 @@ class Fetcher:
         itself (the follower's next commit then conflicts, and it lets the pod go);
         otherwise the new lines are the follower's."""
         if res.consumed == 0:
-            return res.matched > 0 or not cursor.seen
+            if res.matched > 0 or not cursor.seen:
+                return True
+            # The file was renamed since the cursor's lines (or emptied): whether the
+            # follower read the renamed one to its end, a probe cannot tell. Ask for the pod
+            # back; its follower, quiet, lets go, and the next round's read records it.
+            self.ledger.r.set(handback_key(self.ledger, pod.uid), "1", ex=HANDBACK_TTL)
+            return False
         if res.first_new_ns is None or res.first_new_ns >= (read_at - STALLED_AFTER) * 1_000_000_000:
             return False
         log.warning("fetch %s/%s: the follow stream has not delivered lines stamped from %s on, %.0f s before this "

@@ -58,12 +58,7 @@ def fetch(name: str, uid: str) -> dict:
         except redis.RedisError as e:  # the mark expires on its own; the read goes on
             log.warning("fetch %s: could not free its early-read mark: %s", name, type(e).__name__)
     try:
-        lease = _follow_lease(name, uid)
-        if lease is follow.Lease.BUSY:
-            summary = {"pod": name, "status": FetchStatus.FOLLOWED}  # its follower reads it
-        else:
-            summary = runtime.fetcher().fetch(name, uid, started + settings.fetch_time_limit,
-                                              probe=lease is follow.Lease.QUIET)
+        summary = follow.fetch_heeding_lease(runtime.fetcher(), name, uid, started + settings.fetch_time_limit)
     except (SoftTimeLimitExceeded, FetchTimeLimitExceeded):
         log.warning("fetch %s: over FETCH_TIME_LIMIT (%ss); nothing committed, next round retries", name, settings.fetch_time_limit,
                     extra={"pod": name, "outcome": "timeout"})
@@ -73,18 +68,6 @@ def fetch(name: str, uid: str) -> dict:
     _note(name, uid, summary, time.monotonic() - started)
     _send_next_read(name, uid, summary)
     return summary
-
-
-def _follow_lease(name: str, uid: str) -> follow.Lease | None:
-    """The pod's follow lease (``app/follow.py``): BUSY, the round leaves the pod to its
-    follower; QUIET, the round reads it as a probe; None, not followed."""
-    if settings.follow_max_pods <= 0:
-        return None
-    try:
-        return follow.lease_of(runtime.ledger(), uid)
-    except redis.RedisError as e:  # read it: the cursor's compare-and-set keeps it exact
-        log.warning("fetch %s: could not look at its follow lease: %s", name, type(e).__name__)
-        return None
 
 
 def _send_next_read(name: str, uid: str, summary: dict) -> None:

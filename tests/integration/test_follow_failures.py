@@ -612,3 +612,67 @@ def test_a_newest_file_and_its_second_sending_in_one_chunk_are_billed_once(fake,
                          f"requests got {sum(v['requests'] for v in got.values())}, want "
                          f"{sum(v['requests'] for v in want.values())}; repeated={stats.get('follow_repeated_lines')} "
                          f"old={stats.get('follow_old_lines')}")
+
+
+# --------------------------------------------------------------------------------------
+# The fourth review. The pod watcher read a followed terminating pod without looking at
+# its lease: its read committed under the follower, which let go with the tail of a
+# renamed file it had taken (lost, a gap record): still open, the test below is an
+# expected failure. And a quiet followed pod whose last write filled the file was never
+# recorded by a probe (the renamed file's lines are not in the new one, so the probe
+# cannot tell the follower read them): it held sealing back until the follower let go,
+# 60 s. Now such a probe asks for the pod back (followback:<uid>): its follower, quiet,
+# lets go, and the next read records it.
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="known, open: the pod watcher reads a followed pod without heeding its "
+                   "lease (app/watch.py passes Fetcher.fetch); reading through follow.fetch_heeding_lease made the "
+                   "watcher's final read of a terminated pod wait for the follower, and the pod vanished first in "
+                   "test_event_time.py::test_rolling_update_of_traefik (a false gap record)")
+def test_the_watchers_read_of_a_followed_terminating_pod_loses_nothing(fake, source, ledger, fetcher):
+    follower1s = Follower(fetcher, max_pods=4, min_rate=1.0, slice_seconds=1.0)  # the production slice
+    try:
+        base = Traffic(seed=4001)
+        uid = first_read(fake, fetcher, base)
+        watcher_read = make_fetcher(source, ledger).fetch  # what app/watch.py reads with
+        fake.terminate(POD, 30)  # a rolling update: the watcher reads the pod every second
+        assert follower1s.offer(POD, uid)
+        wait_until(lambda: fake.follow_readers(POD) == 1, 10, interval=0.05, what="the stream open")
+        time.sleep(1.2)
+        u, v = Traffic(seed=4002), Traffic(seed=4003)
+        t = time.time_ns()
+        with fake._lock:
+            append_locked(fake, u.lines(30), t, rotate_bytes=1)  # the file fills: renamed
+            append_locked(fake, v.lines(20), t + NS // 100, rotate_bytes=None)  # the new file
+        wait_until(lambda: fake.unserved(POD) == [], 5, interval=0.01, what="the follow stream has every line")
+        watcher_read(POD, uid)
+        wait_until(lambda: follower1s.following() == [], 10, interval=0.05, what="the follower letting go")
+        fetcher.fetch(POD, uid)
+        assert committed(ledger) == plus(base.expected(), u.expected(), v.expected())
+    finally:
+        follower1s.stop(10)
+
+
+def test_a_quiet_followed_pod_whose_file_was_renamed_is_handed_back_and_recorded(fake, source, ledger, fetcher,
+                                                                               follower):
+    base = Traffic(seed=4101)
+    uid = first_read(fake, fetcher, base)
+    assert follower.offer(POD, uid)
+    wait_until(lambda: fake.follow_readers(POD) == 1, 10, interval=0.05, what="the stream open")
+    last = Traffic(seed=4102)
+    with fake._lock:
+        append_locked(fake, last.lines(30), time.time_ns(), rotate_bytes=1)  # fills the file: renamed
+    fake.rotate_bytes = None
+    want = plus(base.expected(), last.expected())
+    wait_until(lambda: committed(ledger) == want, 10, interval=0.05, what="committed")
+    rounds = make_fetcher(source, ledger)
+    wait_until(lambda: lease_of(ledger, uid) is Lease.QUIET, 10, interval=0.05, what="the stream quiet")
+    began = ledger.now()
+    assert follow.fetch_heeding_lease(rounds, POD, uid)["status"] == FetchStatus.FOLLOWED  # a probe: no record
+    wait_until(lambda: follower.following() == [], 5, interval=0.05, what="the pod handed back")
+    assert ledger.stats().get("follow_ended:handed_back") == 1
+    assert follow.fetch_heeding_lease(rounds, POD, uid)["status"] == FetchStatus.OK  # a round's read
+    rec = ledger.read_records()[uid]
+    assert rec.end_at is not None and rec.end_at >= began
+    assert committed(ledger) == want and ledger.gaps() == []
