@@ -42,22 +42,12 @@ UNREADABLE_STAMP_REASONS = ("rejected:bad_timestamp", "rejected:no_timestamp")
 # more for the clocks). A probe runs only once the stream took no byte for
 # FETCH_MIN_INTERVAL and committed all it took (Lease.QUIET).
 STALLED_AFTER = 2.5
-# Seconds a probe's request for a followed pod back waits for its follower (which looks
-# every 0.5 s while the stream is quiet); a request not taken up by then is dropped.
-HANDBACK_TTL = 30
 # consume()'s batch path takes a framed batch of at least this many lines whole.
 FAST_BATCH_MIN = 8
 _UTC_STAMP_SHAPE = b"0000-00-00T00:00:00.000000000Z "  # RFC3339NanoFixed in UTC, and the space
 _STAMP_HEAD = operator.itemgetter(slice(0, len(_UTC_STAMP_SHAPE)))
 _AFTER_STAMP = operator.itemgetter(slice(len(_UTC_STAMP_SHAPE), None))
 _DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
-
-
-def handback_key(ledger: Ledger, uid: str) -> str:
-    """Set by a probe that could not record a read to the end (``Fetcher._probe_commits``):
-    the pod's follower (``app/follow.py``), once its stream is quiet, hands the pod back to
-    the rounds, whose next read records it. It expires after ``HANDBACK_TTL`` seconds."""
-    return ledger.k("followback", uid)
 
 
 def parse_timestamp(line: bytes) -> tuple[int, int] | None:
@@ -332,6 +322,11 @@ def consume(
     prev_ts = st.prev_ts  # the stamp an unreadable prefix takes (ReadState.of says why)
     follow = st.follow
     recent: dict[tuple[int, bytes], int] | None = None  # a follow stream's lines within the window, once needed
+    # A follow stream: the texts of this read's lines stamped at the newest stamp, and the
+    # cursor's fingerprints at its own newest, so that a line at the newest stamp (lines
+    # that share one: CRI-O, a burst) is checked against those lines only, not the window.
+    at_high: list[bytes] = []
+    cursor_at_high: set[bytes] | None = None
     unfolded: list[tuple[int, list[bytes], list[bytes]]] = []  # batch-path batches not in ``recent`` yet
     before_start = 0
     unreadable = {"rejected:no_timestamp": 0, "rejected:bad_timestamp": 0}
@@ -361,6 +356,8 @@ def consume(
                 res.consumed += len(lines)
                 if top > high:
                     high = top
+                if follow:  # _no_repeat_inside: the heads are sorted, those at the top come last
+                    at_high = texts[heads.index(heads[-1]):]
                 tail_batches.append((top, heads, texts))
                 if recent is not None:
                     unfolded.append((top, heads, texts))
@@ -419,20 +416,28 @@ def consume(
                 # stamped both in one read of its pipe, as CRI-O's conmon does): only a
                 # line that bills nothing can be that (an access line carries its start in
                 # ns), and it goes into the cursor as consumed.
-                if recent is None:
-                    recent = cursor.counts()
-                    unfolded = list(tail_batches)
-                    for t, x in tail:
+                if ts == high and recent is None:
+                    # Only a line stamped as the newest can match it: this read's, or the
+                    # cursor's while nothing newer was consumed (lines that share a stamp,
+                    # CRI-O's or a burst's, are checked without the window's fingerprints).
+                    if high == old_high and cursor_at_high is None:
+                        cursor_at_high = {fp for s, fp, _ in cursor.seen if s == old_high}
+                    repeat = text in at_high or (high == old_high and fingerprint(ts, text) in cursor_at_high)
+                else:
+                    if recent is None:
+                        recent = cursor.counts()
+                        unfolded = list(tail_batches)
+                        for t, x in tail:
+                            if t >= floor:
+                                k = (t, fingerprint(t, x))
+                                recent[k] = recent.get(k, 0) + 1
+                    for t, x in _stamped(unfolded, floor):  # batches taken whole since the last look
                         if t >= floor:
                             k = (t, fingerprint(t, x))
                             recent[k] = recent.get(k, 0) + 1
-                for t, x in _stamped(unfolded, floor):  # batches taken whole since the last look
-                    if t >= floor:
-                        k = (t, fingerprint(t, x))
-                        recent[k] = recent.get(k, 0) + 1
-                unfolded = []
-                key = (ts, fingerprint(ts, text))
-                if recent.get(key):  # not used up: a file sent a third time is a repeat again
+                    unfolded = []
+                    repeat = bool(recent.get((ts, fingerprint(ts, text))))  # not used up: a third sending too
+                if repeat:
                     res.repeated += 1
                     # Into the cursor as a consumed line: a later read from the cursor must
                     # not take it, and every line after it, as new.
@@ -459,6 +464,9 @@ def consume(
                 recent[k] = recent.get(k, 0) + 1
             if ts > high:
                 high = ts
+                at_high = []
+            if follow and ts == high:
+                at_high.append(text)
             if ts >= high - window_ns:
                 tail.append((ts, text))
                 if len(tail) >= prune_at:
@@ -675,13 +683,7 @@ class Fetcher:
         itself (the follower's next commit then conflicts, and it lets the pod go);
         otherwise the new lines are the follower's."""
         if res.consumed == 0:
-            if res.matched > 0 or not cursor.seen:
-                return True
-            # The file was renamed since the cursor's lines (or emptied): whether the
-            # follower read the renamed one to its end, a probe cannot tell. Ask for the pod
-            # back; its follower, quiet, lets go, and the next round's read records it.
-            self.ledger.r.set(handback_key(self.ledger, pod.uid), "1", ex=HANDBACK_TTL)
-            return False
+            return res.matched > 0 or not cursor.seen
         if res.first_new_ns is None or res.first_new_ns >= (read_at - STALLED_AFTER) * 1_000_000_000:
             return False
         log.warning("fetch %s/%s: the follow stream has not delivered lines stamped from %s on, %.0f s before this "

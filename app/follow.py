@@ -31,13 +31,12 @@ How:
 * A follower lets a pod go (deletes the lease; the rounds read it again) when its
   container stops or waits to restart, or the pod goes, when a commit meets another
   one's cursor, after ``IDLE_RELEASE`` seconds without a byte, after
-  ``MAX_EMPTY_STREAMS`` streams in a row without a new line, when a probe asks for the
-  pod back while the stream is quiet (``followback:<uid>``: the file was renamed since
-  the cursor's lines, so only a read can record the pod as read to its end), and when
-  the worker stops (after committing what it read). A stream that breaks is opened again
+  ``MAX_EMPTY_STREAMS`` streams in a row without a new line, and when the worker stops
+  (after committing what it read). A stream that breaks is opened again
   from the cursor.
-* The rounds' fetch task reads a pod through its lease (``fetch_heeding_lease``); the
-  pod watcher (``app/watch.py``) does not yet (docs/design.md, "Known gaps").
+* The rounds' fetch task and the pod watcher read a pod through its lease
+  (``fetch_heeding_lease``). When its container stops, the follower reads the pod to
+  its end before letting go, and says so (``readtoend:<uid>``) for the watcher.
 * A stream that sends lines again (the kubelet reopens the file after a rotation it fell
   behind) does not count them twice: ``ReadState.follow`` in ``app/fetching.py``.
 
@@ -59,7 +58,7 @@ from enum import StrEnum
 import redis
 
 from app.errors import KubeError, LedgerLost, PodGone
-from app.fetching import Fetcher, ReadState, consume, fmt_ns, handback_key
+from app.fetching import Fetcher, ReadState, consume, fmt_ns
 from app.kube import Container, LogFollow, Pod
 from app.ledger import Ledger, lua_script
 from app.model import Cursor, FetchStatus
@@ -68,7 +67,6 @@ log = logging.getLogger(__name__)
 
 TICK = 0.5  # seconds between two renewals of the leases (and looks at the streams' state)
 LEASE_TTL = 15  # seconds a lease outlives its last renewal (a follower that died)
-HANDED_BACK = 2  # follow.lua: the lease renewed, and a probe asked for the pod back
 STALE_AFTER = 3.0  # seconds without a renewal after which the rounds no longer heed a lease
 IDLE_RELEASE = 60.0  # seconds without a byte after which a pod goes back to the rounds
 NO_LIMIT = 1 << 62  # a follow stream is not cut at limitBytes
@@ -125,9 +123,9 @@ def fetch_heeding_lease(fetcher: Fetcher, name: str, uid: str, deadline: float |
     """``fetcher.fetch(name, uid, deadline)`` for a pod that may be followed, by this
     process or another: its lease BUSY, no read (status ``FOLLOWED``: its follower reads
     it); QUIET, a probe (``fetch(probe=True)``); none, stale or unreadable, a read (the
-    cursor's compare-and-set keeps it exact). The rounds' fetch task reads pods through
-    it: a read of a busy followed pod would commit under its follower, which would then
-    let go with what it held of a renamed file (lost, a gap record)."""
+    cursor's compare-and-set keeps it exact). The rounds' fetch task and the pod watcher
+    read pods through it: a read of a busy followed pod would commit under its follower,
+    which would then let go with what it held of a renamed file (lost, a gap record)."""
     try:
         lease = lease_of(fetcher.ledger, uid)
     except redis.RedisError as e:
@@ -209,16 +207,13 @@ class Follower:
                     continue
                 state = Lease.QUIET if s.quiet(now) else Lease.BUSY
                 try:
-                    held = self._lease(keys=[lease_key(self.ledger, s.uid), handback_key(self.ledger, s.uid)],
-                                       args=[s.token, state, LEASE_TTL])
+                    held = self._lease(keys=[lease_key(self.ledger, s.uid)], args=[s.token, state, LEASE_TTL])
                 except redis.RedisError as e:
                     log.warning("follow %s: could not renew its lease: %s", s.name, type(e).__name__)
                     continue
                 if not held:
                     log.warning("follow %s: its lease was lost; stopping", s.name)
                     s.stop()
-                elif held == HANDED_BACK:
-                    s.stop("handed_back")
 
     def _done(self, stream: _Stream, reason: str) -> None:
         """The stream ended: release its lease and count why, then drop it, so that
@@ -226,8 +221,7 @@ class Follower:
         then an offer of the pod finds it still followed)."""
         stream.releasing = True
         try:
-            self._lease(keys=[lease_key(self.ledger, stream.uid), handback_key(self.ledger, stream.uid)],
-                        args=[stream.token, "", 0])
+            self._lease(keys=[lease_key(self.ledger, stream.uid)], args=[stream.token, "", 0])
             self.ledger.r.srem(self.ledger.k("followed"), stream.uid)
         except redis.RedisError as e:  # it expires on its own
             log.warning("follow %s: could not release its lease: %s", stream.name, type(e).__name__)
@@ -259,7 +253,6 @@ class _Stream:
         self.ended = ""  # why the current slice ended the stream ("" while it runs on)
         self.warned_behind = False
         self.releasing = False  # its thread is releasing the lease: not renewed again
-        self.stop_reason = "stopped"  # why stop() was called (a worker's shutdown, or handed back)
         self._stopped = threading.Event()
         self._open: LogFollow | None = None
         self._open_lock = threading.Lock()
@@ -272,16 +265,14 @@ class _Stream:
         return (now - self.last_byte >= self.follower.slice_seconds and self.committed_at > self.last_byte
                 and (chunks is None or chunks.empty()))
 
-    def stop(self, reason: str = "stopped") -> None:
-        """End the stream (it commits what it took); ``reason`` names why in its end."""
-        self.stop_reason = reason
+    def stop(self) -> None:
         self._stopped.set()
         with self._open_lock:
             if self._open is not None:
                 self._open.stop()
 
     def _run(self) -> None:
-        reason = self.stop_reason
+        reason = "stopped"
         try:
             reason = self._follow()
         except PodGone:
@@ -313,6 +304,8 @@ class _Stream:
                 return "gone"
             ctr = pod.container(fetcher.container)
             if ctr is None or not ctr.container_id or not ctr.running:
+                if ctr is not None and ctr.container_id:
+                    self._final_read(ctr.container_id)
                 return "stopped_container"
             field_ = f"{self.uid}/{ctr.name}"
             raw = ledger.cursor_raw(field_)
@@ -349,7 +342,17 @@ class _Stream:
                 return "broken"
             if empty and self._stopped.wait(REOPEN_WAIT * 2 ** (empty - 1)):
                 break
-        return self.stop_reason
+        return "stopped"
+
+    def _final_read(self, container_id: str) -> None:
+        """The container stopped: read its log from the cursor to its end before letting go
+        (a plain read, which records the pod as read to its end), and say so
+        (``Ledger.mark_read_to_end``) for the pod watcher, which may find the pod gone before its
+        own final read (the lease kept it from reading while the stream ran)."""
+        fetcher = self.follower.fetcher
+        summary = fetcher.fetch(self.name, self.uid)
+        if summary.get("status") == FetchStatus.OK and summary.get("cut") is False:
+            fetcher.ledger.mark_read_to_end(self.uid, container_id)
 
     def _consume(self, pod: Pod, ctr: Container, field_: str, raw: str, cursor: Cursor, start_at: int,
                  chunks: queue.Queue[bytes | _End]) -> str:
@@ -382,7 +385,7 @@ class _Stream:
                     self._check_behind(cursor.high_ns)
                 else:
                     self.warned_behind = False  # caught up: a later fall behind is warned about again
-        return self.ended if self.ended in ("idle", self.stop_reason) else ""
+        return self.ended if self.ended in ("idle", "stopped") else ""
 
     def _old(self, n: int, cursor: Cursor) -> None:
         """The stream sent lines stamped more than ``LOG_REORDER_WINDOW`` before its newest
@@ -439,7 +442,7 @@ class _Stream:
                     self.ended = "idle"
                 return
             if isinstance(item, _End):
-                self.ended = self.stop_reason if self._stopped.is_set() else item.reason
+                self.ended = "stopped" if self._stopped.is_set() else item.reason
                 return
             self.last_byte = time.monotonic()
             taken += len(item)

@@ -254,6 +254,18 @@ class Ledger:
         consumed (ns)."""
         return f"{marker} {'-' if end_at is None else f'{end_at:.3f}'} {high_ns}"
 
+    def mark_read_to_end(self, uid: str, container_id: str, ttl: int = 600) -> None:
+        """Say that container ``container_id`` of pod ``uid`` had stopped and its log was
+        read to its end (by its follower, ``app/follow.py``), for the pod watcher, which may
+        find the pod gone before its own final read. Kept ``ttl`` seconds."""
+        self.r.set(self.k("readtoend", uid), container_id, ex=ttl)
+
+    def read_to_end(self, uid: str) -> str:
+        """The container of pod ``uid`` whose log ``mark_read_to_end`` says was read to its
+        end ("" when none)."""
+        raw = self.r.get(self.k("readtoend", uid))
+        return raw.decode() if raw else ""
+
     def note_read_failure(self, field: str) -> None:
         """A read of source ``field`` (a pod's uid, ``file:<identity>``) failed: from the first such failure since its last
         commit, the source holds sealing back at most ``SEAL_MAX_WAIT``."""

@@ -51,6 +51,7 @@ the deletion when the container was never seen to finish; and a WARNING.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
@@ -65,6 +66,7 @@ from dataclasses import dataclass
 
 import redis
 
+from app import follow
 from app.errors import KubeError, KubeForbidden, WatchExpired
 from app.fetching import fmt_ns
 from app.kube import LogSource, Pod, PodEvent
@@ -86,6 +88,9 @@ LIVE_EVERY = 5.0  # the file is rewritten this often while the loop runs...
 LIVE_BUDGET = 60  # ...valid this long (a read can block the loop's exit for 30 s)
 SETTLED_KEPT = 10_000  # uids of gone pods remembered, so a pod is settled once
 
+# Seconds between two reads of a terminated pod that its follower still holds
+# (app/follow.py): the follower reads it to the end and lets go within a second or so.
+FOLLOWED_RETRY = 0.2
 # Outcomes after which the pod is read again at once rather than at the next tick.
 _AGAIN_AT_ONCE = {FetchStatus.CONFLICT, FetchStatus.RESTARTED}
 # Outcomes of a complete read (everything up to the end of the log when it started).
@@ -241,6 +246,10 @@ class PodTracker:
             st.due = max(now, st.read_started + self.interval)
         elif st.again or cut or status in _AGAIN_AT_ONCE:
             st.due = now
+        elif status == FetchStatus.FOLLOWED and st.exited:
+            # Its follower reads it to the end and lets go once its stream ends with the
+            # container: read again soon after, before the pod (and its log) goes.
+            st.due = now + FOLLOWED_RETRY
         elif st.deleting and not st.final_read:
             st.due = max(now, st.read_started + self.interval)
         return []
@@ -373,6 +382,9 @@ class Watcher:
                 log.info("watch: pod %s is gone; its log was read to the end", st.name)
             return
         try:
+            if st.container_id and self.ledger.read_to_end(st.uid) == st.container_id:
+                log.info("watch: pod %s is gone; its follower read its log to the end", st.name)
+                return
             if self.ledger.start_at_ns() is None:
                 log.warning("watch: pod %s is gone unread, and the ledger is not initialised", st.name)
                 return
@@ -488,7 +500,9 @@ def run(stop: threading.Event, health_dir: str | None = None, lease_seconds: flo
     except KubeError as e:
         log.error("watch: %s", e)
         return 1
-    watcher = Watcher(fetcher.source, fetcher.fetch, ledger, container=s.traefik_container,
+    # Through the follow lease, as the rounds read (a busy followed pod is its follower's).
+    watcher = Watcher(fetcher.source, functools.partial(follow.fetch_heeding_lease, fetcher), ledger,
+                      container=s.traefik_container,
                       interval=s.terminating_read_interval)
     lease = Lease(ledger.r, ledger.k("watcher", "leader"), lease_seconds)
     renew_every = min(RENEW_EVERY, lease_seconds / 3)

@@ -9,6 +9,7 @@ restart, stop mid-stream, the rounds racing the follower)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import queue
 import random
 import threading
@@ -500,7 +501,14 @@ def test_the_rounds_racing_the_follower_through_bursts_and_rotations(tmp_path, m
             time.sleep(1.6)  # quiet: the rounds probe
         stop.set()
         th.join()
-        wait_until(lambda: committed(ledger) == traffic.expected(), 20, interval=0.1, what="all committed")
+        try:
+            wait_until(lambda: committed(ledger) == traffic.expected(), 20, interval=0.1, what="all committed")
+        except TimeoutError:
+            got, want = committed(ledger), traffic.expected()
+            raise AssertionError(
+                f"requests got {sum(v['requests'] for v in got.values())}, want "
+                f"{sum(v['requests'] for v in want.values())}; unserved {len(fk.unserved(POD))}, "
+                f"gaps {ledger.gaps()}, stats {ledger.stats()}, statuses {statuses[-10:]}") from None
         fol.stop(10)
         assert committed(ledger) == traffic.expected()
         assert fk.unserved(POD) == [] and ledger.gaps() == [], statuses
@@ -617,25 +625,22 @@ def test_a_newest_file_and_its_second_sending_in_one_chunk_are_billed_once(fake,
 # --------------------------------------------------------------------------------------
 # The fourth review. The pod watcher read a followed terminating pod without looking at
 # its lease: its read committed under the follower, which let go with the tail of a
-# renamed file it had taken (lost, a gap record): still open, the test below is an
-# expected failure. And a quiet followed pod whose last write filled the file was never
-# recorded by a probe (the renamed file's lines are not in the new one, so the probe
-# cannot tell the follower read them): it held sealing back until the follower let go,
-# 60 s. Now such a probe asks for the pod back (followback:<uid>): its follower, quiet,
-# lets go, and the next read records it.
+# renamed file it had taken (lost, a gap record). And a quiet followed pod whose last
+# write filled the file was never recorded by a probe (the renamed file's lines are not
+# in the new one, so the probe cannot tell the follower read them): it held sealing back
+# until the follower let go, 60 s. Now the watcher reads through the lease as the rounds
+# do (follow.fetch_heeding_lease), and the follower of a stopped container reads it to
+# the end before letting go and says so (readtoend:<uid>, for a pod gone before the
+# watcher's own final read). The second is still open (an expected failure below).
 # --------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="known, open: the pod watcher reads a followed pod without heeding its "
-                   "lease (app/watch.py passes Fetcher.fetch); reading through follow.fetch_heeding_lease made the "
-                   "watcher's final read of a terminated pod wait for the follower, and the pod vanished first in "
-                   "test_event_time.py::test_rolling_update_of_traefik (a false gap record)")
 def test_the_watchers_read_of_a_followed_terminating_pod_loses_nothing(fake, source, ledger, fetcher):
     follower1s = Follower(fetcher, max_pods=4, min_rate=1.0, slice_seconds=1.0)  # the production slice
     try:
         base = Traffic(seed=4001)
         uid = first_read(fake, fetcher, base)
-        watcher_read = make_fetcher(source, ledger).fetch  # what app/watch.py reads with
+        watcher_read = functools.partial(follow.fetch_heeding_lease, make_fetcher(source, ledger))  # app/watch.py's
         fake.terminate(POD, 30)  # a rolling update: the watcher reads the pod every second
         assert follower1s.offer(POD, uid)
         wait_until(lambda: fake.follow_readers(POD) == 1, 10, interval=0.05, what="the stream open")
@@ -646,16 +651,27 @@ def test_the_watchers_read_of_a_followed_terminating_pod_loses_nothing(fake, sou
             append_locked(fake, u.lines(30), t, rotate_bytes=1)  # the file fills: renamed
             append_locked(fake, v.lines(20), t + NS // 100, rotate_bytes=None)  # the new file
         wait_until(lambda: fake.unserved(POD) == [], 5, interval=0.01, what="the follow stream has every line")
-        watcher_read(POD, uid)
+        assert watcher_read(POD, uid)["status"] == FetchStatus.FOLLOWED
+        want = plus(base.expected(), u.expected(), v.expected())
+        wait_until(lambda: committed(ledger) == want, 10, interval=0.05, what="the follower's commit")
+        cid = fake.container_id(POD)
+        fake.exit_container(POD)
         wait_until(lambda: follower1s.following() == [], 10, interval=0.05, what="the follower letting go")
-        fetcher.fetch(POD, uid)
-        assert committed(ledger) == plus(base.expected(), u.expected(), v.expected())
+        assert ledger.stats().get("follow_ended:stopped_container") == 1
+        # It read the pod to the end before letting go, and says so for the watcher.
+        assert ledger.read_to_end(uid) == cid
+        assert ledger.read_records()[uid].end_at is not None
+        assert watcher_read(POD, uid)["status"] == FetchStatus.OK  # the watcher's final read
+        assert committed(ledger) == want and ledger.gaps() == []
     finally:
         follower1s.stop(10)
 
 
-def test_a_quiet_followed_pod_whose_file_was_renamed_is_handed_back_and_recorded(fake, source, ledger, fetcher,
-                                                                               follower):
+@pytest.mark.xfail(strict=True, reason="known, open: a probe cannot record a followed pod whose file was renamed "
+                   "since the cursor's lines; the pod holds sealing back until its follower lets go (IDLE_RELEASE, "
+                   "60 s). A hand-back to the rounds fixed this but made a bursty busy pod go back to polling "
+                   "after each quiet rotation (test_the_rounds_racing_the_follower... then lost lines)")
+def test_a_quiet_followed_pod_whose_file_was_renamed_is_recorded_soon(fake, source, ledger, fetcher, follower):
     base = Traffic(seed=4101)
     uid = first_read(fake, fetcher, base)
     assert follower.offer(POD, uid)
@@ -669,10 +685,8 @@ def test_a_quiet_followed_pod_whose_file_was_renamed_is_handed_back_and_recorded
     rounds = make_fetcher(source, ledger)
     wait_until(lambda: lease_of(ledger, uid) is Lease.QUIET, 10, interval=0.05, what="the stream quiet")
     began = ledger.now()
-    assert follow.fetch_heeding_lease(rounds, POD, uid)["status"] == FetchStatus.FOLLOWED  # a probe: no record
-    wait_until(lambda: follower.following() == [], 5, interval=0.05, what="the pod handed back")
-    assert ledger.stats().get("follow_ended:handed_back") == 1
-    assert follow.fetch_heeding_lease(rounds, POD, uid)["status"] == FetchStatus.OK  # a round's read
+    for _ in range(4):  # rounds a second apart
+        follow.fetch_heeding_lease(rounds, POD, uid)
+        time.sleep(1.0)
     rec = ledger.read_records()[uid]
     assert rec.end_at is not None and rec.end_at >= began
-    assert committed(ledger) == want and ledger.gaps() == []

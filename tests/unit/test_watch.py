@@ -240,6 +240,7 @@ class FakeLedger:
     def __init__(self, cursors: dict[str, str] | None = None) -> None:
         self.cursors = cursors or {}
         self.gaps: list[dict] = []
+        self.read_to_end_by: dict[str, str] = {}  # uid -> container id (Ledger.mark_read_to_end)
 
     def start_at_ns(self) -> int:
         return 0
@@ -249,6 +250,9 @@ class FakeLedger:
 
     def record_gap(self, gap: dict) -> None:
         self.gaps.append(gap)
+
+    def read_to_end(self, uid: str) -> str:
+        return self.read_to_end_by.get(uid, "")
 
     def now(self) -> float:
         return time.time()
@@ -405,3 +409,37 @@ def test_the_watcher_refuses_a_file_log_source(monkeypatch, caplog):
     monkeypatch.setattr(runtime, "settings", lambda: s)
     assert watch.run(threading.Event()) == 2
     assert "LOG_SOURCE=file: there are no Traefik pods to watch" in caplog.text
+
+
+def test_a_terminated_pod_its_follower_holds_is_read_again_soon(tr):
+    """The pod's follower holds it (FOLLOWED): it reads it to the end and lets go once its
+    stream ends with the container, so the final read is tried again every
+    FOLLOWED_RETRY, not every interval; before the exit, at the interval."""
+    from app.watch import FOLLOWED_RETRY
+
+    tr.sync([pod(deleting=True)], 0.0, 0)
+    read(tr, 0.0, FetchStatus.FOLLOWED)
+    assert tr.next_due() == INTERVAL
+    tr.event(event("MODIFIED", pod(deleting=True, exited=True)), 0.5, 0)
+    assert read(tr, 0.5, FetchStatus.FOLLOWED) == ["traefik-0"]
+    st = tr.pods["u0"]
+    assert not st.final_read and tr.next_due() == pytest.approx(0.5 + FOLLOWED_RETRY)
+    assert read(tr, 0.5 + FOLLOWED_RETRY) == ["traefik-0"] and st.final_read
+
+
+def test_a_pod_its_follower_read_to_the_end_gets_no_gap_when_it_goes_first():
+    """The watcher's reads found the pod followed (FOLLOWED) until it went; its follower
+    read it to the end after the exit and said so (``Ledger.mark_read_to_end``): no gap.
+    The same pod without that mark gets one (test above)."""
+    exited = pod(deleting=True, exited=True, rv="3")
+    ledger = FakeLedger()
+    ledger.read_to_end_by = {"u0": "containerd://c0"}
+    reads = Reads(FetchStatus.FOLLOWED)
+    script = Script([[pod(deleting=True)]], [[
+        lambda: len(reads.calls) >= 1,
+        event("MODIFIED", exited),
+        lambda: len(reads.calls) >= 2,
+        event("DELETED", exited),
+    ]])
+    lead(script, reads, ledger, lambda: script.done.is_set())
+    assert ledger.gaps == []
