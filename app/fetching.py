@@ -325,7 +325,7 @@ def consume(
     # A follow stream: the texts of this read's lines stamped at the newest stamp, and the
     # cursor's fingerprints at its own newest, so that a line at the newest stamp (lines
     # that share one: CRI-O, a burst) is checked against those lines only, not the window.
-    at_high: list[bytes] = []
+    at_high: set[bytes] = set()
     cursor_at_high: set[bytes] | None = None
     unfolded: list[tuple[int, list[bytes], list[bytes]]] = []  # batch-path batches not in ``recent`` yet
     before_start = 0
@@ -357,7 +357,7 @@ def consume(
                 if top > high:
                     high = top
                 if follow:  # _no_repeat_inside: the heads are sorted, those at the top come last
-                    at_high = texts[heads.index(heads[-1]):]
+                    at_high = set(texts[heads.index(heads[-1]):])
                 tail_batches.append((top, heads, texts))
                 if recent is not None:
                     unfolded.append((top, heads, texts))
@@ -464,9 +464,10 @@ def consume(
                 recent[k] = recent.get(k, 0) + 1
             if ts > high:
                 high = ts
-                at_high = []
-            if follow and ts == high:
-                at_high.append(text)
+                if follow:
+                    at_high = {text}
+            elif follow and ts == high:
+                at_high.add(text)
             if ts >= high - window_ns:
                 tail.append((ts, text))
                 if len(tail) >= prune_at:
@@ -591,15 +592,18 @@ class Fetcher:
         self.window = reorder_window_ns
         self.max_line = max_line_bytes
 
-    def fetch(self, name: str, uid: str, deadline: float | None = None, probe: bool = False) -> dict:
+    def fetch(self, name: str, uid: str, deadline: float | None = None, probe: bool = False,
+              quiet_at: float | None = None) -> dict:
         """Read one pod from its cursor and commit. Handled errors are returned, never
         raised; ``FetchTimeLimitExceeded`` is raised once ``deadline``
         (``time.monotonic()`` seconds) has passed during a read, with nothing committed.
 
-        ``probe``: the pod is followed (``app/follow.py``) and its stream is quiet. The
-        read commits its read record only when it found nothing new (every line of the log
-        was consumed when the read started); what it found new is the follower's to count
-        (status ``FOLLOWED``)."""
+        ``probe``: the pod is followed (``app/follow.py``) and its stream is quiet
+        (``quiet_at``: the Redis time, s, its lease last said so). The read commits its
+        read record only when it found nothing new (every line of the log was consumed when
+        the read started, or, the file renamed since, by ``quiet_at - STALLED_AFTER``);
+        what it found new is the follower's to count (status ``FOLLOWED``). See
+        ``_probe_read_at``."""
         ns = self.source.namespace
         try:
             start_at = self.ledger.start_at_ns()
@@ -609,7 +613,7 @@ class Fetcher:
                     "initialised; refusing to read logs (that would bill them again). Run "
                     "`traefik-metrics-scraper init-ledger --start-at <time of the last report delivered>`"
                 )
-            return self._fetch(ns, name, uid, start_at, deadline, probe)
+            return self._fetch(ns, name, uid, start_at, deadline, probe, quiet_at)
         except LedgerLost as e:
             log.error("fetch %s/%s: %s", ns, name, e, extra={"pod": name, "namespace": ns, "outcome": "ledger_lost"})
             return {"pod": name, "status": FetchStatus.LEDGER_LOST}
@@ -630,7 +634,8 @@ class Fetcher:
             self.ledger.note_read_failure(uid)
             return {"pod": name, "status": FetchStatus.KUBE_ERROR}
 
-    def _fetch(self, ns: str, name: str, uid: str, start_at: int, deadline: float | None, probe: bool = False) -> dict:
+    def _fetch(self, ns: str, name: str, uid: str, start_at: int, deadline: float | None, probe: bool = False,
+               quiet_at: float | None = None) -> dict:
         pod = self.source.get_pod(name, deadline)
         if pod.uid != uid:
             raise PodGone(f"{name} now has uid {pod.uid}")
@@ -668,30 +673,47 @@ class Fetcher:
             self.max_line,
             self.ledger.ri,
         )
-        if probe and not self._probe_commits(pod, ctr, cursor, res, read_at):
-            summary["status"] = FetchStatus.FOLLOWED
-            return summary
+        if probe:
+            probe_read_at = self._probe_read_at(pod, cursor, res, read_at, quiet_at)
+            if probe_read_at is None:
+                summary["status"] = FetchStatus.FOLLOWED
+                return summary
+            read_at = probe_read_at
         self._commit(pod, ctr, field_, raw, res, summary, ctr.container_id, read_at, deadline=deadline)
         return summary
 
-    def _probe_commits(self, pod: Pod, ctr: Container, cursor: Cursor, res: ReadResult, read_at: float) -> bool:
-        """Whether a probe of a followed pod commits (``fetch(probe=True)``): when it found
-        nothing new and met the cursor's own lines again (the file was not renamed since:
-        the follower may still be reading the renamed one), it records the read; when it
-        found new lines stamped more than ``STALLED_AFTER`` seconds before it started, the
-        follow stream has stalled (a connection gone silent), and the probe counts them
-        itself (the follower's next commit then conflicts, and it lets the pod go);
-        otherwise the new lines are the follower's."""
+    def _probe_read_at(self, pod: Pod, cursor: Cursor, res: ReadResult, read_at: float,
+                       quiet_at: float | None) -> float | None:
+        """The time up to which a probe of a followed pod (``fetch(probe=True)``) records
+        the pod as read (its read record's ``end_at``), or None for no commit:
+
+        * nothing new, and the cursor's own lines met again (the file was not renamed
+          since): every line stamped before the read was counted; ``read_at``.
+        * nothing new, none of the cursor's lines (the file was renamed since, and the
+          follower may still be reading the renamed one): when the lease said QUIET at
+          ``quiet_at`` (no byte for a while, and every byte taken committed), every line
+          written more than ``STALLED_AFTER`` before it had been delivered by then (the
+          kubelet's follow reader reads the renamed file to its end before it opens the
+          new one), and so committed; ``quiet_at - STALLED_AFTER``. Without it, None. A
+          stream stalled on the renamed file's tail (a connection gone silent) delivers it
+          late (counted, as amendments if its interval is sealed) or never (lost either
+          way: the kubelet serves the current file only).
+        * new lines stamped more than ``STALLED_AFTER`` before the read: the follow
+          stream has stalled, and the probe counts them itself (the follower's next
+          commit then conflicts, and it lets the pod go); ``read_at``.
+        * other new lines are the follower's: None."""
         if res.consumed == 0:
-            return res.matched > 0 or not cursor.seen
+            if res.matched > 0 or not cursor.seen:
+                return read_at
+            return None if quiet_at is None else min(read_at, quiet_at - STALLED_AFTER)
         if res.first_new_ns is None or res.first_new_ns >= (read_at - STALLED_AFTER) * 1_000_000_000:
-            return False
+            return None
         log.warning("fetch %s/%s: the follow stream has not delivered lines stamped from %s on, %.0f s before this "
                     "read; counted by this read, and the follower lets the pod go", pod.namespace, pod.name,
                     fmt_ns(res.first_new_ns), read_at - res.first_new_ns / 1e9,
                     extra={"pod": pod.name, "namespace": pod.namespace, "outcome": "follow_stalled"})
         self.ledger.incr({"follow_stalled": 1})
-        return True
+        return read_at
 
     def _drain_previous(self, pod: Pod, ctr: Container, field_: str, raw: str, cursor: Cursor, start_at: int, summary: dict,
                         deadline: float | None):

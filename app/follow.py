@@ -24,10 +24,11 @@ How:
 * While a pod is followed the rounds do not read it (their fetch sees the lease:
   ``FetchStatus.FOLLOWED``). When the lease says the stream is quiet (no byte taken for
   ``FETCH_MIN_INTERVAL``, none waiting, all committed), a round's fetch reads the pod as
-  a *probe*: it commits only a read record, and only when the read found nothing new
-  and met the cursor's lines, so a quiet followed pod moves the watermark by its reads
-  as any pod does; lines it finds that the stream should have delivered long ago it
-  counts itself (``Fetcher.fetch(probe=True)``).
+  a *probe*: it commits only a read record, and only when the read found nothing new:
+  up to its start when it met the cursor's lines, else (the file renamed since) up to
+  the lease's renewal less ``STALLED_AFTER``; so a quiet followed pod moves the
+  watermark by its reads as any pod does. Lines it finds that the stream should have
+  delivered long ago it counts itself (``Fetcher.fetch(probe=True)``).
 * A follower lets a pod go (deletes the lease; the rounds read it again) when its
   container stops or waits to restart, or the pod goes, when a commit meets another
   one's cursor, after ``IDLE_RELEASE`` seconds without a byte, after
@@ -108,6 +109,13 @@ def lease_of(ledger: Ledger, uid: str) -> Lease | None:
     worker stopped without letting go, killed, or hung; the rounds read the pod again, and
     the cursor's compare-and-set keeps a late commit of the follower out). Raises
     ``redis.RedisError``."""
+    seen = lease_seen(ledger, uid)
+    return None if seen is None else seen[0]
+
+
+def lease_seen(ledger: Ledger, uid: str) -> tuple[Lease, float | None] | None:
+    """``lease_of``, with the Redis time (s) of the lease's last renewal, which said that
+    state (None for a lease not renewed yet). Raises ``redis.RedisError``."""
     key = lease_key(ledger, uid)
     with ledger.r.pipeline(transaction=False) as pipe:
         pipe.get(key)
@@ -115,25 +123,29 @@ def lease_of(ledger: Ledger, uid: str) -> Lease | None:
         raw, pttl = pipe.execute()
     if not raw or pttl < (LEASE_TTL - STALE_AFTER) * 1000:
         return None
-    state = raw.decode().rpartition(" ")[2]
-    return Lease.QUIET if state == Lease.QUIET else Lease.BUSY
+    _, state, renewed = (raw.decode().split(" ") + [""])[:3]
+    return (Lease.QUIET if state == Lease.QUIET else Lease.BUSY), (float(renewed) if renewed else None)
 
 
 def fetch_heeding_lease(fetcher: Fetcher, name: str, uid: str, deadline: float | None = None) -> dict:
     """``fetcher.fetch(name, uid, deadline)`` for a pod that may be followed, by this
     process or another: its lease BUSY, no read (status ``FOLLOWED``: its follower reads
-    it); QUIET, a probe (``fetch(probe=True)``); none, stale or unreadable, a read (the
-    cursor's compare-and-set keeps it exact). The rounds' fetch task and the pod watcher
-    read pods through it: a read of a busy followed pod would commit under its follower,
-    which would then let go with what it held of a renamed file (lost, a gap record)."""
+    it); QUIET, a probe (``fetch(probe=True, quiet_at=<the lease's renewal>)``); none, stale
+    or unreadable, a read (the cursor's compare-and-set keeps it exact). The rounds' fetch
+    task and the pod watcher read pods through it: a read of a busy followed pod would
+    commit under its follower, which would then let go with what it held of a renamed file
+    (lost, a gap record)."""
     try:
-        lease = lease_of(fetcher.ledger, uid)
+        seen = lease_seen(fetcher.ledger, uid)
     except redis.RedisError as e:
         log.warning("fetch %s: could not look at its follow lease: %s", name, type(e).__name__)
-        lease = None
+        seen = None
+    if seen is None:
+        return fetcher.fetch(name, uid, deadline)
+    lease, renewed = seen
     if lease is Lease.BUSY:
         return {"pod": name, "status": FetchStatus.FOLLOWED}
-    return fetcher.fetch(name, uid, deadline, probe=lease is Lease.QUIET)
+    return fetcher.fetch(name, uid, deadline, probe=True, quiet_at=renewed)
 
 
 class Follower:

@@ -13,7 +13,7 @@ from unittest.mock import ANY
 import pytest
 
 from app import follow
-from app.follow import Follower, Lease, lease_of
+from app.follow import Follower, Lease, lease_of, lease_seen
 from app.model import Cursor, FetchStatus
 from sim.fake_kube import FakeKube
 from sim.procs import wait_until
@@ -52,6 +52,21 @@ def test_a_followed_pod_rotated_every_half_second_loses_nothing(fake, ledger, fe
     assert lease_of(ledger, uid) is None
     assert ledger.stats().get("follow_ended:stopped") == 1
     assert committed(ledger) == traffic.expected()
+
+
+def test_the_lease_says_its_state_and_when_it_was_renewed(fake, ledger, fetcher, follower):
+    """A probe of a pod whose file was renamed records it up to the lease's renewal time
+    (less STALLED_AFTER): the renewal writes Redis's time with the state."""
+    traffic = Traffic(seed=13, tunnels=5)
+    uid = first_read(fake, fetcher, traffic)
+    assert follower.offer(POD, uid)
+    assert lease_seen(ledger, uid) == (Lease.BUSY, None)  # taken, not renewed yet
+    wait_until(lambda: lease_seen(ledger, uid)[0] is Lease.QUIET, 10, interval=0.05, what="the lease saying quiet")
+    first = lease_seen(ledger, uid)[1]
+    assert first is not None and ledger.now() - 2 * follow.TICK - 0.1 <= first <= ledger.now()
+    wait_until(lambda: lease_seen(ledger, uid)[1] > first, 5, interval=0.05, what="a renewal after it")
+    follower.stop(10)
+    assert lease_seen(ledger, uid) is None
 
 
 def test_without_the_follower_the_same_traffic_loses_lines(fake, ledger, fetcher):
