@@ -14,6 +14,7 @@ a redelivered, duplicated or concurrent fetch changes nothing twice.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import logging
 import operator
@@ -340,34 +341,24 @@ def consume(
     for chunk in chunks:
         res.received += len(chunk)
         lines = framer.feed(chunk)
+        batch = None  # (lines, their _uniform_batch) the batch path takes whole
         if len(lines) >= FAST_BATCH_MIN and not check_gap:
             # Batch path (see _uniform_batch): past the cursor's lines, every line of a batch
             # in one interval with a well-formed stamp at or after F and the ledger's start is
             # new and counted, so the batch goes to its interval whole. The same outcome as
             # the per-line walk below, which takes every other batch.
-            batch = _uniform_batch(lines, ri_ns)
-            if (batch is not None and batch[0] >= floor and batch[0] >= start_at_ns
-                    and (not follow or (batch[0] > high and _no_repeat_inside(lines, batch[3])))):
-                low, top, prev_ts, heads = batch
-                if not past_consumed:
-                    res.first_new_ns = parse_timestamp(heads[0])[0]  # type: ignore[index]  # checked by _uniform_batch
-                past_consumed = True
-                texts = list(map(_AFTER_STAMP, lines))
-                res.consumed += len(lines)
-                if top > high:
-                    high = top
-                if follow:  # _no_repeat_inside: the heads are sorted, those at the top come last
-                    at_high = set(texts[heads.index(heads[-1]):])
-                tail_batches.append((top, heads, texts))
-                if recent is not None:
-                    unfolded.append((top, heads, texts))
-                while tail_batches and tail_batches[0][0] < high - window_ns:
-                    tail_batches.popleft()
-                if len(tail_batches) >= batches_prune_at:  # stamps went back: stale ones behind a fresh one
-                    tail_batches = deque(b for b in tail_batches if b[0] >= high - window_ns)
-                    batches_prune_at = max(16, 2 * len(tail_batches))
-                sums.add_many(low, texts)
-                continue
+            whole = _uniform_batch(lines, ri_ns)
+            if whole is not None and whole[0] >= floor and whole[0] >= start_at_ns:
+                if not follow or (whole[0] > high and _no_repeat_inside(lines, whole[3])):
+                    batch, lines = (lines, whole), []
+                elif whole[0] == high and past_consumed and _no_repeat_inside(lines, whole[3]):
+                    # A follow stream's chunk that starts with lines at the newest stamp
+                    # (lines that share a stamp, cut by a chunk's end): whole too when
+                    # none of those is one the walk would take for a repeat.
+                    if high == old_high and cursor_at_high is None:
+                        cursor_at_high = {fp for s, fp, _ in cursor.seen if s == old_high}
+                    if _new_at_high(lines, whole[3], high, at_high, cursor_at_high if high == old_high else None):
+                        batch, lines = (lines, whole), []
         for line in lines:
             parsed = parse_timestamp(line)
             if parsed is None:
@@ -480,6 +471,29 @@ def consume(
                 before_start += 1
                 continue
             sums.add(ts, text)
+        if batch is not None:
+            taken, (low, top, prev_ts, heads) = batch
+            if not past_consumed:
+                res.first_new_ns = parse_timestamp(heads[0])[0]  # type: ignore[index]  # checked by _uniform_batch
+            past_consumed = True
+            texts = list(map(_AFTER_STAMP, taken))
+            res.consumed += len(taken)
+            if follow:  # _no_repeat_inside: the heads are sorted, those at the top come last
+                if top > high:
+                    at_high = set(texts[heads.index(heads[-1]):])
+                else:  # every line at the newest stamp (_new_at_high)
+                    at_high.update(texts)
+            if top > high:
+                high = top
+            tail_batches.append((top, heads, texts))
+            if recent is not None:
+                unfolded.append((top, heads, texts))
+            while tail_batches and tail_batches[0][0] < high - window_ns:
+                tail_batches.popleft()
+            if len(tail_batches) >= batches_prune_at:  # stamps went back: stale ones behind a fresh one
+                tail_batches = deque(b for b in tail_batches if b[0] >= high - window_ns)
+                batches_prune_at = max(16, 2 * len(tail_batches))
+            sums.add_many(low, texts)
     res.agg = sums.finish()
     res.parts = sums.partials()
     res.cut = res.received >= limit_bytes
@@ -544,6 +558,18 @@ def _no_repeat_inside(lines: list[bytes], heads: list[bytes]) -> bool:
     if not any(map(operator.eq, heads, itertools.islice(heads, 1, None))):
         return True
     return len(set(lines)) == len(lines)
+
+
+def _new_at_high(lines: list[bytes], heads: list[bytes], high_ns: int, at_high: set[bytes],
+                 cursor_at_high: set[bytes] | None) -> bool:
+    """Whether none of a follow batch's leading lines stamped ``heads[0]`` (the newest
+    stamp, ``high_ns``) is a repeat for the per-line walk: neither among the lines this
+    read consumed at that stamp (``at_high``), nor among the cursor's at that stamp
+    (``cursor_at_high``, fingerprints; None when this read consumed a newer line)."""
+    lead = list(map(_AFTER_STAMP, lines[:bisect.bisect_right(heads, heads[0])]))  # sorted: _no_repeat_inside
+    if not at_high.isdisjoint(lead):
+        return False
+    return cursor_at_high is None or not any(fingerprint(high_ns, text) in cursor_at_high for text in lead)
 
 
 def _stamped(batches: Iterable[tuple[int, list[bytes], list[bytes]]], since_ns: int) -> Iterator[tuple[int, bytes]]:

@@ -75,6 +75,7 @@ NO_LIMIT = 1 << 62  # a follow stream is not cut at limitBytes
 # behind (half the kubelet's 10 s rotation check: a file can be renamed at each check).
 BEHIND_WARN = 5.0
 QUEUED_CHUNKS = 4  # chunks (256 KiB at most each) read ahead of the count, per stream: 1 MiB at most
+JOIN_BYTES = 256 * 1024  # waiting chunks are joined up to this size before they are counted
 # Bytes after which a slice ends even before its time (a burst, or a stream catching
 # up). Not less: each commit writes the cursor, whose fingerprints cover
 # LOG_REORDER_WINDOW of lines whatever the slice's length, so commits per second times
@@ -443,7 +444,8 @@ class _Stream:
     def _slice(self, chunks: queue.Queue[bytes | _End]) -> Iterator[bytes]:
         """The stream's chunks for one slice: until ``slice_seconds`` have passed (bytes
         or none), or the stream ends or has been silent for ``IDLE_RELEASE``
-        (``self.ended`` says why)."""
+        (``self.ended`` says why). The chunks waiting when one is taken go with it, joined
+        (a stream catching up: ``consume()`` pays per chunk as well as per line)."""
         end = time.monotonic() + self.follower.slice_seconds
         taken = 0
         while (left := end - time.monotonic()) > 0 and taken < SLICE_BYTES:
@@ -456,9 +458,25 @@ class _Stream:
             if isinstance(item, _End):
                 self.ended = "stopped" if self._stopped.is_set() else item.reason
                 return
+            joined = [item]
+            size = len(item)
+            end_item: _End | None = None
+            while size < JOIN_BYTES:
+                try:
+                    more = chunks.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(more, _End):
+                    end_item = more
+                    break
+                joined.append(more)
+                size += len(more)
             self.last_byte = time.monotonic()
-            taken += len(item)
-            yield item
+            taken += size
+            yield item if len(joined) == 1 else b"".join(joined)
+            if end_item is not None:
+                self.ended = "stopped" if self._stopped.is_set() else end_item.reason
+                return
 
 
 class _End:

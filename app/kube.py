@@ -364,7 +364,10 @@ class LogSource:
     ) -> Iterator[bytes]:
         """The pod's log with timestamps, as byte chunks, from ``floor(since)`` on.
 
-        Lines may be cut at chunk boundaries, and the last line at ``limit_bytes``.
+        Lines may be cut at chunk boundaries, and the last line at ``limit_bytes``. The
+        chunks are of ``CHUNK`` bytes but the last: the server's own (what each of its
+        writes flushed; the fake API's are 64 KiB) are joined, since ``consume()`` pays
+        per chunk as well as per line (a fifth less per line with 64 KiB ones joined).
         ``deadline`` (``time.monotonic()`` seconds) bounds the whole read: the wait for
         the answer (the read timeout is cut to what is left) and the stream (checked after
         each chunk). Raises ``FetchTimeLimitExceeded`` past it, ``KubeError`` for the
@@ -383,9 +386,17 @@ class LogSource:
             raise
         try:
             try:
-                for chunk in raw.stream(CHUNK, decode_content=True):
-                    yield chunk
+                pending: list[bytes] = []  # what the server sent since the last chunk given
+                size = 0
+                for piece in raw.stream(CHUNK, decode_content=True):
+                    pending.append(piece)
+                    size += len(piece)
+                    if size >= CHUNK:
+                        yield b"".join(pending)
+                        pending, size = [], 0
                     time_left(deadline, what)
+                if pending:
+                    yield b"".join(pending)
             except (urllib3.exceptions.HTTPError, OSError) as e:
                 time_left(deadline, what, e)
                 raise KubeUnavailable(f"{what}: stream broke: {truncate(str(e))}") from e
