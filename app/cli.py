@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Send dead letters again, with their original idempotency keys. "
                        "Exit status 1 when a KEY is not a dead letter.")
     p.add_argument("--all", action="store_true", help="every dead letter")
-    p.add_argument("keys", nargs="*", metavar="KEY", help="<interval start>:<subdomain>, as deadletters lists")
+    p.add_argument("keys", nargs="*", metavar="KEY", help="<interval start>:<subdomain>, as deadletters lists, or the report's "
+                   "Idempotency-Key as the platform got it")
     p.set_defaults(run=replay)
 
     p = sub.add_parser("metrics", help="serve Prometheus metrics read from the ledger",
@@ -191,10 +192,15 @@ def status(a: argparse.Namespace) -> int:
 
 def deadletters(a: argparse.Namespace) -> int:
     from app.ledger import iso
+    from app.reporting import idempotency_key
+    from app.settings import settings_or_exit
 
+    s = settings_or_exit()
     reports = _ledger().dead_letters()
     if a.json:
-        print(json.dumps([{**r.__dict__, "key": str(r.key), "interval": iso(r.start)} for r in reports], indent=2))
+        print(json.dumps([{**r.__dict__, "key": str(r.key), "interval": iso(r.start),
+                           "idempotency_key": idempotency_key(s.scraper_id, r.start, s.report_interval, r.key.name)}
+                          for r in reports], indent=2))
         return 0
     if not reports:
         print("no dead letters")
@@ -210,20 +216,24 @@ def replay(a: argparse.Namespace) -> int:
     if bool(a.all) == bool(a.keys):
         print("traefik-metrics-scraper replay: give --all or KEYs", file=sys.stderr)
         return 2
+    from app.reporting import report_key_of
+    from app.settings import settings_or_exit
+
+    s = settings_or_exit()
     try:
-        wanted = None if a.all else [_report_key(k) for k in a.keys]
-    except argparse.ArgumentTypeError as e:
+        wanted = None if a.all else [_report_key(k) if "/" not in k else report_key_of(k, s.scraper_id, s.report_interval)
+                                     for k in a.keys]
+    except (argparse.ArgumentTypeError, ValueError) as e:
         print(f"traefik-metrics-scraper replay: {e}", file=sys.stderr)
         return 2
     ledger = _ledger()
     from app.celery import app as celery_app
     from app.queues import REPORT_TASK, Queue
-    from app.runtime import settings
 
     keys = [r.key for r in ledger.dead_letters()] if wanted is None else wanted
     revived = [k for k in keys if ledger.revive(k)]
     missing = sorted(set(keys) - set(revived))
-    claimed = ledger.claim(revived, settings().lease_seconds)
+    claimed = ledger.claim(revived, s.lease_seconds)
     for key in claimed:
         celery_app.send_task(REPORT_TASK, (key.start, key.name), queue=Queue.REPORT)
     print(f"replayed {len(claimed)} report(s)")

@@ -33,6 +33,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import redis
 
@@ -58,10 +59,33 @@ class Outcome:
     detail: str = ""
 
 
+_ISO_LEN = len("2026-01-01T00:00:00Z")  # an interval's start as idempotency_key writes it (iso)
+
+
 def idempotency_key(scraper_id: str, start: int, interval: int, sub: str) -> str:
     """``<SCRAPER_ID>:<interval start, ISO>/<interval s>:<sub>``; ``sub`` is a report's
     ``ReportKey.name``, so an amendment's key ends in ``:a<n>``."""
     return f"{scraper_id}:{iso(start)}/{interval}:{sub}"
+
+
+def report_key_of(idempotency: str, scraper_id: str, interval: int) -> ReportKey:
+    """The report whose ``Idempotency-Key`` (``idempotency_key``) is ``idempotency``, as
+    the platform's logs show it. Raises ``ValueError`` when it is not one, or is another
+    scraper's (``SCRAPER_ID``) or of another ``REPORT_INTERVAL``: those name no report of
+    this ledger."""
+    head, sep, name = idempotency.rpartition(f"/{interval}:")  # a report name holds no "/"
+    owner, colon, stamp = head[:-_ISO_LEN - 1], head[-_ISO_LEN - 1:-_ISO_LEN], head[-_ISO_LEN:]
+    try:
+        if not sep or not owner or colon != ":":
+            raise ValueError
+        start = int(datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp())
+    except ValueError:
+        raise ValueError(f"neither a report key nor an Idempotency-Key of REPORT_INTERVAL={interval}: "
+                         f"{idempotency[:120]!r}") from None
+    if owner != scraper_id:
+        raise ValueError(f"an Idempotency-Key of SCRAPER_ID={owner[:60]!r}, not of this scraper "
+                         f"({scraper_id!r}): {idempotency[:120]!r}")
+    return ReportKey.of(start, name)
 
 
 def report_body(rep: Report, interval: int) -> dict:

@@ -316,11 +316,21 @@ def test_wrong_secret_dead_letters_then_replay(pipeline, kube, platform):
         assert r.subdomain in line and "HTTP 401" in line and str(r.bytes_out) in line
     assert SECRET not in listed.stdout + listed.stderr
 
+    listed_json = json.loads(cli(pipeline, "deadletters", "--json").stdout)
+    assert {d["idempotency_key"] for d in listed_json} == failed_keys
+
     bad.stop()
     pipeline.worker(name="fixed")
+    # One by its Idempotency-Key, as the platform's log shows it; another scraper's is refused.
+    first = sorted(failed_keys)[0]
+    foreign = cli(pipeline, "replay", "someone-else" + first[first.index(":"):])
+    assert foreign.returncode == 2 and "SCRAPER_ID='someone-else'" in foreign.stderr, foreign.stderr
+    one = cli(pipeline, "replay", first)
+    assert one.returncode == 0, one.stderr
+    assert "replayed 1 report(s)" in one.stdout
     replayed = cli(pipeline, "replay", "--all")
     assert replayed.returncode == 0, replayed.stderr
-    assert f"replayed {len(dead)} report(s)" in replayed.stdout
+    assert f"replayed {len(dead) - 1} report(s)" in replayed.stdout
     pipeline.wait_quiescent(pods)
 
     assert pipeline.delivered() == traffic.expected()

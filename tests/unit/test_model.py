@@ -82,3 +82,37 @@ def test_cursor_n_counts_the_lines_at_its_highest_stamp():
     cursor = Cursor.build("cid", 10, 5, counts)
     assert (cursor.t_ns, cursor.n, cursor.floor_ns) == (10, 3, 5)
     assert Cursor("cid", 7, 4).n == 4
+
+
+@given(
+    start=st.integers(0, 4_000_000_000).map(lambda s: s - s % 60),
+    sub=st.from_regex(SUBDOMAIN, fullmatch=True),
+    amendment=st.integers(0, 50),
+    scraper=st.from_regex(r"[a-z0-9][a-z0-9:._/-]{0,30}", fullmatch=True),
+)
+def test_a_report_key_is_found_again_from_its_idempotency_key(start, sub, amendment, scraper):
+    """``replay`` takes the Idempotency-Key as the platform's logs show it."""
+    from app.reporting import idempotency_key, report_key_of
+
+    key = ReportKey(start, sub, amendment)
+    assert report_key_of(idempotency_key(scraper, start, 60, key.name), scraper, 60) == key
+
+
+@pytest.mark.parametrize("raw, why", [
+    ("scraper-1:2026-12-01T01:00:00Z/60:alice", ""),
+    ("other:2026-12-01T01:00:00Z/60:alice", "SCRAPER_ID='other'"),
+    ("scraper-1:2026-12-01T01:00:00Z/300:alice", "REPORT_INTERVAL=60"),
+    ("2026-12-01T01:00:00Z/60:alice", "REPORT_INTERVAL=60"),
+    ("scraper-1:2026-12-01T01:00:00/60:alice", "REPORT_INTERVAL=60"),
+    ("scraper-1:2026-13-01T01:00:00Z/60:alice", "REPORT_INTERVAL=60"),
+    ("scraper-1:2026-12-01T01:00:00Z/60:", "not a report name"),
+    ("scraper-1:2026-12-01T01:00:00Z/60:alice:b2", "not a report name"),
+])
+def test_an_idempotency_key_names_a_report_of_this_scraper_and_interval_only(raw, why):
+    from app.reporting import report_key_of
+
+    if not why:
+        assert report_key_of(raw, "scraper-1", 60) == ReportKey(1_796_086_800, "alice")
+        return
+    with pytest.raises(ValueError, match=why.replace("(", r"\(")):
+        report_key_of(raw, "scraper-1", 60)
