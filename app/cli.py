@@ -163,10 +163,10 @@ def init_ledger(a: argparse.Namespace) -> int:
         start = int(s.start_at.timestamp() * 1_000_000_000)
     ledger = _ledger()
     if ledger.initialise(start, force=a.force):
-        print(f"ledger initialised under prefix {s.redis_key_prefix!r}; counting from {ledger.start_at_ns()} ns")
+        print(f"ledger initialised under prefix {s.redis_key_prefix!r}; counting from {_when(ledger.start_at_ns())}")
         return 0
-    print(f"the ledger is already initialised (start_at_ns={ledger.start_at_ns()}); use --force to replace it",
-          file=sys.stderr)
+    print(f"the ledger is already initialised (counting from {_when(ledger.start_at_ns())}); use --force to replace "
+          "it", file=sys.stderr)
     return 1
 
 
@@ -184,10 +184,24 @@ def status(a: argparse.Namespace) -> int:
     }
     if a.json:
         print(json.dumps(doc, indent=2, sort_keys=True))
-    else:
-        for key, value in doc.items():
-            print(f"{key}: {json.dumps(value, sort_keys=True)}")
+        return 0
+    start_at = ledger.start_at_ns()
+    print(f"counting from: {'not initialised' if start_at is None else _when(start_at)}")
+    for key, value in doc.items():
+        if key == "gaps":
+            print(f"gaps: {len(value)} shown (newest first)")
+            for g in value:
+                print(f"  {g.get('pod')} {_when(g.get('from_ns'))} .. {_when(g.get('to_ns'))}: {g.get('reason')}")
+            continue
+        print(f"{key}: {json.dumps(value, sort_keys=True)}")
     return 0
+
+
+def _when(t_ns: int | None) -> str:
+    """A time in ns since the epoch as UTC ISO 8601 with the ns, and the number itself."""
+    from app.fetching import fmt_ns
+
+    return "?" if t_ns is None else f"{fmt_ns(t_ns)} ({t_ns} ns)"
 
 
 def deadletters(a: argparse.Namespace) -> int:

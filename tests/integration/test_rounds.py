@@ -80,14 +80,23 @@ def test_init_ledger_command(r, redis_url):
 
     first = run("--start-at", "2026-11-24T00:00:00Z")
     assert first.returncode == 0, first.stderr
+    assert "counting from 2026-11-24T00:00:00.000000000Z (1795478400000000000 ns)" in first.stdout
     ledger = Ledger(r, "cli", 60)
     assert ledger.start_at_ns() == 1_795_478_400 * 10**9
     again = run("--start-at", "2026-11-25T00:00:00Z")
-    assert again.returncode == 1 and "already initialised" in again.stderr
+    assert again.returncode == 1 and "already initialised (counting from 2026-11-24T00:00:00.000000000Z" in again.stderr
     assert ledger.start_at_ns() == 1_795_478_400 * 10**9
     forced = run("--start-at", "2026-11-25T00:00:00Z", "--force")
     assert forced.returncode == 0
     assert ledger.start_at_ns() == (1_795_478_400 + 86_400) * 10**9
+    ledger.record_gap({"pod": "traefik-0", "from_ns": 1_795_478_401 * 10**9, "to_ns": 1_795_478_402 * 10**9 + 5,
+                       "reason": "the log was rotated past the cursor"})
+    shown = subprocess.run([sys.executable, "-m", "app", "status"], env=env, capture_output=True, text=True, timeout=60,
+                           cwd=str(pathlib.Path(__file__).parents[2]))
+    assert shown.returncode == 0, shown.stderr
+    assert "counting from: 2026-11-25T00:00:00.000000000Z (1795564800000000000 ns)" in shown.stdout
+    assert ("  traefik-0 2026-11-24T00:00:01.000000000Z (1795478401000000000 ns) .. 2026-11-24T00:00:02.000000005Z "
+            "(1795478402000000005 ns): the log was rotated past the cursor") in shown.stdout
 
 
 # plan and merge return what to dispatch ---------------------------------------------------
