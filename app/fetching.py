@@ -704,7 +704,10 @@ class Fetcher:
             if probe_read_at is None:
                 summary["status"] = FetchStatus.FOLLOWED
                 return summary
-            read_at = probe_read_at
+            if probe_read_at < read_at:  # up to the lease's quiet only: not read to its end
+                if self._commit(pod, ctr, field_, raw, res, summary, ctr.container_id, probe_read_at, deadline=deadline):
+                    summary["status"] = FetchStatus.FOLLOWED
+                return summary
         self._commit(pod, ctr, field_, raw, res, summary, ctr.container_id, read_at, deadline=deadline)
         return summary
 
@@ -715,15 +718,18 @@ class Fetcher:
 
         * nothing new, and the cursor's own lines met again (the file was not renamed
           since): every line stamped before the read was counted; ``read_at``.
-        * nothing new, none of the cursor's lines (the file was renamed since, and the
-          follower may still be reading the renamed one): when the lease said QUIET at
-          ``quiet_at`` (no byte for a while, and every byte taken committed), every line
-          written more than ``STALLED_AFTER`` before it had been delivered by then (the
-          kubelet's follow reader reads the renamed file to its end before it opens the
-          new one), and so committed; ``quiet_at - STALLED_AFTER``. Without it, None. A
-          stream stalled on the renamed file's tail (a connection gone silent) delivers it
-          late (counted, as amendments if its interval is sealed) or never (lost either
-          way: the kubelet serves the current file only).
+        * nothing new, none of the cursor's lines, the read not cut (the file was renamed
+          since, and the follower may still be reading the renamed one): when the lease
+          said QUIET at ``quiet_at`` (the Redis time taken before the follower judged it:
+          no byte for a while, and every byte taken committed), every line written more
+          than ``STALLED_AFTER`` before it had been delivered by then (the kubelet's follow
+          reader reads the renamed file to its end before it opens the new one), and so
+          committed; ``quiet_at - STALLED_AFTER``. Without it, None. The fetch then says
+          ``FOLLOWED``, not ``OK``: the pod was not read to its end (the pod watcher must
+          not take it for its final read). A stream stalled on the renamed file's tail (a
+          connection gone silent) delivers it late (counted, as amendments if its
+          interval is sealed) or never (lost either way: the kubelet serves the current
+          file only).
         * new lines stamped more than ``STALLED_AFTER`` before the read: the follow
           stream has stalled, and the probe counts them itself (the follower's next
           commit then conflicts, and it lets the pod go); ``read_at``.
@@ -731,7 +737,9 @@ class Fetcher:
         if res.consumed == 0:
             if res.matched > 0 or not cursor.seen:
                 return read_at
-            return None if quiet_at is None else min(read_at, quiet_at - STALLED_AFTER)
+            if quiet_at is None or res.cut:  # cut before the cursor's lines: not a renamed file
+                return None
+            return min(read_at, quiet_at - STALLED_AFTER)
         if res.first_new_ns is None or res.first_new_ns >= (read_at - STALLED_AFTER) * 1_000_000_000:
             return None
         log.warning("fetch %s/%s: the follow stream has not delivered lines stamped from %s on, %.0f s before this "

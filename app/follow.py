@@ -53,7 +53,7 @@ import queue
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from enum import StrEnum
 
 import redis
@@ -115,8 +115,9 @@ def lease_of(ledger: Ledger, uid: str) -> Lease | None:
 
 
 def lease_seen(ledger: Ledger, uid: str) -> tuple[Lease, float | None] | None:
-    """``lease_of``, with the Redis time (s) of the lease's last renewal, which said that
-    state (None for a lease not renewed yet). Raises ``redis.RedisError``."""
+    """``lease_of``, with the Redis time (s) at which the state held: taken by the
+    follower before it judged the state it renewed the lease with (None for a lease not
+    renewed yet). Raises ``redis.RedisError``."""
     key = lease_key(ledger, uid)
     with ledger.r.pipeline(transaction=False) as pipe:
         pipe.get(key)
@@ -124,8 +125,9 @@ def lease_seen(ledger: Ledger, uid: str) -> tuple[Lease, float | None] | None:
         raw, pttl = pipe.execute()
     if not raw or pttl < (LEASE_TTL - STALE_AFTER) * 1000:
         return None
-    _, state, renewed = (raw.decode().split(" ") + [""])[:3]
-    return (Lease.QUIET if state == Lease.QUIET else Lease.BUSY), (float(renewed) if renewed else None)
+    parts = raw.decode().split(" ")  # "<token> <state>" as taken, "<token> <time> <state>" renewed
+    renewed = float(parts[1]) if len(parts) == 3 else None
+    return (Lease.QUIET if parts[-1] == Lease.QUIET else Lease.BUSY), renewed
 
 
 def fetch_heeding_lease(fetcher: Fetcher, name: str, uid: str, deadline: float | None = None) -> dict:
@@ -214,13 +216,20 @@ class Follower:
         while not self._stopping.wait(TICK):
             with self._lock:
                 streams = list(self._streams.values())
+            try:
+                # Before the states are judged: a QUIET held at this time (a probe dates
+                # what it records from it: Fetcher._probe_read_at).
+                at = f"{self.ledger.now():.6f}"
+            except redis.RedisError as e:
+                log.warning("follow: could not renew the leases: %s", type(e).__name__)
+                continue
             now = time.monotonic()
             for s in streams:
                 if s.releasing:
                     continue
                 state = Lease.QUIET if s.quiet(now) else Lease.BUSY
                 try:
-                    held = self._lease(keys=[lease_key(self.ledger, s.uid)], args=[s.token, state, LEASE_TTL])
+                    held = self._lease(keys=[lease_key(self.ledger, s.uid)], args=[s.token, state, LEASE_TTL, at])
                 except redis.RedisError as e:
                     log.warning("follow %s: could not renew its lease: %s", s.name, type(e).__name__)
                     continue
@@ -260,6 +269,7 @@ class _Stream:
         self.uid = uid
         self.token = token
         self.last_byte = time.monotonic()  # when the last chunk was taken from the stream
+        self.last_received = self.last_byte  # when the reader thread last got a chunk
         self.new_lines = 0  # lines the current stream counted
         self.committed_at = self.last_byte  # when the last slice was committed (or had nothing to)
         self.chunks: queue.Queue[bytes | _End] | None = None
@@ -273,10 +283,14 @@ class _Stream:
 
     def quiet(self, now: float) -> bool:
         """No byte for ``slice_seconds``, none waiting, and every one taken committed:
-        a read of the pod that finds nothing new proves it was read to its end."""
+        a read of the pod that finds nothing new proves it was read to its end. A chunk
+        the reader thread got counts from then, before it is queued."""
         chunks = self.chunks
-        return (now - self.last_byte >= self.follower.slice_seconds and self.committed_at > self.last_byte
-                and (chunks is None or chunks.empty()))
+        return (now - max(self.last_byte, self.last_received) >= self.follower.slice_seconds
+                and self.committed_at > self.last_byte and (chunks is None or chunks.empty()))
+
+    def _received(self) -> None:
+        self.last_received = time.monotonic()
 
     def stop(self) -> None:
         self._stopped.set()
@@ -334,7 +348,8 @@ class _Stream:
                     opened.stop()
             chunks: queue.Queue[bytes | _End] = queue.Queue(maxsize=QUEUED_CHUNKS)
             self.chunks = chunks
-            reader = threading.Thread(target=_read, args=(opened, chunks), name=f"follow-read-{self.name}", daemon=True)
+            reader = threading.Thread(target=_read, args=(opened, chunks, self._received), name=f"follow-read-{self.name}",
+                                      daemon=True)
             reader.start()
             try:
                 outcome = self._consume(pod, ctr, field_, raw, cursor, start_at, chunks)
@@ -458,6 +473,7 @@ class _Stream:
             if isinstance(item, _End):
                 self.ended = "stopped" if self._stopped.is_set() else item.reason
                 return
+            self.last_byte = time.monotonic()  # taken: not quiet while it is counted
             joined = [item]
             size = len(item)
             end_item: _End | None = None
@@ -486,11 +502,12 @@ class _End:
         self.reason = reason
 
 
-def _read(opened: LogFollow, chunks: queue.Queue[bytes | _End]) -> None:
+def _read(opened: LogFollow, chunks: queue.Queue[bytes | _End], received: Callable[[], None]) -> None:
     """A stream's reader thread: its chunks into ``chunks`` (bounded: a slow commit holds
-    the stream back, not memory), then an ``_End``."""
+    the stream back, not memory), each first told to ``received``, then an ``_End``."""
     try:
         for chunk in opened.chunks():
+            received()
             chunks.put(chunk)
         chunks.put(_End("eof"))
     except KubeError as e:

@@ -397,6 +397,7 @@ class LogSource:
                     time_left(deadline, what)
                 if pending:
                     yield b"".join(pending)
+                    time_left(deadline, what)
             except (urllib3.exceptions.HTTPError, OSError) as e:
                 time_left(deadline, what, e)
                 raise KubeUnavailable(f"{what}: stream broke: {truncate(str(e))}") from e

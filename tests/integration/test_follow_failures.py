@@ -18,10 +18,11 @@ import time
 import pytest
 
 from app import follow
-from app.fetching import STALLED_AFTER
-from app.follow import Follower, Lease, lease_of
+from app.fetching import STALLED_AFTER, Fetcher
+from app.follow import Follower, Lease, lease_key, lease_of, lease_seen
 from app.kube import LogSource
 from app.model import Cursor, FetchStatus, fingerprint
+from app.watch import PodTracker, lost_lines
 from sim.fake_kube import FakeKube
 from sim.procs import wait_until
 from tests.followkit import POD, committed, first_read, make_fetcher, plus, write_steadily
@@ -336,7 +337,7 @@ def test_each_episode_of_a_stream_falling_behind_is_counted(fake, ledger, fetche
 
 
 def test_a_silent_stream_does_not_keep_a_busy_pod_unread(fake, ledger, fetcher, source, follower, monkeypatch):
-    def silent(opened, chunks):  # the connection stays open; nothing arrives
+    def silent(opened, chunks, received):  # the connection stays open; nothing arrives
         with contextlib.suppress(Exception):
             for _ in opened.chunks():
                 pass
@@ -557,7 +558,7 @@ def test_a_stream_three_rotations_behind_never_bills_the_newest_file_twice(fake,
                          f"old={stats.get('follow_old_lines')}")
 
 
-def coalescing_read(opened, chunks):
+def coalescing_read(opened, chunks, received):
     """follow._read, with the bytes that are already waiting handed on as one chunk (at
     most 32 KiB), as the apiserver's proxy does (io.Copy into a flushing writer: each Read
     of the kubelet's response returns what its connection holds)."""
@@ -587,6 +588,7 @@ def coalescing_read(opened, chunks):
                 break
             parts.append(nxt)
             size += len(nxt)
+        received()
         chunks.put(b"".join(parts))
         if done:
             break
@@ -695,6 +697,154 @@ def test_a_quiet_followed_pod_whose_file_was_renamed_is_recorded_soon(fake, sour
     wait_until(a_round_recorded_it, 8, interval=1.0, what="a round recording the pod past the probes' start")
     rec = ledger.read_records()[uid]
     assert rec.end_at <= ledger.now() - STALLED_AFTER
-    assert FetchStatus.OK in statuses
+    # Recorded, but not as read to its end (the pod watcher must not take it for its final read).
+    assert set(statuses) == {FetchStatus.FOLLOWED}
     assert follower.following() == [uid] and lease_of(ledger, uid) is Lease.QUIET  # not handed back
     assert committed(ledger) == want and ledger.gaps() == []
+
+
+# Fifth review (of the probe recording a renamed file's pod, 006c2ac, and the joined
+# chunks, dbc242a): a watcher's probe of a stalled follower took for a read to the end
+# (no gap record for the lost tail); a probe cut before the cursor's lines taken for a
+# renamed file (NO PROGRESS for a healthy followed pod); the lease's time taken after the
+# state was judged (a late renewal dated QUIET past a line taken and not committed); a
+# lease form the previous build read as BUSY.
+
+
+def black_hole(opened, chunks, received):
+    """follow._read for a connection black-holed (an apiserver replica gone without a RST):
+    open, nothing ever arrives, and it does not end when the container does; it ends
+    only when the follower stops it (or, in production, at its read timeout, 90 s)."""
+    while not opened.stopped:
+        time.sleep(0.05)
+    opened.release()
+    chunks.put(follow._End("eof"))
+
+
+
+
+def test_a_watchers_probe_of_a_stalled_follower_is_not_a_complete_read(fake, source, ledger, fetcher, monkeypatch):
+    monkeypatch.setattr(follow, "_read", black_hole)
+    follower = Follower(fetcher, max_pods=4, min_rate=1.0, slice_seconds=1.0)
+    try:
+        base = Traffic(seed=9101)
+        uid = first_read(fake, fetcher, base)
+        assert follower.offer(POD, uid)
+        wait_until(lambda: lease_of(ledger, uid) is Lease.QUIET, 10, interval=0.05, what="the lease quiet")
+        fake.terminate(POD, 30)  # a rolling update
+        tail = Traffic(seed=9102)
+        with fake._lock:  # Traefik's last lines fill the file: renamed away
+            append_locked(fake, tail.lines(30), time.time_ns(), rotate_bytes=1)
+        fake.rotate_bytes = None
+        fake.exit_container(POD)
+        time.sleep(0.6)  # a renewal after the writes: still QUIET (nothing arrives)
+        assert lease_of(ledger, uid) is Lease.QUIET
+
+        tracker = PodTracker("", 1.0)  # the watcher's bookkeeping, fed as app/watch.py does
+        tracker.observe(source.get_pod(POD), time.monotonic())
+        (st,) = tracker.start_due(time.monotonic())
+        started = time.time_ns()
+        status = follow.fetch_heeding_lease(make_fetcher(source, ledger), POD, uid)["status"]  # the watcher's read
+        tracker.read_done(uid, status, False, started, time.monotonic(), time.time_ns())
+        fake.delete(POD)  # the pod goes (removal after the exit) before the follower let go
+        settled = tracker.vanished(uid, time.time_ns())
+        lost = committed(ledger) != plus(base.expected(), tail.expected())
+        gap_recorded = bool(settled) and lost_lines(settled[0])
+        assert not lost or gap_recorded, (
+            f"the watcher's read through the lease answered {status!r}: final_read={st.final_read}; the 30 lines of "
+            f"the renamed file are not committed and no gap record would be written")
+    finally:
+        follower.stop(10)
+
+
+
+
+def test_a_probe_cut_before_the_cursors_lines_is_not_no_progress(fake, source, ledger, fetcher):
+    s = (time.time_ns() // NS - 5) * NS
+    burst, cur = Traffic(seed=9201), Traffic(seed=9202)
+    fake.write_many(POD, burst.lines(200), ts_ns=s + NS // 10)  # in floor(F)'s second, before F
+    fake.write_many(POD, cur.lines(20), ts_ns=s + 17 * NS // 10)  # the cursor's lines: H = s + 1.7, F = s + 0.7
+    uid = fake.pod_uid(POD)
+    assert fetcher.fetch(POD, uid)["status"] == FetchStatus.OK
+    # A follower's lease, QUIET, renewed now (as follow.lua writes it).
+    ledger.r.set(lease_key(ledger, uid), f"tok {ledger.now():.6f} quiet", ex=follow.LEASE_TTL)
+    assert lease_seen(ledger, uid)[0] is Lease.QUIET
+    small = Fetcher(source, ledger, domain="t.lum.tools", container="", limit_bytes=16 * 1024)
+    before = ledger.stats().get("no_progress", 0)
+    status = follow.fetch_heeding_lease(small, POD, uid)["status"]
+    assert (status, ledger.stats().get("no_progress", 0) - before) == (FetchStatus.FOLLOWED, 0), (
+        f"a probe cut before the cursor's lines: status {status}, no_progress counted "
+        f"{ledger.stats().get('no_progress', 0) - before}")
+
+
+
+
+def test_a_late_renewal_does_not_date_quiet_after_a_line_taken_and_not_committed(fake, source, ledger, fetcher,
+                                                                                 monkeypatch):
+    base = Traffic(seed=9301)
+    uid = first_read(fake, fetcher, base)
+    follower = Follower(fetcher, max_pods=4, min_rate=1.0, slice_seconds=0.2)
+    observed = threading.Event()
+    armed = threading.Event()
+    delay = 2.9
+    real_lease = follower._lease
+
+    def late_lease(keys, args):
+        if armed.is_set() and args[1] == Lease.QUIET:
+            armed.clear()
+            observed.set()  # quiet() was looked at now; the write reaches Redis `delay` later
+            time.sleep(delay)
+        return real_lease(keys=keys, args=args)
+
+    follower._lease = late_lease
+    release = threading.Event()
+    holding = threading.Event()
+    real_commit = fetcher._commit
+
+    def slow_commit(pod, ctr, field_, expected, res, summary, *a, **kw):
+        if res.consumed:
+            holding.set()
+            release.wait(20)  # the same stalled Redis
+        return real_commit(pod, ctr, field_, expected, res, summary, *a, **kw)
+
+    monkeypatch.setattr(fetcher, "_commit", slow_commit)
+    prober = make_fetcher(source, ledger)
+    held = Traffic(seed=9302)
+    try:
+        assert follower.offer(POD, uid)
+        wait_until(lambda: lease_of(ledger, uid) is Lease.QUIET, 10, interval=0.05, what="quiet")
+        armed.set()
+        assert observed.wait(5)
+        stamp = time.time_ns()
+        with fake._lock:  # right after the look: the last lines fill the file, renamed
+            append_locked(fake, held.lines(30), stamp, rotate_bytes=1)
+        fake.rotate_bytes = None
+        assert holding.wait(5), "the follower took the lines"
+        wait_until(lambda: (lease_seen(ledger, uid) or (None, None))[1] is not None
+                   and lease_seen(ledger, uid)[1] * NS > stamp + NS, 10, interval=0.02, what="the late renewal")
+        seen = lease_seen(ledger, uid)
+        status = follow.fetch_heeding_lease(prober, POD, uid)["status"]  # a round's read
+        rec = ledger.read_records()[uid]
+        uncommitted = committed(ledger) != plus(base.expected(), held.expected())
+        assert not (uncommitted and rec.end_at is not None and rec.end_at * NS > stamp), (
+            f"lease {seen[0]} renewed at {seen[1]:.3f}; probe {status}: read record end_at {rec.end_at:.3f}, after "
+            f"the line stamped {stamp / NS:.3f} that the follower took and has not committed "
+            f"(STALLED_AFTER {STALLED_AFTER})")
+    finally:
+        release.set()
+        follower.stop(10)
+
+
+
+
+def test_a_lease_renewed_with_its_time_reads_as_its_state_in_the_previous_form(ledger):
+    """Workers of the previous build, in a rolling upgrade, read a lease's state as its
+    last word (``raw.rpartition(" ")[2]``): the time goes before the state, so that they
+    still see QUIET (a time after it read as BUSY: no probe from them, sealing held up to
+    IDLE_RELEASE)."""
+    uid = "u1"
+    ledger.r.set(lease_key(ledger, uid), "tok 1795000000.123456 quiet", ex=follow.LEASE_TTL)
+    assert lease_seen(ledger, uid) == (Lease.QUIET, 1795000000.123456)
+    assert ledger.r.get(lease_key(ledger, uid)).decode().rpartition(" ")[2] == Lease.QUIET
+    ledger.r.set(lease_key(ledger, uid), "tok busy", ex=follow.LEASE_TTL)  # as offer() takes it
+    assert lease_seen(ledger, uid) == (Lease.BUSY, None)
