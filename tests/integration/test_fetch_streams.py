@@ -301,3 +301,60 @@ def test_the_check_after_the_read_is_bounded_by_the_deadline(fake, ledger):
         assert billed(ledger) == {"acme": [1, 10, 1]}
     finally:
         source.close()
+
+
+# The read's deadline across joined chunks --------------------------------------------
+
+
+def test_the_deadline_is_checked_after_the_last_joined_chunk(fake):
+    """``stream_log`` joins the server's chunks up to ``CHUNK``. A log smaller than that:
+    one (joined) chunk; the consumer's time on it passes the deadline, and the next
+    ``next()`` raises (a check after the last chunk too; the fifth review of the follower
+    found it missing)."""
+    line = access("acme", 1, 10)
+    fake.write_many(POD, [line] * 100, at(10, 10, 1))
+    source = LogSource("traefik", "app.kubernetes.io/name=traefik", 5)
+    try:
+        deadline = time.monotonic() + 1.5
+        chunks = source.stream_log(POD, "traefik", None, 1 << 30, deadline=deadline)
+        assert 0 < len(next(chunks)) < CHUNK
+        wait_until(lambda: time.monotonic() > deadline, 5, interval=0.05, what="the deadline")
+        with pytest.raises(FetchTimeLimitExceeded):
+            next(chunks)
+    finally:
+        source.close()
+
+
+@pytest.mark.parametrize("lines", [100, 3 * CHUNK // 150])
+def test_a_fetch_whose_last_chunk_outlasts_the_deadline_commits_nothing(fake, ledger, lines):
+    """The whole fetch: the deadline passes while consume() is on the last chunk. The
+    check of the pod after the read (get_pod with the deadline) raises: nothing
+    committed."""
+    line = access("acme", 1, 10)
+    fake.write_many(POD, [line] * lines, at(10, 10, 1))
+    source = LogSource("traefik", "app.kubernetes.io/name=traefik", 5)
+    box = {}
+
+    class SlowConsumer:
+        namespace = source.namespace
+
+        def get_pod(self, name, deadline=None):
+            return source.get_pod(name, deadline)
+
+        def stream_log(self, *args, **kwargs):
+            inner = list(source.stream_log(*args, **{**kwargs, "deadline": None}))  # all of it, then replay
+            box["n"] = len(inner)
+            deadline = kwargs["deadline"]
+            gen = source.stream_log(*args, **kwargs)
+            for i, c in enumerate(gen):
+                yield c
+                if i == len(inner) - 1:  # the consumer's time on the last chunk
+                    wait_until(lambda: time.monotonic() > deadline, 10, interval=0.05, what="the deadline")
+
+    fetcher = Fetcher(SlowConsumer(), ledger, domain="t.lum.tools", container="", limit_bytes=1 << 30)
+    try:
+        with pytest.raises(FetchTimeLimitExceeded):
+            fetcher.fetch(POD, fake.pod_uid(POD), time.monotonic() + 2)
+        assert ledger.cursors() == {} and billed(ledger) == {}
+    finally:
+        source.close()
