@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from collections import defaultdict
+
+
+def _rfc3339_nano(t_ns: int) -> str:
+    """UTC, nanoseconds always written (Traefik's ``StartUTC`` trims trailing zeros; the
+    parser reads both)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t_ns // 10**9)) + f".{t_ns % 10**9:09d}Z"
 
 
 class Traffic:
@@ -36,6 +43,12 @@ class Traffic:
             t[0] += bi
             t[1] += bo
             t[2] += 1
+        # Stamped as Traefik stamps a line it writes now: StartUTC is the request's start,
+        # Duration (1.2 ms) before; "time" the second it was written. A fixed date would
+        # fall out of INTERVAL_RETENTION (7 days) and the file source, which places a line
+        # at StartUTC + Duration, would no longer report it.
+        written = time.time_ns()
+        start = _rfc3339_nano(written - 1_200_000)
         entry = {
             "ClientAddr": "10.0.0.7:51234", "ClientHost": "10.0.0.7", "ClientPort": "51234", "ClientUsername": "-",
             "DownstreamContentSize": bo, "DownstreamStatus": 200, "Duration": 1_200_000,
@@ -44,9 +57,9 @@ class Traffic:
             "RequestMethod": "POST" if bi else "GET", "RequestPath": f"/p/{self.seq}", "RequestPort": "-",
             "RequestProtocol": "HTTP/1.1", "RequestScheme": "http", "RetryAttempts": 0,
             "RouterName": "tunnels@file", "ServiceAddr": "10.0.1.2:8080", "ServiceName": "tunnels@file",
-            "ServiceURL": "http://10.0.1.2:8080", "StartLocal": "2026-11-24T01:50:22.123456789Z",
-            "StartUTC": "2026-11-24T01:50:22.123456789Z", "entryPointName": "web", "level": "info",
-            "msg": "", "time": "2026-11-24T01:50:22Z",
+            "ServiceURL": "http://10.0.1.2:8080", "StartLocal": start,
+            "StartUTC": start, "entryPointName": "web", "level": "info",
+            "msg": "", "time": _rfc3339_nano(written // 10**9 * 10**9).replace(".000000000", ""),
         }
         return json.dumps(entry, separators=(",", ":"), sort_keys=True).encode()
 
