@@ -18,7 +18,9 @@ class Traffic:
     """Makes access lines for a few tunnels and other hosts, and keeps the truth:
     per tunnel, the request and response body bytes and the request count."""
 
-    def __init__(self, seed: int = 1, tunnels: int = 5, domain: str = "t.lum.tools") -> None:
+    def __init__(self, seed: int = 1, tunnels: int = 5, domain: str = "t.lum.tools", written_ns: int | None = None) -> None:
+        """``written_ns``: every line written at that time (epoch ns), rather than when made."""
+        self.written_ns = written_ns
         self.rng = random.Random(seed)
         self.domain = domain
         self.tunnels = [f"tun-{i}" for i in range(tunnels)]
@@ -47,7 +49,7 @@ class Traffic:
         # Duration (1.2 ms) before; "time" the second it was written. A fixed date would
         # fall out of INTERVAL_RETENTION (7 days) and the file source, which places a line
         # at StartUTC + Duration, would no longer report it.
-        written = time.time_ns()
+        written = time.time_ns() if self.written_ns is None else self.written_ns
         start = _rfc3339_nano(written - 1_200_000)
         entry = {
             "ClientAddr": "10.0.0.7:51234", "ClientHost": "10.0.0.7", "ClientPort": "51234", "ClientUsername": "-",

@@ -14,7 +14,7 @@ from app.model import FileCursor
 from app.settings import ConfigError, Settings, load_settings
 from tests.traffic import Traffic
 
-LINE = Traffic(seed=3).line()
+LINE = Traffic(seed=3, written_ns=1_795_485_022_124_656_789).line()  # StartUTC 2026-11-24T01:50:22.123456789Z
 
 
 def test_identity_is_the_first_line_and_waits_for_its_newline():
