@@ -14,12 +14,20 @@ def _rfc3339_nano(t_ns: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t_ns // 10**9)) + f".{t_ns % 10**9:09d}Z"
 
 
+WRITTEN_NS = 1_795_485_022_124_656_789  # StartUTC 2026-11-24T01:50:22.123456789Z, time 2026-11-24T01:50:22Z
+
+
 class Traffic:
     """Makes access lines for a few tunnels and other hosts, and keeps the truth:
     per tunnel, the request and response body bytes and the request count."""
 
-    def __init__(self, seed: int = 1, tunnels: int = 5, domain: str = "t.lum.tools", written_ns: int | None = None) -> None:
-        """``written_ns``: every line written at that time (epoch ns), rather than when made."""
+    def __init__(self, seed: int = 1, tunnels: int = 5, domain: str = "t.lum.tools",
+                 written_ns: int | None = WRITTEN_NS) -> None:
+        """``written_ns``: the time (epoch ns) every line says it was written; None: when
+        it is made. The default is a fixed time (the kubelet's stamp, not the line's own
+        time, places a line read from a pod); the file source places a line at its own
+        time (StartUTC + Duration), so its tests take None: a fixed time falls out of
+        INTERVAL_RETENTION (7 days) and would no longer be reported."""
         self.written_ns = written_ns
         self.rng = random.Random(seed)
         self.domain = domain
@@ -45,10 +53,8 @@ class Traffic:
             t[0] += bi
             t[1] += bo
             t[2] += 1
-        # Stamped as Traefik stamps a line it writes now: StartUTC is the request's start,
-        # Duration (1.2 ms) before; "time" the second it was written. A fixed date would
-        # fall out of INTERVAL_RETENTION (7 days) and the file source, which places a line
-        # at StartUTC + Duration, would no longer report it.
+        # As Traefik stamps a line: StartUTC is the request's start, Duration (1.2 ms)
+        # before it was written; "time" the second it was written.
         written = time.time_ns() if self.written_ns is None else self.written_ns
         start = _rfc3339_nano(written - 1_200_000)
         entry = {

@@ -77,7 +77,7 @@ def test_rename_rotation_counts_lines_written_to_the_renamed_file_once(ledger, l
     """logrotate renames access.log; Traefik writes to the renamed file until USR1 makes
     it open access.log again. The renamed file keeps its identity and its offset."""
     pattern = str(logdir / "access.log*")
-    traffic = Traffic(seed=11)
+    traffic = Traffic(seed=11, written_ns=None)
     log_ = AccessLog(logdir / "access.log")
     log_.lines(traffic.lines(40))
     one_round(ledger, pattern)
@@ -110,7 +110,7 @@ def test_copytruncate_reads_what_was_not_read_from_the_copy(ledger, logdir):
     when logrotate copied the file are read from it, none twice; the truncated original
     has a new first line, a new identity, and is read from 0."""
     pattern = str(logdir / "access.log*")
-    traffic = Traffic(seed=12)
+    traffic = Traffic(seed=12, written_ns=None)
     log_ = AccessLog(logdir / "access.log")
     log_.lines(traffic.lines(60))
     one_round(ledger, pattern, limit=8192)  # reads part of the file only: lines are left unread
@@ -130,7 +130,7 @@ def test_copytruncate_copy_shorter_than_the_cursor_holds_nothing_unread(ledger, 
     copy's end: the lines written in that window are counted (from the original), and the
     shorter copy is taken as read."""
     pattern = str(logdir / "access.log*")
-    traffic = Traffic(seed=13)
+    traffic = Traffic(seed=13, written_ns=None)
     log_ = AccessLog(logdir / "access.log")
     log_.lines(traffic.lines(30))
     one_round(ledger, pattern)
@@ -153,7 +153,7 @@ def test_copytruncate_loses_the_lines_written_between_copy_and_truncate(ledger, 
     """logrotate(8): 'there is a very small time slice between copying the file and
     truncating it, so some logging data might be lost'. Nothing else is lost or doubled."""
     pattern = str(logdir / "access.log*")
-    traffic = Traffic(seed=14)
+    traffic = Traffic(seed=14, written_ns=None)
     log_ = AccessLog(logdir / "access.log")
     log_.lines(traffic.lines(20))
     one_round(ledger, pattern)
@@ -168,7 +168,7 @@ def test_copytruncate_loses_the_lines_written_between_copy_and_truncate(ledger, 
 
 def part_of(traffic: Traffic, start: int) -> Traffic:
     """A Traffic holding the truth of the lines made from the ``start``-th on."""
-    part = Traffic(tunnels=0)
+    part = Traffic(tunnels=0, written_ns=None)
     for sub, bi, bo in traffic.made[start:]:
         if sub:
             slot = part.truth[sub]
@@ -182,7 +182,7 @@ def test_partial_last_line_waits_for_its_newline(ledger, logdir):
     """A line without its newline is never consumed, in the live file and in a renamed
     one that Traefik finishes writing after the rename."""
     pattern = str(logdir / "access.log*")
-    traffic = Traffic(seed=15)
+    traffic = Traffic(seed=15, written_ns=None)
     log_ = AccessLog(logdir / "access.log")
     lines = traffic.lines(6)
     log_.lines(lines[:3])
@@ -206,10 +206,10 @@ def test_partial_last_line_waits_for_its_newline(ledger, logdir):
 
 def test_compressed_files_are_skipped_with_one_note(ledger, logdir, caplog):
     pattern = str(logdir / "access.log*")
-    traffic = Traffic(seed=16)
+    traffic = Traffic(seed=16, written_ns=None)
     log_ = AccessLog(logdir / "access.log")
     log_.lines(traffic.lines(5))
-    (logdir / "access.log.3.gz").write_bytes(gzip.compress(b"\n".join(Traffic(seed=99).lines(5)) + b"\n"))
+    (logdir / "access.log.3.gz").write_bytes(gzip.compress(b"\n".join(Traffic(seed=99, written_ns=None).lines(5)) + b"\n"))
     (logdir / "access.log.4").write_bytes(gzip.compress(b"compressed without the suffix\n"))
     found = discover(pattern)
     assert found.compressed == [str(logdir / "access.log.3.gz"), str(logdir / "access.log.4")]
@@ -229,18 +229,18 @@ def test_a_file_gone_with_unread_bytes_is_a_gap(ledger, logdir, caplog):
     read: the plan records the span as a gap, loudly."""
     pattern = str(logdir / "access.log*")
     log_ = AccessLog(logdir / "access.log")
-    log_.lines(Traffic(seed=17).lines(10))
+    log_.lines(Traffic(seed=17, written_ns=None).lines(10))
     settings = file_settings(pattern)
     plan(ledger, settings)
     one_round(ledger, pattern)
-    log_.lines(Traffic(seed=18).lines(3))
+    log_.lines(Traffic(seed=18, written_ns=None).lines(3))
     plan(ledger, settings)  # sees the new size
     log_.rename_rotate()
     log_.reopen()
     with open(str(logdir / "access.log.1"), "rb") as src, gzip.open(str(logdir / "access.log.1.gz"), "wb") as dst:
         shutil.copyfileobj(src, dst)
     os.unlink(logdir / "access.log.1")
-    log_.lines(Traffic(seed=19).lines(1))
+    log_.lines(Traffic(seed=19, written_ns=None).lines(1))
     with caplog.at_level(logging.WARNING, logger="app.rounds"):
         plan(ledger, settings)
     (gap,) = ledger.gaps()
@@ -254,13 +254,13 @@ def test_truncated_in_place_with_the_same_first_line_is_a_new_generation(ledger,
     and starts with the same first line: it was truncated in place and written again; it
     is read from 0 as a new generation."""
     pattern = str(logdir / "access.log")
-    traffic = Traffic(seed=20)
+    traffic = Traffic(seed=20, written_ns=None)
     lines = traffic.lines(8)
     log_ = AccessLog(logdir / "access.log")
     log_.lines(lines)
     one_round(ledger, pattern)
     os.truncate(log_.path, 0)
-    again = [lines[0], *Traffic(seed=21).lines(2)]  # the same first line, then others
+    again = [lines[0], *Traffic(seed=21, written_ns=None).lines(2)]  # the same first line, then others
     log_.lines(again)
     (result,) = one_round(ledger, pattern)
     assert result["status"] == FetchStatus.OK and result["consumed"] == 3
@@ -275,13 +275,13 @@ def test_truncated_in_place_with_the_same_first_line_is_a_new_generation(ledger,
 def test_a_file_that_starts_like_a_read_one_but_differs_is_not_read(ledger, logdir):
     """Rule 5: another file (another inode) with the same first line, whose bytes before
     the cursor's offset are not the ones read: not read, once said."""
-    traffic = Traffic(seed=22)
+    traffic = Traffic(seed=22, written_ns=None)
     lines = traffic.lines(6)
     first = AccessLog(logdir / "a.log")
     first.lines(lines)
     one_round(ledger, str(logdir / "a.log"))
     other = AccessLog(logdir / "b.log")
-    other.lines([lines[0], *Traffic(seed=23).lines(9)])
+    other.lines([lines[0], *Traffic(seed=23, written_ns=None).lines(9)])
     for _ in range(2):
         (result,) = one_round(ledger, str(logdir / "b.log"))
         assert result["status"] == FetchStatus.MISMATCH
@@ -294,7 +294,7 @@ def test_a_file_listed_but_not_readable_counts_as_a_read_failure(ledger, logdir,
     """A rule-5 mismatch and an I/O error write no read record: each must note a read
     failure, or the identity's old record would hold sealing back for ever (issue 11: an
     unreadable source holds it back at most SEAL_MAX_WAIT)."""
-    traffic = Traffic(seed=24)
+    traffic = Traffic(seed=24, written_ns=None)
     lines = traffic.lines(4)
     first = AccessLog(logdir / "a.log")
     first.lines(lines)
@@ -302,7 +302,7 @@ def test_a_file_listed_but_not_readable_counts_as_a_read_failure(ledger, logdir,
     (field_,) = [f for f in ledger.read_records() if f.startswith("file:")]
     assert ledger.read_records()[field_].fail_since is None
     other = AccessLog(logdir / "b.log")
-    other.lines([lines[0], *Traffic(seed=25).lines(5)])
+    other.lines([lines[0], *Traffic(seed=25, written_ns=None).lines(5)])
     (result,) = one_round(ledger, str(logdir / "b.log"))
     assert result["status"] == FetchStatus.MISMATCH
     since = ledger.read_records()[field_].fail_since
@@ -328,14 +328,14 @@ def test_a_mismatched_file_holds_sealing_back_at_most_seal_max_wait(ledger, logd
     (2 s here), then the intervals are sealed forced, naming it."""
     path = logdir / "access.log"
     s = file_settings(str(path), seal_max_wait=2)
-    lines = Traffic(seed=26).lines(3)
+    lines = Traffic(seed=26, written_ns=None).lines(3)
     log = AccessLog(path)
     log.lines(lines)
     log.close()
     plan(ledger, s)
     one_round(ledger, str(path))
     other = AccessLog(logdir / "access.log.new")
-    other.lines([lines[0], *Traffic(seed=27).lines(4)])
+    other.lines([lines[0], *Traffic(seed=27, written_ns=None).lines(4)])
     other.close()
     os.rename(logdir / "access.log.new", path)
     broken_at = ledger.now()
@@ -361,7 +361,7 @@ def test_a_retired_file_host_stops_holding_sealing_after_seal_max_wait(ledger, t
     a, b = AccessLog(tmp_path / "a" / "access.log"), AccessLog(tmp_path / "b" / "access.log")
     sa = file_settings(str(tmp_path / "a" / "access.log"), file_queue="fetch.a", seal_max_wait=2)
     sb = file_settings(str(tmp_path / "b" / "access.log"), file_queue="fetch.b", seal_max_wait=2)
-    traffic = Traffic(seed=28)
+    traffic = Traffic(seed=28, written_ns=None)
     a.lines(traffic.lines(2))
     b.lines(traffic.lines(2))
     for _ in range(2):
@@ -457,7 +457,7 @@ def test_lines_before_the_ledger_start_are_not_counted(r, logdir):
     ledger = Ledger(r, "tf", 2)
     start = (int(time.time()) - 600) * 10**9  # recent: lines older than INTERVAL_RETENTION are not reported
     ledger.initialise(start)
-    traffic = Traffic(seed=24)
+    traffic = Traffic(seed=24, written_ns=None)
 
     def at(line: bytes, t_ns: int) -> bytes:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t_ns // 10**9)) + f".{t_ns % 10**9:09d}Z"
@@ -479,7 +479,7 @@ def test_a_file_truncated_during_the_read_commits_nothing(ledger, logdir, monkey
     """copytruncate while a fetch reads the original: nothing is committed; the next
     round reads the copy from the cursor."""
     pattern = str(logdir / "access.log*")
-    traffic = Traffic(seed=25)
+    traffic = Traffic(seed=25, written_ns=None)
     log_ = AccessLog(logdir / "access.log")
     log_.lines(traffic.lines(40))
     real_chunks = filesource._chunks
@@ -507,7 +507,7 @@ def test_a_read_past_its_deadline_commits_nothing(ledger, logdir, monkeypatch):
     deadline before each chunk; past it, nothing is committed and the next read takes
     the file from the same cursor."""
     pattern = str(logdir / "access.log*")
-    traffic = Traffic(seed=26)
+    traffic = Traffic(seed=26, written_ns=None)
     log_ = AccessLog(logdir / "access.log")
     log_.lines(traffic.lines(40))
     real_chunks = filesource._chunks
@@ -535,7 +535,7 @@ def test_a_read_past_its_deadline_commits_nothing(ledger, logdir, monkeypatch):
 
 def test_a_fetch_delivered_twice_or_for_a_rotated_path_changes_nothing_twice(ledger, logdir):
     pattern = str(logdir / "access.log*")
-    traffic = Traffic(seed=26)
+    traffic = Traffic(seed=26, written_ns=None)
     log_ = AccessLog(logdir / "access.log")
     log_.lines(traffic.lines(10))
     (f,) = discover(pattern).files
@@ -555,9 +555,9 @@ def test_a_fetch_delivered_twice_or_for_a_rotated_path_changes_nothing_twice(led
 
 def test_copies_share_an_identity_and_the_larger_is_planned(logdir):
     log_ = AccessLog(logdir / "access.log")
-    log_.lines(Traffic(seed=27).lines(5))
+    log_.lines(Traffic(seed=27, written_ns=None).lines(5))
     shutil.copyfile(log_.path, logdir / "access.log.1")
-    log_.lines(Traffic(seed=28).lines(1))
+    log_.lines(Traffic(seed=28, written_ns=None).lines(1))
     (AccessLog(logdir / "access.log.2")).write(b'{"partial first line')
     found = discover(str(logdir / "access.log*"))
     assert [f.path for f in found.files] == [log_.path]
@@ -611,7 +611,7 @@ def test_real_workers_rename_rotation_and_partial_lines_exact(pipeline, logdir):
     pattern = str(logdir / "access.log*")
     pipeline.env.update(file_env(pattern))
     pipeline.init_ledger()
-    traffic = Traffic(seed=31)
+    traffic = Traffic(seed=31, written_ns=None)
     log_ = AccessLog(logdir / "access.log")
     writer = Writer(log_, traffic)
     writer.start()
@@ -638,7 +638,7 @@ def test_real_workers_copytruncate_exact(pipeline, logdir):
     pattern = str(logdir / "access.log*")
     pipeline.env.update(file_env(pattern, FETCH_MAX_BYTES="200000", LOG_LINE_MAX_BYTES="100000"))
     pipeline.init_ledger()
-    traffic = Traffic(seed=32)
+    traffic = Traffic(seed=32, written_ns=None)
     log_ = AccessLog(logdir / "access.log")
     writer = Writer(log_, traffic, rate=60)
     writer.start()
@@ -666,7 +666,7 @@ def test_two_hosts_each_fetch_runs_where_its_files_are(pipeline, tmp_path):
     traffics, logs = {}, {}
     for i, (host, d) in enumerate(hosts.items()):
         d.mkdir()
-        traffics[host] = Traffic(seed=40 + i)
+        traffics[host] = Traffic(seed=40 + i, written_ns=None)
         logs[host] = AccessLog(d / "access.log")
         logs[host].lines(traffics[host].lines(30))
     workers = {
