@@ -172,6 +172,10 @@ def test_a_stalled_beat_fails_liveness(tmp_path, own_redis):
     try:
         beat.wait_ready()
         wait_until(lambda: probe(hdir, health.BEAT), 30, what="beat's liveness")
+        # beat_init writes a longer first deadline (budget + 60 s, for loading the schedule), so
+        # the first pass of the loop writes a smaller one: wait for a deadline a pass wrote.
+        wait_until(lambda: int((hdir / health.BEAT).read_text()) <= time.time() + BEAT_BUDGET + 1, 30,
+                   what="beat's first pass")
         first = int((hdir / health.BEAT).read_text())
         wait_until(lambda: int((hdir / health.BEAT).read_text()) > first, 10, what="beat to extend it")
         os.kill(beat.proc.pid, signal.SIGSTOP)
