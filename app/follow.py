@@ -216,6 +216,8 @@ class Follower:
         while not self._stopping.wait(TICK):
             with self._lock:
                 streams = list(self._streams.values())
+            if not streams:  # nothing to renew: no round trip for the time either
+                continue
             try:
                 # Before the states are judged: a QUIET held at this time (a probe dates
                 # what it records from it: Fetcher._probe_read_at).

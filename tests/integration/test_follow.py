@@ -96,6 +96,26 @@ def test_the_stream_ends_with_the_container_and_the_pod_goes_back_to_the_rounds(
     assert committed(ledger) == traffic.expected()
 
 
+def _time_calls(ledger) -> int:
+    return ledger.r.info("commandstats").get("cmdstat_time", {}).get("calls", 0)
+
+
+def test_the_renewer_asks_redis_the_time_only_while_it_holds_a_stream(fake, ledger, fetcher, follower):
+    uid = first_read(fake, fetcher, Traffic(seed=15, tunnels=3))
+    assert follower.offer(POD, uid)
+    before = _time_calls(ledger)
+    wait_until(lambda: _time_calls(ledger) >= before + 2, 10, interval=0.05, what="two renewals")
+    fake.terminate(POD, grace_seconds=30)
+    fake.exit_container(POD)
+    wait_until(lambda: follower.following() == [], 15, interval=0.05, what="the follower letting the pod go")
+    assert follower._renewer is not None and follower._renewer.is_alive()
+    idle = _time_calls(ledger)
+    end = time.monotonic() + 4 * follow.TICK
+    while time.monotonic() < end:  # four ticks of an idle renewer: no round trip
+        assert _time_calls(ledger) == idle
+        time.sleep(follow.TICK / 5)
+
+
 def test_a_pod_deleted_while_followed(fake, ledger, fetcher, follower):
     traffic = Traffic(seed=14)
     uid = first_read(fake, fetcher, traffic)
