@@ -328,6 +328,13 @@ def consume(
     # that share one: CRI-O, a burst) is checked against those lines only, not the window.
     at_high: set[bytes] = set()
     cursor_at_high: set[bytes] | None = None
+
+    def cursor_fingerprints_at_high() -> set[bytes]:
+        nonlocal cursor_at_high
+        if cursor_at_high is None:
+            cursor_at_high = {fp for s, fp, _ in cursor.seen if s == old_high}
+        return cursor_at_high
+
     unfolded: list[tuple[int, list[bytes], list[bytes]]] = []  # batch-path batches not in ``recent`` yet
     before_start = 0
     unreadable = {"rejected:no_timestamp": 0, "rejected:bad_timestamp": 0}
@@ -355,9 +362,8 @@ def consume(
                     # A follow stream's chunk that starts with lines at the newest stamp
                     # (lines that share a stamp, cut by a chunk's end): whole too when
                     # none of those is one the walk would take for a repeat.
-                    if high == old_high and cursor_at_high is None:
-                        cursor_at_high = {fp for s, fp, _ in cursor.seen if s == old_high}
-                    if _new_at_high(lines, whole[3], high, at_high, cursor_at_high if high == old_high else None):
+                    if _new_at_high(lines, whole[3], high, at_high,
+                                    cursor_fingerprints_at_high() if high == old_high else None):
                         batch, lines = (lines, whole), []
         for line in lines:
             parsed = parse_timestamp(line)
@@ -411,9 +417,8 @@ def consume(
                     # Only a line stamped as the newest can match it: this read's, or the
                     # cursor's while nothing newer was consumed (lines that share a stamp,
                     # CRI-O's or a burst's, are checked without the window's fingerprints).
-                    if high == old_high and cursor_at_high is None:
-                        cursor_at_high = {fp for s, fp, _ in cursor.seen if s == old_high}
-                    repeat = text in at_high or (high == old_high and fingerprint(ts, text) in cursor_at_high)
+                    repeat = text in at_high or (high == old_high
+                                                 and fingerprint(ts, text) in cursor_fingerprints_at_high())
                 else:
                     if recent is None:
                         recent = cursor.counts()
