@@ -624,7 +624,7 @@ class Fetcher:
         self.max_line = max_line_bytes
 
     def fetch(self, name: str, uid: str, deadline: float | None = None, probe: bool = False,
-              quiet_at: float | None = None) -> dict:
+              quiet_at: float | None = None, busy: bool = False) -> dict:
         """Read one pod from its cursor and commit. Handled errors are returned, never
         raised; ``FetchTimeLimitExceeded`` is raised once ``deadline``
         (``time.monotonic()`` seconds) has passed during a read, with nothing committed.
@@ -634,7 +634,9 @@ class Fetcher:
         read record only when it found nothing new (every line of the log was consumed when
         the read started, or, the file renamed since, by ``quiet_at - STALLED_AFTER``);
         what it found new is the follower's to count (status ``FOLLOWED``). See
-        ``_probe_read_at``."""
+        ``_probe_read_at``. ``busy``: the lease said BUSY, and the caller saw the container
+        terminate: a read only of a container that no longer runs, the cursor's, which
+        commits only when it meets the cursor's own lines (``FOLLOWED`` otherwise)."""
         ns = self.source.namespace
         try:
             start_at = self.ledger.start_at_ns()
@@ -644,7 +646,7 @@ class Fetcher:
                     "initialised; refusing to read logs (that would bill them again). Run "
                     "`traefik-metrics-scraper init-ledger --start-at <time of the last report delivered>`"
                 )
-            return self._fetch(ns, name, uid, start_at, deadline, probe, quiet_at)
+            return self._fetch(ns, name, uid, start_at, deadline, probe, quiet_at, busy)
         except LedgerLost as e:
             log.error("fetch %s/%s: %s", ns, name, e, extra={"pod": name, "namespace": ns, "outcome": "ledger_lost"})
             return {"pod": name, "status": FetchStatus.LEDGER_LOST}
@@ -666,7 +668,7 @@ class Fetcher:
             return {"pod": name, "status": FetchStatus.KUBE_ERROR}
 
     def _fetch(self, ns: str, name: str, uid: str, start_at: int, deadline: float | None, probe: bool = False,
-               quiet_at: float | None = None) -> dict:
+               quiet_at: float | None = None, busy: bool = False) -> dict:
         pod = self.source.get_pod(name, deadline)
         if pod.uid != uid:
             raise PodGone(f"{name} now has uid {pod.uid}")
@@ -681,6 +683,9 @@ class Fetcher:
         raw = self.ledger.cursor_raw(field_)
         cursor = Cursor.decode(raw)
         summary = {"pod": name, "status": FetchStatus.OK, "consumed": 0, "counted": 0}
+        if busy and (ctr.running or cursor is None or cursor.container_id != ctr.container_id):
+            summary["status"] = FetchStatus.FOLLOWED  # its follower's, as long as it runs
+            return summary
 
         if cursor is None and ctr.last_terminated_id and ctr.last_finished_ns >= start_at - 1_000_000_000:
             # Never read, and a container already ended after START_AT: its log comes first.
@@ -705,7 +710,7 @@ class Fetcher:
             self.ledger.ri,
         )
         if probe:
-            probe_read_at = self._probe_read_at(pod, cursor, res, read_at, quiet_at)
+            probe_read_at = self._probe_read_at(pod, cursor, res, read_at, quiet_at, busy)
             if probe_read_at is None:
                 summary["status"] = FetchStatus.FOLLOWED
                 return summary
@@ -717,7 +722,7 @@ class Fetcher:
         return summary
 
     def _probe_read_at(self, pod: Pod, cursor: Cursor, res: ReadResult, read_at: float,
-                       quiet_at: float | None) -> float | None:
+                       quiet_at: float | None, busy: bool = False) -> float | None:
         """The time up to which a probe of a followed pod (``fetch(probe=True)``) records
         the pod as read (its read record's ``end_at``), or None for no commit:
 
@@ -738,7 +743,16 @@ class Fetcher:
         * new lines stamped more than ``STALLED_AFTER`` before the read: the follow
           stream has stalled, and the probe counts them itself (the follower's next
           commit then conflicts, and it lets the pod go); ``read_at``.
-        * other new lines are the follower's: None."""
+        * other new lines are the follower's: None.
+
+        ``busy`` (the lease said BUSY; the container no longer runs): ``read_at`` when the
+        read met the cursor's own lines, else None. Met, every line after them is in the
+        file read (none in a renamed one), and the container writes no more: what the read
+        found new is all there is, and the follower holds nothing else (its next commit
+        conflicts, and it lets go). Not met, the stream may still be on a renamed file
+        whose tail the file read lacks (a commit would make the follower drop it)."""
+        if busy:
+            return read_at if res.matched > 0 else None
         if res.consumed == 0:
             if res.matched > 0 or not cursor.seen:
                 return read_at

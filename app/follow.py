@@ -130,14 +130,23 @@ def lease_seen(ledger: Ledger, uid: str) -> tuple[Lease, float | None] | None:
     return (Lease.QUIET if parts[-1] == Lease.QUIET else Lease.BUSY), renewed
 
 
-def fetch_heeding_lease(fetcher: Fetcher, name: str, uid: str, deadline: float | None = None) -> dict:
+def fetch_heeding_lease(fetcher: Fetcher, name: str, uid: str, deadline: float | None = None, *,
+                        final: bool = False) -> dict:
     """``fetcher.fetch(name, uid, deadline)`` for a pod that may be followed, by this
     process or another: its lease BUSY, no read (status ``FOLLOWED``: its follower reads
     it); QUIET, a probe (``fetch(probe=True, quiet_at=<the lease's renewal>)``); none, stale
     or unreadable, a read (the cursor's compare-and-set keeps it exact). The rounds' fetch
     task and the pod watcher read pods through it: a read of a busy followed pod would
     commit under its follower, which would then let go with what it held of a renamed file
-    (lost, a gap record)."""
+    (lost, a gap record).
+
+    ``final``: the pod watcher's read after it saw the container terminate. Its lease BUSY,
+    a read that commits only when it meets the cursor's own lines (``fetch(probe=True,
+    busy=True)``): every line after them is then in the file it reads (no rename in
+    between), which the container no longer writes, so the read is complete and exact; the
+    follower's next commit conflicts and it lets go of the same lines. The pod object goes
+    about a second after the exit, often before the follower's stream ends (the kubelet
+    looks at the container once a second) and it reads the pod to its end itself."""
     try:
         seen = lease_seen(fetcher.ledger, uid)
     except redis.RedisError as e:
@@ -147,6 +156,8 @@ def fetch_heeding_lease(fetcher: Fetcher, name: str, uid: str, deadline: float |
         return fetcher.fetch(name, uid, deadline)
     lease, renewed = seen
     if lease is Lease.BUSY:
+        if final:
+            return fetcher.fetch(name, uid, deadline, probe=True, busy=True)
         return {"pod": name, "status": FetchStatus.FOLLOWED}
     return fetcher.fetch(name, uid, deadline, probe=True, quiet_at=renewed)
 

@@ -262,7 +262,9 @@ class PodTracker:
 # ----------------------------------------------------------------------------- I/O
 
 
-Read = Callable[[str, str], dict]  # Fetcher.fetch: (name, uid) -> its result
+# follow.fetch_heeding_lease: (name, uid, final: the read started after the container was
+# seen terminated) -> its result
+Read = Callable[..., dict]
 
 
 class Watcher:
@@ -310,7 +312,7 @@ class Watcher:
                     except queue.Empty:
                         item = None
                 for st in tracker.start_due(self.clock()):
-                    pool.submit(self._read, st.uid, st.name, inbox)
+                    pool.submit(self._read, st.uid, st.name, st.read_after_exit, inbox)
         finally:
             ended.set()
             current = self._current
@@ -360,12 +362,12 @@ class Watcher:
             finally:
                 self._current = None
 
-    def _read(self, uid: str, name: str, inbox: queue.Queue) -> None:
+    def _read(self, uid: str, name: str, final: bool, inbox: queue.Queue) -> None:
         started = time.time_ns()
         status: str = "error"
         cut = False
         try:
-            result = self.read(name, uid)
+            result = self.read(name, uid, final=final)
             status = str(result.get("status", "error"))
             cut = bool(result.get("cut", False))
         except redis.RedisError as e:

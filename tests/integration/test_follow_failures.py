@@ -664,7 +664,7 @@ def test_the_watchers_read_of_a_followed_terminating_pod_loses_nothing(fake, sou
         # It read the pod to the end before letting go, and says so for the watcher.
         assert ledger.read_to_end(uid) == cid
         assert ledger.read_records()[uid].end_at is not None
-        assert watcher_read(POD, uid)["status"] == FetchStatus.OK  # the watcher's final read
+        assert watcher_read(POD, uid, final=True)["status"] == FetchStatus.OK  # the watcher's final read
         assert committed(ledger) == want and ledger.gaps() == []
     finally:
         follower1s.stop(10)
@@ -744,7 +744,8 @@ def test_a_watchers_probe_of_a_stalled_follower_is_not_a_complete_read(fake, sou
         tracker.observe(source.get_pod(POD), time.monotonic())
         (st,) = tracker.start_due(time.monotonic())
         started = time.time_ns()
-        status = follow.fetch_heeding_lease(make_fetcher(source, ledger), POD, uid)["status"]  # the watcher's read
+        status = follow.fetch_heeding_lease(make_fetcher(source, ledger), POD, uid,  # the watcher's read
+                                            final=st.read_after_exit)["status"]
         tracker.read_done(uid, status, False, started, time.monotonic(), time.time_ns())
         fake.delete(POD)  # the pod goes (removal after the exit) before the follower let go
         settled = tracker.vanished(uid, time.time_ns())
@@ -848,3 +849,94 @@ def test_a_lease_renewed_with_its_time_reads_as_its_state_in_the_previous_form(l
     assert ledger.r.get(lease_key(ledger, uid)).decode().rpartition(" ")[2] == Lease.QUIET
     ledger.r.set(lease_key(ledger, uid), "tok busy", ex=follow.LEASE_TTL)  # as offer() takes it
     assert lease_seen(ledger, uid) == (Lease.BUSY, None)
+
+
+# --------------------------------------------------------------------------------------
+# 6. A rolling update's false gap (test_event_time.py::test_rolling_update_of_traefik, red
+#    in 2 of 5 fresh-clone runs): a followed pod's container exits, and the pod object goes
+#    about a second later, before the follower's stream ends (the kubelet looks at the
+#    container once a second) and it reads the pod to its end; the watcher's reads, held
+#    off by the BUSY lease, never got through, and it recorded a gap for lines all
+#    counted. Now the watcher's final read goes through a BUSY lease when it meets the
+#    cursor's own lines (then no rename lies between them and the file it reads).
+# --------------------------------------------------------------------------------------
+
+
+def test_the_watchers_final_read_of_a_busy_followed_pod_is_complete(fake, source, ledger, fetcher):
+    fake.follow_check_period = 30  # the stream does not end with the container within this test
+    slow = Follower(fetcher, max_pods=4, min_rate=1.0, slice_seconds=5.0)  # BUSY for 5 s after a byte
+    try:
+        base = Traffic(seed=9301)
+        uid = first_read(fake, fetcher, base)
+        assert slow.offer(POD, uid)
+        wait_until(lambda: fake.follow_readers(POD) == 1, 10, interval=0.05, what="the stream open")
+        fake.terminate(POD, 30)  # a rolling update
+        last = Traffic(seed=9302)
+        fake.write_many(POD, last.lines(40))  # Traefik's last requests
+        fake.exit_container(POD)
+        wait_until(lambda: lease_of(ledger, uid) is Lease.BUSY, 5, interval=0.02, what="the lease busy")
+
+        tracker = PodTracker("", 1.0)  # the watcher's bookkeeping, fed as app/watch.py does
+        tracker.observe(source.get_pod(POD), time.monotonic())
+        (st,) = tracker.start_due(time.monotonic())
+        assert st.read_after_exit
+        started = time.time_ns()
+        summary = follow.fetch_heeding_lease(make_fetcher(source, ledger), POD, uid, final=st.read_after_exit)
+        assert lease_of(ledger, uid) is Lease.BUSY  # read through the BUSY lease, not a QUIET probe
+        assert summary["status"] == FetchStatus.OK, summary
+        tracker.read_done(uid, summary["status"], summary["cut"], started, time.monotonic(), time.time_ns())
+        assert st.final_read
+        fake.delete(POD)  # the pod goes a second after the exit, its follower still streaming
+        (settled,) = tracker.vanished(uid, time.time_ns())
+        assert not lost_lines(settled)  # no gap record
+        want = plus(base.expected(), last.expected())
+        assert committed(ledger) == want
+        assert ledger.read_records()[uid].end_at is not None
+        # The follower's next commit meets the watcher's cursor: it lets go, counting nothing twice.
+        wait_until(lambda: slow.following() == [], 15, interval=0.05, what="the follower letting go")
+        assert committed(ledger) == want and ledger.gaps() == []
+    finally:
+        slow.stop(10)
+
+
+def test_the_watchers_final_read_leaves_a_busy_follower_on_a_renamed_file_alone(fake, source, ledger, fetcher,
+                                                                                monkeypatch):
+    class Slow:
+        """The chunk queue of a stream whose reader falls behind (0.2 s a chunk)."""
+
+        def __init__(self, chunks: queue.Queue) -> None:
+            self.chunks = chunks
+
+        def put(self, item, *args, **kwargs) -> None:
+            time.sleep(0.2)
+            self.chunks.put(item, *args, **kwargs)
+
+    read = follow._read
+    monkeypatch.setattr(follow, "_read", lambda opened, chunks, received: read(opened, Slow(chunks), received))
+    fake.removal_delay = 60  # the pod stays until its follower is done (here: slow, 0.2 s a chunk)
+    slow = Follower(fetcher, max_pods=4, min_rate=1.0, slice_seconds=5.0)
+    try:
+        base = Traffic(seed=9401)
+        uid = first_read(fake, fetcher, base)
+        assert slow.offer(POD, uid)
+        wait_until(lambda: fake.follow_readers(POD) == 1, 10, interval=0.05, what="the stream open")
+        fake.terminate(POD, 30)
+        last = Traffic(seed=9402)
+        with fake._lock:  # Traefik's last lines, about 660 KB, fill the file: renamed away
+            append_locked(fake, last.lines(600), time.time_ns(), rotate_bytes=1)
+        fake.rotate_bytes = None
+        fake.exit_container(POD)
+        wait_until(lambda: lease_of(ledger, uid) is Lease.BUSY, 5, interval=0.02, what="the lease busy")
+        status = follow.fetch_heeding_lease(make_fetcher(source, ledger), POD, uid, final=True)["status"]
+        # The file read (the new one, empty) lacks the cursor's lines, which are in the renamed
+        # file: taken for a read to the end, the pod would be settled while the follower
+        # still streams the renamed file's tail (lost without a gap record if the pod goes).
+        assert status == FetchStatus.FOLLOWED
+        want = plus(base.expected(), last.expected())
+        wait_until(lambda: committed(ledger) == want, 30, interval=0.1, what="the follower's commits")
+        wait_until(lambda: slow.following() == [], 15, interval=0.05, what="the follower letting go")
+        assert ledger.read_to_end(uid) == fake.container_id(POD)  # it read the pod to its end itself
+        assert committed(ledger) == want and ledger.gaps() == []
+        assert fake.unserved(POD) == []  # the stream held the renamed file open and sent all of it
+    finally:
+        slow.stop(10)

@@ -263,10 +263,12 @@ class Reads:
 
     def __init__(self, status: str = FetchStatus.OK) -> None:
         self.calls: list[str] = []
+        self.finals: list[bool] = []  # each read's final (after the container was seen terminated)
         self.status = status
 
-    def __call__(self, name: str, uid: str) -> dict:
+    def __call__(self, name: str, uid: str, final: bool = False) -> dict:
         self.calls.append(name)
+        self.finals.append(final)
         return {"pod": name, "status": self.status, "cut": False}
 
 
@@ -300,6 +302,9 @@ def test_rollout_read_to_the_end_records_no_gap():
     time.sleep(0.2)
     assert ledger.gaps == []
     assert script.watch_rvs[0] == "L1"  # watched from the list's version
+    # The reads say whether they started after the exit was seen (follow.fetch_heeding_lease's
+    # final: a followed pod's final read goes through its BUSY lease).
+    assert reads.finals[:3] == [False] * 3 and reads.finals[-1] is True
 
 
 def test_deleted_unread_gets_a_gap_from_the_cursor_to_the_exit():
@@ -326,7 +331,7 @@ def test_a_final_read_cut_at_fetch_max_bytes_is_not_the_end():
     answers = [True, False]
     calls: list[str] = []
 
-    def read(name: str, uid: str) -> dict:
+    def read(name: str, uid: str, final: bool = False) -> dict:
         calls.append(name)
         return {"pod": name, "status": FetchStatus.OK, "cut": answers.pop(0) if answers else False}
 
@@ -359,7 +364,7 @@ def test_a_broken_watch_resumes_from_the_last_version():
 def test_a_read_that_raises_does_not_stop_the_watcher():
     calls = []
 
-    def bad_read(name, uid):
+    def bad_read(name, uid, final=False):
         calls.append(name)
         raise RuntimeError("boom")
 
