@@ -89,7 +89,9 @@ LIVE_BUDGET = 60  # ...valid this long (a read can block the loop's exit for 30 
 SETTLED_KEPT = 10_000  # uids of gone pods remembered, so a pod is settled once
 
 # Seconds between two reads of a terminated pod that its follower still holds
-# (app/follow.py): the follower reads it to the end and lets go within a second or so.
+# (app/follow.py): the read goes through the lease once it meets the cursor's own lines
+# (the follower's last commit may be a second away), or the follower reads the pod to
+# the end and lets go within a second or so.
 FOLLOWED_RETRY = 0.2
 # Outcomes after which the pod is read again at once rather than at the next tick.
 _AGAIN_AT_ONCE = {FetchStatus.CONFLICT, FetchStatus.RESTARTED}
@@ -271,7 +273,8 @@ class Watcher:
     """Runs the watch and the reads while this replica leads.
 
     ``source`` lists and watches (``list_pods_at``, ``watch_pods``); ``read`` is
-    ``Fetcher.fetch`` (its result's ``cut``: the read stopped at ``FETCH_MAX_BYTES``, more
+    ``follow.fetch_heeding_lease`` bound to a ``Fetcher``, called as ``read(name, uid,
+    final=...)`` (its result's ``cut``: the read stopped at ``FETCH_MAX_BYTES``, more
     is waiting); ``ledger`` gives cursors and takes gap records.
     """
 
@@ -502,7 +505,8 @@ def run(stop: threading.Event, health_dir: str | None = None, lease_seconds: flo
     except KubeError as e:
         log.error("watch: %s", e)
         return 1
-    # Through the follow lease, as the rounds read (a busy followed pod is its follower's).
+    # Through the follow lease, as the rounds read (a busy followed pod is its follower's,
+    # but for a final read that meets the cursor's own lines: fetch_heeding_lease's final).
     watcher = Watcher(fetcher.source, functools.partial(follow.fetch_heeding_lease, fetcher), ledger,
                       container=s.traefik_container,
                       interval=s.terminating_read_interval)
