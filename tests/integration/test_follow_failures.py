@@ -940,3 +940,48 @@ def test_the_watchers_final_read_leaves_a_busy_follower_on_a_renamed_file_alone(
         assert fake.unserved(POD) == []  # the stream held the renamed file open and sent all of it
     finally:
         slow.stop(10)
+
+
+def test_a_cut_final_read_through_a_busy_lease_leaves_the_follower_its_stream(fake, source, ledger, fetcher,
+                                                                              monkeypatch):
+    """Found by a review of the read above: a final read cut at FETCH_MAX_BYTES committed
+    part of a backlog the follower was still counting from the same file; its next commit
+    conflicted, it dropped the stream, which holds the file open and would have delivered
+    the rest after the pod was gone too, and reads of a pod about to go lost 142 to 379
+    requests. A cut read now leaves the pod to its follower."""
+    class Slow:
+        """The chunk queue of a stream whose counting falls behind (0.1 s a chunk)."""
+
+        def __init__(self, chunks: queue.Queue) -> None:
+            self.chunks = chunks
+
+        def put(self, item, *args, **kwargs) -> None:
+            time.sleep(0.1)
+            self.chunks.put(item, *args, **kwargs)
+
+    read = follow._read
+    monkeypatch.setattr(follow, "_read", lambda opened, chunks, received: read(opened, Slow(chunks), received))
+    fake.removal_delay = 60
+    slow = Follower(fetcher, max_pods=4, min_rate=1.0, slice_seconds=5.0)
+    small = Fetcher(source, ledger, domain="t.lum.tools", container="", limit_bytes=256 * 1024)  # the watcher's
+    try:
+        base = Traffic(seed=9501)
+        uid = first_read(fake, fetcher, base)
+        assert slow.offer(POD, uid)
+        wait_until(lambda: fake.follow_readers(POD) == 1, 10, interval=0.05, what="the stream open")
+        fake.terminate(POD, 30)
+        last = Traffic(seed=9502)
+        t0 = time.time_ns()
+        for k in range(30):  # about 1.6 MB, in the current file: the follower is behind
+            fake.write_many(POD, last.lines(50), ts_ns=t0 + k * NS // 100)
+        fake.exit_container(POD)
+        wait_until(lambda: lease_of(ledger, uid) is Lease.BUSY, 5, interval=0.02, what="the lease busy")
+        summary = follow.fetch_heeding_lease(small, POD, uid, final=True)
+        assert summary["status"] == FetchStatus.FOLLOWED, summary  # read, cut: nothing committed
+        want = plus(base.expected(), last.expected())
+        wait_until(lambda: committed(ledger) == want, 30, interval=0.1, what="the follower's commits")
+        wait_until(lambda: slow.following() == [], 15, interval=0.05, what="the follower letting go")
+        assert ledger.stats().get("follow_ended:stopped_container") == 1
+        assert committed(ledger) == want and ledger.gaps() == []
+    finally:
+        slow.stop(10)
