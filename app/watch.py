@@ -118,6 +118,7 @@ class PodState:
     final_read: bool = False  # a complete read started after the exit was seen
     reading: bool = False
     read_after_exit: bool = False  # the read in flight started after the exit was seen
+    read_container: str = ""  # the container id when the read in flight started
     read_started: float = 0.0  # monotonic
     again: bool = False  # asked for a read while one was in flight
     due: float | None = None  # monotonic time of the next read
@@ -222,6 +223,7 @@ class PodTracker:
                 continue
             st.reading, st.again, st.due = True, False, None
             st.read_after_exit = st.exited
+            st.read_container = st.container_id
             st.read_started = now
             out.append(st)
         return out
@@ -235,7 +237,9 @@ class PodTracker:
         st.reading = False
         if status in _COMPLETE and not cut:
             st.last_read_ns = started_ns
-            if st.read_after_exit and not st.final_read:
+            # Of the container it started after the exit of (a restart while it ran is
+            # another container, whose exit no read has followed yet).
+            if st.read_after_exit and st.read_container == st.container_id and not st.final_read:
                 st.final_read = True
                 log.info("watch: pod %s: read to the end after its container terminated", st.name)
         if status == FetchStatus.GONE and not st.gone:

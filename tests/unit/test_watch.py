@@ -171,6 +171,21 @@ def test_a_restart_resets_the_exit(tr):
     assert not st.exited and not st.final_read and st.container_id == "containerd://c1"
 
 
+def test_a_read_after_the_previous_containers_exit_is_not_the_new_containers_final_read(tr):
+    # Found by a review: container c0 exits, a read starts, c0 restarts as c1 while it runs;
+    # the read's end must not count as c1's final read (a pod gone before any read after
+    # c1's exit may have lost c1's last lines: a gap record).
+    tr.sync([pod(cid="containerd://c0")], 0.0, 0)
+    tr.event(event("MODIFIED", pod(cid="containerd://c0", exited=True)), 1.0, 0)
+    (st,) = tr.start_due(1.0)
+    assert st.read_after_exit
+    tr.event(event("MODIFIED", pod(cid="containerd://c1")), 1.1, 0)
+    tr.read_done("u0", FetchStatus.OK, False, 1 * NS, 1.2, 2 * NS)
+    assert not st.final_read
+    (gone,) = tr.event(event("DELETED", pod(cid="containerd://c1", deleting=True)), 50.0, 50 * NS)
+    assert lost_lines(gone)
+
+
 def test_replacement_under_the_same_name_is_another_pod(tr):
     tr.sync([pod(deleting=True, exited=True)], 0.0, 0)
     read(tr, 0.0)
