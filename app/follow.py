@@ -86,6 +86,12 @@ JOIN_BYTES = 256 * 1024  # waiting chunks are joined up to this size before they
 # (tracemalloc: 2.4 MB for a second at 2,000 lines/s, 28.5 MB at 24,000), as for a poll's
 # read, and at most QUEUED_CHUNKS chunks: not the slice's bytes.
 SLICE_BYTES = 32 * 1024 * 1024
+# Seconds without a chunk after which a slice that took bytes ends early, so what it took
+# is committed when the stream pauses, not up to a slice later: a rolling update's pod
+# goes about a second after its container exits, and the pod watcher's final read meets
+# the follower's newest lines only once they are committed (fetch_heeding_lease's final).
+# A steady stream has no such pause; one with pauses commits at most five times a second.
+PAUSE_COMMIT = 0.2
 MAX_EMPTY_STREAMS = 3  # streams in a row with no new line before the pod goes back to the rounds
 REOPEN_WAIT = 1.0  # seconds before opening the stream again after one with no new line, doubled each time
 
@@ -471,15 +477,18 @@ class _Stream:
 
     def _slice(self, chunks: queue.Queue[bytes | _End]) -> Iterator[bytes]:
         """The stream's chunks for one slice: until ``slice_seconds`` have passed (bytes
-        or none), or the stream ends or has been silent for ``IDLE_RELEASE``
+        or none), ``PAUSE_COMMIT`` has passed without a chunk after some, ``SLICE_BYTES``
+        were taken, or the stream ends or has been silent for ``IDLE_RELEASE``
         (``self.ended`` says why). The chunks waiting when one is taken go with it, joined
         (a stream catching up: ``consume()`` pays per chunk as well as per line)."""
         end = time.monotonic() + self.follower.slice_seconds
         taken = 0
         while (left := end - time.monotonic()) > 0 and taken < SLICE_BYTES:
             try:
-                item = chunks.get(timeout=left)
+                item = chunks.get(timeout=min(left, PAUSE_COMMIT) if taken else left)
             except queue.Empty:
+                if taken:
+                    return  # a pause after bytes: commit them now
                 if time.monotonic() - self.last_byte >= IDLE_RELEASE:
                     self.ended = "idle"
                 return

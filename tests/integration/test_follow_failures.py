@@ -22,8 +22,8 @@ from app.fetching import STALLED_AFTER, Fetcher
 from app.follow import Follower, Lease, lease_key, lease_of, lease_seen
 from app.kube import LogSource
 from app.model import Cursor, FetchStatus, fingerprint
-from app.watch import PodTracker, lost_lines
-from sim.fake_kube import FakeKube
+from app.watch import PodTracker, Watcher, lost_lines
+from sim.fake_kube import FakeKube, PodNotFound
 from sim.procs import wait_until
 from tests.followkit import POD, committed, first_read, make_fetcher, plus, write_steadily
 from tests.traffic import Traffic
@@ -985,3 +985,64 @@ def test_a_cut_final_read_through_a_busy_lease_leaves_the_follower_its_stream(fa
         assert committed(ledger) == want and ledger.gaps() == []
     finally:
         slow.stop(10)
+
+
+def _watching(fake: FakeKube) -> bool:
+    return any(q.get("watch") in ("true", "1") for _, path, q in fake.requests if path.endswith("/pods"))
+
+
+def test_a_follower_commits_at_a_pause_so_the_watchers_final_read_meets_its_newest_lines(fake, source, ledger,
+                                                                                          fetcher):
+    """Found by the same review (Known gap 11 was only partly closed): a rotation within the
+    follower's last slice before the exit; it committed the renamed file, then took the new
+    file's lines and held them for the rest of its slice. The watcher's final read met
+    none of the cursor's lines (in the renamed file) and waited for the follower, whose
+    stream ends at the kubelet's timer, and the pod went first: a gap record for lines all
+    counted (5 of 12 rolling updates with rotations in the reviewer's fuzz). A slice now
+    ends PAUSE_COMMIT after its last chunk. Slices and the kubelet's timer of 5 s widen,
+    for a deterministic test, the race production's 1 s run against the pod's removal."""
+    fake.follow_check_period = 5
+    follower = Follower(fetcher, max_pods=4, min_rate=1.0, slice_seconds=5.0)
+    watcher = Watcher(source, functools.partial(follow.fetch_heeding_lease, make_fetcher(source, ledger)), ledger,
+                      container="", interval=1.0)
+    stop = threading.Event()
+    lead = threading.Thread(target=watcher.lead, args=(stop,), daemon=True)
+    lead.start()
+    try:
+        base = Traffic(seed=9601)
+        uid = first_read(fake, fetcher, base)
+        assert follower.offer(POD, uid)
+        wait_until(lambda: fake.follow_readers(POD) == 1 and _watching(fake), 10, interval=0.05,
+                   what="the stream open and the pods watched")
+        fake.terminate(POD, 30)  # a rolling update
+        u, v = Traffic(seed=9602), Traffic(seed=9603)
+        with fake._lock:  # the file fills: renamed away
+            append_locked(fake, u.lines(30), time.time_ns(), rotate_bytes=1)
+        fake.rotate_bytes = None
+        wait_until(lambda: committed(ledger) == plus(base.expected(), u.expected()), 10, interval=0.02,
+                   what="the renamed file's lines committed")
+        stream = follower._streams[uid]
+        before = time.monotonic()
+        fake.write_many(POD, v.lines(20))  # the new file's lines
+        wait_until(lambda: stream.last_byte > before, 5, interval=0.01, what="the follower taking them")
+        fake.exit_container(POD)  # the pod object goes a second later
+        wait_until(lambda: _gone(fake), 10, interval=0.05, what="the pod removed")
+        want = plus(base.expected(), u.expected(), v.expected())
+        wait_until(lambda: follower.following() == [], 30, interval=0.1, what="the follower letting go")
+        end = time.monotonic() + 2.0  # the watcher settles the pod on its DELETED event
+        while time.monotonic() < end:
+            assert ledger.gaps() == [], [g["reason"] for g in ledger.gaps()]
+            time.sleep(0.1)
+        assert committed(ledger) == want
+    finally:
+        stop.set()
+        follower.stop(10)
+        lead.join(15)
+
+
+def _gone(fake: FakeKube) -> bool:
+    try:
+        fake.pod_uid(POD)
+    except PodNotFound:
+        return True
+    return False
