@@ -862,7 +862,44 @@ def test_a_lease_renewed_with_its_time_reads_as_its_state_in_the_previous_form(l
 # --------------------------------------------------------------------------------------
 
 
-def test_the_watchers_final_read_of_a_busy_followed_pod_is_complete(fake, source, ledger, fetcher):
+class _Held:
+    """The chunk queue of a follow stream whose counting thread gets each chunk ``hold``
+    seconds after the reader thread received it (the lease says BUSY from the receipt)."""
+
+    def __init__(self, chunks: queue.Queue, hold: float) -> None:
+        self.chunks, self.hold = chunks, hold
+
+    def put(self, item, *args, **kwargs) -> None:
+        time.sleep(self.hold)
+        self.chunks.put(item, *args, **kwargs)
+
+
+def _final_read_through_busy_lease(fake, source, ledger, uid: str) -> None:
+    """The pod watcher's final read after the exit, through the BUSY lease, as
+    app/watch.py feeds its PodTracker; the pod goes right after it, with no gap record."""
+    wait_until(lambda: lease_of(ledger, uid) is Lease.BUSY, 5, interval=0.02, what="the lease busy")
+    tracker = PodTracker("", 1.0)
+    tracker.observe(source.get_pod(POD), time.monotonic())
+    (st,) = tracker.start_due(time.monotonic())
+    assert st.read_after_exit
+    started = time.time_ns()
+    summary = follow.fetch_heeding_lease(make_fetcher(source, ledger), POD, uid, final=st.read_after_exit)
+    assert lease_of(ledger, uid) is Lease.BUSY  # read through the BUSY lease, not a QUIET probe
+    assert summary["status"] == FetchStatus.OK, summary
+    tracker.read_done(uid, summary["status"], summary["cut"], started, time.monotonic(), time.time_ns())
+    assert st.final_read
+    assert ledger.read_records()[uid].end_at is not None
+    fake.delete(POD)  # the pod goes a second after the exit, its follower still streaming
+    (settled,) = tracker.vanished(uid, time.time_ns())
+    assert not lost_lines(settled)  # no gap record
+
+
+def test_the_watchers_final_read_of_a_busy_followed_pod_is_complete(fake, source, ledger, fetcher, monkeypatch):
+    """The follower has not counted Traefik's last lines yet (its counting thread is 2 s
+    behind its reader): the watcher's final read counts them, and the follower's commit of
+    the same lines conflicts; it lets go, counting nothing twice."""
+    read = follow._read
+    monkeypatch.setattr(follow, "_read", lambda opened, chunks, received: read(opened, _Held(chunks, 2.0), received))
     fake.follow_check_period = 30  # the stream does not end with the container within this test
     slow = Follower(fetcher, max_pods=4, min_rate=1.0, slice_seconds=5.0)  # BUSY for 5 s after a byte
     try:
@@ -874,26 +911,33 @@ def test_the_watchers_final_read_of_a_busy_followed_pod_is_complete(fake, source
         last = Traffic(seed=9302)
         fake.write_many(POD, last.lines(40))  # Traefik's last requests
         fake.exit_container(POD)
-        wait_until(lambda: lease_of(ledger, uid) is Lease.BUSY, 5, interval=0.02, what="the lease busy")
-
-        tracker = PodTracker("", 1.0)  # the watcher's bookkeeping, fed as app/watch.py does
-        tracker.observe(source.get_pod(POD), time.monotonic())
-        (st,) = tracker.start_due(time.monotonic())
-        assert st.read_after_exit
-        started = time.time_ns()
-        summary = follow.fetch_heeding_lease(make_fetcher(source, ledger), POD, uid, final=st.read_after_exit)
-        assert lease_of(ledger, uid) is Lease.BUSY  # read through the BUSY lease, not a QUIET probe
-        assert summary["status"] == FetchStatus.OK, summary
-        tracker.read_done(uid, summary["status"], summary["cut"], started, time.monotonic(), time.time_ns())
-        assert st.final_read
-        fake.delete(POD)  # the pod goes a second after the exit, its follower still streaming
-        (settled,) = tracker.vanished(uid, time.time_ns())
-        assert not lost_lines(settled)  # no gap record
+        _final_read_through_busy_lease(fake, source, ledger, uid)
         want = plus(base.expected(), last.expected())
         assert committed(ledger) == want
-        assert ledger.read_records()[uid].end_at is not None
-        # The follower's next commit meets the watcher's cursor: it lets go, counting nothing twice.
         wait_until(lambda: slow.following() == [], 15, interval=0.05, what="the follower letting go")
+        assert ledger.stats().get("follow_ended:conflict") == 1
+        assert committed(ledger) == want and ledger.gaps() == []
+    finally:
+        slow.stop(10)
+
+
+def test_the_watchers_final_read_after_the_followers_commit_is_complete(fake, source, ledger, fetcher):
+    """The follower committed Traefik's last lines: the watcher's final read meets them, finds nothing new, and records the pod as read to its
+    end."""
+    fake.follow_check_period = 30
+    slow = Follower(fetcher, max_pods=4, min_rate=1.0, slice_seconds=5.0)
+    try:
+        base = Traffic(seed=9311)
+        uid = first_read(fake, fetcher, base)
+        assert slow.offer(POD, uid)
+        wait_until(lambda: fake.follow_readers(POD) == 1, 10, interval=0.05, what="the stream open")
+        fake.terminate(POD, 30)
+        last = Traffic(seed=9312)
+        fake.write_many(POD, last.lines(40))
+        want = plus(base.expected(), last.expected())
+        wait_until(lambda: committed(ledger) == want, 10, interval=0.02, what="the follower's commit")
+        fake.exit_container(POD)  # its stream waits on (the kubelet's timer: 30 s here)
+        _final_read_through_busy_lease(fake, source, ledger, uid)
         assert committed(ledger) == want and ledger.gaps() == []
     finally:
         slow.stop(10)
