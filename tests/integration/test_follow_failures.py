@@ -874,6 +874,12 @@ class _Held:
         self.chunks.put(item, *args, **kwargs)
 
 
+def _hold_chunks(monkeypatch, hold: float) -> None:
+    """Every follow stream's counting thread gets each chunk ``hold`` seconds late."""
+    read = follow._read
+    monkeypatch.setattr(follow, "_read", lambda opened, chunks, received: read(opened, _Held(chunks, hold), received))
+
+
 def _final_read_through_busy_lease(fake, source, ledger, uid: str) -> None:
     """The pod watcher's final read after the exit, through the BUSY lease, as
     app/watch.py feeds its PodTracker; the pod goes right after it, with no gap record."""
@@ -898,8 +904,7 @@ def test_the_watchers_final_read_of_a_busy_followed_pod_is_complete(fake, source
     """The follower has not counted Traefik's last lines yet (its counting thread is 2 s
     behind its reader): the watcher's final read counts them, and the follower's commit of
     the same lines conflicts; it lets go, counting nothing twice."""
-    read = follow._read
-    monkeypatch.setattr(follow, "_read", lambda opened, chunks, received: read(opened, _Held(chunks, 2.0), received))
+    _hold_chunks(monkeypatch, 2.0)
     fake.follow_check_period = 30  # the stream does not end with the container within this test
     slow = Follower(fetcher, max_pods=4, min_rate=1.0, slice_seconds=5.0)  # BUSY for 5 s after a byte
     try:
@@ -945,18 +950,7 @@ def test_the_watchers_final_read_after_the_followers_commit_is_complete(fake, so
 
 def test_the_watchers_final_read_leaves_a_busy_follower_on_a_renamed_file_alone(fake, source, ledger, fetcher,
                                                                                 monkeypatch):
-    class Slow:
-        """The chunk queue of a stream whose reader falls behind (0.2 s a chunk)."""
-
-        def __init__(self, chunks: queue.Queue) -> None:
-            self.chunks = chunks
-
-        def put(self, item, *args, **kwargs) -> None:
-            time.sleep(0.2)
-            self.chunks.put(item, *args, **kwargs)
-
-    read = follow._read
-    monkeypatch.setattr(follow, "_read", lambda opened, chunks, received: read(opened, Slow(chunks), received))
+    _hold_chunks(monkeypatch, 0.2)  # a stream that falls behind
     fake.removal_delay = 60  # the pod stays until its follower is done (here: slow, 0.2 s a chunk)
     slow = Follower(fetcher, max_pods=4, min_rate=1.0, slice_seconds=5.0)
     try:
@@ -993,18 +987,7 @@ def test_a_cut_final_read_through_a_busy_lease_leaves_the_follower_its_stream(fa
     conflicted, it dropped the stream, which holds the file open and would have delivered
     the rest after the pod was gone too, and reads of a pod about to go lost 142 to 379
     requests. A cut read now leaves the pod to its follower."""
-    class Slow:
-        """The chunk queue of a stream whose counting falls behind (0.1 s a chunk)."""
-
-        def __init__(self, chunks: queue.Queue) -> None:
-            self.chunks = chunks
-
-        def put(self, item, *args, **kwargs) -> None:
-            time.sleep(0.1)
-            self.chunks.put(item, *args, **kwargs)
-
-    read = follow._read
-    monkeypatch.setattr(follow, "_read", lambda opened, chunks, received: read(opened, Slow(chunks), received))
+    _hold_chunks(monkeypatch, 0.1)
     fake.removal_delay = 60
     slow = Follower(fetcher, max_pods=4, min_rate=1.0, slice_seconds=5.0)
     small = Fetcher(source, ledger, domain="t.lum.tools", container="", limit_bytes=256 * 1024)  # the watcher's
