@@ -699,16 +699,7 @@ class Fetcher:
             cursor = Cursor(ctr.container_id, 0, 0)
         since = cursor.floor_ns or start_at
         read_at = self.ledger.now()  # the read record's time: before the request is sent
-        res = consume(
-            self.source.stream_log(name, ctr.name, since, self.limit, deadline=deadline),
-            cursor,
-            start_at,
-            self.limit,
-            self.domain,
-            self.window,
-            self.max_line,
-            self.ledger.ri,
-        )
+        res = self._read_log(name, ctr.name, cursor, since, start_at, deadline)
         if probe:
             probe_read_at = self._probe_read_at(pod, cursor, res, read_at, quiet_at, busy)
             if probe_read_at is None:
@@ -780,17 +771,8 @@ class Fetcher:
         read_at = self.ledger.now()
         if ctr.last_terminated_id == cursor.container_id:
             try:
-                res = consume(
-                    self.source.stream_log(pod.name, ctr.name, cursor.floor_ns or start_at, self.limit, previous=True,
-                                           deadline=deadline),
-                    cursor,
-                    start_at,
-                    self.limit,
-                    self.domain,
-                    self.window,
-                    self.max_line,
-                    self.ledger.ri,
-                )
+                res = self._read_log(pod.name, ctr.name, cursor, cursor.floor_ns or start_at, start_at, deadline,
+                                     previous=True)
             except NoPreviousLog as e:
                 reason = f"previous container's log unavailable ({e})"
         else:
@@ -816,6 +798,22 @@ class Fetcher:
             self._gap(pod, ctr, cursor.t_ns, None, reason)
         new = Cursor(ctr.container_id, 0, 0)
         return new.encode(), new, True
+
+    def _read_log(self, name: str, container: str, cursor: Cursor, since_ns: int, start_at: int,
+                  deadline: float | None, *, previous: bool = False) -> ReadResult:
+        """One read of a container's log (``previous``: its last terminated one's) from
+        ``since_ns`` (sinceTime), at most ``self.limit`` bytes, walked by ``consume()``
+        from ``cursor``. Raises what ``LogSource.stream_log`` raises."""
+        return consume(
+            self.source.stream_log(name, container, since_ns, self.limit, previous=previous, deadline=deadline),
+            cursor,
+            start_at,
+            self.limit,
+            self.domain,
+            self.window,
+            self.max_line,
+            self.ledger.ri,
+        )
 
     def _gap(self, pod: Pod, ctr: Container, from_ns: int, to_ns: int | None, reason: str) -> None:
         span = f"{fmt_ns(from_ns) if from_ns else 'the start'} .. {fmt_ns(to_ns) if to_ns else 'the start of the new container'}"
