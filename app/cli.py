@@ -14,9 +14,10 @@ import argparse
 import json
 import os
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 from app import scan
+from app.model import epoch_ns
 
 EPILOG = "Workers and beat: celery -A app worker -Q fetch,report ; celery -A app beat"
 
@@ -131,12 +132,9 @@ def _parse_time(value: str) -> int:
     if when.tzinfo is None:
         raise argparse.ArgumentTypeError("give a zone, e.g. 2026-11-24T00:00:00Z")
     try:
-        micros = (when - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
-    except OverflowError:
-        micros = -1
-    if not 0 <= micros < (1 << 63) // 1000:
-        raise argparse.ArgumentTypeError(f"{value!r} is outside 1970-01-01 .. 2262-04-11 (nanoseconds in 64 bits)")
-    return micros * 1000
+        return epoch_ns(when)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _port(value: str) -> int:
@@ -160,7 +158,7 @@ def init_ledger(a: argparse.Namespace) -> int:
     s = settings_or_exit()
     start = a.start_at
     if start is None and s.start_at is not None:
-        start = int(s.start_at.timestamp() * 1_000_000_000)
+        start = epoch_ns(s.start_at)  # in range: checked with the settings
     ledger = _ledger()
     if ledger.initialise(start, force=a.force):
         print(f"ledger initialised under prefix {s.redis_key_prefix!r}; counting from {_when(ledger.start_at_ns())}")

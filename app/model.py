@@ -15,9 +15,30 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from hashlib import blake2b
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# The ledger's times are nanoseconds since the epoch in a signed 64-bit integer (Redis
+# integers, Lua's): 1970-01-01 up to 2262-04-11.
+MAX_EPOCH_NS = (1 << 63) - 1
+
+
+def epoch_ns(when: datetime) -> int:
+    """Nanoseconds since the epoch of an aware ``datetime``, exact (integer arithmetic on
+    its microseconds, no float: ``timestamp() * 1e9`` turns ...00.123457 into
+    ...00.123457024). Raises ``ValueError`` for a naive time or one outside 1970-01-01 ..
+    2262-04-11 (what 64 bits of nanoseconds hold)."""
+    if when.tzinfo is None:
+        raise ValueError("a time without a zone")
+    try:
+        micros = (when - _EPOCH) // timedelta(microseconds=1)
+    except OverflowError:
+        micros = -1
+    if not 0 <= micros <= MAX_EPOCH_NS // 1000:
+        raise ValueError(f"{when.isoformat()} is outside 1970-01-01 .. 2262-04-11 (nanoseconds in 64 bits)")
+    return micros * 1000
 
 @dataclass(frozen=True, order=True)
 class ReportKey:
