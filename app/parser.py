@@ -14,8 +14,9 @@ A line is *counted* for tunnel ``<sub>`` when all of these hold:
 3. It is an access-log entry: it has at least one of the keys in ``ACCESS_KEYS``
    (Traefik's own log lines never carry these capitalised core fields).
 4. ``RequestContentSize`` and ``DownstreamContentSize`` are JSON integers in
-   ``0 .. 2**63-1``. A size field that is *absent* (Traefik's ``accessLog.fields`` can
-   drop it) counts as 0 while the request itself is still counted.
+   ``0 .. MAX_SIZE`` (``2**53 - 1``, see ``MAX_SIZE``). A size field that is *absent*
+   (Traefik's ``accessLog.fields`` can drop it) counts as 0 while the request itself is
+   still counted.
 5. ``RequestHost`` is a string. The host is lower-cased (ASCII letters only, so no
    Unicode case folding can turn a lookalike into a tunnel name), a ``:port`` suffix
    (digits, possibly none) is removed, then one trailing dot is removed. What remains
@@ -95,7 +96,7 @@ Rejected reasons (``REJECTED_REASONS``):
 - ``bad_size_type``: a size present but not a JSON integer (string, float such as
   ``1.0``, bool, null, array, object).
 - ``negative_size``: a size below 0.
-- ``size_too_large``: a size above ``2**63 - 1``.
+- ``size_too_large``: a size above ``MAX_SIZE`` (``2**53 - 1``).
 
 When a line has several defects, the first in the order above wins; within a JSON
 object, the host is checked before ``RequestContentSize`` before
@@ -176,7 +177,15 @@ LINE_PREFIX_ROOM = 64
 LONG_LINE_HEAD = 256
 # Lengths of over-bound lines an Aggregator keeps for logging (the count is unbounded).
 TOO_LONG_KEPT = 100
-MAX_SIZE = 2**63 - 1
+# The largest size a line may carry, in bytes: 2**53 - 1, about 9 PB in one request.
+# Traefik logs the bytes it counted (``crr.count`` and ``crw.Size()`` in its accesslog
+# middleware), so a larger size is a corrupt line, not traffic: 9 PB take 50 hours at 400
+# Gbit/s. The bound keeps every sum exact where it goes: the ledger's 64-bit counters
+# (``commit.lua`` refuses a sum past 2**63 - 1 and writes nothing, so one corrupt line near
+# that size would stop its pod's metering for good) would need more than 1,000 such lines
+# in one interval for one tunnel to overflow, and the platform's JSON integers stay within
+# what I-JSON (RFC 7493, section 2.2) says any receiver holds exactly.
+MAX_SIZE = 2**53 - 1
 DEFAULT_DOMAIN = "t.lum.tools"
 
 # Ignored reasons.
@@ -302,7 +311,7 @@ _decode_raw = msgspec.json.Decoder(msgspec.Raw).decode  # validates, builds noth
 _decode_access_keys = msgspec.json.Decoder(_AccessKeys).decode
 _decode_host = msgspec.json.Decoder(str).decode
 _decode_value = msgspec.json.Decoder().decode  # only on short spans (a size's)
-# A size span longer than this is never an acceptable size (2**63 - 1 has 19 digits).
+# A size span longer than this is never an acceptable size (MAX_SIZE has 16 digits).
 _SHORT_SIZE = 32
 _INT_LITERAL = re.compile(rb"-?[0-9]+")
 _NUMBER_START = frozenset(b"-0123456789")
@@ -535,7 +544,7 @@ def _raw_size(raw: msgspec.Raw) -> tuple[int, str]:
     Only short spans are decoded. A longer one is never an acceptable size, and its
     reason follows from its form, as decoding it would give: not a JSON integer (a
     float, a string, a container...) is ``bad_size_type``; an integer (JSON has no
-    leading zeros, so it has more than 19 digits) is ``negative_size`` or
+    leading zeros, so it has more digits than ``MAX_SIZE``) is ``negative_size`` or
     ``size_too_large`` by its sign.
     """
     if len(raw) <= _SHORT_SIZE:

@@ -76,6 +76,7 @@ HUGE_LINE_SHARE = 5e-6  # lines of 1 to 3 MiB
 OVER_BOUND_LINES = 2  # lines over MAX_LINE_BYTES, skipped by every variant
 STDERR_SHARE = 0.05  # kubelet corpus: Traefik's own log lines on stderr
 MAX_LINE_BYTES = 16 * 1024 * 1024  # the counting rule's bound (app.parser.MAX_LINE_BYTES)
+MAX_SIZE = 2**53 - 1  # the counting rule's largest size (app.parser.MAX_SIZE)
 
 
 # --------------------------------------------------------------------------- data
@@ -412,7 +413,7 @@ def _naive(path: Path) -> dict:
             if not isinstance(host, str) or not host:
                 continue
             sizes = [entry.get("RequestContentSize", 0), entry.get("DownstreamContentSize", 0)]
-            if any(type(s) is not int or not 0 <= s < 2**63 for s in sizes):
+            if any(type(s) is not int or not 0 <= s <= MAX_SIZE for s in sizes):
                 continue
             host = _NAIVE_PORT.sub("", host.encode().lower().decode()).removesuffix(".")
             match = _NAIVE_HOST.fullmatch(host)

@@ -7,6 +7,7 @@ generated ground truth once the pipeline is quiescent.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -441,3 +442,27 @@ def test_a_fetch_over_its_time_limit_is_a_read_failure(pipeline, kube, pool):
     assert record.fail_since <= pipeline.ledger.now()
     assert "over FETCH_TIME_LIMIT (5s); nothing committed" in worker.output()
     assert pipeline.ledger.cursors() == {}
+
+
+def test_a_corrupt_size_near_two_to_the_63_is_rejected_and_metering_goes_on(pipeline, kube):
+    """A new user's trial: one line with ``"DownstreamContentSize":9210000000000000000``
+    (under 2**63 - 1, so the parser took it) made every commit of its pod overflow
+    ``commit.lua``'s 64-bit check, and nothing after it was ever metered. Sizes above
+    ``app.parser.MAX_SIZE`` (2**53 - 1) are rejected as ``size_too_large`` since."""
+    kube.add_pod(POD)
+    traffic = Traffic(seed=31)
+    pipeline.init_ledger()
+    pipeline.worker()
+    pipeline.beat()
+    kube.write_many(POD, traffic.lines(20))
+    wait_read(pipeline, [POD])
+    corrupt = json.loads(Traffic(seed=32).line(traffic.tunnels[0]))  # not in the truth
+    corrupt["DownstreamContentSize"] = 9_210_000_000_000_000_000
+    kube.write(POD, json.dumps(corrupt, sort_keys=True, separators=(",", ":")).encode())
+    kube.write_many(POD, traffic.lines(20))  # after it, in the same reads
+    pipeline.wait_quiescent([POD])
+    assert pipeline.delivered() == traffic.expected()
+    stats = pipeline.ledger.stats()
+    assert stats.get("rejected:size_too_large") == 1, stats
+    assert stats["lines_read"] == 41
+    assert stats["lines_counted"] == sum(v["requests"] for v in traffic.expected().values())

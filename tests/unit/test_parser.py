@@ -15,6 +15,7 @@ from app import parser
 from app.parser import (
     IGNORED_REASONS,
     MAX_LINE_BYTES,
+    MAX_SIZE,
     REJECTED_REASONS,
     Aggregator,
     LongLine,
@@ -415,6 +416,9 @@ def test_bad_host_type(host):
         (-1, "negative_size"),
         (-(2**63), "negative_size"),
         (-(2**70), "negative_size"),
+        (2**53, "size_too_large"),
+        (9_210_000_000_000_000_000, "size_too_large"),  # a new user's corrupt line (commit.lua refused its sum)
+        (2**63 - 1, "size_too_large"),
         (2**63, "size_too_large"),
         (2**64, "size_too_large"),
         (10**30, "size_too_large"),
@@ -427,11 +431,12 @@ def test_bad_sizes_rejected(field, value, reason):
 
 
 def test_size_bounds():
-    top = 2**63 - 1
+    top = MAX_SIZE
+    assert top == 2**53 - 1  # I-JSON's exact integers (RFC 7493, 2.2): see MAX_SIZE
     agg = feed(
         make(RequestContentSize=top, DownstreamContentSize=top), make(RequestContentSize=top)
     )
-    assert agg.subdomains == {"my-tunnel": [2 * top, top + 337, 2]}  # sums go past 64 bits
+    assert agg.subdomains == {"my-tunnel": [2 * top, top + 337, 2]}  # sums exact past 2**53
     assert feed(make(RequestContentSize=0, DownstreamContentSize=0)).subdomains == {
         "my-tunnel": [0, 0, 1]
     }

@@ -21,6 +21,7 @@ from hypothesis.errors import InvalidArgument
 from app.parser import (
     IGNORED_REASONS,
     LONG_LINE_HEAD,
+    MAX_SIZE,
     REJECTED_REASONS,
     Aggregator,
     LineFramer,
@@ -89,10 +90,11 @@ hosts = st.one_of(
     st.sampled_from([None, 1, 2.5, True, [], {}]),  # wrong types
     st.just(ABSENT),
 )
-good_sizes = st.one_of(st.integers(0, 2**63 - 1), st.integers(0, 10**6), st.just(ABSENT))
+good_sizes = st.one_of(st.integers(0, MAX_SIZE), st.integers(0, 10**6), st.just(ABSENT))
 bad_sizes = st.one_of(
     st.integers(max_value=-1),
-    st.integers(min_value=2**63),
+    st.integers(min_value=MAX_SIZE + 1),
+    st.integers(MAX_SIZE + 1, 2**63 - 1),
     st.floats(allow_nan=False, allow_infinity=False),
     st.text(max_size=5),
     st.booleans(),
@@ -131,7 +133,7 @@ def access_lines(draw) -> tuple[bytes, tuple[str, int, int] | None]:
         ensure_ascii=draw(st.booleans()),
     )
     expected = None
-    good = all(v is ABSENT or (type(v) is int and 0 <= v < 2**63) for v in (size_in, size_out))
+    good = all(v is ABSENT or (type(v) is int and 0 <= v <= MAX_SIZE) for v in (size_in, size_out))
     if good and isinstance(host, str):
         sub = model_subdomain(host)
         if sub is not None:
