@@ -15,7 +15,12 @@ failed), with what to do when it is not OK. Exit status 1 when any check FAILs, 
    Traefik's own lines), classified by the parser (``app/parser.py``'s Aggregator).
 6. ``tunnel domain``: some of them are for ``*.<TUNNEL_DOMAIN>``.
 7. ``platform``: the host of ``PLATFORM_API_URL`` accepts a TCP connection (and a TLS
-   handshake, for https): no HTTP request, so the secret is never sent.
+   handshake, for https): no HTTP request, so the secret is never sent. And
+   ``PLATFORM_INTERNAL_SECRET`` is set (its value never shown): without it, an OK becomes
+   a WARN, not a FAIL, because check cannot tell whether this environment is a report
+   worker's. A worker consuming ``report`` refuses to start without the secret, but fetch
+   workers and beat do not need it: the Kubernetes deployment gives it to the report
+   workers only, and check runs in a fetch worker's pod.
 
 With ``LOG_SOURCE=file``, checks 2-4 are replaced by ``files`` (``LOG_FILES`` matches
 readable, uncompressed files) and 5-6 read the newest lines of the newest file instead.
@@ -310,7 +315,23 @@ def check_domain(s: Settings, agg: Aggregator | None) -> Result:
 # Platform -------------------------------------------------------------------------------------
 
 
+SECRET_FIX = ("set PLATFORM_INTERNAL_SECRET where report workers run (celery worker -Q report refuses to "
+              "start without it; in Kubernetes only worker-report gets it, from Secret "
+              "traefik-metrics-scraper-secrets); fetch workers and beat do not need it")
+
+
 def check_platform(s: Settings, timeout: float) -> Result:
+    """``platform``: its address answers, and ``PLATFORM_INTERNAL_SECRET`` is set (a WARN
+    when it is not; its value is never shown)."""
+    result = _platform_address(s, timeout)
+    if s.platform_internal_secret is not None:
+        return result
+    return Result("WARN" if result.status == "OK" else result.status, result.name,
+                  f"{result.detail}; PLATFORM_INTERNAL_SECRET is not set here",
+                  f"{result.fix}; {SECRET_FIX}" if result.fix else SECRET_FIX)
+
+
+def _platform_address(s: Settings, timeout: float) -> Result:
     parts = urlsplit(s.platform_api_url)
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme == "https" else 80)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from datetime import datetime
@@ -20,6 +21,7 @@ from app import scan
 from app.model import epoch_ns
 
 EPILOG = "Workers and beat: celery -A app worker -Q fetch,report ; celery -A app beat"
+MAX_TIMEOUT = 3600  # check --timeout: a larger one overflows the sockets' time_t at 1e10 s
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("replay", help="send dead letters again (same idempotency keys)",
                        description="Send dead letters again, with their original idempotency keys. "
-                       "Exit status 1 when a KEY is not a dead letter.")
+                       "Exit status 1 when a KEY is not a dead letter, 2 when it names no report (its start "
+                       "not a multiple of REPORT_INTERVAL, its subdomain not a tunnel's).")
     p.add_argument("--all", action="store_true", help="every dead letter")
     p.add_argument("keys", nargs="*", metavar="KEY", help="<interval start>:<subdomain>, as deadletters lists, or the report's "
                    "Idempotency-Key as the platform got it")
@@ -69,11 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="check, without sending traffic, that this deployment can meter",
                        description="Check, without sending traffic, that this deployment can meter: Redis and "
-                       "its durability settings, Kubernetes permissions (SelfSubjectAccessReview), the Traefik "
-                       "pods and their access log, the platform's address. One line per check with what to do; "
-                       "exit status 1 when one fails.")
-    p.add_argument("--lines", type=int, default=200, help="newest log lines of a pod to look at (default %(default)s)")
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds for each connection (default %(default)s)")
+                       "its durability settings; with LOG_SOURCE=kubernetes (the default) the Kubernetes "
+                       "permissions (SelfSubjectAccessReview), the Traefik pods and the newest lines of one, "
+                       "with LOG_SOURCE=file the files LOG_FILES matches and the newest lines of the newest "
+                       "one (JSON access lines for TUNNEL_DOMAIN); the platform's address, and whether "
+                       "PLATFORM_INTERNAL_SECRET is set (a WARN when not: report workers need it). One line "
+                       "per check with what to do; exit status 1 when one fails.")
+    p.add_argument("--lines", type=_count, default=200,
+                   help="newest log lines of a pod (or of the newest file) to look at (default %(default)s)")
+    p.add_argument("--timeout", type=_seconds, default=5.0,
+                   help=f"seconds for each connection, above 0 and at most {MAX_TIMEOUT} (default %(default)s)")
     p.set_defaults(run=check)
 
     p = sub.add_parser("watch", help="watch the Traefik pods; read a terminating pod until it is gone",
@@ -140,6 +148,25 @@ def _parse_time(value: str) -> int:
 def _port(value: str) -> int:
     if not value.isascii() or not value.isdigit() or not 1 <= int(value) <= 65535:
         raise argparse.ArgumentTypeError(f"not a TCP port (1-65535): {value!r}")
+    return int(value)
+
+
+def _seconds(value: str) -> float:
+    """A connection timeout: a finite number of seconds above 0 (0 would make the sockets
+    non-blocking), at most MAX_TIMEOUT."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds <= MAX_TIMEOUT:  # nan compares false: refused too
+        raise argparse.ArgumentTypeError(f"not a number of seconds above 0 and at most {MAX_TIMEOUT}: {value!r}")
+    return seconds
+
+
+def _count(value: str) -> int:
+    """A number of lines: a whole number, at least 1."""
+    if not value.isascii() or not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"not a whole number above 0: {value!r}")
     return int(value)
 
 
@@ -228,13 +255,11 @@ def replay(a: argparse.Namespace) -> int:
     if bool(a.all) == bool(a.keys):
         print("traefik-metrics-scraper replay: give --all or KEYs", file=sys.stderr)
         return 2
-    from app.reporting import report_key_of
     from app.settings import settings_or_exit
 
     s = settings_or_exit()
     try:
-        wanted = None if a.all else [_report_key(k) if "/" not in k else report_key_of(k, s.scraper_id, s.report_interval)
-                                     for k in a.keys]
+        wanted = None if a.all else [_replay_key(k, s.scraper_id, s.report_interval) for k in a.keys]
     except (argparse.ArgumentTypeError, ValueError) as e:
         print(f"traefik-metrics-scraper replay: {e}", file=sys.stderr)
         return 2
@@ -252,6 +277,24 @@ def replay(a: argparse.Namespace) -> int:
     for k in missing:
         print(f"not a dead letter: {k}", file=sys.stderr)
     return 1 if missing else 0
+
+
+def _replay_key(text: str, scraper_id: str, interval: int):
+    """The ReportKey a replay KEY names (either form), or ValueError saying why it names
+    no report of this ledger: its start is not an interval start, or its subdomain is not
+    one a report can have."""
+    from app.ledger import valid_subdomain
+    from app.reporting import report_key_of
+
+    key = _report_key(text) if "/" not in text else report_key_of(text, scraper_id, interval)
+    problems = []
+    if key.start % interval:
+        problems.append(f"{key.start} is not an interval start (a multiple of REPORT_INTERVAL={interval})")
+    if not valid_subdomain(key.subdomain):
+        problems.append(f"{key.subdomain[:80]!r} is not a tunnel subdomain (one DNS label of a-z, 0-9 and -)")
+    if problems:
+        raise ValueError(f"not a report key of this ledger: {text[:120]!r}: {'; '.join(problems)}")
+    return key
 
 
 def metrics(a: argparse.Namespace) -> int:

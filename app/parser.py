@@ -169,6 +169,9 @@ import msgspec
 # So one maximal head's path can take 6 MiB of a line, and logged headers add more:
 # 16 MiB holds that with room. A line over the bound is rejected (too_long), not billed.
 MAX_LINE_BYTES = 16 * 1024 * 1024
+# The bounds a line bound (LOG_LINE_MAX_BYTES, scan --max-line-bytes) may take, in bytes.
+LINE_BOUND_MIN = 4096
+LINE_BOUND_MAX = 1 << 29
 # Room for what a log transport puts in front of a line: the kubelet's timestamp prefix
 # ("2026-11-30T18:08:00.250000000+08:00 ", 36 bytes). The fetch side frames lines at
 # max_line_bytes + LINE_PREFIX_ROOM and the parser applies the bound to the text.
@@ -424,10 +427,19 @@ def _ascii_lower(text: str) -> str:
     return text.encode("utf-8", "surrogatepass").lower().decode("utf-8", "surrogatepass")
 
 
-def _normalise_domain(domain: str) -> str:
+# A DNS name: labels of a-z 0-9 - (not at either end), 1-63 characters each, 253 in all.
+_DNS_NAME = re.compile(r"(?=.{1,253}\Z)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*")
+
+
+def normalise_domain(domain: str) -> str:
+    """The tunnel domain as hosts are compared with it: blanks around it and one trailing
+    dot removed, ASCII letters lower-cased; it must then be a DNS name (``t.lum.tools``).
+    Raises ``ValueError`` otherwise (``*.t.lum.tools``, ``t.lum.tools:443``, a URL, an
+    empty label). The one rule for ``TUNNEL_DOMAIN`` (app/settings.py) and ``scan
+    --domain``."""
     cleaned = _ascii_lower(domain.strip()).removesuffix(".")
-    if not cleaned or not cleaned.isascii() or " " in cleaned or cleaned.startswith("."):
-        raise ValueError(f"invalid tunnel domain: {domain!r}")
+    if not _DNS_NAME.fullmatch(cleaned):
+        raise ValueError(f"invalid tunnel domain: {domain[:80]!r} (expected a DNS name such as t.lum.tools)")
     return cleaned
 
 
@@ -492,7 +504,7 @@ def tunnel_subdomain(host: str, domain: str = DEFAULT_DOMAIN) -> str | None:
     """
     if not isinstance(host, str):
         return None
-    sub, _reason = _classify_host(host, _normalise_domain(domain))
+    sub, _reason = _classify_host(host, normalise_domain(domain))
     return sub
 
 
@@ -718,7 +730,7 @@ class Aggregator:
         with other aggregators of the same domain (``app.fetching.IntervalSums`` gives its
         per-interval aggregators one, so a read classifies each host once, not once per
         interval); by default this aggregator's own."""
-        self.domain = _normalise_domain(domain)
+        self.domain = normalise_domain(domain)
         self._hosts = {} if hosts is None else hosts
         self._framer = LineFramer(max_line_bytes)
         self.max_line_bytes = max_line_bytes

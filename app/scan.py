@@ -11,8 +11,9 @@ tunnel (``unmetered``, a line of the table or a map of the JSON).
 
 The default domain is ``$TUNNEL_DOMAIN``, else ``t.lum.tools``; the longest line parsed
 is ``$LOG_LINE_MAX_BYTES``, else 16 MiB, as in the workers (longer lines are rejected as
-``too_long``). This module reads the environment directly and imports only the parser:
-starting ``scan`` must not load the settings, Celery or the Kubernetes client.
+``too_long``); a bound the workers would refuse is refused, in one line naming the
+option or the variable. This module reads the environment directly and imports only the
+parser: starting ``scan`` must not load the settings, Celery or the Kubernetes client.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import sys
 import time
 from typing import BinaryIO, TextIO
 
-from app.parser import DEFAULT_DOMAIN, MAX_LINE_BYTES, Aggregator
+from app.parser import DEFAULT_DOMAIN, LINE_BOUND_MAX, LINE_BOUND_MIN, MAX_LINE_BYTES, Aggregator
 
 CHUNK_BYTES = 256 * 1024
 PROGRESS_MIN_BYTES = 64 * 1024 * 1024  # show a progress bar only for files this large
@@ -35,7 +36,8 @@ _UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
 
 
 class ScanError(Exception):
-    """A file could not be read; the message is the one line shown to the user."""
+    """A file could not be read, or LOG_LINE_MAX_BYTES is bad; the message is the one
+    line shown to the user."""
 
 
 def human_bytes(value: int) -> str:
@@ -66,19 +68,33 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     )
     ap.add_argument(
         "--max-line-bytes",
-        type=_positive_int,
-        default=os.environ.get("LOG_LINE_MAX_BYTES") or MAX_LINE_BYTES,
+        type=_line_bytes,
         metavar="BYTES",
-        help=f"longest line parsed; longer ones are rejected as too_long "
-        f"(default: $LOG_LINE_MAX_BYTES, else {MAX_LINE_BYTES})",
+        help=f"longest line parsed, from {LINE_BOUND_MIN} to {LINE_BOUND_MAX}; longer ones are "
+        f"rejected as too_long (default: $LOG_LINE_MAX_BYTES, else {MAX_LINE_BYTES})",
     )
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError(text)
-    return value
+def _line_bytes(text: str) -> int:
+    """A line bound the workers accept (``LOG_LINE_MAX_BYTES``'s range)."""
+    value = text.strip()
+    if not value.isascii() or not value.isdigit() or not LINE_BOUND_MIN <= int(value) <= LINE_BOUND_MAX:
+        raise argparse.ArgumentTypeError(
+            f"{text[:80]!r} is not a whole number of bytes from {LINE_BOUND_MIN} to {LINE_BOUND_MAX}"
+        )
+    return int(value)
+
+
+def _max_line_bytes(args: argparse.Namespace) -> int:
+    """``--max-line-bytes``, else ``$LOG_LINE_MAX_BYTES`` (ScanError naming the variable
+    when the workers would refuse it), else ``MAX_LINE_BYTES``."""
+    if args.max_line_bytes is not None:
+        return args.max_line_bytes
+    env = os.environ.get("LOG_LINE_MAX_BYTES")
+    try:
+        return _line_bytes(env) if env else MAX_LINE_BYTES
+    except argparse.ArgumentTypeError as exc:
+        raise ScanError(f"scan: LOG_LINE_MAX_BYTES is not valid: {exc}") from None
 
 
 class _Progress:
@@ -161,7 +177,7 @@ def _table(agg: Aggregator) -> str:
 
     header = ["SUBDOMAIN", "BYTES IN", "BYTES OUT", "REQUESTS"]
     body = [cells(name, *slot) for name, slot in rows]
-    footer = cells(f"TOTAL ({len(rows)} tunnels)", total_in, total_out, total_requests)
+    footer = cells(f"TOTAL ({_plural(len(rows), 'tunnel', 'tunnels')})", total_in, total_out, total_requests)
     widths = [max(len(row[i]) for row in [header, *body, footer]) for i in range(4)]
 
     def fmt(row: list[str]) -> str:
@@ -178,9 +194,15 @@ def _table(agg: Aggregator) -> str:
         out.append(f"{label}: {sum(counts.values())}" + (f" ({detail})" if detail else ""))
     if agg.unmetered:
         detail = ", ".join(f"{sub} {count}" for sub, count in sorted(agg.unmetered.items()))
-        out.append(f"unmetered: {sum(agg.unmetered.values())} upgraded connections counted with 0 bytes "
+        upgraded = _plural(sum(agg.unmetered.values()), "upgraded connection", "upgraded connections")
+        out.append(f"unmetered: {upgraded} counted with 0 bytes "
                    f"(WebSocket...: their traffic is not in the access log) ({detail})")
     return "\n".join(out)
+
+
+def _plural(count: int, one: str, many: str) -> str:
+    """``1 line``, ``2 lines``: the count and the words that agree with it."""
+    return f"{count} {one if count == 1 else many}"
 
 
 def _notes(agg: Aggregator) -> list[str]:
@@ -188,13 +210,15 @@ def _notes(agg: Aggregator) -> list[str]:
     clf = agg.ignored.get("clf_no_host", 0)
     if clf:
         notes.append(
-            f"scan: {clf} access lines are in Common Log Format, which carries no Host and "
-            "no request size: set Traefik's accessLog.format to json to meter tunnels."
+            f"scan: {_plural(clf, 'access line is', 'access lines are')} in Common Log Format, "
+            "which carries no Host and no request size: set Traefik's accessLog.format to json "
+            "to meter tunnels."
         )
     if agg.total and not agg.access_lines() and not clf:
+        read = "1 line read but it is not" if agg.total == 1 else f"{agg.total} lines read but none is"
         notes.append(
-            f"scan: {agg.total} lines read but none is an access-log entry: is Traefik's "
-            "access log enabled, or moved to a file by accessLog.filePath?"
+            f"scan: {read} an access-log entry: is Traefik's access log enabled, or moved to a "
+            "file by accessLog.filePath?"
         )
     return notes
 
@@ -211,10 +235,14 @@ def main(argv: list[str]) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Scan with parsed arguments: 0 done, 2 a file could not be read or a bad domain."""
+    """Scan with parsed arguments: 0 done, 2 a file could not be read, a bad domain or a
+    bad line bound (``$LOG_LINE_MAX_BYTES``)."""
     stdout, stderr = sys.stdout, sys.stderr
     try:
-        agg = Aggregator(args.domain, args.max_line_bytes)
+        agg = Aggregator(args.domain, _max_line_bytes(args))
+    except ScanError as exc:
+        print(exc, file=stderr)
+        return 2
     except ValueError as exc:
         print(f"scan: {exc}", file=stderr)
         return 2

@@ -16,27 +16,42 @@ import sys
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Literal
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from redis import ConnectionPool
 
-from app.parser import LINE_PREFIX_ROOM, MAX_LINE_BYTES
+from app.model import epoch_ns
+from app.parser import (
+    LINE_BOUND_MAX,
+    LINE_BOUND_MIN,
+    LINE_PREFIX_ROOM,
+    MAX_LINE_BYTES,
+    normalise_domain,
+)
 
-DNS_NAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+# The database in a redis:// or rediss:// URL's path: none, or a whole number. redis-py reads
+# any other path as database 0 without a word; kombu (Celery's broker) refuses it at start.
+REDIS_DB_PATH = re.compile(r"/?[0-9]*")
 # A file source's queue: the normal fetch queue, or a host's own (fetch.<host>).
 FILE_QUEUE = re.compile(r"^fetch(\.[A-Za-z0-9][A-Za-z0-9._-]{0,56})?$")
+
+_REDIS_URL = (
+    "a redis://, rediss:// or unix:// URL that redis-py takes: a whole-number database (/0, or ?db=0 "
+    "for unix://) and only redis-py's ?options (socket_timeout=5...)"
+)
 
 # What each field expects, said in the error line; pydantic's own text is not shown.
 EXPECTED = {
     "platform_api_url": "an http:// or https:// URL with a host and no user:password, e.g. http://platform.platform.svc.cluster.local:3000",
-    "platform_internal_secret": "a non-empty string",
+    "platform_internal_secret": "a non-empty string (blanks only count as unset)",
     "report_interval": "a whole number of seconds from 1 to 86400 that divides 86400",
     "log_level": "one of DEBUG, INFO, WARNING, ERROR",
-    "redis_url": "a redis://, rediss:// or unix:// URL",
-    "celery_broker_url": "a redis://, rediss:// or unix:// URL",
-    "celery_result_backend": "a redis://, rediss:// or unix:// URL",
+    "redis_url": _REDIS_URL,
+    "celery_broker_url": _REDIS_URL + "; as the broker, a redis:// or rediss:// URL takes no ?option but ssl_*",
+    "celery_result_backend": _REDIS_URL,
     "tunnel_domain": "a DNS name such as t.lum.tools",
     "traefik_namespace": "a Kubernetes namespace name",
     "traefik_label_selector": "a label selector such as app.kubernetes.io/name=traefik",
@@ -47,7 +62,7 @@ EXPECTED = {
     "follow_min_rate": "a number of lines per second from 0 to 1000000",
     "fetch_max_bytes": "a whole number of bytes from 4096 to 1073741824, more than LOG_LINE_MAX_BYTES + 64 "
     "(one read must hold the longest line and its timestamp)",
-    "log_line_max_bytes": "a whole number of bytes from 4096 to 536870912, below FETCH_MAX_BYTES - 64",
+    "log_line_max_bytes": f"a whole number of bytes from {LINE_BOUND_MIN} to {LINE_BOUND_MAX}, below FETCH_MAX_BYTES - 64",
     "fetch_time_limit": "a whole number of seconds from 5 to 3600",
     "log_reorder_window": "a number of seconds from 0.001 to 60",
     "terminating_read_interval": "a number of seconds from 0.1 to FETCH_INTERVAL",
@@ -56,7 +71,7 @@ EXPECTED = {
     "seal_clock_margin": "a number of seconds from 0 to 300",
     "scraper_id": "1-63 characters of A-Z a-z 0-9 . _ -",
     "redis_key_prefix": "1-63 characters of A-Z a-z 0-9 . _ -",
-    "start_at": "an ISO 8601 time with a zone, e.g. 2026-11-24T00:00:00Z",
+    "start_at": "an ISO 8601 time with a zone from 1970-01-01 to 2262-04-11, e.g. 2026-11-24T00:00:00Z",
     "visibility_timeout": "a whole number of seconds above twice the largest of FETCH_TIME_LIMIT + 10, "
     "REPORT_RETRY_MAX_DELAY and the report lease (REPORT_LEASE, default REPORT_INTERVAL (at most 600) plus twice "
     "REPORT_HOLD_LEASE); raise VISIBILITY_TIMEOUT or lower those",
@@ -374,12 +389,18 @@ class Settings(BaseSettings):
         if parts.scheme != "unix" and not parts.hostname:
             raise ValueError("bad url")
         _ = parts.port
+        if parts.scheme != "unix" and not REDIS_DB_PATH.fullmatch(unquote(parts.path)):
+            raise ValueError("bad database")
+        if not _redis_py_takes(value):
+            raise ValueError("bad url")
         return value
 
     @field_validator("platform_internal_secret")
     @classmethod
     def _secret(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not value.get_secret_value():
+        # Blanks only are a mistake (every report would be refused 401), not a secret: as
+        # unset. A secret with content is kept as given, blanks around it included.
+        if value is not None and not value.get_secret_value().strip():
             return None
         return value
 
@@ -432,10 +453,7 @@ class Settings(BaseSettings):
     @field_validator("tunnel_domain")
     @classmethod
     def _domain(cls, value: str) -> str:
-        value = value.strip().lower().rstrip(".")
-        if not DNS_NAME.match(value):
-            raise ValueError("bad domain")
-        return value
+        return normalise_domain(value)  # ValueError: "is not valid; expected a DNS name..."
 
     @field_validator("traefik_namespace")
     @classmethod
@@ -468,22 +486,33 @@ class Settings(BaseSettings):
     @field_validator("start_at")
     @classmethod
     def _aware(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
             raise ValueError("no zone")
-        return value.astimezone(UTC) if value is not None else None
+        # Kept as 64-bit nanoseconds since the epoch (the ledger, --start-at). Checked
+        # before the conversion to UTC, which overflows near the years 1 and 9999.
+        try:
+            epoch_ns(value)
+        except ValueError:
+            raise ValueError("out of range") from None
+        return value.astimezone(UTC)
 
     @model_validator(mode="after")
     def _ranges(self) -> Settings:
-        line_max_ok = 4096 <= self.log_line_max_bytes <= 1 << 29
+        line_max_ok = LINE_BOUND_MIN <= self.log_line_max_bytes <= LINE_BOUND_MAX
+        fetch_max_ok = 4096 <= self.fetch_max_bytes <= 1 << 30
         checks = {
             "report_interval": 1 <= self.report_interval <= 86400 and 86400 % self.report_interval == 0,
             "fetch_interval": self.fetch_interval is None or 1 <= self.fetch_interval <= self.report_interval,
             "fetch_min_interval": 0.1 <= self.fetch_min_interval <= max(self.fetch_every, 1),
             "follow_max_pods": 0 <= self.follow_max_pods <= 256,
             "follow_min_rate": 0 <= self.follow_min_rate <= 1_000_000,
-            "fetch_max_bytes": 4096 <= self.fetch_max_bytes <= 1 << 30
-            and (not line_max_ok or self.fetch_max_bytes > self.log_line_max_bytes + LINE_PREFIX_ROOM),
+            "fetch_max_bytes": fetch_max_ok,
             "log_line_max_bytes": line_max_ok,
+            # Against each other only when each is in its own range: one error, not two.
+            "fetch_max_bytes_holds_a_line": not (fetch_max_ok and line_max_ok)
+            or self.fetch_max_bytes > self.log_line_max_bytes + LINE_PREFIX_ROOM,
             "fetch_time_limit": 5 <= self.fetch_time_limit <= 3600,
             "log_reorder_window": 0.001 <= self.log_reorder_window <= 60,
             # (against 1 s while FETCH_INTERVAL itself is out of range: one error, not two)
@@ -506,6 +535,13 @@ class Settings(BaseSettings):
             "visibility_timeout": self.visibility_timeout
             > 2 * max(self.fetch_time_limit + 10, self.report_retry_max_delay, self.lease_seconds),
         }
+        # kombu, Celery's broker, takes no ?option on a redis:// or rediss:// URL but ssl_*:
+        # any other (redis-py's own included) is "TypeError: Connection._init_params() got an
+        # unexpected keyword argument" when a worker starts. REDIS_URL is the broker while
+        # CELERY_BROKER_URL is unset, and may carry redis-py's options then only.
+        broker = urlsplit(self.broker_url)
+        if broker.scheme != "unix" and any(not key.startswith("ssl_") for key, _ in parse_qsl(broker.query)):
+            checks["celery_broker_url" if self.celery_broker_url is not None else "redis_url_as_broker"] = False
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ValueError("out of range: " + ",".join(bad))
@@ -571,10 +607,46 @@ class Settings(BaseSettings):
         """The platform secret, for a process that sends reports."""
         if self.platform_internal_secret is None:
             raise ConfigError(
-                "config error: PLATFORM_INTERNAL_SECRET is not set; expected a non-empty string "
+                "config error: PLATFORM_INTERNAL_SECRET is not set (or blank); expected a non-empty string "
                 "(the platform's internal secret, e.g. from Secret traefik-metrics-scraper-secrets)"
             )
         return self.platform_internal_secret.get_secret_value()
+
+
+def _redis_py_takes(url: str) -> bool:
+    """Whether redis-py takes ``url``: its own parsing (``from_url``), then one connection
+    object built from it, never connected (a connection's constructor opens no socket and
+    resolves no name; it is disconnected anyway). Catches what redis-py would otherwise
+    raise only at the first command: a ``?db=``/``?socket_timeout=`` that is not a number
+    (ValueError), an option it does not know (TypeError), a bad ``?protocol=`` or
+    ``?ssl_cert_reqs=`` (RedisError), an option that must be an object (``?cache_config=``:
+    AttributeError). Any exception is a refusal, so that none reaches the user as a
+    traceback; its text is dropped: it may quote the URL."""
+    try:
+        pool = ConnectionPool.from_url(url)
+        connection = pool.connection_class(**pool.connection_kwargs)
+    except Exception:  # noqa: BLE001 - whatever redis-py raises, the URL is refused by name
+        return False
+    connection.disconnect()
+    pool.disconnect()
+    return True
+
+
+# The model-level checks whose line is not "<VARIABLE> is not valid; expected <EXPECTED>":
+# each names every variable involved and how to fix it.
+_RELATIONS = {
+    "fetch_max_bytes_holds_a_line": (
+        f"FETCH_MAX_BYTES is not above LOG_LINE_MAX_BYTES + {LINE_PREFIX_ROOM}; expected FETCH_MAX_BYTES "
+        f"(default {Settings.model_fields['fetch_max_bytes'].default >> 20} MiB) above LOG_LINE_MAX_BYTES "
+        f"(default {MAX_LINE_BYTES >> 20} MiB) + {LINE_PREFIX_ROOM}, so that one read holds the longest line and "
+        "its timestamp: raise FETCH_MAX_BYTES or lower LOG_LINE_MAX_BYTES"
+    ),
+    "redis_url_as_broker": (
+        "REDIS_URL has a ?option that Celery's broker does not take (REDIS_URL is the broker while "
+        "CELERY_BROKER_URL is unset); expected no ?option but ssl_* on a redis:// or rediss:// broker URL "
+        "(kombu refuses any other): drop it, or set CELERY_BROKER_URL to a URL without it"
+    ),
+}
 
 
 def _describe(error: ValidationError) -> str:
@@ -588,6 +660,9 @@ def _describe(error: ValidationError) -> str:
             msg = item.get("msg", "")
             names = msg.split("out of range: ", 1)[1].split(",") if "out of range: " in msg else ["settings"]
         for name in names:
+            if name in _RELATIONS:
+                lines.append(f"config error: {_RELATIONS[name]}")
+                continue
             problem = {
                 "int_parsing": "is not a whole number",
                 "float_parsing": "is not a number",

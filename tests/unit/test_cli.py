@@ -93,3 +93,87 @@ def test_start_at_is_exact_to_the_microsecond():
     assert _parse_time("2026-11-24T01:50:00.123457Z") == 1_795_485_000_123_457_000
     assert _parse_time("2026-11-24T09:50:00.000001+08:00") == 1_795_485_000_000_001_000
     assert _parse_time("1970-01-01T00:00:00Z") == 0
+
+
+@pytest.mark.parametrize("args", [["--timeout", "-1"], ["--timeout", "nan"], ["--timeout", "inf"],
+                                  ["--timeout", "0"], ["--timeout", "1e300"], ["--timeout", "soon"],
+                                  ["--lines", "-5"], ["--lines", "0"], ["--lines", "1.5"], ["--lines", "many"]])
+def test_check_refuses_a_bad_timeout_or_line_count(args, capsys):
+    # Refused by argparse, before any connection: no traceback, no misleading FAIL line.
+    assert main(["check", *args]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert f"error: argument {args[0]}: not a " in captured.err and "Traceback" not in captured.err
+
+
+def test_check_takes_a_good_timeout_and_line_count():
+    from app.cli import _count, _seconds
+
+    assert _seconds("0.5") == 0.5 and _seconds("3600") == 3600.0
+    assert _count("1") == 1 and _count("200") == 200
+
+
+def test_check_help_describes_both_log_sources(capsys):
+    assert main(["check", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "LOG_SOURCE=kubernetes" in out and "LOG_SOURCE=file" in out and "LOG_FILES" in out
+    assert "PLATFORM_INTERNAL_SECRET" in out
+
+
+def test_readme_synopsis_names_every_option():
+    readme = (ROOT / "README.md").read_text()
+    synopsis = readme.split("\n## Commands\n", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    lines = {line.split()[1]: line for line in synopsis.splitlines() if line.strip()}
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for name, parser in sub.choices.items():
+        for action in parser._actions:
+            for option in action.option_strings:
+                if option.startswith("--") and option != "--help":
+                    assert option in lines[name], f"{name} {option} is not in the README's synopsis"
+
+
+@pytest.mark.parametrize(("key", "why"), [
+    ("1796111316:alpha", "1796111316 is not an interval start (a multiple of REPORT_INTERVAL=60)"),
+    ("1796111280:a.b", "'a.b' is not a tunnel subdomain"),
+    ("default:2026-11-24T01:50:01Z/60:alpha", "1795485001 is not an interval start"),
+])
+def test_replay_says_why_a_key_names_no_report(key, why):
+    # Refused before Redis is asked (none runs here): exit 2 and the reason, not "not a dead letter".
+    proc = run("replay", key, REPORT_INTERVAL="60", SCRAPER_ID="default")
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("traefik-metrics-scraper replay: not a report key"), lines
+    assert why in lines[0] and "dead letter" not in lines[0]
+
+
+def _platform(url: str, secret: str | None):
+    from app.settings import Settings
+
+    return Settings(platform_api_url=url, platform_internal_secret=secret)
+
+
+def test_check_platform_warns_when_the_secret_is_not_set():
+    from app.check import check_platform
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        with_secret = check_platform(_platform(url, "hunter2"), 5.0)
+        without = check_platform(_platform(url, None), 5.0)
+    assert with_secret.status == "OK" and "hunter2" not in with_secret.line()
+    assert without.status == "WARN"
+    assert "PLATFORM_INTERNAL_SECRET is not set" in without.detail
+    assert "refuses to start" in without.fix and "-Q report" in without.fix
+
+
+def test_check_platform_keeps_a_failure_a_failure_without_the_secret():
+    from app.check import check_platform
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = check_platform(_platform(f"http://127.0.0.1:{port}", None), 5.0)
+    assert result.status == "FAIL"
+    assert "PLATFORM_INTERNAL_SECRET is not set" in result.detail
+    assert result.fix.startswith("check PLATFORM_API_URL") and "PLATFORM_INTERNAL_SECRET" in result.fix

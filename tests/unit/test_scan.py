@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from app import scan
+from app import parser, scan
 from app.parser import IGNORED_REASONS, REJECTED_REASONS
 from app.scan import human_bytes, main
 
@@ -77,9 +77,35 @@ def test_line_over_the_bound_with_tiny_chunks(capsys, monkeypatch):
 
 
 def test_bad_max_line_bytes_exit_2(capsys):
-    for value in ("0", "-1", "16MiB"):
+    for value in ("0", "-1", "16MiB", "1", str(scan.LINE_BOUND_MIN - 1), str(scan.LINE_BOUND_MAX + 1)):
         assert main([str(SAMPLE), "--max-line-bytes", value]) == 2
-        assert "--max-line-bytes" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert f"error: argument --max-line-bytes: {value!r} is not a whole number of bytes from 4096 to " in err
+        assert "_positive_int" not in err and "_line_bytes" not in err
+
+
+@pytest.mark.parametrize("value", ["abc", "1", "0", "-1", str(scan.LINE_BOUND_MAX + 1)])
+def test_bad_log_line_max_bytes_names_the_variable(capsys, monkeypatch, value):
+    monkeypatch.setenv("LOG_LINE_MAX_BYTES", value)
+    assert main([str(SAMPLE)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (f"scan: LOG_LINE_MAX_BYTES is not valid: {value!r} is not a whole number of bytes "
+                            f"from {scan.LINE_BOUND_MIN} to {scan.LINE_BOUND_MAX}\n")
+
+
+def test_line_bounds_are_the_workers():
+    # scan and the settings both take LOG_LINE_MAX_BYTES's bounds from app.parser: the same rule.
+    from pydantic import ValidationError
+
+    from app.settings import EXPECTED, Settings
+
+    for good in (scan.LINE_BOUND_MIN, scan.LINE_BOUND_MAX):
+        assert Settings(log_line_max_bytes=good, fetch_max_bytes=1 << 30).log_line_max_bytes == good
+    for bad in (scan.LINE_BOUND_MIN - 1, scan.LINE_BOUND_MAX + 1):
+        with pytest.raises(ValidationError, match="log_line_max_bytes"):
+            Settings(log_line_max_bytes=bad, fetch_max_bytes=1 << 30)
+    assert f"from {scan.LINE_BOUND_MIN} to {scan.LINE_BOUND_MAX}" in EXPECTED["log_line_max_bytes"]
 
 
 def test_same_totals_with_tiny_chunks(capsys, monkeypatch):
@@ -138,9 +164,26 @@ def test_directory_is_unreadable(capsys, tmp_path):
     assert capsys.readouterr().err == f"scan: cannot read {tmp_path}: Is a directory\n"
 
 
-def test_bad_domain_exit_2(capsys):
-    assert main([str(SAMPLE), "--domain", ""]) == 2
+@pytest.mark.parametrize("domain", ["", "*.t.lum.tools", "t.lum.tools:443", "http://t.lum.tools", "t..lum.tools",
+                                    "-t.lum.tools", "t.lum.tools.."])
+def test_bad_domain_exit_2(capsys, domain):
+    # The workers' rule (TUNNEL_DOMAIN): scan counted 0 lines without a word for most of
+    # these (found by a new-user trial).
+    assert main([str(SAMPLE), f"--domain={domain}"]) == 2
     assert capsys.readouterr().err.startswith("scan: invalid tunnel domain")
+
+
+def test_bad_tunnel_domain_variable_exit_2(capsys, monkeypatch):
+    monkeypatch.setenv("TUNNEL_DOMAIN", "*.t.lum.tools")
+    assert main([str(SAMPLE)]) == 2
+    assert capsys.readouterr().err.startswith("scan: invalid tunnel domain: '*.t.lum.tools'")
+
+
+@pytest.mark.parametrize("domain", ["T.Lum.Tools", " t.lum.tools. ", "t.lum.tools"])
+def test_domain_is_normalised_as_the_workers_do(domain):
+    from app.settings import Settings
+
+    assert parser.normalise_domain(domain) == Settings(tunnel_domain=domain).tunnel_domain == "t.lum.tools"
 
 
 def test_help_exits_0(capsys):
@@ -181,6 +224,25 @@ def test_no_access_lines_note(capsys, tmp_path):
     captured = capsys.readouterr()
     assert json.loads(captured.out)["lines"]["ignored"] == {"not_access_log": 2}
     assert "none is an access-log entry" in captured.err and "accessLog.filePath" in captured.err
+
+
+def test_notes_agree_with_a_count_of_one(capsys, tmp_path):
+    log = tmp_path / "one.log"
+    log.write_bytes(
+        b'10.0.0.9 - - [24/Nov/2026:03:12:03 +0000] "GET /a HTTP/1.1" 200 10 "-" "curl" 1 "r@file" "http://x" 1ms\n'
+    )
+    assert main([str(log)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.startswith("scan: 1 access line is in Common Log Format,")
+    assert "TOTAL (0 tunnels)" in captured.out
+    log.write_bytes(b"Starting provider\n")
+    assert main([str(log)]) == 0
+    assert capsys.readouterr().err.startswith("scan: 1 line read but it is not an access-log entry:")
+    log.write_bytes(b'{"DownstreamContentSize":0,"DownstreamStatus":101,"RequestContentSize":0,'
+                    b'"RequestHost":"a.t.lum.tools"}\n')
+    assert main([str(log)]) == 0
+    out = capsys.readouterr().out
+    assert "TOTAL (1 tunnel)" in out and "unmetered: 1 upgraded connection counted with 0 bytes" in out
 
 
 def test_empty_input_no_note(capsys, tmp_path):

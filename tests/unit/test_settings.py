@@ -174,8 +174,40 @@ BAD = [
     ("redis-url-no-host", {"REDIS_URL": f"redis://:{REDIS_PASSWORD}@"}, "REDIS_URL"),
     ("redis-url-bad-port", {"REDIS_URL": f"redis://:{REDIS_PASSWORD}@redis:port"}, "REDIS_URL"),
     ("broker-url-amqp", {"CELERY_BROKER_URL": f"amqp://u:{REDIS_PASSWORD}@rabbit"}, "CELERY_BROKER_URL"),
+    # What redis-py refuses only when it connects (a worker died with a traceback), or reads
+    # as database 0 without a word (redis-py) while kombu refuses it (a broker's database).
+    ("redis-url-db-not-a-number", {"REDIS_URL": f"redis://:{REDIS_PASSWORD}@127.0.0.1:6390/abc"}, "REDIS_URL"),
+    ("redis-url-db-negative", {"REDIS_URL": "redis://127.0.0.1:6390/-1"}, "REDIS_URL"),
+    ("redis-url-db-two-segments", {"REDIS_URL": "redis://127.0.0.1:6390/0/1"}, "REDIS_URL"),
+    ("redis-url-unknown-option", {"REDIS_URL": f"redis://:{REDIS_PASSWORD}@127.0.0.1:6390/0?foo=bar"}, "REDIS_URL"),
+    ("redis-url-db-option-not-a-number", {"REDIS_URL": "redis://127.0.0.1:6390/0?db=x"}, "REDIS_URL"),
+    ("redis-url-timeout-not-a-number", {"REDIS_URL": "redis://127.0.0.1:6390/0?socket_timeout=abc"}, "REDIS_URL"),
+    ("redis-url-unix-db-not-a-number", {"REDIS_URL": "unix:///run/redis.sock?db=x"}, "REDIS_URL"),
+    ("redis-url-unix-unknown-option", {"REDIS_URL": "unix:///run/redis.sock?foo=bar"}, "REDIS_URL"),
+    ("redis-url-object-option", {"REDIS_URL": "redis://127.0.0.1:6390/0?cache_config=x"}, "REDIS_URL"),
+    ("redis-url-protocol-4", {"REDIS_URL": "redis://127.0.0.1:6390/0?protocol=4"}, "REDIS_URL"),
+    ("redis-url-ssl-option-without-tls", {"REDIS_URL": "redis://127.0.0.1:6390/0?ssl_cert_reqs=none"}, "REDIS_URL"),
+    ("broker-url-db-not-a-number", {"CELERY_BROKER_URL": f"redis://:{REDIS_PASSWORD}@redis:6379/abc"},
+     "CELERY_BROKER_URL"),
+    ("broker-url-db-trailing-slash", {"CELERY_BROKER_URL": "redis://redis:6379/0/"}, "CELERY_BROKER_URL"),
+    ("broker-url-unknown-option", {"CELERY_BROKER_URL": "redis://redis:6379/0?foo=bar"}, "CELERY_BROKER_URL"),
+    ("result-backend-db-not-a-number", {"CELERY_RESULT_BACKEND": "redis://redis:6379/abc"}, "CELERY_RESULT_BACKEND"),
+    ("result-backend-bad-option", {"CELERY_RESULT_BACKEND": "redis://redis:6379/0?socket_timeout=abc"},
+     "CELERY_RESULT_BACKEND"),
+    # kombu (Celery's broker) takes no ?option on a redis:// URL but ssl_*: any other is
+    # "TypeError: Connection._init_params() got an unexpected keyword argument".
+    ("broker-url-option-kombu-refuses", {"CELERY_BROKER_URL": "redis://redis:6379/0?socket_timeout=3"},
+     "CELERY_BROKER_URL"),
+    ("redis-url-as-broker-option-kombu-refuses", {"REDIS_URL": "redis://redis:6379/0?db=1"}, "REDIS_URL"),
     ("start-at-no-zone", {"START_AT": "2026-11-24T00:00:00"}, "START_AT"),
     ("start-at-garbage", {"START_AT": "yesterday"}, "START_AT"),
+    # START_AT is kept in 64 bits of nanoseconds since the epoch (app.model.epoch_ns).
+    ("start-at-after-2262", {"START_AT": "9999-12-31T00:00:00Z"}, "START_AT"),
+    ("start-at-just-after-2262", {"START_AT": "2262-04-11T23:47:16.854776Z"}, "START_AT"),
+    ("start-at-before-1970", {"START_AT": "1969-12-31T23:59:59Z"}, "START_AT"),
+    # (these two overflowed datetime in the conversion to UTC: an OverflowError traceback)
+    ("start-at-year-1-east", {"START_AT": "0001-01-01T00:00:00+01:00"}, "START_AT"),
+    ("start-at-year-9999-west", {"START_AT": "9999-12-31T23:59:59-01:00"}, "START_AT"),
     ("scraper-id-space", {"SCRAPER_ID": "two words"}, "SCRAPER_ID"),
     ("scraper-id-too-long", {"SCRAPER_ID": "a" * 64}, "SCRAPER_ID"),
     ("scraper-id-colon", {"SCRAPER_ID": "a:b"}, "SCRAPER_ID"),
@@ -209,6 +241,9 @@ RUNS = [("settings", case, env, var) for case, env, var in BAD if case in PER_VA
     ("celery", "redis-url-no-host", {"REDIS_URL": f"redis://:{REDIS_PASSWORD}@"}, "REDIS_URL"),
     ("cli", "redis-url-bad-port", {"REDIS_URL": f"redis://:{REDIS_PASSWORD}@redis:port"}, "REDIS_URL"),
     ("cli", "fetch-over-report", {"REPORT_INTERVAL": "30", "FETCH_INTERVAL": "31"}, "FETCH_INTERVAL"),
+    # `status` used to read database 0 of this Redis without a word.
+    ("cli", "redis-url-db-not-a-number", {"REDIS_URL": f"redis://:{REDIS_PASSWORD}@127.0.0.1:6390/abc"},
+     "REDIS_URL"),
 ]
 
 
@@ -312,3 +347,93 @@ def test_a_unix_socket_url_is_given_to_celery_as_redis_socket():
     assert celery_url("unix:///run/redis.sock", "db") == "redis+socket:///run/redis.sock"
     for url in ("redis://redis:6379/0", "rediss://r.example:6380/1"):
         assert celery_url(url, "virtual_host") == url
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"REDIS_URL": "redis://localhost:6379/0"},
+        {"REDIS_URL": "redis://redis:6379"},
+        {"REDIS_URL": "redis://redis:6379/"},
+        {"REDIS_URL": f"redis://:{REDIS_PASSWORD}@redis:6379/15"},
+        {"REDIS_URL": f"redis://scraper:{REDIS_PASSWORD}@redis/2"},
+        {"REDIS_URL": f"redis://:{REDIS_PASSWORD}@redis:6379/%31"},
+        {"REDIS_URL": f"rediss://:{REDIS_PASSWORD}@r.example:6380/1"},
+        {"REDIS_URL": "rediss://r.example:6380/0?ssl_cert_reqs=required"},
+        {"REDIS_URL": "unix:///run/redis.sock"},
+        {"REDIS_URL": "unix:///run/redis.sock?db=1"},
+        {"REDIS_URL": f"unix://:{REDIS_PASSWORD}@/run/redis.sock?db=1&socket_timeout=5"},
+        # redis-py's options on the ledger's URL, with a broker URL of its own.
+        {"REDIS_URL": "redis://redis:6379/0?socket_timeout=5&health_check_interval=10&db=3",
+         "CELERY_BROKER_URL": "redis://redis:6379/1"},
+        {"CELERY_BROKER_URL": "rediss://r.example:6380/1?ssl_cert_reqs=none",
+         "CELERY_RESULT_BACKEND": "redis://redis:6379/2?socket_timeout=5"},
+    ],
+)
+def test_redis_urls_that_work_are_accepted(no_setting_env, env):
+    for name, value in env.items():
+        no_setting_env.setenv(name, value)
+    s = load_settings()
+    assert s.redis_url == env.get("REDIS_URL", "redis://localhost:6379/0")
+    assert s.broker_url == env.get("CELERY_BROKER_URL", s.redis_url)
+
+
+def test_redis_url_check_connects_nowhere(no_setting_env):
+    """The URLs are checked by redis-py building a connection object, never connecting."""
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the settings check opened a socket")
+
+    no_setting_env.setattr(socket, "socket", no_network)
+    no_setting_env.setattr(socket, "create_connection", no_network)
+    no_setting_env.setattr(socket, "getaddrinfo", no_network)
+    no_setting_env.setenv("REDIS_URL", "redis://redis.invalid:6379/1?socket_timeout=5")
+    no_setting_env.setenv("CELERY_BROKER_URL", "rediss://r.invalid:6380/0")
+    no_setting_env.setenv("CELERY_RESULT_BACKEND", "unix:///run/redis.sock?db=2")
+    assert load_settings().result_backend == "unix:///run/redis.sock?db=2"
+
+
+def test_redis_url_as_the_broker_names_celery_broker_url_in_its_error(no_setting_env):
+    """REDIS_URL with a redis-py option is a good ledger URL, but Celery's broker (kombu)
+    refuses every option but ssl_*: the line says why, and how to keep the option."""
+    no_setting_env.setenv("REDIS_URL", f"redis://:{REDIS_PASSWORD}@redis:6379/0?socket_timeout=5")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    (line,) = str(info.value).splitlines()
+    assert line.startswith("config error: REDIS_URL ")
+    assert "CELERY_BROKER_URL" in line and "ssl_" in line
+    assert REDIS_PASSWORD not in line and "socket_timeout=5" not in line
+
+
+@pytest.mark.parametrize("blank", [" ", "   ", "\t", " \n "])
+def test_blank_secret_counts_as_missing(no_setting_env, blank):
+    """A secret of blanks only is a mistake (every report would be refused 401): as unset."""
+    no_setting_env.setenv("PLATFORM_INTERNAL_SECRET", blank)
+    s = Settings()
+    assert s.platform_internal_secret is None
+    with pytest.raises(ConfigError, match="PLATFORM_INTERNAL_SECRET"):
+        s.require_secret()
+
+
+@pytest.mark.parametrize("secret", [" hunter2", "hunter2 ", "two words", "\thunter2\t"])
+def test_a_secret_with_content_is_kept_as_given(no_setting_env, secret):
+    no_setting_env.setenv("PLATFORM_INTERNAL_SECRET", secret)
+    assert Settings().require_secret() == secret
+
+
+@pytest.mark.parametrize(
+    ("given", "ns"),
+    [
+        ("1970-01-01T00:00:00Z", 0),
+        ("1970-01-01T01:00:00+01:00", 0),
+        ("2262-04-11T23:47:16.854775Z", 9223372036854775000),
+        ("2026-11-24T00:00:00.123457Z", 1795478400123457000),
+    ],
+)
+def test_start_at_within_64_bit_nanoseconds_is_accepted(no_setting_env, given, ns):
+    from app.model import epoch_ns
+
+    no_setting_env.setenv("START_AT", given)
+    s = load_settings()
+    assert s.start_at is not None and epoch_ns(s.start_at) == ns

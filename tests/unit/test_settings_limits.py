@@ -42,3 +42,27 @@ def test_interval_retention_is_at_least_the_report_max_age(monkeypatch):
     assert _refused(monkeypatch, REPORT_MAX_AGE="7200", INTERVAL_RETENTION="7199") == ["INTERVAL_RETENTION"]
     monkeypatch.setenv("INTERVAL_RETENTION", "7200")
     assert load_settings().interval_retention == 7200
+
+
+def test_a_read_that_cannot_hold_a_line_names_both_variables(monkeypatch):
+    """LOG_LINE_MAX_BYTES=32 MiB is in its own range but not below the default
+    FETCH_MAX_BYTES: the line names both, with the rule and the two ways out (it used to
+    say only "FETCH_MAX_BYTES is not valid", a variable the user had not set)."""
+    expected = (
+        "config error: FETCH_MAX_BYTES is not above LOG_LINE_MAX_BYTES + 64; expected FETCH_MAX_BYTES "
+        "(default 32 MiB) above LOG_LINE_MAX_BYTES (default 16 MiB) + 64, so that one read holds the longest "
+        "line and its timestamp: raise FETCH_MAX_BYTES or lower LOG_LINE_MAX_BYTES"
+    )
+    monkeypatch.delenv("FETCH_MAX_BYTES", raising=False)
+    monkeypatch.setenv("LOG_LINE_MAX_BYTES", str(32 * 1024 * 1024))
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert str(err.value).splitlines() == [expected]
+    monkeypatch.delenv("LOG_LINE_MAX_BYTES")
+    monkeypatch.setenv("FETCH_MAX_BYTES", str(16 * 1024 * 1024 + 64))
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert str(err.value).splitlines() == [expected]
+    # Out of its own range, FETCH_MAX_BYTES gets its own line only.
+    monkeypatch.setenv("FETCH_MAX_BYTES", "1024")
+    assert _refused(monkeypatch) == ["FETCH_MAX_BYTES"]
