@@ -77,17 +77,39 @@ health.install(app)
 logs.install(settings)
 
 
+@signals.celeryd_init.connect
+def _check_queues(options: dict | None = None, **_: object) -> None:
+    """At worker start, before Celery selects the ``-Q`` queues: a queue that is not
+    declared (``task_create_missing_queues`` is off) stops the worker with one line that
+    says which variable declares it, rather than Celery's traceback, whose advice (turn
+    ``task_create_missing_queues`` on) would strand messages on a queue no one reads."""
+    wanted = (options or {}).get("queues") or []
+    if isinstance(wanted, str):
+        wanted = wanted.split(",")
+    declared = [q.name for q in app.conf.task_queues]
+    unknown = [q for q in wanted if q and q not in declared]
+    if unknown:
+        print(f"config error: worker -Q {','.join(unknown)}: no such queue (declared: {', '.join(declared)}); "
+              "a file source's host queue (fetch.<host>) is declared by FILE_QUEUE (that host's worker) "
+              "or FILE_QUEUES (beat), with LOG_SOURCE=file", file=sys.stderr)
+        raise SystemExit(2)
+
+
 @signals.worker_init.connect
 def _check_worker(sender, **_: object) -> None:
-    """At worker start: a report worker needs the secret; the ledger's Redis must not
-    evict or lose writes."""
+    """At worker start: a report worker needs the secret; a fetch worker of the
+    Kubernetes source needs a Kubernetes config (in the cluster, or KUBECONFIG): it would
+    otherwise start, and fail every round; the ledger's Redis must not evict or lose
+    writes."""
     consumes = sender.app.amqp.queues.consume_from or sender.app.amqp.queues
-    if Queue.REPORT.value in consumes:
-        try:
+    try:
+        if Queue.REPORT.value in consumes:
             settings.require_secret()
-        except ConfigError as e:
-            print(str(e), file=sys.stderr)
-            raise SystemExit(2) from None
+        if Queue.FETCH.value in consumes and settings.log_source == "kubernetes":
+            runtime.check_kube_config()
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        raise SystemExit(2) from None
     check_redis(runtime.redis_client())
     runtime.reset()
 

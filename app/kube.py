@@ -266,7 +266,10 @@ class LogSource:
         self.core = k8s.client.CoreV1Api(self.api_client)
 
     @staticmethod
-    def _load(streams: int) -> client.ApiClient:
+    def load_config() -> None:
+        """Load the client's default config: in the cluster first (the pod's service
+        account), then KUBECONFIG (else ``~/.kube/config``). No request is made. Raises
+        ``KubeError`` when neither gives one."""
         try:
             k8s.config.load_incluster_config()
         except k8s.ConfigException:
@@ -275,6 +278,10 @@ class LogSource:
                 k8s.config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
             except (k8s.ConfigException, OSError) as e:
                 raise KubeError(f"no Kubernetes config: not in a cluster and KUBECONFIG failed: {truncate(str(e))}") from e
+
+    @staticmethod
+    def _load(streams: int) -> client.ApiClient:
+        LogSource.load_config()
         configuration = k8s.client.Configuration.get_default_copy()
         configuration.retries = _NoRetryOnReadTimeout(3)
         # Room in urllib3's pool for the follow streams besides the other calls (the

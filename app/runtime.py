@@ -20,7 +20,7 @@ from app.kube import LogSource
 from app.ledger import Ledger
 from app.platform import PlatformClient
 from app.reporting import Reporter
-from app.settings import Settings, get_settings
+from app.settings import ConfigError, Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +133,16 @@ def reporter() -> Reporter:
                                     s.platform_read_timeout)
             _state["reporter"] = Reporter(ledger(), client, s)
     return _state["reporter"]  # type: ignore[return-value]
+
+
+def check_kube_config() -> None:
+    """Load the Kubernetes config as the fetch side will (in the cluster, else
+    KUBECONFIG), without a request. Raises ``ConfigError`` (one line) when there is none."""
+    try:
+        LogSource.load_config()
+    except KubeError as e:
+        raise ConfigError(f"config error: a fetch worker of LOG_SOURCE=kubernetes has {e} (set KUBECONFIG, or run it in the "
+                          "cluster with its service account)") from e
 
 
 def init_process() -> None:

@@ -10,6 +10,7 @@ of this test's own (it is stopped and started again), real ``celery -A app worke
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -91,9 +92,21 @@ def _env(redis_url: str, health_dir: Path) -> dict[str, str]:
         "KUBE_REQUEST_TIMEOUT": str(KUBE_REQUEST_TIMEOUT),
         "REPORT_INTERVAL": "2",
         "FETCH_INTERVAL": str(FETCH_INTERVAL),
-        "KUBECONFIG": "/nonexistent",
+        # A Kubernetes API that is not there: the rounds fail at once (a fetch worker of the
+        # Kubernetes source with no config at all does not start).
+        "KUBECONFIG": _unreachable_kubeconfig(health_dir.parent / "kubeconfig"),
     })
     return env
+
+
+def _unreachable_kubeconfig(path: Path) -> str:
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "none",
+        "clusters": [{"name": "none", "cluster": {"server": "http://127.0.0.1:9"}}],  # discard: refused
+        "users": [{"name": "none", "user": {"token": "none"}}],
+        "contexts": [{"name": "none", "context": {"cluster": "none", "user": "none"}}],
+    }))
+    return str(path)
 
 
 def probe(health_dir: Path, name: str) -> bool:

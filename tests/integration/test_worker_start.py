@@ -1,5 +1,7 @@
-"""A worker's start checks, with a real redis-server: a report worker without the secret
-stops at start (exit 2, one line), before it consumes anything."""
+"""A worker's start checks, with a real redis-server: a worker that could not do its work
+stops at start (exit 2, one line naming what to set), before it consumes anything: a
+report worker without the secret, a fetch worker of the Kubernetes source without a
+Kubernetes config, a worker asked for a queue that is not declared."""
 
 from __future__ import annotations
 
@@ -15,10 +17,10 @@ from tests.unit.test_settings import clean_env
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_report_worker_without_secret_exits_2(redis_url):
-    env = clean_env(REDIS_URL=redis_url)
+def _start(queues: str, env: dict[str, str]) -> tuple[int, str]:
+    """Start ``celery -A app worker -Q queues``; its exit status and its output."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "app", "worker", "-Q", "report", "--pool", "solo", "-l", "WARNING"],
+        [sys.executable, "-m", "celery", "-A", "app", "worker", "-Q", queues, "--pool", "solo", "-l", "WARNING"],
         env=env,
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -31,10 +33,34 @@ def test_report_worker_without_secret_exits_2(redis_url):
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, 9)
         proc.communicate()
-        pytest.fail("a report worker without PLATFORM_INTERNAL_SECRET kept running")
-    assert proc.returncode == 2, err[-2000:]
-    assert "PLATFORM_INTERNAL_SECRET" in err
+        pytest.fail(f"a worker of -Q {queues} that cannot work kept running")
     assert "Traceback" not in out + err
     assert "ready." not in out + err
+    return proc.returncode, out + err
 
 
+def test_report_worker_without_secret_exits_2(redis_url):
+    rc, output = _start("report", clean_env(REDIS_URL=redis_url))
+    assert rc == 2, output[-2000:]
+    assert "PLATFORM_INTERNAL_SECRET" in output
+
+
+def test_fetch_worker_without_a_kubernetes_config_exits_2(redis_url, tmp_path):
+    # Not in a cluster (no service account), no KUBECONFIG and no ~/.kube/config: it
+    # started, and failed every round to list the pods (found by a new-user trial).
+    env = clean_env(REDIS_URL=redis_url, HOME=str(tmp_path))
+    env.pop("KUBECONFIG", None)
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    rc, output = _start("fetch", env)
+    assert rc == 2, output[-2000:]
+    line = output.strip().splitlines()[-1]
+    assert line.startswith("config error:") and "KUBECONFIG" in line and "LOG_SOURCE=kubernetes" in line, output
+
+
+def test_worker_of_an_undeclared_queue_exits_2_naming_the_variable(redis_url):
+    # A file source's host queue without FILE_QUEUE: Celery's own error was a traceback
+    # advising task_create_missing_queues (found by a new-user trial).
+    rc, output = _start("fetch.web1", clean_env(REDIS_URL=redis_url, LOG_SOURCE="file", LOG_FILES="/tmp/x.log"))
+    assert rc == 2, output[-2000:]
+    line = output.strip().splitlines()[-1]
+    assert "fetch.web1" in line and "FILE_QUEUE" in line, output
