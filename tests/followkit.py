@@ -12,6 +12,7 @@ from app.kube import LogSource
 from app.ledger import Ledger
 from app.model import FetchStatus
 from sim.fake_kube import FakeKube
+from sim.procs import wait_until
 from tests.traffic import Traffic
 
 POD = "traefik-0"
@@ -66,4 +67,13 @@ def first_read(fake: FakeKube, fetcher: Fetcher, traffic: Traffic) -> str:
     fake.write_many(POD, traffic.lines(50))
     uid = fake.pod_uid(POD)
     assert fetcher.fetch(POD, uid)["status"] == FetchStatus.OK
+    return uid
+
+
+def followed(fake: FakeKube, fetcher: Fetcher, follower, traffic: Traffic) -> str:
+    """``first_read``, then the pod offered to ``follower`` (an ``app.follow.Follower``)
+    and its stream open at the fake; the pod's uid."""
+    uid = first_read(fake, fetcher, traffic)
+    assert follower.offer(POD, uid)
+    wait_until(lambda: fake.follow_readers(POD) == 1, 10, interval=0.05, what="the stream open")
     return uid

@@ -25,7 +25,7 @@ from app.model import Cursor, FetchStatus, fingerprint
 from app.watch import PodTracker, Watcher, lost_lines
 from sim.fake_kube import FakeKube, PodNotFound
 from sim.procs import wait_until
-from tests.followkit import POD, committed, first_read, make_fetcher, plus, write_steadily
+from tests.followkit import POD, committed, first_read, followed, make_fetcher, plus, write_steadily
 from tests.traffic import Traffic
 
 NS = 1_000_000_000
@@ -64,9 +64,7 @@ def append_locked(fake: FakeKube, lines: list[bytes], ts: int, *, rotate_bytes: 
 
 def test_a_stream_two_rotations_behind_never_bills_the_newest_file_twice(fake, ledger, fetcher, follower):
     base = Traffic(seed=101)
-    uid = first_read(fake, fetcher, base)
-    assert follower.offer(POD, uid)
-    wait_until(lambda: fake.follow_readers(POD) == 1, 10, interval=0.05, what="the stream open")
+    followed(fake, fetcher, follower, base)
     t = time.time_ns()
     a, b, c = Traffic(seed=102), Traffic(seed=103), Traffic(seed=104)
     # While the kubelet's reader of this stream is held up (here: the fake's lock), two
@@ -380,9 +378,7 @@ def test_two_rotations_behind_with_a_newest_file_longer_than_the_window(fake, le
     while (time.time_ns() // NS) % 60 > 50:  # every stamp below in one minute (the batch path takes them)
         time.sleep(0.5)
     base = Traffic(seed=1501)
-    uid = first_read(fake, fetcher, base)
-    assert follower.offer(POD, uid)
-    wait_until(lambda: fake.follow_readers(POD) == 1, 10, interval=0.05, what="the stream open")
+    followed(fake, fetcher, follower, base)
     t = time.time_ns() // NS * NS + NS  # the next second
     a, b, c = Traffic(seed=1502), Traffic(seed=1503), Traffic(seed=1504)
     with fake._lock:
@@ -403,9 +399,7 @@ def test_two_rotations_behind_with_a_newest_file_longer_than_the_window(fake, le
 
 def test_two_rotations_behind_with_a_newest_file_of_one_line(fake, ledger, fetcher, follower):
     base = Traffic(seed=1101)
-    uid = first_read(fake, fetcher, base)
-    assert follower.offer(POD, uid)
-    wait_until(lambda: fake.follow_readers(POD) == 1, 10, interval=0.05, what="the stream open")
+    followed(fake, fetcher, follower, base)
     t = time.time_ns()
     a, b, c = Traffic(seed=1102), Traffic(seed=1103), Traffic(seed=1104)
     with fake._lock:
@@ -442,9 +436,7 @@ def test_a_line_late_by_more_than_the_window_on_a_renamed_file_loses_only_itself
 
 def test_a_repeat_alone_in_its_slice_goes_into_the_cursor(fake, ledger, fetcher, follower):
     base = Traffic(seed=1401)
-    uid = first_read(fake, fetcher, base)
-    assert follower.offer(POD, uid)
-    wait_until(lambda: fake.follow_readers(POD) == 1, 10, interval=0.05, what="the stream open")
+    uid = followed(fake, fetcher, follower, base)
     t = (time.time_ns() // NS + 1) * NS
     same = b'time="2026-11-24T01:50:22Z" level=error msg="Error while dialing backend" providerName=kubernetes'
     y, z = Traffic(seed=1402), Traffic(seed=1403)
@@ -534,9 +526,7 @@ def test_a_stream_three_rotations_behind_never_bills_the_newest_file_twice(fake,
     kubelet takes the three queued Create events of the log path one after the other and
     opens the newest file, D, at each (the fake's ``f.creates``): D comes three times."""
     base = Traffic(seed=2101)
-    uid = first_read(fake, fetcher, base)
-    assert follower.offer(POD, uid)
-    wait_until(lambda: fake.follow_readers(POD) == 1, 10, interval=0.05, what="the stream open")
+    followed(fake, fetcher, follower, base)
     t = time.time_ns()
     a, b, c, d = Traffic(seed=2102), Traffic(seed=2103), Traffic(seed=2104), Traffic(seed=2105)
     with fake._lock:
@@ -605,9 +595,7 @@ def test_a_newest_file_and_its_second_sending_in_one_chunk_are_billed_once(fake,
     while (time.time_ns() // NS) % 60 > 50:  # the stamps below in one minute (the batch path takes them)
         time.sleep(0.5)
     base = Traffic(seed=2201)
-    uid = first_read(fake, fetcher, base)
-    assert follower.offer(POD, uid)
-    wait_until(lambda: fake.follow_readers(POD) == 1, 10, interval=0.05, what="the stream open")
+    followed(fake, fetcher, follower, base)
     t = time.time_ns() // NS * NS + NS
     a, b, c = Traffic(seed=2202), Traffic(seed=2203), Traffic(seed=2204)
     with fake._lock:
@@ -645,6 +633,9 @@ def test_the_watchers_read_of_a_followed_terminating_pod_loses_nothing(fake, sou
         uid = first_read(fake, fetcher, base)
         watcher_read = functools.partial(follow.fetch_heeding_lease, make_fetcher(source, ledger))  # app/watch.py's
         fake.terminate(POD, 30)  # a rolling update: the watcher reads the pod every second
+        # The pod stays for the watcher's final read below (it went 1 s after the exit, at
+        # times before that read: GONE, 1 run in 5 under load).
+        fake.removal_delay = 60
         assert follower1s.offer(POD, uid)
         wait_until(lambda: fake.follow_readers(POD) == 1, 10, interval=0.05, what="the stream open")
         time.sleep(1.2)
@@ -672,9 +663,7 @@ def test_the_watchers_read_of_a_followed_terminating_pod_loses_nothing(fake, sou
 
 def test_a_quiet_followed_pod_whose_file_was_renamed_is_recorded_soon(fake, source, ledger, fetcher, follower):
     base = Traffic(seed=4101)
-    uid = first_read(fake, fetcher, base)
-    assert follower.offer(POD, uid)
-    wait_until(lambda: fake.follow_readers(POD) == 1, 10, interval=0.05, what="the stream open")
+    uid = followed(fake, fetcher, follower, base)
     last = Traffic(seed=4102)
     with fake._lock:
         append_locked(fake, last.lines(30), time.time_ns(), rotate_bytes=1)  # fills the file: renamed
@@ -909,9 +898,7 @@ def test_the_watchers_final_read_of_a_busy_followed_pod_is_complete(fake, source
     slow = Follower(fetcher, max_pods=4, min_rate=1.0, slice_seconds=5.0)  # BUSY for 5 s after a byte
     try:
         base = Traffic(seed=9301)
-        uid = first_read(fake, fetcher, base)
-        assert slow.offer(POD, uid)
-        wait_until(lambda: fake.follow_readers(POD) == 1, 10, interval=0.05, what="the stream open")
+        uid = followed(fake, fetcher, slow, base)
         fake.terminate(POD, 30)  # a rolling update
         last = Traffic(seed=9302)
         fake.write_many(POD, last.lines(40))  # Traefik's last requests
@@ -933,9 +920,7 @@ def test_the_watchers_final_read_after_the_followers_commit_is_complete(fake, so
     slow = Follower(fetcher, max_pods=4, min_rate=1.0, slice_seconds=5.0)
     try:
         base = Traffic(seed=9311)
-        uid = first_read(fake, fetcher, base)
-        assert slow.offer(POD, uid)
-        wait_until(lambda: fake.follow_readers(POD) == 1, 10, interval=0.05, what="the stream open")
+        uid = followed(fake, fetcher, slow, base)
         fake.terminate(POD, 30)
         last = Traffic(seed=9312)
         fake.write_many(POD, last.lines(40))
@@ -955,9 +940,7 @@ def test_the_watchers_final_read_leaves_a_busy_follower_on_a_renamed_file_alone(
     slow = Follower(fetcher, max_pods=4, min_rate=1.0, slice_seconds=5.0)
     try:
         base = Traffic(seed=9401)
-        uid = first_read(fake, fetcher, base)
-        assert slow.offer(POD, uid)
-        wait_until(lambda: fake.follow_readers(POD) == 1, 10, interval=0.05, what="the stream open")
+        uid = followed(fake, fetcher, slow, base)
         fake.terminate(POD, 30)
         last = Traffic(seed=9402)
         with fake._lock:  # Traefik's last lines, about 660 KB, fill the file: renamed away
@@ -993,9 +976,7 @@ def test_a_cut_final_read_through_a_busy_lease_leaves_the_follower_its_stream(fa
     small = Fetcher(source, ledger, domain="t.lum.tools", container="", limit_bytes=256 * 1024)  # the watcher's
     try:
         base = Traffic(seed=9501)
-        uid = first_read(fake, fetcher, base)
-        assert slow.offer(POD, uid)
-        wait_until(lambda: fake.follow_readers(POD) == 1, 10, interval=0.05, what="the stream open")
+        uid = followed(fake, fetcher, slow, base)
         fake.terminate(POD, 30)
         last = Traffic(seed=9502)
         t0 = time.time_ns()
