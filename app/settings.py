@@ -148,7 +148,8 @@ class Settings(BaseSettings):
     """Container to read. Empty: the one named ``traefik``, else the pod's first."""
 
     fetch_interval: int | None = None
-    """Seconds between rounds (every pod listed and read). Default: the smaller of 10 and
+    """Seconds between rounds (every pod listed and read). Default (also when empty, as
+    docker-compose.yml passes it from an empty ``.env`` line): the smaller of 10 and
     ``REPORT_INTERVAL``. A pod whose log grows by more than about 1,000 lines a round is
     also read between rounds, every ``FETCH_MIN_INTERVAL`` at most (``app/pace.py``): the
     kubelet renames a 10 Mi log away at its next 10 s check, and the lines written since
@@ -394,6 +395,11 @@ class Settings(BaseSettings):
         if not _redis_py_takes(value):
             raise ValueError("bad url")
         return value
+
+    @field_validator("fetch_interval", mode="before")
+    @classmethod
+    def _empty_is_default(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("platform_internal_secret")
     @classmethod

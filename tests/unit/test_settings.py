@@ -61,6 +61,16 @@ def test_fetch_interval_defaults_to_min_of_10_and_report_interval(no_setting_env
     assert Settings().fetch_every == fetch_every
 
 
+@pytest.mark.parametrize("empty", ["", " "])
+def test_an_empty_fetch_interval_is_the_default(no_setting_env, empty):
+    # docker-compose.yml passes FETCH_INTERVAL on as set where compose runs; an empty
+    # .env line gives "". It passed a fixed 10, which refused REPORT_INTERVAL=5 (a new
+    # user's trial).
+    no_setting_env.setenv("REPORT_INTERVAL", "5")
+    no_setting_env.setenv("FETCH_INTERVAL", empty)
+    assert Settings().fetch_every == 5
+
+
 def test_log_reorder_window_defaults_to_a_second_and_takes_fractions(no_setting_env):
     assert Settings().log_reorder_window == 1.0
     no_setting_env.setenv("LOG_REORDER_WINDOW", "0.25")
