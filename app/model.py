@@ -13,6 +13,7 @@ JSON task result or a Redis field unchanged.
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -39,6 +40,34 @@ def epoch_ns(when: datetime) -> int:
     if not 0 <= micros <= MAX_EPOCH_NS // 1000:
         raise ValueError(f"{when.isoformat()} is outside 1970-01-01 .. 2262-04-11 (nanoseconds in 64 bits)")
     return micros * 1000
+
+
+# A seconds fraction (one or more digits after "." or ","), before the zone.
+_FRACTION = re.compile(r"[.,]([0-9]+)(?=(?:Z|[+-][0-9]{2}(?::?[0-9]{2}(?::?[0-9]{2})?)?)$)")
+
+
+def parse_time_ns(text: str) -> int:
+    """Nanoseconds since the epoch of an ISO 8601 time with a zone (``Z`` or an offset),
+    exact to the nanosecond: the seconds fraction is read as digits (up to 9 kept), the
+    rest by ``datetime.fromisoformat``. The one reading of ``START_AT`` and
+    ``init-ledger --start-at``. Raises ``ValueError`` for anything else: no zone, a
+    number (seconds or milliseconds would be a guess), outside 1970-01-01 .. 2262-04-11."""
+    text = text.strip()
+    fraction = 0
+    m = _FRACTION.search(text)
+    if m:
+        fraction = int(m.group(1)[:9].ljust(9, "0"))
+        text = text[: m.start()] + text[m.end():]
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"not an ISO 8601 time: {text[:60]!r}") from None
+    if when.tzinfo is None:
+        raise ValueError("no zone: give a zone, e.g. 2026-11-24T00:00:00Z")
+    ns = epoch_ns(when) + fraction
+    if ns > MAX_EPOCH_NS:
+        raise ValueError(f"{text[:60]!r} is outside 1970-01-01 .. 2262-04-11 (nanoseconds in 64 bits)")
+    return ns
 
 @dataclass(frozen=True, order=True)
 class ReportKey:

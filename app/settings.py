@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 import sys
-from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Literal
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
@@ -22,7 +21,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis import ConnectionPool
 
-from app.model import epoch_ns
+from app.model import parse_time_ns
 from app.parser import (
     LINE_BOUND_MAX,
     LINE_BOUND_MIN,
@@ -253,9 +252,10 @@ class Settings(BaseSettings):
     redis_key_prefix: str = "tms"
     """Every Redis key of the ledger starts with this and a colon."""
 
-    start_at: datetime | None = None
-    """Earliest log line time that is counted. Default: when the ledger is first
-    initialised, so a new deployment never bills what the old one already billed."""
+    start_at: str | None = None
+    """Earliest log line time that is counted: an ISO 8601 time with a zone, read to the
+    nanosecond (``start_at_ns``). Default: when the ledger is first initialised, so a new
+    deployment never bills what the old one already billed."""
 
     visibility_timeout: int = 3600
     """Redis broker redelivery time for unacknowledged tasks, in seconds (Celery's
@@ -491,18 +491,11 @@ class Settings(BaseSettings):
 
     @field_validator("start_at")
     @classmethod
-    def _aware(cls, value: datetime | None) -> datetime | None:
+    def _start_at(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        if value.tzinfo is None:
-            raise ValueError("no zone")
-        # Kept as 64-bit nanoseconds since the epoch (the ledger, --start-at). Checked
-        # before the conversion to UTC, which overflows near the years 1 and 9999.
-        try:
-            epoch_ns(value)
-        except ValueError:
-            raise ValueError("out of range") from None
-        return value.astimezone(UTC)
+        parse_time_ns(value)  # ValueError: a zone, ISO 8601, 1970 .. 2262
+        return value.strip()
 
     @model_validator(mode="after")
     def _ranges(self) -> Settings:
@@ -554,6 +547,11 @@ class Settings(BaseSettings):
         return self
 
     # Derived values -------------------------------------------------------------
+
+    @property
+    def start_at_ns(self) -> int | None:
+        """``START_AT`` in nanoseconds since the epoch, exact (``app.model.parse_time_ns``)."""
+        return None if self.start_at is None else parse_time_ns(self.start_at)
 
     @property
     def fetch_every(self) -> int:
