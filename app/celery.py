@@ -87,9 +87,9 @@ def _check_queues(options: dict | None = None, **_: object) -> None:
     if isinstance(wanted, str):
         wanted = wanted.split(",")
     declared = [q.name for q in app.conf.task_queues]
-    unknown = [q for q in wanted if q and q not in declared]
+    unknown = [q for q in wanted if q not in declared]  # "" too: "-Q fetch," or -Q ""
     if unknown:
-        print(f"config error: worker -Q {','.join(unknown)}: no such queue (declared: {', '.join(declared)}); "
+        print(f"config error: worker -Q {', '.join(map(repr, unknown))}: no such queue (declared: {', '.join(declared)}); "
               "a file source's host queue (fetch.<host>) is declared by FILE_QUEUE (that host's worker) "
               "or FILE_QUEUES (beat), with LOG_SOURCE=file", file=sys.stderr)
         raise SystemExit(2)

@@ -272,12 +272,16 @@ class LogSource:
         ``KubeError`` when neither gives one."""
         try:
             k8s.config.load_incluster_config()
-        except k8s.ConfigException:
+        except k8s.ConfigException as in_cluster:
             try:
                 # read KUBECONFIG now: the client's default was fixed when it was imported
                 k8s.config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
             except (k8s.ConfigException, OSError) as e:
-                raise KubeError(f"no Kubernetes config: not in a cluster and KUBECONFIG failed: {truncate(str(e))}") from e
+                # In a pod (KUBERNETES_SERVICE_HOST set), why the service account failed
+                # (no token mounted: automountServiceAccountToken: false) is the news.
+                where = (f"in the cluster: {truncate(str(in_cluster))}" if os.environ.get("KUBERNETES_SERVICE_HOST")
+                         else "not in a cluster")
+                raise KubeError(f"no Kubernetes config: {where}; KUBECONFIG: {truncate(str(e))}") from e
 
     @staticmethod
     def _load(streams: int) -> client.ApiClient:

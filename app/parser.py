@@ -183,11 +183,11 @@ TOO_LONG_KEPT = 100
 # The largest size a line may carry, in bytes: 2**53 - 1, about 9 PB in one request.
 # Traefik logs the bytes it counted (``crr.count`` and ``crw.Size()`` in its accesslog
 # middleware), so a larger size is a corrupt line, not traffic: 9 PB take 50 hours at 400
-# Gbit/s. The bound keeps every sum exact where it goes: the ledger's 64-bit counters
-# (``commit.lua`` refuses a sum past 2**63 - 1 and writes nothing, so one corrupt line near
-# that size would stop its pod's metering for good) would need more than 1,000 such lines
-# in one interval for one tunnel to overflow, and the platform's JSON integers stay within
-# what I-JSON (RFC 7493, section 2.2) says any receiver holds exactly.
+# Gbit/s. One corrupt line near 2**63 stopped its pod's metering for good: ``commit.lua``
+# refuses a sum over 9.2e18 and writes nothing, so the same read is refused every round;
+# with this bound that takes about 1,020 such lines for one tunnel in one interval. A
+# line's size also stays within what I-JSON (RFC 7493, section 2.2) says every JSON
+# receiver holds exactly (a sum of several such lines may not).
 MAX_SIZE = 2**53 - 1
 DEFAULT_DOMAIN = "t.lum.tools"
 

@@ -63,7 +63,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--json", action="store_true", help="print the totals as JSON")
     ap.add_argument(
         "--domain",
-        default=os.environ.get("TUNNEL_DOMAIN") or DEFAULT_DOMAIN,
+        default=os.environ.get("TUNNEL_DOMAIN", DEFAULT_DOMAIN),  # set but empty: refused, as by the workers
         help="tunnel domain (default: $TUNNEL_DOMAIN, else %(default)s)",
     )
     ap.add_argument(
@@ -87,12 +87,13 @@ def _line_bytes(text: str) -> int:
 
 def _max_line_bytes(args: argparse.Namespace) -> int:
     """``--max-line-bytes``, else ``$LOG_LINE_MAX_BYTES`` (ScanError naming the variable
-    when the workers would refuse it), else ``MAX_LINE_BYTES``."""
+    when it is outside the workers' range, or set but empty; scan does not read
+    ``FETCH_MAX_BYTES``, which the workers also hold it against), else ``MAX_LINE_BYTES``."""
     if args.max_line_bytes is not None:
         return args.max_line_bytes
     env = os.environ.get("LOG_LINE_MAX_BYTES")
     try:
-        return _line_bytes(env) if env else MAX_LINE_BYTES
+        return _line_bytes(env) if env is not None else MAX_LINE_BYTES
     except argparse.ArgumentTypeError as exc:
         raise ScanError(f"scan: LOG_LINE_MAX_BYTES is not valid: {exc}") from None
 

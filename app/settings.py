@@ -17,7 +17,14 @@ from functools import lru_cache
 from typing import Literal
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis import ConnectionPool
 
@@ -37,6 +44,16 @@ REDIS_DB_PATH = re.compile(r"/?[0-9]*")
 # A file source's queue: the normal fetch queue, or a host's own (fetch.<host>).
 FILE_QUEUE = re.compile(r"^fetch(\.[A-Za-z0-9][A-Za-z0-9._-]{0,56})?$")
 
+# ssl_cert_reqs as Celery's broker (kombu) and result backend read it; redis-py knows
+# the lower-case ones only.
+CERT_REQS = ("required", "optional", "none", "CERT_REQUIRED", "CERT_OPTIONAL", "CERT_NONE")
+_CELERY_CERT_REQS = re.compile(r"(?<=[?&]ssl_cert_reqs=)CERT_(REQUIRED|OPTIONAL|NONE)(?=&|$)")
+
+
+def _lower_cert_reqs(m: re.Match[str]) -> str:
+    return m.group(1).lower()
+
+
 _REDIS_URL = (
     "a redis://, rediss:// or unix:// URL that redis-py takes: a whole-number database (/0, or ?db=0 "
     "for unix://) and only redis-py's ?options (socket_timeout=5...)"
@@ -45,12 +62,14 @@ _REDIS_URL = (
 # What each field expects, said in the error line; pydantic's own text is not shown.
 EXPECTED = {
     "platform_api_url": "an http:// or https:// URL with a host and no user:password, e.g. http://platform.platform.svc.cluster.local:3000",
-    "platform_internal_secret": "a non-empty string (blanks only count as unset)",
+    "platform_internal_secret": "a non-empty string without line breaks or other control characters (a file's "
+    "trailing newline?); blanks only count as unset",
     "report_interval": "a whole number of seconds from 1 to 86400 that divides 86400",
     "log_level": "one of DEBUG, INFO, WARNING, ERROR",
     "redis_url": _REDIS_URL,
-    "celery_broker_url": _REDIS_URL + "; as the broker, a redis:// or rediss:// URL takes no ?option but ssl_*",
-    "celery_result_backend": _REDIS_URL,
+    "celery_broker_url": _REDIS_URL + "; as the broker, a redis:// or rediss:// URL takes no ?option but ssl_*, "
+    "and a rediss:// URL needs ?ssl_cert_reqs=required (or optional, none)",
+    "celery_result_backend": _REDIS_URL + "; a rediss:// URL needs ?ssl_cert_reqs=required (or optional, none)",
     "tunnel_domain": "a DNS name such as t.lum.tools",
     "traefik_namespace": "a Kubernetes namespace name",
     "traefik_label_selector": "a label selector such as app.kubernetes.io/name=traefik",
@@ -381,7 +400,7 @@ class Settings(BaseSettings):
 
     @field_validator("redis_url", "celery_broker_url", "celery_result_backend")
     @classmethod
-    def _redis_url(cls, value: str | None) -> str | None:
+    def _redis_url(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None:
             return None
         parts = urlsplit(value)
@@ -392,7 +411,10 @@ class Settings(BaseSettings):
         _ = parts.port
         if parts.scheme != "unix" and not REDIS_DB_PATH.fullmatch(unquote(parts.path)):
             raise ValueError("bad database")
-        if not _redis_py_takes(value):
+        # Celery's own spellings of ssl_cert_reqs (CERT_REQUIRED...) are fine on its URLs;
+        # redis-py, which reads REDIS_URL (the ledger), knows the lower-case ones only.
+        checked = value if info.field_name == "redis_url" else _CELERY_CERT_REQS.sub(_lower_cert_reqs, value)
+        if not _redis_py_takes(checked):
             raise ValueError("bad url")
         return value
 
@@ -408,6 +430,12 @@ class Settings(BaseSettings):
         # unset. A secret with content is kept as given, blanks around it included.
         if value is not None and not value.get_secret_value().strip():
             return None
+        # It goes in a header: http.client refuses a line break in one ("Invalid header
+        # value", with the value in the message), so every report would fail. A secret
+        # read from a file often ends with a newline.
+        # RFC 9110 5.5: a field value holds no control character but a tab.
+        if value is not None and any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in value.get_secret_value()):
+            raise ValueError("control character")
         return value
 
     @field_validator("log_level", mode="before")
@@ -541,6 +569,15 @@ class Settings(BaseSettings):
         broker = urlsplit(self.broker_url)
         if broker.scheme != "unix" and any(not key.startswith("ssl_") for key, _ in parse_qsl(broker.query)):
             checks["celery_broker_url" if self.celery_broker_url is not None else "redis_url_as_broker"] = False
+        # Celery's Redis result backend refuses a rediss:// URL without ssl_cert_reqs
+        # ("A rediss:// URL must have parameter ssl_cert_reqs": a traceback at worker start),
+        # and its broker takes it for no certificate check; redis-py (the ledger) checks
+        # the certificate by default. So a rediss:// URL that Celery reads must say it.
+        for name, url, own in (("celery_broker_url", self.broker_url, self.celery_broker_url),
+                               ("celery_result_backend", self.result_backend, self.celery_result_backend)):
+            parts = urlsplit(url)
+            if parts.scheme == "rediss" and dict(parse_qsl(parts.query)).get("ssl_cert_reqs") not in CERT_REQS:
+                checks[name if own is not None else "redis_url_tls_for_celery"] = False
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ValueError("out of range: " + ",".join(bad))
@@ -644,6 +681,11 @@ _RELATIONS = {
         f"(default {Settings.model_fields['fetch_max_bytes'].default >> 20} MiB) above LOG_LINE_MAX_BYTES "
         f"(default {MAX_LINE_BYTES >> 20} MiB) + {LINE_PREFIX_ROOM}, so that one read holds the longest line and "
         "its timestamp: raise FETCH_MAX_BYTES or lower LOG_LINE_MAX_BYTES"
+    ),
+    "redis_url_tls_for_celery": (
+        "REDIS_URL is a rediss:// URL without ?ssl_cert_reqs, which Celery needs (REDIS_URL is its broker and "
+        "result backend while CELERY_BROKER_URL / CELERY_RESULT_BACKEND are unset); expected "
+        "?ssl_cert_reqs=required (or optional, none) on the URL"
     ),
     "redis_url_as_broker": (
         "REDIS_URL has a ?option that Celery's broker does not take (REDIS_URL is the broker while "

@@ -57,10 +57,12 @@ def test_fetch_worker_without_a_kubernetes_config_exits_2(redis_url, tmp_path):
     assert line.startswith("config error:") and "KUBECONFIG" in line and "LOG_SOURCE=kubernetes" in line, output
 
 
-def test_worker_of_an_undeclared_queue_exits_2_naming_the_variable(redis_url):
+@pytest.mark.parametrize(("queues", "named"), [("fetch.web1", "'fetch.web1'"), ("fetch,", "''"), ("fetch, report", "' report'")])
+def test_worker_of_an_undeclared_queue_exits_2_naming_the_variable(redis_url, queues, named):
     # A file source's host queue without FILE_QUEUE: Celery's own error was a traceback
-    # advising task_create_missing_queues (found by a new-user trial).
-    rc, output = _start("fetch.web1", clean_env(REDIS_URL=redis_url, LOG_SOURCE="file", LOG_FILES="/tmp/x.log"))
+    # advising task_create_missing_queues (found by a new-user trial); an empty name, or
+    # one with a blank, too (a review).
+    rc, output = _start(queues, clean_env(REDIS_URL=redis_url, LOG_SOURCE="file", LOG_FILES="/tmp/x.log"))
     assert rc == 2, output[-2000:]
     line = output.strip().splitlines()[-1]
-    assert "fetch.web1" in line and "FILE_QUEUE" in line, output
+    assert f"-Q {named}:" in line and "FILE_QUEUE" in line, output

@@ -173,10 +173,18 @@ def test_bad_domain_exit_2(capsys, domain):
     assert capsys.readouterr().err.startswith("scan: invalid tunnel domain")
 
 
-def test_bad_tunnel_domain_variable_exit_2(capsys, monkeypatch):
-    monkeypatch.setenv("TUNNEL_DOMAIN", "*.t.lum.tools")
+@pytest.mark.parametrize("value", ["*.t.lum.tools", ""])
+def test_bad_tunnel_domain_variable_exit_2(capsys, monkeypatch, value):
+    # Set but empty too: the workers refuse it (scan took the default; a review).
+    monkeypatch.setenv("TUNNEL_DOMAIN", value)
     assert main([str(SAMPLE)]) == 2
-    assert capsys.readouterr().err.startswith("scan: invalid tunnel domain: '*.t.lum.tools'")
+    assert capsys.readouterr().err.startswith(f"scan: invalid tunnel domain: {value!r}")
+
+
+def test_an_empty_log_line_max_bytes_is_refused_as_by_the_workers(capsys, monkeypatch):
+    monkeypatch.setenv("LOG_LINE_MAX_BYTES", "")
+    assert main([str(SAMPLE)]) == 2
+    assert capsys.readouterr().err.startswith("scan: LOG_LINE_MAX_BYTES is not valid")
 
 
 @pytest.mark.parametrize("domain", ["T.Lum.Tools", " t.lum.tools. ", "t.lum.tools"])

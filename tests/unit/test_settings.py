@@ -198,6 +198,17 @@ BAD = [
     ("redis-url-db-two-segments", {"REDIS_URL": "redis://127.0.0.1:6390/0/1"}, "REDIS_URL"),
     ("redis-url-unknown-option", {"REDIS_URL": f"redis://:{REDIS_PASSWORD}@127.0.0.1:6390/0?foo=bar"}, "REDIS_URL"),
     ("redis-url-db-option-not-a-number", {"REDIS_URL": "redis://127.0.0.1:6390/0?db=x"}, "REDIS_URL"),
+    # Celery's result backend refuses a rediss:// URL without ssl_cert_reqs at worker start
+    # (a traceback), and its broker takes it for no certificate check (a review).
+    ("redis-url-tls-without-cert-reqs", {"REDIS_URL": f"rediss://:{REDIS_PASSWORD}@r.example:6380/1"}, "REDIS_URL"),
+    ("broker-url-tls-without-cert-reqs", {"CELERY_BROKER_URL": "rediss://r.example:6380/0"}, "CELERY_BROKER_URL"),
+    ("result-backend-tls-without-cert-reqs", {"CELERY_RESULT_BACKEND": "rediss://r.example:6380/0"},
+     "CELERY_RESULT_BACKEND"),
+    ("redis-url-celery-cert-reqs-spelling", {"REDIS_URL": "rediss://r.example:6380/0?ssl_cert_reqs=CERT_REQUIRED"},
+     "REDIS_URL"),  # redis-py (the ledger) knows required, optional, none only
+    # A header cannot carry a line break: every report failed, the secret in the error (a review).
+    ("secret-with-a-trailing-newline", {"PLATFORM_INTERNAL_SECRET": "s3cr3t-from-a-file\n"}, "PLATFORM_INTERNAL_SECRET"),
+    ("secret-with-a-carriage-return", {"PLATFORM_INTERNAL_SECRET": "s3cr3t\r\nX-Evil: 1"}, "PLATFORM_INTERNAL_SECRET"),
     ("redis-url-timeout-not-a-number", {"REDIS_URL": "redis://127.0.0.1:6390/0?socket_timeout=abc"}, "REDIS_URL"),
     ("redis-url-unix-db-not-a-number", {"REDIS_URL": "unix:///run/redis.sock?db=x"}, "REDIS_URL"),
     ("redis-url-unix-unknown-option", {"REDIS_URL": "unix:///run/redis.sock?foo=bar"}, "REDIS_URL"),
@@ -375,7 +386,10 @@ def test_a_unix_socket_url_is_given_to_celery_as_redis_socket():
         {"REDIS_URL": f"redis://:{REDIS_PASSWORD}@redis:6379/15"},
         {"REDIS_URL": f"redis://scraper:{REDIS_PASSWORD}@redis/2"},
         {"REDIS_URL": f"redis://:{REDIS_PASSWORD}@redis:6379/%31"},
-        {"REDIS_URL": f"rediss://:{REDIS_PASSWORD}@r.example:6380/1"},
+        {"REDIS_URL": f"rediss://:{REDIS_PASSWORD}@r.example:6380/1?ssl_cert_reqs=optional"},
+        # Celery's own spellings, on the URLs only Celery reads.
+        {"CELERY_BROKER_URL": "rediss://r.example:6380/1?ssl_cert_reqs=CERT_REQUIRED",
+         "CELERY_RESULT_BACKEND": "rediss://r.example:6380/2?ssl_cert_reqs=CERT_NONE"},
         {"REDIS_URL": "rediss://r.example:6380/0?ssl_cert_reqs=required"},
         {"REDIS_URL": "unix:///run/redis.sock"},
         {"REDIS_URL": "unix:///run/redis.sock?db=1"},
@@ -406,7 +420,7 @@ def test_redis_url_check_connects_nowhere(no_setting_env):
     no_setting_env.setattr(socket, "create_connection", no_network)
     no_setting_env.setattr(socket, "getaddrinfo", no_network)
     no_setting_env.setenv("REDIS_URL", "redis://redis.invalid:6379/1?socket_timeout=5")
-    no_setting_env.setenv("CELERY_BROKER_URL", "rediss://r.invalid:6380/0")
+    no_setting_env.setenv("CELERY_BROKER_URL", "rediss://r.invalid:6380/0?ssl_cert_reqs=required")
     no_setting_env.setenv("CELERY_RESULT_BACKEND", "unix:///run/redis.sock?db=2")
     assert load_settings().result_backend == "unix:///run/redis.sock?db=2"
 
