@@ -56,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("replay", help="send dead letters again (same idempotency keys)",
                        description="Send dead letters again, with their original idempotency keys. "
-                       "Exit status 1 when a KEY is not a dead letter, 2 when it names no report (its start "
-                       "not a multiple of REPORT_INTERVAL, its subdomain not a tunnel's).")
+                       "Exit status 1 when a KEY is not a dead letter, 2 when it names no report (its subdomain "
+                       "not a tunnel's, an Idempotency-Key's start not an interval start).")
     p.add_argument("--all", action="store_true", help="every dead letter")
     p.add_argument("keys", nargs="*", metavar="KEY", help="<interval start>:<subdomain>, as deadletters lists, or the report's "
                    "Idempotency-Key as the platform got it")
@@ -268,20 +268,23 @@ def replay(a: argparse.Namespace) -> int:
         celery_app.send_task(REPORT_TASK, (key.start, key.name), queue=Queue.REPORT)
     print(f"replayed {len(claimed)} report(s)")
     for k in missing:
-        print(f"not a dead letter: {k}", file=sys.stderr)
+        hint = f" (nor an interval start of REPORT_INTERVAL={s.report_interval})" if k.start % s.report_interval else ""
+        print(f"not a dead letter: {k}{hint}", file=sys.stderr)
     return 1 if missing else 0
 
 
 def _replay_key(text: str, scraper_id: str, interval: int):
     """The ReportKey a replay KEY names (either form), or ValueError saying why it names
-    no report of this ledger: its start is not an interval start, or its subdomain is not
-    one a report can have."""
+    no report of this ledger: its subdomain is not one a report can have, or (an
+    Idempotency-Key) its start is not an interval start."""
     from app.ledger import valid_subdomain
     from app.reporting import report_key_of
 
     key = _report_key(text) if "/" not in text else report_key_of(text, scraper_id, interval)
     problems = []
-    if key.start % interval:
+    # An Idempotency-Key carries its interval (report_key_of holds it to REPORT_INTERVAL);
+    # a START:SUBDOMAIN may be a dead letter of an earlier REPORT_INTERVAL, so it is looked up.
+    if "/" in text and key.start % interval:
         problems.append(f"{key.start} is not an interval start (a multiple of REPORT_INTERVAL={interval})")
     if not valid_subdomain(key.subdomain):
         problems.append(f"{key.subdomain[:80]!r} is not a tunnel subdomain (one DNS label of a-z, 0-9 and -)")

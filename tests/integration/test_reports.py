@@ -331,6 +331,10 @@ def test_wrong_secret_dead_letters_then_replay(pipeline, kube, platform):
     replayed = cli(pipeline, "replay", "--all")
     assert replayed.returncode == 0, replayed.stderr
     assert f"replayed {len(dead) - 1} report(s)" in replayed.stdout
+    # A START:SUBDOMAIN off the interval grid is looked up (a dead letter of an earlier
+    # REPORT_INTERVAL would be found), and the answer says it is off the grid.
+    odd = cli(pipeline, "replay", f"{dead[0].key.start + 1}:{dead[0].key.subdomain}")
+    assert odd.returncode == 1 and "not a dead letter" in odd.stderr and "nor an interval start" in odd.stderr, odd.stderr
     pipeline.wait_quiescent(pods)
 
     assert pipeline.delivered() == traffic.expected()
