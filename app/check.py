@@ -240,7 +240,7 @@ def check_files(s: Settings, lines: int):
     note = f"; {len(found.compressed)} compressed file(s) skipped" if found.compressed else ""
     yield Result("OK", "files", f"{len(found.files)} file(s) match {s.log_files}: {names}{note}")
     newest = max(found.files, key=lambda f: os.stat(f.path).st_mtime if os.path.exists(f.path) else 0)
-    agg = Aggregator(s.tunnel_domain)
+    agg = Aggregator(s.tunnel_domain, s.log_line_max_bytes)
     with open(newest.path, "rb") as fh:
         fh.seek(max(0, newest.size - NEWEST_BYTES))
         data = fh.read(NEWEST_BYTES)
@@ -259,7 +259,7 @@ def check_files(s: Settings, lines: int):
 def check_access_log(s: Settings, source, pods, lines: int):
     from app.kube import newest_lines
 
-    agg = Aggregator(s.tunnel_domain)
+    agg = Aggregator(s.tunnel_domain, s.log_line_max_bytes)
     read_from = None
     for pod in sorted(pods, key=lambda p: p.name)[:PODS_TRIED]:
         ctr = pod.container(s.traefik_container)
