@@ -64,7 +64,7 @@ class Result:
 def run(args: argparse.Namespace) -> int:
     """The ``check`` command (``--lines``, ``--timeout``): prints the lines, returns the exit status."""
     settings = settings_or_exit()
-    results = list(checks(settings, args.lines, args.timeout))
+    results = list(checks(settings, args.lines, args.timeout, frozenset(getattr(args, "skip", ()) or ())))
     for r in results:
         print(r.line(), flush=True)
     failed = [r for r in results if r.status == "FAIL"]
@@ -73,17 +73,26 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def checks(s: Settings, lines: int = NEWEST_LINES, timeout: float = 5.0):
-    """Every check's Result, in order."""
+KUBE_CHECKS = ("kubernetes", "permissions", "pods", "access log", "tunnel domain")
+
+
+def checks(s: Settings, lines: int = NEWEST_LINES, timeout: float = 5.0, skip: frozenset[str] = frozenset()):
+    """Every check's Result, in order. ``skip``: ``kubernetes`` (the Kubernetes API and
+    what needs it) and/or ``platform``, checks this pod cannot make (the NetworkPolicy)."""
     yield from check_redis(s, timeout)
     if s.log_source == "file":
         yield from check_files(s, lines)
-        yield check_platform(s, timeout)
+        yield from _platform_unless(s, timeout, skip)
+        return
+    if "kubernetes" in skip:
+        for name in KUBE_CHECKS:
+            yield Result("SKIP", name, "--skip kubernetes")
+        yield from _platform_unless(s, timeout, skip)
         return
     source, result = kube_source(s)
     yield result
     if source is None:
-        for name in ("permissions", "pods", "access log", "tunnel domain"):
+        for name in KUBE_CHECKS[1:]:
             yield Result("SKIP", name, "needs the Kubernetes API")
     else:
         try:
@@ -99,7 +108,14 @@ def checks(s: Settings, lines: int = NEWEST_LINES, timeout: float = 5.0):
                 yield check_domain(s, agg)
         finally:
             source.close()
-    yield check_platform(s, timeout)
+    yield from _platform_unless(s, timeout, skip)
+
+
+def _platform_unless(s: Settings, timeout: float, skip: frozenset[str]):
+    if "platform" in skip:
+        yield Result("SKIP", "platform", "--skip platform")
+    else:
+        yield check_platform(s, timeout)
 
 
 # Redis ----------------------------------------------------------------------------------------

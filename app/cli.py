@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="newest log lines of a pod (or of the newest file) to look at (default %(default)s)")
     p.add_argument("--timeout", type=_seconds, default=5.0,
                    help=f"seconds for each connection, above 0 and at most {MAX_TIMEOUT} (default %(default)s)")
+    p.add_argument("--skip", action="append", choices=("kubernetes", "platform"), default=[],
+                   help="checks this pod cannot make (repeatable): the manifests' NetworkPolicy lets only the "
+                   "report workers reach the platform and only the fetch workers the Kubernetes API, so run "
+                   "'check --skip platform' in worker-fetch and 'check --skip kubernetes' in worker-report")
     p.set_defaults(run=check)
 
     p = sub.add_parser("watch", help="watch the Traefik pods; read a terminating pod until it is gone",
