@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from datetime import datetime
 from functools import lru_cache
 from typing import Literal
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
@@ -516,6 +517,12 @@ class Settings(BaseSettings):
         if not SAFE_ID.match(value):
             raise ValueError("bad id")
         return value
+
+    @field_validator("start_at", mode="before")
+    @classmethod
+    def _start_at_given_as_a_time(cls, value: object) -> object:
+        # Settings(start_at=<an aware datetime>) in code: its ISO text (naive: no zone, refused).
+        return value.isoformat() if isinstance(value, datetime) else value
 
     @field_validator("start_at")
     @classmethod

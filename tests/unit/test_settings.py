@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from app.parser import MAX_LINE_BYTES
 from app.platform import PATH, PlatformClient
@@ -118,6 +119,16 @@ def test_log_level_is_case_insensitive(no_setting_env, value):
 def test_start_at_with_zone_is_utc(no_setting_env):
     no_setting_env.setenv("START_AT", "2026-11-24T02:00:00+02:00")
     assert Settings().start_at_ns == 1_795_478_400 * 10**9  # 2026-11-24T00:00:00Z
+
+
+def test_start_at_given_in_code_as_an_aware_time(no_setting_env):
+    from datetime import UTC, datetime, timedelta, timezone
+
+    assert Settings(start_at=datetime(2026, 1, 1, 0, 0, 0, 123456, tzinfo=UTC)).start_at_ns == 1_767_225_600_123_456_000
+    tz = timezone(timedelta(hours=2))
+    assert Settings(start_at=datetime(2026, 1, 1, 2, tzinfo=tz)).start_at_ns == 1_767_225_600 * 10**9
+    with pytest.raises(ValidationError):
+        Settings(start_at=datetime(2026, 1, 1))  # no zone
 
 
 @pytest.mark.parametrize("given", ["1700000000", "1700000000000", "2026-11-24T00:00:00", "yesterday"])
