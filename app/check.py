@@ -62,9 +62,9 @@ class Result:
 
 
 def run(args: argparse.Namespace) -> int:
-    """The ``check`` command (``--lines``, ``--timeout``): prints the lines, returns the exit status."""
+    """The ``check`` command (``--lines``, ``--timeout``, ``--skip``): prints the lines, returns the exit status."""
     settings = settings_or_exit()
-    results = list(checks(settings, args.lines, args.timeout, frozenset(getattr(args, "skip", ()) or ())))
+    results = list(checks(settings, args.lines, args.timeout, frozenset(args.skip)))
     for r in results:
         print(r.line(), flush=True)
     failed = [r for r in results if r.status == "FAIL"]

@@ -26,22 +26,6 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_EPOCH_NS = (1 << 63) - 1
 
 
-def epoch_ns(when: datetime) -> int:
-    """Nanoseconds since the epoch of an aware ``datetime``, exact (integer arithmetic on
-    its microseconds, no float: ``timestamp() * 1e9`` turns ...00.123457 into
-    ...00.123457024). Raises ``ValueError`` for a naive time or one outside 1970-01-01 ..
-    2262-04-11 (what 64 bits of nanoseconds hold)."""
-    if when.tzinfo is None:
-        raise ValueError("a time without a zone")
-    try:
-        micros = (when - _EPOCH) // timedelta(microseconds=1)
-    except OverflowError:
-        micros = -1
-    if not 0 <= micros <= MAX_EPOCH_NS // 1000:
-        raise ValueError(f"{when.isoformat()} is outside 1970-01-01 .. 2262-04-11 (nanoseconds in 64 bits)")
-    return micros * 1000
-
-
 # A seconds fraction (one or more digits after "." or ","), before the zone.
 _FRACTION = re.compile(r"[.,]([0-9]+)(?=(?:Z|[+-][0-9]{2}(?::?[0-9]{2}(?::?[0-9]{2})?)?)$)")
 
@@ -52,7 +36,7 @@ def parse_time_ns(text: str) -> int:
     rest by ``datetime.fromisoformat``. The one reading of ``START_AT`` and
     ``init-ledger --start-at``. Raises ``ValueError`` for anything else: no zone, a
     number (seconds or milliseconds would be a guess), outside 1970-01-01 .. 2262-04-11."""
-    text = text.strip()
+    given = text = text.strip()
     fraction = 0
     m = _FRACTION.search(text)
     if m:
@@ -61,13 +45,17 @@ def parse_time_ns(text: str) -> int:
     try:
         when = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise ValueError(f"not an ISO 8601 time: {text[:60]!r}") from None
+        raise ValueError(f"not an ISO 8601 time: {given[:60]!r}") from None
     if when.tzinfo is None:
         raise ValueError("no zone: give a zone, e.g. 2026-11-24T00:00:00Z")
-    ns = epoch_ns(when) + fraction
-    if ns > MAX_EPOCH_NS:
-        raise ValueError(f"{text[:60]!r} is outside 1970-01-01 .. 2262-04-11 (nanoseconds in 64 bits)")
+    try:  # integer arithmetic, no float (timestamp() * 1e9 turns ...00.123457 into ...00.123457024)
+        ns = (when - _EPOCH) // timedelta(microseconds=1) * 1000 + fraction
+    except OverflowError:  # near the years 1 and 9999, with an offset
+        ns = -1
+    if not 0 <= ns <= MAX_EPOCH_NS:
+        raise ValueError(f"{given[:60]!r} is outside 1970-01-01 .. 2262-04-11 (nanoseconds in 64 bits)")
     return ns
+
 
 @dataclass(frozen=True, order=True)
 class ReportKey:

@@ -240,7 +240,7 @@ BAD = [
     ("redis-url-as-broker-option-kombu-refuses", {"REDIS_URL": "redis://redis:6379/0?db=1"}, "REDIS_URL"),
     ("start-at-no-zone", {"START_AT": "2026-11-24T00:00:00"}, "START_AT"),
     ("start-at-garbage", {"START_AT": "yesterday"}, "START_AT"),
-    # START_AT is kept in 64 bits of nanoseconds since the epoch (app.model.epoch_ns).
+    # START_AT is kept in 64 bits of nanoseconds since the epoch (app.model.parse_time_ns).
     ("start-at-after-2262", {"START_AT": "9999-12-31T00:00:00Z"}, "START_AT"),
     ("start-at-just-after-2262", {"START_AT": "2262-04-11T23:47:16.854776Z"}, "START_AT"),
     ("start-at-before-1970", {"START_AT": "1969-12-31T23:59:59Z"}, "START_AT"),
