@@ -137,9 +137,11 @@ def reporter() -> Reporter:
 
 def check_kube_config() -> None:
     """Load the Kubernetes config as the fetch side will (in the cluster, else
-    KUBECONFIG), without a request. Raises ``ConfigError`` (one line) when there is none."""
+    KUBECONFIG), without a request, and import the client's pod API (``LogSource.import_api``).
+    Raises ``ConfigError`` (one line) when there is no config."""
     try:
         LogSource.load_config()
+        LogSource.import_api()
     except KubeError as e:
         raise ConfigError(f"config error: a fetch worker of LOG_SOURCE=kubernetes has {e} (set KUBECONFIG, or run it in the "
                           "cluster with its service account)") from e

@@ -3,10 +3,17 @@ is told when there is none (app/kube.py)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from app.errors import KubeError
 from app.kube import LogSource
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_no_config_outside_a_cluster_names_kubeconfig(monkeypatch, tmp_path):
@@ -25,3 +32,20 @@ def test_no_token_in_a_pod_says_why_the_service_account_failed(monkeypatch, tmp_
     with pytest.raises(KubeError, match=r"no Kubernetes config: in the cluster: .*token.*; KUBECONFIG: ") as info:
         LogSource.load_config()
     assert len(str(info.value).splitlines()) == 1
+
+
+def test_the_start_check_imports_the_pod_api_so_the_first_round_does_not(tmp_path):
+    # The client imports CoreV1Api (a 4 MiB module, up to 1.9 s of CPU) at first use: a
+    # fetch worker paid it in its first round (bench/backlog.py). Its start check does now.
+    # In a fresh interpreter: this one may have imported it already.
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: c, cluster: {server: 'http://127.0.0.1:9'}}]\n"
+        "contexts: [{name: c, context: {cluster: c, user: u}}]\nusers: [{name: u, user: {token: t}}]\n")
+    code = ("import sys; from app import runtime; "
+            "before = 'kubernetes.client.api.core_v1_api' in sys.modules; runtime.check_kube_config(); "
+            "print(before, 'kubernetes.client.api.core_v1_api' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"} | {"KUBECONFIG": str(kubeconfig)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["False", "True"], out.stderr[-2000:]
