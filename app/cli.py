@@ -17,7 +17,7 @@ import os
 import sys
 
 from app import scan
-from app.model import parse_time_ns
+from app.model import parse_time_ns, whole_number
 
 EPILOG = "Workers and beat: celery -A app worker -Q fetch,report ; celery -A app beat"
 MAX_TIMEOUT = 3600  # check --timeout: a larger one overflows the sockets' time_t at 1e10 s
@@ -143,9 +143,10 @@ def _parse_time(value: str) -> int:
 
 
 def _port(value: str) -> int:
-    if not value.isascii() or not value.isdigit() or not 1 <= int(value) <= 65535:
+    port = whole_number(value)
+    if port is None or not 1 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"not a TCP port (1-65535): {value!r}")
-    return int(value)
+    return port
 
 
 def _seconds(value: str) -> float:
@@ -162,9 +163,10 @@ def _seconds(value: str) -> float:
 
 def _count(value: str) -> int:
     """A number of lines: a whole number, at least 1."""
-    if not value.isascii() or not value.isdigit() or int(value) < 1:
+    count = whole_number(value)
+    if count is None or count < 1:
         raise argparse.ArgumentTypeError(f"not a whole number above 0: {value!r}")
-    return int(value)
+    return count
 
 
 def _report_key(value: str):

@@ -26,6 +26,13 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_EPOCH_NS = (1 << 63) - 1
 
 
+def whole_number(text: str) -> int | None:
+    """``text`` as a whole number when it is ASCII digits only, else None: ``int()`` also
+    takes a sign, spaces, underscores and other scripts' digits (``int("\u0663")`` is 3),
+    none of which a count, a port or a key holds."""
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
 # A seconds fraction (one or more digits after "." or ","), before the zone.
 _FRACTION = re.compile(r"[.,]([0-9]+)(?=(?:Z|[+-][0-9]{2}(?::?[0-9]{2}(?::?[0-9]{2})?)?)$)")
 
@@ -99,19 +106,21 @@ class ReportKey:
             raise ValueError(f"not a report name: {name[:80]!r}")
         if not sep:
             return cls(start, sub)
-        if amend[:1] != "a" or not amend[1:].isascii() or not amend[1:].isdigit() or int(amend[1:]) < 1:
+        amendment = whole_number(amend[1:]) if amend[:1] == "a" else None
+        if amendment is None or amendment < 1:
             raise ValueError(f"not a report name: {name[:80]!r}")
-        return cls(start, sub, int(amend[1:]))
+        return cls(start, sub, amendment)
 
     @classmethod
     def parse(cls, raw: str | bytes) -> ReportKey:
         """The key of ``<start>:<subdomain>[:a<n>]``. Raises ``ValueError`` when it is not one."""
         text = raw.decode() if isinstance(raw, bytes) else raw
         start, sep, name = text.partition(":")
-        if not sep or not name or not start.isascii() or not start.isdigit():
+        start_s = whole_number(start)
+        if not sep or not name or start_s is None:
             raise ValueError(f"not a report key: {text[:80]!r}")
         try:
-            return cls.of(int(start), name)
+            return cls.of(start_s, name)
         except ValueError:
             raise ValueError(f"not a report key: {text[:80]!r}") from None
 

@@ -26,6 +26,7 @@ import sys
 import time
 from typing import BinaryIO, TextIO
 
+from app.model import whole_number
 from app.parser import DEFAULT_DOMAIN, LINE_BOUND_MAX, LINE_BOUND_MIN, MAX_LINE_BYTES, Aggregator
 
 CHUNK_BYTES = 256 * 1024
@@ -77,12 +78,12 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 
 def _line_bytes(text: str) -> int:
     """A line bound the workers accept (``LOG_LINE_MAX_BYTES``'s range)."""
-    value = text.strip()
-    if not value.isascii() or not value.isdigit() or not LINE_BOUND_MIN <= int(value) <= LINE_BOUND_MAX:
+    value = whole_number(text.strip())
+    if value is None or not LINE_BOUND_MIN <= value <= LINE_BOUND_MAX:
         raise argparse.ArgumentTypeError(
             f"{text[:80]!r} is not a whole number of bytes from {LINE_BOUND_MIN} to {LINE_BOUND_MAX}"
         )
-    return int(value)
+    return value
 
 
 def _max_line_bytes(args: argparse.Namespace) -> int:

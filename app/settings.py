@@ -29,6 +29,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis import ConnectionPool
 
+from app.kube import label_selector_problem
 from app.model import parse_time_ns
 from app.parser import (
     LINE_BOUND_MAX,
@@ -500,7 +501,9 @@ class Settings(BaseSettings):
     @field_validator("traefik_label_selector")
     @classmethod
     def _selector(cls, value: str) -> str:
-        if not value.strip() or any(c in value for c in "\n\r\t"):
+        # labels.Parse takes "" (every pod of the namespace: not only Traefik's), and takes
+        # tabs and line breaks as spaces; neither is meant here.
+        if not value.strip() or any(c in value for c in "\n\r\t") or label_selector_problem(value) is not None:
             raise ValueError("bad selector")
         return value.strip()
 

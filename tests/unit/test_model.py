@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app.ledger import SUBDOMAIN
-from app.model import Cursor, ReportKey, ReportState, fingerprint
+from app.model import Cursor, ReportKey, ReportState, fingerprint, whole_number
 
 
 @given(start=st.integers(min_value=0, max_value=2**40), sub=st.from_regex(SUBDOMAIN, fullmatch=True))
@@ -116,3 +116,19 @@ def test_an_idempotency_key_names_a_report_of_this_scraper_and_interval_only(raw
         return
     with pytest.raises(ValueError, match=why.replace("(", r"\(")):
         report_key_of(raw, "scraper-1", 60)
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("0", 0), ("7", 7), ("0042", 42), (str(2**70), 2**70),
+    ("", None), ("-1", None), ("+1", None), (" 1", None), ("1 ", None), ("1_000", None), ("1.0", None),
+    ("\u0663", None), ("\uff11", None), ("0x10", None),  # int() takes the first two
+])
+def test_whole_number_is_ascii_digits_only(text, value):
+    assert whole_number(text) == value
+
+
+def test_a_report_key_with_other_digits_is_refused():
+    with pytest.raises(ValueError, match="not a report key"):
+        ReportKey.parse("\u0661\u0662:web")
+    with pytest.raises(ValueError, match="not a report key"):
+        ReportKey.parse("60:web:a\u0661")

@@ -251,6 +251,12 @@ BAD = [
     ("scraper-id-too-long", {"SCRAPER_ID": "a" * 64}, "SCRAPER_ID"),
     ("scraper-id-colon", {"SCRAPER_ID": "a:b"}, "SCRAPER_ID"),
     ("tunnel-domain", {"TUNNEL_DOMAIN": "not a domain"}, "TUNNEL_DOMAIN"),
+    # The API server refused these with 400 at every round (app.kube.label_selector_problem).
+    ("label-selector-two-keys", {"TRAEFIK_LABEL_SELECTOR": "app traefik"}, "TRAEFIK_LABEL_SELECTOR"),
+    ("label-selector-bad-key", {"TRAEFIK_LABEL_SELECTOR": "app.kubernetes.io/name/x=traefik"}, "TRAEFIK_LABEL_SELECTOR"),
+    ("label-selector-bad-value", {"TRAEFIK_LABEL_SELECTOR": "app=traefik:v3"}, "TRAEFIK_LABEL_SELECTOR"),
+    ("label-selector-unclosed-set", {"TRAEFIK_LABEL_SELECTOR": "app in (traefik"}, "TRAEFIK_LABEL_SELECTOR"),
+    ("label-selector-trailing-comma", {"TRAEFIK_LABEL_SELECTOR": "app=traefik,"}, "TRAEFIK_LABEL_SELECTOR"),
 ]
 
 # Every run also carries the secret, which must never be printed.
@@ -274,6 +280,7 @@ PER_VARIABLE = [
     "start-at-no-zone",
     "scraper-id-space",
     "tunnel-domain",
+    "label-selector-bad-value",
 ]
 RUNS = [("settings", case, env, var) for case, env, var in BAD if case in PER_VARIABLE] + [
     ("celery", "report-interval-not-number", {"REPORT_INTERVAL": "sixty"}, "REPORT_INTERVAL"),
