@@ -29,7 +29,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis import ConnectionPool
 
-from app.kube import label_selector_problem
+from app.labels import label_selector_problem
 from app.model import parse_time_ns
 from app.parser import (
     LINE_BOUND_MAX,

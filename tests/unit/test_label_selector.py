@@ -1,4 +1,4 @@
-"""``app.kube.label_selector_problem``: the label selector grammar and checks of
+"""``app.labels.label_selector_problem``: the label selector grammar and checks of
 k8s.io/apimachinery/pkg/labels/selector.go (``Parse``, ``NewRequirement``) and
 pkg/util/validation (``IsQualifiedName``, ``IsValidLabelValue``), so that a
 TRAEFIK_LABEL_SELECTOR the API server would refuse is refused at start. The cases follow
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.kube import label_selector_problem
+from app.labels import label_selector_problem
 
 TAKEN = [
     "app.kubernetes.io/name=traefik",  # the default

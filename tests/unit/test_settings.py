@@ -251,7 +251,7 @@ BAD = [
     ("scraper-id-too-long", {"SCRAPER_ID": "a" * 64}, "SCRAPER_ID"),
     ("scraper-id-colon", {"SCRAPER_ID": "a:b"}, "SCRAPER_ID"),
     ("tunnel-domain", {"TUNNEL_DOMAIN": "not a domain"}, "TUNNEL_DOMAIN"),
-    # The API server refused these with 400 at every round (app.kube.label_selector_problem).
+    # The API server refused these with 400 at every round (app.labels.label_selector_problem).
     ("label-selector-two-keys", {"TRAEFIK_LABEL_SELECTOR": "app traefik"}, "TRAEFIK_LABEL_SELECTOR"),
     ("label-selector-bad-key", {"TRAEFIK_LABEL_SELECTOR": "app.kubernetes.io/name/x=traefik"}, "TRAEFIK_LABEL_SELECTOR"),
     ("label-selector-bad-value", {"TRAEFIK_LABEL_SELECTOR": "app=traefik:v3"}, "TRAEFIK_LABEL_SELECTOR"),
