@@ -77,8 +77,25 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 
 
 def _line_bytes(text: str) -> int:
-    """A line bound the workers accept (``LOG_LINE_MAX_BYTES``'s range)."""
-    value = whole_number(text.strip())
+    """``--max-line-bytes``: ASCII digits (as every count the CLI takes), within
+    ``LOG_LINE_MAX_BYTES``'s range."""
+    return _in_line_bounds(text, whole_number(text.strip()))
+
+
+def _env_line_bytes(text: str) -> int:
+    """``$LOG_LINE_MAX_BYTES`` read as the workers' settings read it (pydantic's lax
+    integer: a sign, ``_`` between digits and a zero fraction are taken), within its range.
+    Pydantic is imported here only: a scan without the variable does not load it."""
+    from pydantic import TypeAdapter, ValidationError
+
+    try:
+        value = TypeAdapter(int).validate_python(text)
+    except ValidationError:
+        value = None
+    return _in_line_bounds(text, value)
+
+
+def _in_line_bounds(text: str, value: int | None) -> int:
     if value is None or not LINE_BOUND_MIN <= value <= LINE_BOUND_MAX:
         raise argparse.ArgumentTypeError(
             f"{text[:80]!r} is not a whole number of bytes from {LINE_BOUND_MIN} to {LINE_BOUND_MAX}"
@@ -94,7 +111,7 @@ def _max_line_bytes(args: argparse.Namespace) -> int:
         return args.max_line_bytes
     env = os.environ.get("LOG_LINE_MAX_BYTES")
     try:
-        return _line_bytes(env) if env is not None else MAX_LINE_BYTES
+        return _env_line_bytes(env) if env is not None else MAX_LINE_BYTES
     except argparse.ArgumentTypeError as exc:
         raise ScanError(f"scan: LOG_LINE_MAX_BYTES is not valid: {exc}") from None
 

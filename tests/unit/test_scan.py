@@ -94,6 +94,19 @@ def test_bad_log_line_max_bytes_names_the_variable(capsys, monkeypatch, value):
                             f"from {scan.LINE_BOUND_MIN} to {scan.LINE_BOUND_MAX}\n")
 
 
+@pytest.mark.parametrize("value", ["8192", "+8192", "8_192", " 8192 ", "8192.0"])
+def test_log_line_max_bytes_is_read_as_the_workers_read_it(capsys, monkeypatch, value):
+    # scan refused "+8192" and "8_192", which the workers take (a review).
+    from app.settings import Settings
+
+    monkeypatch.setenv("LOG_LINE_MAX_BYTES", value)
+    monkeypatch.setenv("FETCH_MAX_BYTES", str(1 << 20))
+    assert Settings().log_line_max_bytes == 8192
+    from_env = run_json(capsys, str(SAMPLE))
+    assert from_env == run_json(capsys, str(SAMPLE), "--max-line-bytes", "8192")
+    assert from_env["lines"]["rejected"]["too_long"] >= 1
+
+
 def test_line_bounds_are_the_workers():
     # scan and the settings both take LOG_LINE_MAX_BYTES's bounds from app.parser: the same rule.
     from pydantic import ValidationError
