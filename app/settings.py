@@ -26,6 +26,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis import ConnectionPool
 
@@ -74,7 +75,7 @@ EXPECTED = {
     "celery_result_backend": _REDIS_URL + "; a rediss:// URL needs ?ssl_cert_reqs=required (or optional, none)",
     "tunnel_domain": "a DNS name such as t.lum.tools",
     "traefik_namespace": "a Kubernetes namespace name",
-    "traefik_label_selector": "a label selector such as app.kubernetes.io/name=traefik",
+    "traefik_label_selector": "a label selector on one line without tabs, such as app.kubernetes.io/name=traefik",
     "traefik_container": "a container name, or empty",
     "fetch_interval": "a whole number of seconds from 1 to REPORT_INTERVAL",
     "fetch_min_interval": "a number of seconds from 0.1 to FETCH_INTERVAL",
@@ -503,8 +504,11 @@ class Settings(BaseSettings):
     def _selector(cls, value: str) -> str:
         # labels.Parse takes "" (every pod of the namespace: not only Traefik's), and takes
         # tabs and line breaks as spaces; neither is meant here.
-        if not value.strip() or any(c in value for c in "\n\r\t") or label_selector_problem(value) is not None:
+        if not value.strip() or any(c in value for c in "\n\r\t"):
             raise ValueError("bad selector")
+        problem = label_selector_problem(value.strip())
+        if problem is not None:  # it names a position, never the text (see _describe)
+            raise PydanticCustomError("label_selector", "{problem}", {"problem": problem})
         return value.strip()
 
     @field_validator("traefik_container")
@@ -727,6 +731,8 @@ def _describe(error: ValidationError) -> str:
                 "datetime_parsing": "is not a time",
                 "missing": "is missing",
                 "bool_parsing": "is not true or false",
+                # app.labels' reason: a position in the text, none of the text itself
+                "label_selector": f"is not a label selector the API server takes ({item.get('msg', '')})",
             }.get(item.get("type", ""), "is not valid")
             lines.append(f"config error: {name.upper()} {problem}; expected {EXPECTED.get(name, 'a valid value')}")
     return "\n".join(dict.fromkeys(lines))

@@ -488,3 +488,12 @@ def test_start_at_within_64_bit_nanoseconds_is_accepted(no_setting_env, given, n
     no_setting_env.setenv("START_AT", given)
     s = load_settings()
     assert s.start_at_ns == ns == _parse_time(given)  # the setting and --start-at read it alike
+
+
+def test_a_label_selector_error_says_where_without_the_text(no_setting_env):
+    no_setting_env.setenv("TRAEFIK_LABEL_SELECTOR", "app.kubernetes.io/name in (traefik")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert str(info.value) == (
+        "config error: TRAEFIK_LABEL_SELECTOR is not a label selector the API server takes (at the end: expected "
+        "',' or ')'); expected a label selector on one line without tabs, such as app.kubernetes.io/name=traefik")
