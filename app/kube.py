@@ -66,6 +66,11 @@ class _Kubernetes:
 
 k8s = _Kubernetes()
 
+# What the client's kubeconfig loader raises on a file that is YAML but not a kubeconfig (a
+# string, a list, a number where a list goes: it walks the parsed file without checking
+# its shape) or that is not UTF-8, besides its ConfigException and yaml.YAMLError.
+_MALFORMED_KUBECONFIG = (TypeError, AttributeError, KeyError, ValueError)
+
 LOG_PATH = "/api/v1/namespaces/{namespace}/pods/{name}/log"
 CHUNK = 256 * 1024
 
@@ -273,15 +278,20 @@ class LogSource:
         try:
             k8s.config.load_incluster_config()
         except k8s.ConfigException as in_cluster:
+            import yaml  # the client's own YAML parser (PyYAML, a dependency of kubernetes)
+
             try:
                 # read KUBECONFIG now: the client's default was fixed when it was imported
                 k8s.config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
-            except (k8s.ConfigException, OSError) as e:
+            except (k8s.ConfigException, OSError, *_MALFORMED_KUBECONFIG, yaml.YAMLError) as e:
                 # In a pod (KUBERNETES_SERVICE_HOST set), why the service account failed
                 # (no token mounted: automountServiceAccountToken: false) is the news.
                 where = (f"in the cluster: {truncate(str(in_cluster))}" if os.environ.get("KUBERNETES_SERVICE_HOST")
                          else "not in a cluster")
-                raise KubeError(f"no Kubernetes config: {where}; KUBECONFIG: {truncate(str(e))}") from e
+                why = truncate(str(e))
+                if isinstance(e, (*_MALFORMED_KUBECONFIG, yaml.YAMLError)):
+                    why = f"not a kubeconfig file ({type(e).__name__}: {why})"
+                raise KubeError(f"no Kubernetes config: {where}; KUBECONFIG: {why}") from e
 
     @staticmethod
     def import_api() -> None:

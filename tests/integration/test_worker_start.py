@@ -57,6 +57,19 @@ def test_fetch_worker_without_a_kubernetes_config_exits_2(redis_url, tmp_path):
     assert line.startswith("config error:") and "KUBECONFIG" in line and "LOG_SOURCE=kubernetes" in line, output
 
 
+def test_fetch_worker_with_a_kubeconfig_that_is_not_one_exits_2(redis_url, tmp_path):
+    # A file that is YAML but not a kubeconfig: the client's loader raised TypeError, which
+    # Celery's signal dispatch swallowed, and the worker started (a review's trial).
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text("just a string\n")
+    env = clean_env(REDIS_URL=redis_url, KUBECONFIG=str(kubeconfig))
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    rc, output = _start("fetch", env)
+    assert rc == 2, output[-2000:]
+    line = output.strip().splitlines()[-1]
+    assert line.startswith("config error:") and "KUBECONFIG: not a kubeconfig file (TypeError" in line, output
+
+
 @pytest.mark.parametrize(("queues", "named"), [("fetch.web1", "'fetch.web1'"), ("fetch,", "''"), ("fetch, report", "' report'")])
 def test_worker_of_an_undeclared_queue_exits_2_naming_the_variable(redis_url, queues, named):
     # A file source's host queue without FILE_QUEUE: Celery's own error was a traceback

@@ -49,3 +49,17 @@ def test_the_start_check_imports_the_pod_api_so_the_first_round_does_not(tmp_pat
     env = {k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"} | {"KUBECONFIG": str(kubeconfig)}
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["False", "True"], out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("text", ["just a string\n", "- a\n- b\n", "not: [valid\n", "clusters: 5\ncurrent-context: c\n",
+                                  "\udcff\udcfe"])
+def test_a_file_that_is_not_a_kubeconfig_is_a_kube_error(monkeypatch, tmp_path, text):
+    # The loader raised TypeError, yaml's ParserError or UnicodeDecodeError: not KubeError,
+    # so a fetch worker's start check let them through and the worker started (a review).
+    path = tmp_path / "config"
+    path.write_bytes(text.encode("utf-8", "surrogateescape"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(path))
+    with pytest.raises(KubeError, match=r"KUBECONFIG: not a kubeconfig file \(\w+: ") as info:
+        LogSource.load_config()
+    assert len(str(info.value).splitlines()) == 1
