@@ -145,7 +145,7 @@ def _parse_time(value: str) -> int:
 def _port(value: str) -> int:
     port = whole_number(value)
     if port is None or not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"not a TCP port (1-65535): {value!r}")
+        raise argparse.ArgumentTypeError(f"not a TCP port (1-65535): {value[:80]!r}")
     return port
 
 
@@ -157,15 +157,18 @@ def _seconds(value: str) -> float:
     except ValueError:
         seconds = math.nan
     if not 0 < seconds <= MAX_TIMEOUT:  # nan compares false: refused too
-        raise argparse.ArgumentTypeError(f"not a number of seconds above 0 and at most {MAX_TIMEOUT}: {value!r}")
+        raise argparse.ArgumentTypeError(f"not a number of seconds above 0 and at most {MAX_TIMEOUT}: {value[:80]!r}")
     return seconds
 
 
+MAX_LINES = 1_000_000  # check --lines: the Kubernetes source sends it as tailLines (an int64)
+
+
 def _count(value: str) -> int:
-    """A number of lines: a whole number, at least 1."""
+    """A number of lines: a whole number from 1 to MAX_LINES."""
     count = whole_number(value)
-    if count is None or count < 1:
-        raise argparse.ArgumentTypeError(f"not a whole number above 0: {value!r}")
+    if count is None or not 1 <= count <= MAX_LINES:
+        raise argparse.ArgumentTypeError(f"not a whole number from 1 to {MAX_LINES:,}: {value[:80]!r}")
     return count
 
 

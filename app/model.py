@@ -29,8 +29,15 @@ MAX_EPOCH_NS = (1 << 63) - 1
 def whole_number(text: str) -> int | None:
     """``text`` as a whole number when it is ASCII digits only, else None: ``int()`` also
     takes a sign, spaces, underscores and other scripts' digits (``int("\u0663")`` is 3),
-    none of which a count, a port or a key holds."""
-    return int(text) if text.isascii() and text.isdigit() else None
+    none of which a count, a port or a key holds. None too past Python's limit on the digits
+    ``int()`` converts (4,300 by default, ``sys.get_int_max_str_digits``): it raises
+    ValueError there, and no count, port or key is that long."""
+    if not (text.isascii() and text.isdigit()):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
 
 
 # A seconds fraction (one or more digits after "." or ","), before the zone.

@@ -79,28 +79,27 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 def _line_bytes(text: str) -> int:
     """``--max-line-bytes``: ASCII digits (as every count the CLI takes), within
     ``LOG_LINE_MAX_BYTES``'s range."""
-    return _in_line_bounds(text, whole_number(text.strip()))
+    value = whole_number(text)
+    if value is None or not LINE_BOUND_MIN <= value <= LINE_BOUND_MAX:
+        raise argparse.ArgumentTypeError(f"{text[:80]!r} is {_LINE_BOUNDS}")
+    return value
 
 
-def _env_line_bytes(text: str) -> int:
+_LINE_BOUNDS = f"not a whole number of bytes from {LINE_BOUND_MIN} to {LINE_BOUND_MAX}"
+
+
+def _env_line_bytes(text: str) -> int | None:
     """``$LOG_LINE_MAX_BYTES`` read as the workers' settings read it (pydantic's lax
-    integer: a sign, ``_`` between digits and a zero fraction are taken), within its range.
+    integer: a sign, ``_`` between digits and a zero fraction are taken), or None when it
+    is not a whole number within its range.
     Pydantic is imported here only: a scan without the variable does not load it."""
     from pydantic import TypeAdapter, ValidationError
 
     try:
         value = TypeAdapter(int).validate_python(text)
     except ValidationError:
-        value = None
-    return _in_line_bounds(text, value)
-
-
-def _in_line_bounds(text: str, value: int | None) -> int:
-    if value is None or not LINE_BOUND_MIN <= value <= LINE_BOUND_MAX:
-        raise argparse.ArgumentTypeError(
-            f"{text[:80]!r} is not a whole number of bytes from {LINE_BOUND_MIN} to {LINE_BOUND_MAX}"
-        )
-    return value
+        return None
+    return value if LINE_BOUND_MIN <= value <= LINE_BOUND_MAX else None
 
 
 def _max_line_bytes(args: argparse.Namespace) -> int:
@@ -110,10 +109,12 @@ def _max_line_bytes(args: argparse.Namespace) -> int:
     if args.max_line_bytes is not None:
         return args.max_line_bytes
     env = os.environ.get("LOG_LINE_MAX_BYTES")
-    try:
-        return _env_line_bytes(env) if env is not None else MAX_LINE_BYTES
-    except argparse.ArgumentTypeError as exc:
-        raise ScanError(f"scan: LOG_LINE_MAX_BYTES is not valid: {exc}") from None
+    if env is None:
+        return MAX_LINE_BYTES
+    value = _env_line_bytes(env)
+    if value is None:  # without the value, as the workers' settings lines (README, Configuration)
+        raise ScanError(f"scan: LOG_LINE_MAX_BYTES is {_LINE_BOUNDS}")
+    return value
 
 
 class _Progress:

@@ -122,6 +122,7 @@ def test_an_idempotency_key_names_a_report_of_this_scraper_and_interval_only(raw
     ("0", 0), ("7", 7), ("0042", 42), (str(2**70), 2**70),
     ("", None), ("-1", None), ("+1", None), (" 1", None), ("1 ", None), ("1_000", None), ("1.0", None),
     ("\u0663", None), ("\uff11", None), ("0x10", None),  # int() takes the first two
+    ("9" * 5000, None),  # past int()'s 4,300-digit limit: int() raises ValueError
 ])
 def test_whole_number_is_ascii_digits_only(text, value):
     assert whole_number(text) == value
@@ -132,3 +133,5 @@ def test_a_report_key_with_other_digits_is_refused():
         ReportKey.parse("\u0661\u0662:web")
     with pytest.raises(ValueError, match="not a report key"):
         ReportKey.parse("60:web:a\u0661")
+    with pytest.raises(ValueError, match="not a report key"):  # int() raised its own message (a review)
+        ReportKey.parse("9" * 5000 + ":web")

@@ -77,7 +77,7 @@ def test_line_over_the_bound_with_tiny_chunks(capsys, monkeypatch):
 
 
 def test_bad_max_line_bytes_exit_2(capsys):
-    for value in ("0", "-1", "16MiB", "1", str(scan.LINE_BOUND_MIN - 1), str(scan.LINE_BOUND_MAX + 1)):
+    for value in ("0", "-1", "16MiB", "1", " 8192", str(scan.LINE_BOUND_MIN - 1), str(scan.LINE_BOUND_MAX + 1)):
         assert main([str(SAMPLE), "--max-line-bytes", value]) == 2
         err = capsys.readouterr().err
         assert f"error: argument --max-line-bytes: {value!r} is not a whole number of bytes from 4096 to " in err
@@ -90,7 +90,8 @@ def test_bad_log_line_max_bytes_names_the_variable(capsys, monkeypatch, value):
     assert main([str(SAMPLE)]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert captured.err == (f"scan: LOG_LINE_MAX_BYTES is not valid: {value!r} is not a whole number of bytes "
+    # Without the value, as the workers' settings lines (README, Configuration; a review).
+    assert captured.err == (f"scan: LOG_LINE_MAX_BYTES is not a whole number of bytes "
                             f"from {scan.LINE_BOUND_MIN} to {scan.LINE_BOUND_MAX}\n")
 
 
@@ -197,7 +198,7 @@ def test_bad_tunnel_domain_variable_exit_2(capsys, monkeypatch, value):
 def test_an_empty_log_line_max_bytes_is_refused_as_by_the_workers(capsys, monkeypatch):
     monkeypatch.setenv("LOG_LINE_MAX_BYTES", "")
     assert main([str(SAMPLE)]) == 2
-    assert capsys.readouterr().err.startswith("scan: LOG_LINE_MAX_BYTES is not valid")
+    assert capsys.readouterr().err.startswith("scan: LOG_LINE_MAX_BYTES is not a whole number")
 
 
 @pytest.mark.parametrize("domain", ["T.Lum.Tools", " t.lum.tools. ", "t.lum.tools"])
