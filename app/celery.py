@@ -102,6 +102,11 @@ def _check_worker(sender, **_: object) -> None:
     otherwise start, and fail every round; the ledger's Redis must not evict or lose
     writes."""
     consumes = sender.app.amqp.queues.consume_from or sender.app.amqp.queues
+    # Inherited by a prefork pool's children (forked after this): only a worker that reads
+    # logs creates a log source in them (runtime.init_process), so a report worker's
+    # children do not import the Kubernetes client (a review: ~8 MB each, more with a config).
+    global _fetches
+    _fetches = any(q == Queue.FETCH.value or q.startswith(Queue.FETCH.value + ".") for q in consumes)
     try:
         if Queue.REPORT.value in consumes:
             settings.require_secret()
@@ -133,9 +138,12 @@ def _freeze_heap(**_: object) -> None:
     gc.freeze()
 
 
+_fetches = True  # whether this worker consumes a fetch queue: set at worker_init
+
+
 @signals.worker_process_init.connect
 def _init_process(**_: object) -> None:
-    runtime.init_process()
+    runtime.init_process(fetches=_fetches)
 
 
 @signals.beat_init.connect

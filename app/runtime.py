@@ -147,20 +147,25 @@ def check_kube_config() -> None:
                           "cluster with its service account)") from e
 
 
-def init_process() -> None:
-    """Create what this process will use, up front. Anything inherited through the
-    fork is dropped unclosed: its sockets belong to the parent."""
+def init_process(fetches: bool = True) -> None:
+    """Create what this process will use, up front: the ledger, the reporter when the
+    secret is set, and the log source when the worker consumes a fetch queue
+    (``fetches``; a report worker's processes never import the Kubernetes client).
+    Anything inherited through the fork is dropped unclosed: its sockets belong to the
+    parent."""
     _state.clear()
     ledger()
     if settings().platform_internal_secret is not None:
         reporter()
+    if not fetches:
+        return
     if settings().log_source == "file":
         file_fetcher()
         return
     try:
         fetcher()
-    except KubeError as e:
-        log.info("no Kubernetes client in this process (fine for a report-only worker): %s", e)
+    except KubeError as e:  # checked at the worker's start (check_kube_config): not expected
+        log.warning("no Kubernetes client in this process: %s", e)
 
 
 def reset() -> None:

@@ -63,3 +63,20 @@ def test_a_file_that_is_not_a_kubeconfig_is_a_kube_error(monkeypatch, tmp_path, 
     with pytest.raises(KubeError, match=r"KUBECONFIG: not a kubeconfig file \(\w+: ") as info:
         LogSource.load_config()
     assert len(str(info.value).splitlines()) == 1
+
+
+def test_a_report_workers_processes_do_not_import_the_kubernetes_client(tmp_path):
+    # runtime.init_process created a log source in every prefork child, so a report
+    # worker's children imported the client (~8 MB each; with a kubeconfig CoreV1Api too,
+    # 96 MB of maxrss against 74: a review). The worker's start tells it whether it fetches.
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: c, cluster: {server: 'http://127.0.0.1:9'}}]\n"
+        "contexts: [{name: c, context: {cluster: c, user: u}}]\nusers: [{name: u, user: {token: t}}]\n")
+    code = ("import sys; from app import runtime; runtime.init_process(fetches=False); "
+            "print('kubernetes' in sys.modules); runtime.init_process(fetches=True); print('kubernetes' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"} | {
+        "KUBECONFIG": str(kubeconfig), "REDIS_URL": "redis://127.0.0.1:1/0"}  # no connection is made
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["False", "True"], out.stderr[-2000:]
