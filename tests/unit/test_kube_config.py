@@ -16,6 +16,22 @@ from app.kube import LogSource
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _fresh_interpreter(tmp_path, code: str) -> list[str]:
+    """What ``code`` prints, split into words, run by a fresh interpreter (this one may
+    have imported the client already) with a kubeconfig of an API nothing serves and a
+    Redis URL nothing serves (no connection is made)."""
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: c, cluster: {server: 'http://127.0.0.1:9'}}]\n"
+        "contexts: [{name: c, context: {cluster: c, user: u}}]\nusers: [{name: u, user: {token: t}}]\n")
+    env = {k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"} | {
+        "KUBECONFIG": str(kubeconfig), "REDIS_URL": "redis://127.0.0.1:1/0"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.split()
+
+
 def test_no_config_outside_a_cluster_names_kubeconfig(monkeypatch, tmp_path):
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
@@ -37,18 +53,10 @@ def test_no_token_in_a_pod_says_why_the_service_account_failed(monkeypatch, tmp_
 def test_the_start_check_imports_the_pod_api_so_the_first_round_does_not(tmp_path):
     # The client imports CoreV1Api (a 4 MiB module, up to 1.9 s of CPU) at first use: a
     # fetch worker paid it in its first round (bench/backlog.py). Its start check does now.
-    # In a fresh interpreter: this one may have imported it already.
-    kubeconfig = tmp_path / "config"
-    kubeconfig.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
-        "clusters: [{name: c, cluster: {server: 'http://127.0.0.1:9'}}]\n"
-        "contexts: [{name: c, context: {cluster: c, user: u}}]\nusers: [{name: u, user: {token: t}}]\n")
     code = ("import sys; from app import runtime; "
             "before = 'kubernetes.client.api.core_v1_api' in sys.modules; runtime.check_kube_config(); "
             "print(before, 'kubernetes.client.api.core_v1_api' in sys.modules)")
-    env = {k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"} | {"KUBECONFIG": str(kubeconfig)}
-    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert out.stdout.split() == ["False", "True"], out.stderr[-2000:]
+    assert _fresh_interpreter(tmp_path, code) == ["False", "True"]
 
 
 @pytest.mark.parametrize("text", ["just a string\n", "- a\n- b\n", "not: [valid\n", "clusters: 5\ncurrent-context: c\n",
@@ -69,14 +77,6 @@ def test_a_report_workers_processes_do_not_import_the_kubernetes_client(tmp_path
     # runtime.init_process created a log source in every prefork child, so a report
     # worker's children imported the client (~8 MB each; with a kubeconfig CoreV1Api too,
     # 96 MB of maxrss against 74: a review). The worker's start tells it whether it fetches.
-    kubeconfig = tmp_path / "config"
-    kubeconfig.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
-        "clusters: [{name: c, cluster: {server: 'http://127.0.0.1:9'}}]\n"
-        "contexts: [{name: c, context: {cluster: c, user: u}}]\nusers: [{name: u, user: {token: t}}]\n")
     code = ("import sys; from app import runtime; runtime.init_process(fetches=False); "
             "print('kubernetes' in sys.modules); runtime.init_process(fetches=True); print('kubernetes' in sys.modules)")
-    env = {k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"} | {
-        "KUBECONFIG": str(kubeconfig), "REDIS_URL": "redis://127.0.0.1:1/0"}  # no connection is made
-    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert out.stdout.split() == ["False", "True"], out.stderr[-2000:]
+    assert _fresh_interpreter(tmp_path, code) == ["False", "True"]
