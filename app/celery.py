@@ -110,7 +110,7 @@ def _check_worker(sender, **_: object) -> None:
     try:
         if Queue.REPORT.value in consumes:
             settings.require_secret()
-        if Queue.FETCH.value in consumes and settings.log_source == "kubernetes":
+        if _fetches and settings.log_source == "kubernetes":  # fetch, or a fetch.<host> queue
             runtime.check_kube_config()
     except ConfigError as e:
         print(str(e), file=sys.stderr)

@@ -17,7 +17,7 @@ import os
 import sys
 
 from app import scan
-from app.model import parse_time_ns, whole_number
+from app.model import MAX_EPOCH_NS, parse_time_ns, whole_number
 
 EPILOG = "Workers and beat: celery -A app worker -Q fetch,report ; celery -A app beat"
 MAX_TIMEOUT = 3600  # check --timeout: a larger one overflows the sockets' time_t at 1e10 s
@@ -278,7 +278,7 @@ def replay(a: argparse.Namespace) -> int:
     print(f"replayed {len(claimed)} report(s)")
     for k in missing:
         hint = f" (nor an interval start of REPORT_INTERVAL={s.report_interval})" if k.start % s.report_interval else ""
-        print(f"not a dead letter: {k}{hint}", file=sys.stderr)
+        print(f"not a dead letter: {str(k)[:120]}{hint}", file=sys.stderr)
     return 1 if missing else 0
 
 
@@ -295,6 +295,8 @@ def _replay_key(text: str, scraper_id: str, interval: int):
     # a START:SUBDOMAIN may be a dead letter of an earlier REPORT_INTERVAL, so it is looked up.
     if "/" in text and key.start % interval:
         problems.append(f"{key.start} is not an interval start (a multiple of REPORT_INTERVAL={interval})")
+    if key.start > MAX_EPOCH_NS // 1_000_000_000:  # no interval of this ledger starts then
+        problems.append(f"{str(key.start)[:40]} is not an interval start (unix seconds before 2262-04-11)")
     if not valid_subdomain(key.subdomain):
         problems.append(f"{key.subdomain[:80]!r} is not a tunnel subdomain (one DNS label of a-z, 0-9 and -)")
     if problems:
@@ -316,8 +318,8 @@ def metrics(a: argparse.Namespace) -> int:
     REGISTRY.register(LedgerCollector(_ledger()))
     try:
         start_http_server(a.port, addr=a.addr)
-    except OSError as e:
-        print(f"traefik-metrics-scraper metrics: cannot listen on {a.addr}:{a.port}: {e}", file=sys.stderr)
+    except (OSError, UnicodeError) as e:  # UnicodeError: a host name IDNA cannot encode (a label over 63)
+        print(f"traefik-metrics-scraper metrics: cannot listen on {a.addr[:80]}:{a.port}: {e}", file=sys.stderr)
         return 1
     print(f"serving metrics on http://{a.addr}:{a.port}/metrics", flush=True)
     while True:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -68,8 +69,34 @@ k8s = _Kubernetes()
 
 # What the client's kubeconfig loader raises on a file that is YAML but not a kubeconfig (a
 # string, a list, a number where a list goes: it walks the parsed file without checking
-# its shape) or that is not UTF-8, besides its ConfigException and yaml.YAMLError.
-_MALFORMED_KUBECONFIG = (TypeError, AttributeError, KeyError, ValueError)
+# its shape), that is not UTF-8, or nested past the parser's recursion, besides its
+# ConfigException and yaml.YAMLError; ValueError also covers urllib3's LocationParseError
+# for a proxy-url it cannot parse (raised when the API client is built).
+_MALFORMED_KUBECONFIG = (TypeError, AttributeError, KeyError, ValueError, RecursionError)
+# Parts of the loader's messages that quote the file: a dict, a list, an object's repr, a
+# quoted value (ConfigException quotes a whole user entry, token included; urllib3 the
+# proxy URL, which may carry a password).
+_QUOTED = re.compile(r"\{.*\}|\[.*\]|<.*>|'[^']*'")
+
+
+def _kubeconfig_problem(e: BaseException) -> str:
+    """Why a kubeconfig could not be used, in one line without the file's content."""
+    text = truncate(_QUOTED.sub("…", str(e)))
+    return text if isinstance(e, OSError) or type(e).__name__ == "ConfigException" else \
+        f"not a kubeconfig file ({type(e).__name__}: {text})"
+
+
+class _LoggedErrors(logging.Handler):
+    """The ERROR records logged while it is attached to the root logger: the client's
+    loader logs a failed exec credential plugin (``logging.error`` in
+    ``KubeConfigLoader._load_from_exec_plugin``) and goes on without credentials."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
 
 LOG_PATH = "/api/v1/namespaces/{namespace}/pods/{name}/log"
 CHUNK = 256 * 1024
@@ -273,25 +300,41 @@ class LogSource:
     @staticmethod
     def load_config() -> None:
         """Load the client's default config: in the cluster first (the pod's service
-        account), then KUBECONFIG (else ``~/.kube/config``). No request is made. Raises
-        ``KubeError`` when neither gives one."""
+        account), then KUBECONFIG (else ``~/.kube/config``), and build an API client from
+        it. No request is made. Raises ``KubeError`` (one line, none of the file's content)
+        when neither gives a config, or when KUBECONFIG's cannot work: not a kubeconfig, a
+        cluster without a server, an exec credential plugin that failed, a proxy-url urllib3
+        cannot parse (the client takes all of these, then fails every request)."""
         try:
             k8s.config.load_incluster_config()
-        except k8s.ConfigException as in_cluster:
-            import yaml  # the client's own YAML parser (PyYAML, a dependency of kubernetes)
+            return
+        except k8s.ConfigException as e:
+            in_cluster = e
+        import yaml  # the client's own YAML parser (PyYAML, a dependency of kubernetes)
 
-            try:
-                # read KUBECONFIG now: the client's default was fixed when it was imported
-                k8s.config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
-            except (k8s.ConfigException, OSError, *_MALFORMED_KUBECONFIG, yaml.YAMLError) as e:
-                # In a pod (KUBERNETES_SERVICE_HOST set), why the service account failed
-                # (no token mounted: automountServiceAccountToken: false) is the news.
-                where = (f"in the cluster: {truncate(str(in_cluster))}" if os.environ.get("KUBERNETES_SERVICE_HOST")
-                         else "not in a cluster")
-                why = truncate(str(e))
-                if isinstance(e, (*_MALFORMED_KUBECONFIG, yaml.YAMLError)):
-                    why = f"not a kubeconfig file ({type(e).__name__}: {why})"
-                raise KubeError(f"no Kubernetes config: {where}; KUBECONFIG: {why}") from e
+        logged = _LoggedErrors()
+        root = logging.getLogger()
+        root.addHandler(logged)
+        try:
+            # read KUBECONFIG now: the client's default was fixed when it was imported
+            k8s.config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
+            configuration = k8s.client.Configuration.get_default_copy()
+            k8s.client.ApiClient(configuration).close()
+            problem = ("its exec credential plugin failed: " + truncate(_QUOTED.sub("…", logged.messages[0]))
+                       if logged.messages else "" if configuration.host else "its cluster has no server")
+        except (k8s.ConfigException, OSError, *_MALFORMED_KUBECONFIG, yaml.YAMLError) as e:
+            problem = _kubeconfig_problem(e)
+            cause: BaseException | None = e
+        else:
+            cause = None
+        finally:
+            root.removeHandler(logged)
+        if problem:
+            # In a pod (KUBERNETES_SERVICE_HOST set), why the service account failed
+            # (no token mounted: automountServiceAccountToken: false) is the news.
+            where = (f"in the cluster: {truncate(str(in_cluster))}" if os.environ.get("KUBERNETES_SERVICE_HOST")
+                     else "not in a cluster")
+            raise KubeError(f"no Kubernetes config: {where}; KUBECONFIG: {problem}") from cause
 
     @staticmethod
     def import_api() -> None:

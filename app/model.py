@@ -41,7 +41,10 @@ def whole_number(text: str) -> int | None:
 
 
 # A seconds fraction (one or more digits after "." or ","), before the zone.
-_FRACTION = re.compile(r"[.,]([0-9]+)(?=(?:Z|[+-][0-9]{2}(?::?[0-9]{2}(?::?[0-9]{2})?)?)$)")
+# Only after the seconds (HH:MM:SS, or HHMMSS in the basic format): "00:30.5" is a
+# fraction of a minute in ISO 8601 and "00.5" of an hour, which this never reads.
+_FRACTION = re.compile(r"(?:(?<=[0-9]{2}:[0-9]{2}:[0-9]{2})|(?<=[0-9]{6}))[.,]([0-9]+)"
+                       r"(?=(?:Z|[+-][0-9]{2}(?::?[0-9]{2}(?::?[0-9]{2})?)?)$)")
 
 
 def parse_time_ns(text: str) -> int:
@@ -60,6 +63,9 @@ def parse_time_ns(text: str) -> int:
         when = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise ValueError(f"not an ISO 8601 time: {given[:60]!r}") from None
+    if when.tzinfo is not None and ("." in text or "," in text):
+        # a fraction not after the seconds, or a second one: fromisoformat added it
+        raise ValueError(f"not an ISO 8601 time with its fraction after the seconds: {given[:60]!r}")
     if when.tzinfo is None:
         raise ValueError("no zone: give a zone, e.g. 2026-11-24T00:00:00Z")
     try:  # integer arithmetic, no float (timestamp() * 1e9 turns ...00.123457 into ...00.123457024)

@@ -504,12 +504,15 @@ class Settings(BaseSettings):
     def _selector(cls, value: str) -> str:
         # labels.Parse takes "" (every pod of the namespace: not only Traefik's), and takes
         # tabs and line breaks as spaces; neither is meant here.
-        if not value.strip() or any(c in value for c in "\n\r\t"):
+        if not value.strip(" ") or any(c in value for c in "\n\r\t"):
             raise ValueError("bad selector")
-        problem = label_selector_problem(value.strip())
+        # On the value as set, so that the position it names is the user's; the spaces
+        # around it are the lexer's whitespace (only those: str.strip() would also take
+        # characters the API server reads as part of a key).
+        problem = label_selector_problem(value)
         if problem is not None:  # it names a position, never the text (see _describe)
             raise PydanticCustomError("label_selector", "{problem}", {"problem": problem})
-        return value.strip()
+        return value.strip(" ")
 
     @field_validator("traefik_container")
     @classmethod

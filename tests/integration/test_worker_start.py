@@ -45,13 +45,15 @@ def test_report_worker_without_secret_exits_2(redis_url):
     assert "PLATFORM_INTERNAL_SECRET" in output
 
 
-def test_fetch_worker_without_a_kubernetes_config_exits_2(redis_url, tmp_path):
+@pytest.mark.parametrize("queues", ["fetch", "fetch.web1"])
+def test_fetch_worker_without_a_kubernetes_config_exits_2(redis_url, tmp_path, queues):
     # Not in a cluster (no service account), no KUBECONFIG and no ~/.kube/config: it
-    # started, and failed every round to list the pods (found by a new-user trial).
-    env = clean_env(REDIS_URL=redis_url, HOME=str(tmp_path))
+    # started, and failed every round to list the pods (found by a new-user trial). On a
+    # fetch.<host> queue too (a review: only "fetch" was checked).
+    env = clean_env(REDIS_URL=redis_url, HOME=str(tmp_path), FILE_QUEUE="fetch.web1")
     env.pop("KUBECONFIG", None)
     env.pop("KUBERNETES_SERVICE_HOST", None)
-    rc, output = _start("fetch", env)
+    rc, output = _start(queues, env)
     assert rc == 2, output[-2000:]
     line = output.strip().splitlines()[-1]
     assert line.startswith("config error:") and "KUBECONFIG" in line and "LOG_SOURCE=kubernetes" in line, output

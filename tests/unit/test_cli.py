@@ -185,3 +185,13 @@ def test_check_platform_keeps_a_failure_a_failure_without_the_secret():
     assert result.status == "FAIL"
     assert "PLATFORM_INTERNAL_SECRET is not set" in result.detail
     assert result.fix.startswith("check PLATFORM_API_URL") and "PLATFORM_INTERNAL_SECRET" in result.fix
+
+
+def test_replay_refuses_a_start_past_any_interval_briefly():
+    # A start of 4,000 digits was taken, and "not a dead letter: <all of it>" printed (a review).
+    from app.cli import _replay_key
+
+    with pytest.raises(ValueError, match="is not an interval start") as info:
+        _replay_key("9" * 4000 + ":web", "scraper", 60)
+    assert len(str(info.value)) < 400
+    assert _replay_key("9223372020:web", "scraper", 60).start == 9_223_372_020  # the last minute before 2262-04-11

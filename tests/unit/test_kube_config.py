@@ -80,3 +80,45 @@ def test_a_report_workers_processes_do_not_import_the_kubernetes_client(tmp_path
     code = ("import sys; from app import runtime; runtime.init_process(fetches=False); "
             "print('kubernetes' in sys.modules); runtime.init_process(fetches=True); print('kubernetes' in sys.modules)")
     assert _fresh_interpreter(tmp_path, code) == ["False", "True"]
+
+
+_KUBECONFIG = """apiVersion: v1
+kind: Config
+current-context: c
+clusters: [{{name: c, cluster: {cluster}}}]
+contexts: [{{name: c, context: {{cluster: c, user: u}}}}]
+users: [{users}]
+"""
+
+
+@pytest.mark.parametrize(("cluster", "users", "why"), [
+    # The client took each of these and failed every request after (a review's trial).
+    ("{insecure-skip-tls-verify: true}", "{name: u, user: {token: t}}", "its cluster has no server"),
+    ("{server: 'https://127.0.0.1:9', proxy-url: '::::user:SEKRET@'}", "{name: u, user: {token: t}}",
+     "not a kubeconfig file ("),  # ProxySchemeUnknown, LocationParseError: both ValueError
+    ("{server: 'https://127.0.0.1:9'}",
+     "{name: u, user: {exec: {apiVersion: client.authentication.k8s.io/v1beta1, command: /nonexistent/SEKRET}}}",
+     "its exec credential plugin failed: "),
+    # The loader's own message quoted the whole user entry, token included.
+    ("{server: 'https://127.0.0.1:9'}", "{name: u, token: SEKRET-TOKEN}", "Invalid kube-config file. Expected key user"),
+])
+def test_a_kubeconfig_the_client_takes_but_cannot_use_is_refused_without_its_content(monkeypatch, tmp_path, cluster,
+                                                                                    users, why):
+    path = tmp_path / "config"
+    path.write_text(_KUBECONFIG.format(cluster=cluster, users=users))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(path))
+    with pytest.raises(KubeError) as info:
+        LogSource.load_config()
+    line = str(info.value)
+    assert f"KUBECONFIG: {why}" in line and len(line.splitlines()) == 1
+    assert "SEKRET" not in line
+
+
+def test_a_kubeconfig_nested_past_the_parsers_recursion_is_refused(monkeypatch, tmp_path):
+    path = tmp_path / "config"
+    path.write_text("[" * 5000 + "]" * 5000)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(path))
+    with pytest.raises(KubeError, match=r"KUBECONFIG: not a kubeconfig file \((RecursionError|\w+Error): "):
+        LogSource.load_config()

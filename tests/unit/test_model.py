@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app.ledger import SUBDOMAIN
-from app.model import Cursor, ReportKey, ReportState, fingerprint, whole_number
+from app.model import Cursor, ReportKey, ReportState, fingerprint, parse_time_ns, whole_number
 
 
 @given(start=st.integers(min_value=0, max_value=2**40), sub=st.from_regex(SUBDOMAIN, fullmatch=True))
@@ -135,3 +135,30 @@ def test_a_report_key_with_other_digits_is_refused():
         ReportKey.parse("60:web:a\u0661")
     with pytest.raises(ValueError, match="not a report key"):  # int() raised its own message (a review)
         ReportKey.parse("9" * 5000 + ":web")
+
+
+@pytest.mark.parametrize(("text", "ns"), [
+    ("2026-01-01T00:00:00.123456789Z", 1_767_225_600_123_456_789),
+    ("2026-01-01T00:00:00,5+01:00", 1_767_222_000_500_000_000),
+    ("20260101T000000.25Z", 1_767_225_600_250_000_000),  # the basic format
+    ("2026-01-01 00:00:00.1Z", 1_767_225_600_100_000_000),
+])
+def test_parse_time_ns_reads_the_fraction_of_the_seconds(text, ns):
+    assert parse_time_ns(text) == ns
+
+
+@pytest.mark.parametrize("text", [
+    # Read as 00:00:01.0, 00:00:01.8, 00:30:00.5 and 00:00:00.5 (a review): the first fraction
+    # was taken, fromisoformat added the rest, and a fraction of a minute or an hour was
+    # read as one of a second.
+    "2026-01-01T00:00:00.5.5Z", "2026-01-01T00:00:00.9.9Z", "2026-01-01T00:30.5Z", "2026-01-01T00.5Z",
+    "2026-01-01T00:00:00.123456789.999999Z",
+])
+def test_parse_time_ns_refuses_a_fraction_that_is_not_the_seconds(text):
+    with pytest.raises(ValueError, match="not an ISO 8601 time"):
+        parse_time_ns(text)
+
+
+def test_parse_time_ns_without_a_zone_says_so_with_a_fraction_too():
+    with pytest.raises(ValueError, match="no zone"):
+        parse_time_ns("2026-01-01T00:00:00.5")
