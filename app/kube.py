@@ -82,8 +82,7 @@ _QUOTED = re.compile(r"\{.*\}|\[.*\]|<.*>|'[^']*'")
 def _kubeconfig_problem(e: BaseException) -> str:
     """Why a kubeconfig could not be used, in one line without the file's content."""
     text = truncate(_QUOTED.sub("…", str(e)))
-    return text if isinstance(e, OSError) or type(e).__name__ == "ConfigException" else \
-        f"not a kubeconfig file ({type(e).__name__}: {text})"
+    return text if isinstance(e, (OSError, k8s.ConfigException)) else f"not a kubeconfig file ({type(e).__name__}: {text})"
 
 
 class _LoggedErrors(logging.Handler):
@@ -312,6 +311,13 @@ class LogSource:
             in_cluster = e
         import yaml  # the client's own YAML parser (PyYAML, a dependency of kubernetes)
 
+        def unusable(problem: str) -> KubeError:
+            # In a pod (KUBERNETES_SERVICE_HOST set), why the service account failed
+            # (no token mounted: automountServiceAccountToken: false) is the news.
+            where = (f"in the cluster: {truncate(str(in_cluster))}" if os.environ.get("KUBERNETES_SERVICE_HOST")
+                     else "not in a cluster")
+            return KubeError(f"no Kubernetes config: {where}; KUBECONFIG: {problem}")
+
         logged = _LoggedErrors()
         root = logging.getLogger()
         root.addHandler(logged)
@@ -320,21 +326,14 @@ class LogSource:
             k8s.config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
             configuration = k8s.client.Configuration.get_default_copy()
             k8s.client.ApiClient(configuration).close()
-            problem = ("its exec credential plugin failed: " + truncate(_QUOTED.sub("…", logged.messages[0]))
-                       if logged.messages else "" if configuration.host else "its cluster has no server")
         except (k8s.ConfigException, OSError, *_MALFORMED_KUBECONFIG, yaml.YAMLError) as e:
-            problem = _kubeconfig_problem(e)
-            cause: BaseException | None = e
-        else:
-            cause = None
+            raise unusable(_kubeconfig_problem(e)) from e
         finally:
             root.removeHandler(logged)
-        if problem:
-            # In a pod (KUBERNETES_SERVICE_HOST set), why the service account failed
-            # (no token mounted: automountServiceAccountToken: false) is the news.
-            where = (f"in the cluster: {truncate(str(in_cluster))}" if os.environ.get("KUBERNETES_SERVICE_HOST")
-                     else "not in a cluster")
-            raise KubeError(f"no Kubernetes config: {where}; KUBECONFIG: {problem}") from cause
+        if logged.messages:
+            raise unusable("its exec credential plugin failed: " + truncate(_QUOTED.sub("…", logged.messages[0])))
+        if not configuration.host:
+            raise unusable("its cluster has no server")
 
     @staticmethod
     def import_api() -> None:

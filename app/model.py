@@ -63,11 +63,10 @@ def parse_time_ns(text: str) -> int:
         when = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise ValueError(f"not an ISO 8601 time: {given[:60]!r}") from None
-    if when.tzinfo is not None and ("." in text or "," in text):
-        # a fraction not after the seconds, or a second one: fromisoformat added it
-        raise ValueError(f"not an ISO 8601 time with its fraction after the seconds: {given[:60]!r}")
     if when.tzinfo is None:
         raise ValueError("no zone: give a zone, e.g. 2026-11-24T00:00:00Z")
+    if "." in text or "," in text:  # a fraction not after the seconds, or a second one: fromisoformat added it
+        raise ValueError(f"not an ISO 8601 time with its fraction after the seconds: {given[:60]!r}")
     try:  # integer arithmetic, no float (timestamp() * 1e9 turns ...00.123457 into ...00.123457024)
         ns = (when - _EPOCH) // timedelta(microseconds=1) * 1000 + fraction
     except OverflowError:  # near the years 1 and 9999, with an offset

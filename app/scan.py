@@ -76,6 +76,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     )
 
 
+_LINE_BOUNDS = f"not a whole number of bytes from {LINE_BOUND_MIN} to {LINE_BOUND_MAX}"
+
+
 def _line_bytes(text: str) -> int:
     """``--max-line-bytes``: ASCII digits (as every count the CLI takes), within
     ``LOG_LINE_MAX_BYTES``'s range."""
@@ -83,9 +86,6 @@ def _line_bytes(text: str) -> int:
     if value is None or not LINE_BOUND_MIN <= value <= LINE_BOUND_MAX:
         raise argparse.ArgumentTypeError(f"{text[:80]!r} is {_LINE_BOUNDS}")
     return value
-
-
-_LINE_BOUNDS = f"not a whole number of bytes from {LINE_BOUND_MIN} to {LINE_BOUND_MAX}"
 
 
 def _env_line_bytes(text: str) -> int | None:
