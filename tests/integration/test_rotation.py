@@ -20,6 +20,12 @@ from tests.traffic import Traffic
 
 RATE = 2000  # lines per second
 SECONDS = 32  # three rotations at least (a 10 Mi file fills in about 6 s at this rate)
+ROTATIONS = 3
+# The kubelet's checks run every 10 s from the fake API's start, not from the traffic's:
+# depending on where they fall, 32 s of traffic sees two or three rotations (a check just
+# before a file reaches 10 Mi waits 10 s more). Traffic goes on until the third, within
+# this bound.
+MAX_SECONDS = SECONDS + 30
 
 
 def test_a_followed_pod_at_2000_lines_per_second_loses_nothing_to_rotation(tmp_path, redis_url, kube, platform):
@@ -39,7 +45,8 @@ def test_a_followed_pod_at_2000_lines_per_second_loses_nothing_to_rotation(tmp_p
         tick = 0.05
         start = next_tick = time.monotonic()
         written = 0
-        while time.monotonic() < start + SECONDS:
+        while time.monotonic() < start + SECONDS or (
+                kube.rotations < ROTATIONS and time.monotonic() < start + MAX_SECONDS):
             n = int((time.monotonic() - start + tick) * RATE) - written
             kube.write_many("traefik-0", traffic.lines(n))
             written += n
@@ -51,7 +58,7 @@ def test_a_followed_pod_at_2000_lines_per_second_loses_nothing_to_rotation(tmp_p
         except TimeoutError as e:
             raise AssertionError(f"{e}\nunserved={len(kube.unserved('traefik-0'))} stats={pipeline.ledger.stats()}\n"
                                  f"{pipeline.logs()}") from None
-        assert kube.rotations >= 3
+        assert kube.rotations >= ROTATIONS
         assert kube.unserved("traefik-0") == []
         assert pipeline.ledger.gaps() == []
         stats = pipeline.ledger.stats()
