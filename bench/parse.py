@@ -22,7 +22,9 @@ logs.go), and 1 line in 20 a Traefik stderr line (its text log, or its JSON log 
 stamps are monotonic per stream only (docs/design.md, "Two-stream cursor").
 
 Then it runs, each in a fresh process on the same file and reading it the same way
-(large chunks, split into lines):
+(large chunks, split into lines: (a) with the product's ``LineFramer``, which finds
+newlines with ``memchr`` since d50448b; (b) and (c) with ``bytes.split``, which looks at
+every byte, as when the targets were set):
 
   (a) the project's parser: on the plain corpus ``app.parser.Aggregator.feed_chunk``
       with aggregation (what ``scan`` does); on the kubelet corpus the fetch side's own
