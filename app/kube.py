@@ -79,9 +79,15 @@ _MALFORMED_KUBECONFIG = (TypeError, AttributeError, KeyError, ValueError, Recurs
 _QUOTED = re.compile(r"\{.*\}|\[.*\]|<.*>|'[^']*'")
 
 
+def _unquoted(text: str) -> str:
+    """A message of the loader's (or a line it logged), cut short, without what it quotes
+    of the file."""
+    return truncate(_QUOTED.sub("…", text))
+
+
 def _kubeconfig_problem(e: BaseException) -> str:
     """Why a kubeconfig could not be used, in one line without the file's content."""
-    text = truncate(_QUOTED.sub("…", str(e)))
+    text = _unquoted(str(e))
     return text if isinstance(e, (OSError, k8s.ConfigException)) else f"not a kubeconfig file ({type(e).__name__}: {text})"
 
 
@@ -331,7 +337,7 @@ class LogSource:
         finally:
             root.removeHandler(logged)
         if logged.messages:
-            raise unusable("its exec credential plugin failed: " + truncate(_QUOTED.sub("…", logged.messages[0])))
+            raise unusable("its exec credential plugin failed: " + _unquoted(logged.messages[0]))
         if not configuration.host:
             raise unusable("its cluster has no server")
 

@@ -19,7 +19,7 @@ from sim.procs import wait_until
 from tests.traffic import Traffic
 
 RATE = 2000  # lines per second
-SECONDS = 32  # three rotations at least (a 10 Mi file fills in about 6 s at this rate)
+SECONDS = 32  # of traffic at least (a 10 Mi file fills in about 6 s at this rate)
 ROTATIONS = 3
 # The kubelet's checks run every 10 s from the fake API's start, not from the traffic's:
 # depending on where they fall, 32 s of traffic sees two or three rotations (a check just
