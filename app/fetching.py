@@ -225,6 +225,9 @@ class ReadState:
     # the window, up to the newest, that this stream consumed already is a repeat
     # (``ReadResult.repeated``); neither is counted.
     follow: bool = False
+    # The second the stream was asked from (sinceTime): its cursor's floor, or the
+    # ledger's start for a cursor never read; set by the stream's first ``consume``.
+    asked_ns: int | None = None
 
     @classmethod
     def of(cls, cursor: Cursor, max_line_bytes: int = MAX_LINE_BYTES) -> ReadState:
@@ -309,6 +312,8 @@ def consume(
     sums = IntervalSums(domain, max_line_bytes, report_interval)
     res = ReadResult(agg=Aggregator(domain, max_line_bytes), cursor=cursor)
     st = state if state is not None else ReadState.of(cursor, max_line_bytes)
+    if st.asked_ns is None:  # what every caller asks: sinceTime = floor(F), or the start's second
+        st.asked_ns = (cursor.floor_ns or start_at_ns) // 1_000_000_000 * 1_000_000_000
     floor, old_high = cursor.floor_ns, cursor.high_ns
     remaining = st.remaining  # counts of the cursor's lines not yet met in this read
     unmatched = st.unmatched
@@ -506,7 +511,14 @@ def consume(
     st.unmatched, st.legacy_left, st.matched = unmatched, legacy_left, matched
     res.matched = matched
     if res.consumed or res.repeated:
-        new_floor = max(floor, high - window_ns)
+        # Never below the second this read asked from: a cursor never read asks from
+        # START_AT's second (``floor or start_at_ns``, as every caller does), and lines
+        # stamped before it were not returned. A floor under it would have the next read
+        # ask from an earlier second and take those unseen lines for new ones, and every
+        # line after them too: this read's lines billed twice (a review: a ledger
+        # initialised at 05.437, a first read ending at 05.6, F = 04.6, then 04.7 came).
+        # (A stream read in slices asked once, at its first slice: ``ReadState.asked_ns``.)
+        new_floor = max(floor, high - window_ns, min(st.asked_ns, high))
         counts = cursor.counts()  # consumed lines, met in this read or not
         for key, c in matched_legacy.items():
             counts[key] = counts.get(key, 0) + c

@@ -358,3 +358,25 @@ def test_a_fetch_whose_last_chunk_outlasts_the_deadline_commits_nothing(fake, le
         assert ledger.cursors() == {} and billed(ledger) == {}
     finally:
         source.close()
+
+
+def test_a_ledger_started_inside_a_second_bills_a_pods_first_lines_once(fake, r):
+    # A review: the first read asks sinceTime at the start's second (10:10:05) and ends at
+    # 05.6; with the floor at H - the window (04.6) the second read asked from 10:10:04,
+    # took 04.7 (never seen) for a new line, and every line after it: billed twice.
+    ledger = Ledger(r, "start-inside", 3600)
+    ledger.initialise(at(10, 10, 5, 437_000_000))  # START_AT, or "now" at the automatic initialisation
+    source = LogSource("traefik", "app.kubernetes.io/name=traefik", 5)
+    fetcher = Fetcher(source, ledger, domain="t.lum.tools", container="", limit_bytes=1 << 20)
+    try:
+        fake.write(POD, access("x", 1, 1), at(10, 10, 4, 700_000_000))  # before the start: not billed
+        fake.write(POD, access("x", 2, 2), at(10, 10, 5, 200_000_000))  # before the start, in its second
+        fake.write(POD, access("acme", 10, 100), at(10, 10, 5, 500_000_000))
+        fake.write(POD, access("acme", 20, 200), at(10, 10, 5, 600_000_000))
+        fetch(fetcher, fake)
+        assert billed(ledger) == {"acme": [30, 300, 2]}
+        fetch(fetcher, fake)
+        assert billed(ledger) == {"acme": [30, 300, 2]}
+        assert ledger.gaps() == []
+    finally:
+        source.close()
