@@ -94,17 +94,18 @@ EXPECTED = {
     "redis_key_prefix": "1-63 characters of A-Z a-z 0-9 . _ -",
     "start_at": "an ISO 8601 time with a zone from 1970-01-01 to 2262-04-11, e.g. 2026-11-24T00:00:00Z",
     "visibility_timeout": "a whole number of seconds above twice the largest of FETCH_TIME_LIMIT + 10, "
-    "REPORT_RETRY_MAX_DELAY and the report lease (REPORT_LEASE, default REPORT_INTERVAL (at most 600) plus twice "
-    "REPORT_HOLD_LEASE); raise VISIBILITY_TIMEOUT or lower those",
+    "REPORT_RETRY_MAX_DELAY, the report lease (REPORT_LEASE, default REPORT_INTERVAL (at most 600) plus twice "
+    "REPORT_HOLD_LEASE) and a report attempt's limit (PLATFORM_CONNECT_TIMEOUT + PLATFORM_READ_TIMEOUT + 15); "
+    "raise VISIBILITY_TIMEOUT or lower those",
     "report_auto_retries": "a whole number from 0 to 20",
     "report_retry_max_delay": "a whole number of seconds from 1 to 3600",
     "report_due_max_delay": "a whole number of seconds from 1 to 86400",
     "max_waiting_retries": "a whole number from 1 to 100000",
     "report_lease": "a whole number of seconds from 1 to 86400",
     "report_hold_lease": "a whole number of seconds from 3 to 3600",
-    "platform_connect_timeout": "a number of seconds above 0",
-    "platform_read_timeout": "a number of seconds above 0",
-    "kube_request_timeout": "a number of seconds above 0",
+    "platform_connect_timeout": "a number of seconds above 0, at most 3600",
+    "platform_read_timeout": "a number of seconds above 0, at most 3600",
+    "kube_request_timeout": "a number of seconds above 0, at most 3600",
     "interval_retention": "a whole number of seconds, at least REPORT_MAX_AGE",
     "report_retention": "a whole number of seconds from 60 to INTERVAL_RETENTION",
     "task_events": "true or false",
@@ -570,15 +571,22 @@ class Settings(BaseSettings):
             "max_waiting_retries": 1 <= self.max_waiting_retries <= 100000,
             "report_lease": self.report_lease is None or 1 <= self.report_lease <= 86400,
             "report_hold_lease": 3 <= self.report_hold_lease <= 3600,
-            "platform_connect_timeout": self.platform_connect_timeout > 0,
-            "platform_read_timeout": self.platform_read_timeout > 0,
-            "kube_request_timeout": self.kube_request_timeout > 0,
+            # At most an hour, as `check --timeout`: a socket timeout beyond about 1e9 s
+            # overflows the event loop's time_t (OverflowError on every request).
+            "platform_connect_timeout": 0 < self.platform_connect_timeout <= 3600,
+            "platform_read_timeout": 0 < self.platform_read_timeout <= 3600,
+            "kube_request_timeout": 0 < self.kube_request_timeout <= 3600,
             "interval_retention": self.interval_retention >= self.report_max_age,
-            "report_retention": 60 <= self.report_retention <= self.interval_retention,
             "health_interval": 1 <= self.health_interval <= 300,
-            "visibility_timeout": self.visibility_timeout
-            > 2 * max(self.fetch_time_limit + 10, self.report_retry_max_delay, self.lease_seconds),
         }
+        # Checks against other variables, made only when those are in range: one bad value
+        # gives one line, naming it, not a second about a variable the user did not set.
+        if checks["interval_retention"]:
+            checks["report_retention"] = 60 <= self.report_retention <= self.interval_retention
+        if all(checks[name] for name in ("report_interval", "fetch_time_limit", "report_retry_max_delay", "report_lease",
+                                         "report_hold_lease", "platform_connect_timeout", "platform_read_timeout")):
+            checks["visibility_timeout"] = self.visibility_timeout > 2 * max(
+                self.fetch_time_limit + 10, self.report_retry_max_delay, self.lease_seconds, self.report_time_limit)
         # kombu, Celery's broker, takes no ?option on a redis:// or rediss:// URL but ssl_*:
         # any other (redis-py's own included) is "TypeError: Connection._init_params() got an
         # unexpected keyword argument" when a worker starts. REDIS_URL is the broker while

@@ -257,6 +257,18 @@ BAD = [
     ("label-selector-bad-value", {"TRAEFIK_LABEL_SELECTOR": "app=traefik:v3"}, "TRAEFIK_LABEL_SELECTOR"),
     ("label-selector-unclosed-set", {"TRAEFIK_LABEL_SELECTOR": "app in (traefik"}, "TRAEFIK_LABEL_SELECTOR"),
     ("label-selector-trailing-comma", {"TRAEFIK_LABEL_SELECTOR": "app=traefik,"}, "TRAEFIK_LABEL_SELECTOR"),
+    # Accepted, then every report (or read) failed with OverflowError: a socket timeout
+    # past time_t (a new-user trial). At most an hour, as `check --timeout`.
+    ("platform-read-timeout-1e10", {"PLATFORM_READ_TIMEOUT": "1e10"}, "PLATFORM_READ_TIMEOUT"),
+    ("platform-connect-timeout-hours", {"PLATFORM_CONNECT_TIMEOUT": "3601"}, "PLATFORM_CONNECT_TIMEOUT"),
+    ("kube-request-timeout-huge", {"KUBE_REQUEST_TIMEOUT": "99999999999999999999999"}, "KUBE_REQUEST_TIMEOUT"),
+    # A report attempt's limit (connect + read + 15 s) beyond half the visibility timeout:
+    # the broker would deliver the task again while it runs.
+    ("visibility-below-a-report-attempt", {"PLATFORM_READ_TIMEOUT": "3000"}, "VISIBILITY_TIMEOUT"),
+    # One bad value, one line: not a second about a variable checked against it.
+    ("fetch-time-limit-huge", {"FETCH_TIME_LIMIT": "100000"}, "FETCH_TIME_LIMIT"),
+    ("report-hold-lease-huge", {"REPORT_HOLD_LEASE": "100000"}, "REPORT_HOLD_LEASE"),
+    ("interval-retention-zero", {"INTERVAL_RETENTION": "0"}, "INTERVAL_RETENTION"),
 ]
 
 # Every run also carries the secret, which must never be printed.

@@ -15,7 +15,7 @@ def test_non_finite_numbers_are_refused_by_name(monkeypatch, var, value):
     with pytest.raises(ConfigError) as err:
         load_settings()
     lines = str(err.value).splitlines()
-    assert lines == [f"config error: {var} is not valid; expected a number of seconds above 0"]
+    assert lines == [f"config error: {var} is not valid; expected a number of seconds above 0, at most 3600"]
 
 
 def _refused(monkeypatch, **env: str) -> list[str]:
