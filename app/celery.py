@@ -112,6 +112,7 @@ def _check_worker(sender, **_: object) -> None:
             settings.require_secret()
         if _fetches and settings.log_source == "kubernetes":  # fetch, or a fetch.<host> queue
             runtime.check_kube_config()
+        runtime.check_ledger_identity()
     except ConfigError as e:
         print(str(e), file=sys.stderr)
         raise SystemExit(2) from None
@@ -148,7 +149,13 @@ def _init_process(**_: object) -> None:
 
 @signals.beat_init.connect
 def _check_beat(**_: object) -> None:
+    try:
+        runtime.check_ledger_identity()
+    except ConfigError as e:
+        print(str(e), file=sys.__stderr__)  # beat has redirected sys.stderr to its logger by now
+        raise SystemExit(2) from None
     check_redis(runtime.redis_client())
+    runtime.reset()
 
 
 def check_redis(r) -> None:

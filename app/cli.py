@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Create the ledger's initialisation record: log lines before "
                        "--start-at (default: START_AT, else now) are never counted.")
     p.add_argument("--start-at", type=_parse_time, help="ISO 8601 time with a zone")
-    p.add_argument("--force", action="store_true", help="replace an existing record (after Redis lost its data)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing record (counting from its start unless --start-at or START_AT is given), "
+                   "e.g. to change REPORT_INTERVAL or SCRAPER_ID once no report is waiting or dead-lettered")
     p.set_defaults(run=init_ledger)
 
     p = sub.add_parser("status", help="pipeline counters, gaps, reports waiting",
@@ -189,7 +191,20 @@ def init_ledger(a: argparse.Namespace) -> int:
     if start is None and s.start_at is not None:
         start = s.start_at_ns
     ledger = _ledger()
-    if ledger.initialise(start, force=a.force):
+    record = ledger.init_record() if a.force else None
+    if record is not None:
+        if start is None:  # keep counting from where this ledger did: lines not yet read stay billable
+            start = int(record["start_at_ns"])
+        changed = [f"{var} {record[name]!r} -> {new!r}" for name, var, new in (
+            ("report_interval", "REPORT_INTERVAL", str(s.report_interval)), ("scraper_id", "SCRAPER_ID", s.scraper_id))
+            if record.get(name, new) != new]
+        waiting, dead = ledger.due_count(), len(ledger.dead_letters())
+        if changed and (waiting or dead):
+            print(f"not changing {', '.join(changed)}: {waiting} report(s) waiting and {dead} dead-lettered were made "
+                  "under the old value and would go out under new Idempotency-Keys; deliver or replay them first "
+                  "(`status`, `deadletters`)", file=sys.stderr)
+            return 1
+    if ledger.initialise(start, force=a.force, scraper_id=s.scraper_id):
         print(f"ledger initialised under prefix {s.redis_key_prefix!r}; counting from {_when(ledger.start_at_ns())}")
         return 0
     print(f"the ledger is already initialised (counting from {_when(ledger.start_at_ns())}); use --force to replace "

@@ -167,19 +167,61 @@ class Ledger:
                 return True
         return False
 
-    def initialise(self, start_at_ns: int | None, force: bool = False) -> bool:
-        """Create the initialisation record. Returns False when it already existed."""
+    def initialise(self, start_at_ns: int | None, force: bool = False, scraper_id: str | None = None) -> bool:
+        """Create the initialisation record: ``start_at_ns``, ``created_at``, and the
+        identity its reports are made under (``report_interval``: this ledger's interval
+        length; ``scraper_id`` when given). Returns False when it already existed."""
         now = self.now()
         start = start_at_ns if start_at_ns is not None else int(now * 1e9)
-        fields = {"start_at_ns": str(start), "created_at": f"{now:.3f}"}
+        fields = {"start_at_ns": str(start), "created_at": f"{now:.3f}", "report_interval": str(self.ri)}
+        if scraper_id is not None:
+            fields["scraper_id"] = scraper_id
         if force:
-            self.r.hset(self.k("init"), mapping=fields)
+            with self.r.pipeline() as pipe:
+                pipe.delete(self.k("init"))
+                pipe.hset(self.k("init"), mapping=fields)
+                pipe.execute()
             return True
         with self.r.pipeline() as pipe:
-            pipe.hsetnx(self.k("init"), "start_at_ns", fields["start_at_ns"])
-            pipe.hsetnx(self.k("init"), "created_at", fields["created_at"])
-            created, _ = pipe.execute()
+            for name, value in fields.items():
+                pipe.hsetnx(self.k("init"), name, value)
+            created = pipe.execute()[0]
         return bool(created)
+
+    def identity_problem(self, record: dict[str, str], scraper_id: str) -> str | None:
+        """Why this process must not work on the ledger whose initialisation record is
+        ``record`` (``init_record()``), or None. A report's ``Idempotency-Key`` and body
+        come from ``REPORT_INTERVAL`` and ``SCRAPER_ID`` when it is sent: with other
+        values than those its interval was counted under, a report made before the change
+        would go out under another key, which a platform that had its first attempt
+        bills again (docs/design.md, "Changing REPORT_INTERVAL or SCRAPER_ID"). A record
+        without them (made by an earlier version) takes this process's values."""
+        wanted = {"report_interval": str(self.ri), "scraper_id": scraper_id}
+        missing = {name: value for name, value in wanted.items() if name not in record}
+        if missing:
+            self._adopt(missing)
+            record = {**missing, **record}
+        for name, variable in (("report_interval", "REPORT_INTERVAL"), ("scraper_id", "SCRAPER_ID")):
+            recorded = record.get(name)
+            if recorded is not None and recorded != wanted[name]:
+                return (f"{variable} is {wanted[name][:63]!r} but the ledger under prefix {self.p!r} makes its reports "
+                        f"with {variable}={recorded[:63]!r}: reports not yet delivered would go out under new "
+                        f"Idempotency-Keys; set {variable}={recorded[:63]!r}, or change it with "
+                        "`traefik-metrics-scraper init-ledger --force` once no report is waiting or dead-lettered")
+        return None
+
+    def _adopt(self, fields: dict[str, str]) -> None:
+        """Add ``fields`` to the initialisation record where absent, if it still exists."""
+        key = self.k("init")
+
+        def add(pipe: redis.client.Pipeline) -> None:
+            if not pipe.exists(key):
+                return
+            pipe.multi()
+            for name, value in fields.items():
+                pipe.hsetnx(key, name, value)
+
+        self.r.transaction(add, key)
 
     # Cursors and pods -----------------------------------------------------------
 

@@ -70,12 +70,18 @@ def ensure_ledger(ledger: Ledger, settings: Settings) -> bool:
     An empty ledger is initialised automatically only when ``START_AT`` is not set:
     counting then starts now, so even a Redis that lost its data cannot make old lines
     billed twice. With ``START_AT`` set, run ``traefik-metrics-scraper init-ledger``
-    once; a ledger that has data but no record is refused (Redis lost data).
+    once; a ledger that has data but no record is refused (Redis lost data), and so is
+    one whose reports are made under another ``REPORT_INTERVAL`` or ``SCRAPER_ID``
+    (``Ledger.identity_problem``).
     """
-    if ledger.init_record() is not None:
-        return True
+    record = ledger.init_record()
+    if record is not None:
+        problem = ledger.identity_problem(record, settings.scraper_id)
+        if problem is not None:
+            log.error("not fetching: %s", problem)
+        return problem is None
     if settings.start_at is None and not ledger.has_data():
-        if ledger.initialise(None):
+        if ledger.initialise(None, scraper_id=settings.scraper_id):
             log.warning(
                 "ledger initialised: counting starts now (%s). If this deployment ran before, "
                 "its Redis lost its data and usage not yet reported is lost",

@@ -135,6 +135,23 @@ def reporter() -> Reporter:
     return _state["reporter"]  # type: ignore[return-value]
 
 
+def check_ledger_identity() -> None:
+    """At a worker's or beat's start: raises ``ConfigError`` (one line) when the ledger
+    makes its reports under another ``REPORT_INTERVAL`` or ``SCRAPER_ID``
+    (``Ledger.identity_problem``). Nothing to check before the ledger is initialised;
+    a Redis that cannot be reached now is left to the tasks (``ensure_ledger`` checks
+    again every round)."""
+    led = ledger()
+    try:
+        record = led.init_record()
+        problem = None if record is None else led.identity_problem(record, settings().scraper_id)
+    except redis.RedisError as e:
+        log.warning("cannot check the ledger's REPORT_INTERVAL and SCRAPER_ID (Redis: %s)", type(e).__name__)
+        return
+    if problem is not None:
+        raise ConfigError(f"config error: {problem}")
+
+
 def check_kube_config() -> None:
     """Load the Kubernetes config as the fetch side will (in the cluster, else
     KUBECONFIG), without a request, and import the client's pod API (``LogSource.import_api``).

@@ -142,7 +142,10 @@ class Settings(BaseSettings):
 
     report_interval: int = 60
     """Seconds per report interval (the original's 60 s). Intervals are aligned to
-    multiples of this since the epoch, so it must divide a day."""
+    multiples of this since the epoch, so it must divide a day. The ledger keeps the
+    value it was initialised with, and a worker or beat with another one stops at start:
+    reports not yet delivered would go out under new Idempotency-Keys. Change it with
+    ``init-ledger --force`` once no report is waiting or dead-lettered."""
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Logging verbosity, as in the original."""
@@ -270,7 +273,8 @@ class Settings(BaseSettings):
 
     scraper_id: str = Field(default_factory=lambda: os.environ.get("POD_NAMESPACE") or "default")
     """Names this deployment in idempotency keys, so two clusters never share one.
-    Default: the pod's namespace (``POD_NAMESPACE``), else ``default``."""
+    Default: the pod's namespace (``POD_NAMESPACE``), else ``default``. Kept by the
+    ledger as ``REPORT_INTERVAL`` is, for the same reason."""
 
     redis_key_prefix: str = "tms"
     """Every Redis key of the ledger starts with this and a colon."""

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from app.ledger import Ledger
 from sim.loadgen import LoadGen
 from sim.procs import free_port, wait_until
 from sim.traefik import EchoBackend, traefik_binary
@@ -111,6 +112,7 @@ def test_compose_traefik_file_source_exact_and_a_request_reported_within_the_bou
     pipeline.env.update(LOG_SOURCE="file", LOG_FILES=pattern, REPORT_INTERVAL=str(REPORT_INTERVAL),
                         FETCH_INTERVAL=str(FETCH_INTERVAL))
     pipeline.report_interval = REPORT_INTERVAL
+    pipeline.ledger = Ledger(pipeline.r, pipeline.prefix, REPORT_INTERVAL)  # the interval it records (init-ledger)
     traefik.start()
     try:
         pipeline.init_ledger()

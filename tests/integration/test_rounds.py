@@ -337,3 +337,58 @@ def test_pods_that_cannot_be_listed_hold_sealing_back_at_most_seal_max_wait(ledg
         source.close()
     assert ok, (f"sealed_to {ledger.sealed_to()} stuck {ledger.now() - ledger.sealed_to():.1f}s behind; held by "
                 f"{ledger.seal_state().get('held_by')}, forced {ledger.seal_state().get('forced')}")
+
+
+def test_a_ledger_keeps_the_report_identity_it_was_made_under(r, caplog):
+    # Reports are sent with REPORT_INTERVAL and SCRAPER_ID as they are when sent: a change
+    # would give reports made before it new Idempotency-Keys (a new-user trial).
+    ledger = Ledger(r, "ident", 60)
+    assert rounds.ensure_ledger(ledger, Settings(scraper_id="cluster-a"))  # a first start records both
+    assert ledger.init_record()["report_interval"] == "60" and ledger.init_record()["scraper_id"] == "cluster-a"
+    assert rounds.ensure_ledger(ledger, Settings(scraper_id="cluster-a"))
+    with caplog.at_level("ERROR"):
+        assert not rounds.ensure_ledger(Ledger(r, "ident", 30), Settings(scraper_id="cluster-a", report_interval=30))
+        assert not rounds.ensure_ledger(ledger, Settings(scraper_id="cluster-b"))
+    errors = [rec.getMessage() for rec in caplog.records if rec.levelname == "ERROR"]
+    assert errors[0].startswith("not fetching: REPORT_INTERVAL is '30' but the ledger under prefix 'ident' makes its "
+                                "reports with REPORT_INTERVAL='60'")
+    assert errors[1].startswith("not fetching: SCRAPER_ID is 'cluster-b'") and "SCRAPER_ID='cluster-a'" in errors[1]
+
+    # A record made by an earlier version, without them, takes the values of the first
+    # process that checks it; a record gone meanwhile is not re-created by that.
+    legacy = Ledger(r, "ident-legacy", 60)
+    r.hset(legacy.k("init"), mapping={"start_at_ns": "0", "created_at": "1.0"})
+    assert legacy.identity_problem(legacy.init_record(), "cluster-a") is None
+    assert legacy.init_record() == {"start_at_ns": "0", "created_at": "1.0", "report_interval": "60",
+                                    "scraper_id": "cluster-a"}
+    assert "SCRAPER_ID" in legacy.identity_problem(legacy.init_record(), "cluster-b")
+    gone = Ledger(r, "ident-gone", 60)
+    assert gone.identity_problem({"start_at_ns": "0"}, "cluster-a") is None
+    assert gone.init_record() is None
+
+
+def test_init_ledger_force_changes_the_identity_only_with_nothing_waiting(r, redis_url):
+    import pathlib
+    import subprocess
+    import sys
+
+    def run(*args, **env):
+        return subprocess.run([sys.executable, "-m", "app", "init-ledger", *args],
+                              env={"PATH": "/usr/bin:/bin", "REDIS_URL": redis_url, "REDIS_KEY_PREFIX": "cli-ident",
+                                   "SCRAPER_ID": "cluster-a", **env},
+                              capture_output=True, text=True, timeout=60, cwd=str(pathlib.Path(__file__).parents[2]))
+
+    assert run("--start-at", "2026-11-24T00:00:00Z").returncode == 0
+    ledger = Ledger(r, "cli-ident", 60)
+    r.zadd(ledger.k("due"), {"1795478400:alpha": 0})  # a report made under 60 s intervals, not delivered
+    refused = run("--force", REPORT_INTERVAL="30")
+    assert refused.returncode == 1
+    assert "not changing REPORT_INTERVAL '60' -> '30': 1 report(s) waiting and 0 dead-lettered" in refused.stderr
+    assert ledger.init_record()["report_interval"] == "60"
+    assert run("--force", REPORT_INTERVAL="60").returncode == 0  # no change: nothing to refuse
+    r.zrem(ledger.k("due"), "1795478400:alpha")
+    changed = run("--force", REPORT_INTERVAL="30", SCRAPER_ID="cluster-b")
+    assert changed.returncode == 0, changed.stderr
+    record = ledger.init_record()
+    assert (record["report_interval"], record["scraper_id"]) == ("30", "cluster-b")
+    assert ledger.start_at_ns() == 1_795_478_400 * 10**9  # counting goes on from where it did

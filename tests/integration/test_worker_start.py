@@ -81,3 +81,29 @@ def test_worker_of_an_undeclared_queue_exits_2_naming_the_variable(redis_url, qu
     assert rc == 2, output[-2000:]
     line = output.strip().splitlines()[-1]
     assert f"-Q {named}:" in line and "FILE_QUEUE" in line, output
+
+
+@pytest.mark.parametrize(("variable", "value", "recorded"), [
+    ("REPORT_INTERVAL", "30", "'60'"),
+    ("SCRAPER_ID", "cluster-b", "'cluster-a'"),
+])
+def test_worker_and_beat_on_a_ledger_of_another_report_identity_exit_2(redis_url, tmp_path, variable, value, recorded):
+    # A new-user trial: after REPORT_INTERVAL changed, reports made under the old value
+    # (dead-lettered, then replayed) went out under new Idempotency-Keys and a new body
+    # timestamp, which a platform that had the first attempt bills again.
+    import redis
+
+    from app.ledger import Ledger
+
+    prefix = f"ident-{variable.lower()}"
+    Ledger(redis.Redis.from_url(redis_url), prefix, 60).initialise(0, scraper_id="cluster-a")
+    env = clean_env(REDIS_URL=redis_url, REDIS_KEY_PREFIX=prefix, PLATFORM_INTERNAL_SECRET="s",
+                    **{"SCRAPER_ID": "cluster-a", variable: value})
+    rc, output = _start("report", env)
+    assert rc == 2, output[-2000:]
+    line = output.strip().splitlines()[-1]
+    assert line.startswith(f"config error: {variable} is {value!r}") and f"{variable}={recorded}" in line, output
+    beat = subprocess.run([sys.executable, "-m", "celery", "-A", "app", "beat", "-l", "WARNING", "-s", str(tmp_path / "schedule")],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert beat.returncode == 2, beat.stderr[-2000:]
+    assert beat.stderr.strip().splitlines()[-1] == line
