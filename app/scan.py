@@ -7,7 +7,9 @@ constant whatever their size. Prints a table per subdomain, sorted by bytes out
 (human units and exact bytes), the totals, and the lines ignored or rejected by reason;
 ``--json`` prints the same numbers in the shape of ``Aggregator.to_dict()``. Upgraded
 connections (WebSocket...), which the access log shows with 0 bytes, are listed per
-tunnel (``unmetered``, a line of the table or a map of the JSON).
+tunnel (``unmetered``, a line of the table or a map of the JSON). A file that starts
+with a timestamp is read as a pod's log (``PodLogLines``): ``kubectl logs --timestamps``'
+output, or a CRI file of /var/log/pods.
 
 The default domain is ``$TUNNEL_DOMAIN``, else ``t.lum.tools``; the longest line parsed
 is ``$LOG_LINE_MAX_BYTES``, else 16 MiB, as in the workers (longer lines are rejected as
@@ -21,13 +23,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import stat
 import sys
 import time
 from typing import BinaryIO, TextIO
 
 from app.model import whole_number
-from app.parser import DEFAULT_DOMAIN, LINE_BOUND_MAX, LINE_BOUND_MIN, MAX_LINE_BYTES, Aggregator
+from app.parser import (
+    DEFAULT_DOMAIN,
+    LINE_BOUND_MAX,
+    LINE_BOUND_MIN,
+    LINE_PREFIX_ROOM,
+    MAX_LINE_BYTES,
+    Aggregator,
+    LineFramer,
+    LongLine,
+)
 
 CHUNK_BYTES = 256 * 1024
 PROGRESS_MIN_BYTES = 64 * 1024 * 1024  # show a progress bar only for files this large
@@ -146,21 +158,84 @@ class _Progress:
             self.out.flush()
 
 
-def _stream(agg: Aggregator, stream: BinaryIO, progress: _Progress | None) -> None:
+# A pod's log as `kubectl logs --timestamps` prints it: the kubelet's stamp and a space
+# before each line (RFC3339NanoFixed, or the runtime's zone, pkg/kubelet/kuberuntime/logs/
+# logs.go); or as the container runtime writes it under /var/log/pods, the CRI format
+# "<stamp> <stdout|stderr> <F|P> <text>", a line over 16 KiB written as P pieces ended by
+# an F one (containerd's and CRI-O's CRI logger; the kubelet joins them, ReadLogs in the
+# same file). Traefik's own lines start with "{" (JSON) or a letter, never with a stamp.
+_POD_STAMP = re.compile(rb"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,9})?(?:Z|[+-][0-9]{2}:[0-9]{2}) ")
+_CRI_TAGS = re.compile(rb"(stdout|stderr) ([FP]) ")
+
+
+class PodLogLines:
+    """Traefik's own lines from a pod log's (``_POD_STAMP``): the stamp dropped, and in
+    the CRI format the stream and tag too, with a line's P pieces joined to its F piece,
+    per stream. A line without a stamp, or a ``LongLine`` (too long to hold), is kept as
+    it is, to be counted by reason."""
+
+    def __init__(self) -> None:
+        self._pieces: dict[bytes, list[bytes]] = {b"stdout": [], b"stderr": []}
+
+    def lines(self, lines: list[bytes]) -> list[bytes]:
+        out = []
+        for line in lines:
+            stamp = _POD_STAMP.match(line) if type(line) is not LongLine else None
+            if stamp is None:
+                out.append(line)
+                continue
+            tags = _CRI_TAGS.match(line, stamp.end())
+            if tags is None:
+                out.append(line[stamp.end():])
+                continue
+            pieces = self._pieces[tags[1]]
+            pieces.append(line[tags.end():])
+            if tags[2] == b"F":
+                out.append(b"".join(pieces))
+                pieces.clear()
+        return out
+
+    def finish(self) -> list[bytes]:
+        """The pieces of lines whose F piece never came (the log ended inside one)."""
+        return [b"".join(pieces) for pieces in self._pieces.values() if pieces]
+
+
+def _stream(agg: Aggregator, stream: BinaryIO, progress: _Progress | None) -> bool:
+    """Feed ``stream`` to ``agg``; True when it was read as a pod's log (``PodLogLines``),
+    which its first bytes tell."""
     read = getattr(stream, "read1", stream.read)
-    while chunk := read(CHUNK_BYTES):
-        agg.feed_chunk(chunk)
+    head = b""  # enough of the start to hold a stamp
+    while len(head) < LINE_PREFIX_ROOM and b"\n" not in head and (chunk := read(CHUNK_BYTES)):
+        head += chunk
+    pod: PodLogLines | None = None
+    framer: LineFramer | None = None
+    if _POD_STAMP.match(head):
+        # The bound applies to Traefik's line, as in the workers (LINE_PREFIX_ROOM).
+        pod, framer = PodLogLines(), LineFramer(agg.max_line_bytes + LINE_PREFIX_ROOM)
+    chunk = head
+    while chunk or (chunk := read(CHUNK_BYTES)):
+        if pod is None:
+            agg.feed_chunk(chunk)
+        else:
+            agg.feed_lines(pod.lines(framer.feed(chunk)))  # type: ignore[union-attr]
         if progress is not None:
             progress.advance(len(chunk))
-    agg.finish()  # a last line without a newline is a line; files never run together
+        chunk = b""
+    if pod is None:
+        agg.finish()  # a last line without a newline is a line; files never run together
+        return False
+    last = framer.finish()  # type: ignore[union-attr]
+    agg.feed_lines(pod.lines([last] if last is not None else []) + pod.finish())
+    return True
 
 
 def _scan_file(agg: Aggregator, name: str, stderr: TextIO) -> None:
     if name == "-":
         try:
-            _stream(agg, sys.stdin.buffer, None)
+            pod = _stream(agg, sys.stdin.buffer, None)
         except OSError as exc:
             raise ScanError(f"scan: cannot read stdin: {exc.strerror or exc}") from None
+        _note_pod_log("stdin", pod, stderr)
         return
     try:
         with open(name, "rb", buffering=0) as stream:
@@ -173,12 +248,19 @@ def _scan_file(agg: Aggregator, name: str, stderr: TextIO) -> None:
             ):
                 progress = _Progress(name, info.st_size, stderr)
             try:
-                _stream(agg, stream, progress)
+                pod = _stream(agg, stream, progress)
             finally:
                 if progress is not None:
                     progress.close()
     except OSError as exc:
         raise ScanError(f"scan: cannot read {name}: {exc.strerror or exc}") from None
+    _note_pod_log(name, pod, stderr)
+
+
+def _note_pod_log(name: str, pod: bool, stderr: TextIO) -> None:
+    if pod:
+        print(f"scan: {name} is a pod's log (kubectl logs --timestamps, or the CRI format of /var/log/pods): "
+              "read without the stamps, each line whole", file=stderr)
 
 
 def _table(agg: Aggregator) -> str:

@@ -398,3 +398,63 @@ def test_table_lists_unmetered_tunnels(capsys, tmp_path):
     log.write_bytes(b'{"DownstreamStatus":200,"RequestHost":"a.t.lum.tools"}\n')
     assert main([str(log)]) == 0
     assert "unmetered" not in capsys.readouterr().out
+
+
+def _pod_log(lines: list[bytes], cri: bool, rng) -> bytes:
+    """``lines`` as a pod's log: each stamped as `kubectl logs --timestamps` prints it, or
+    in the CRI format of /var/log/pods, with random lines cut into P pieces (the runtime
+    cuts at 16 KiB) and a Traefik stderr line between the pieces now and then."""
+    out = []
+    for i, line in enumerate(lines):
+        stamp = b"2026-11-24T01:50:%02d.%09dZ " % (i % 60, i)
+        if not cri:
+            out.append(stamp + line + b"\n")
+            continue
+        cuts = sorted(rng.sample(range(1, len(line)), min(len(line) - 1, rng.choice([0, 0, 1, 3])))) if line else []
+        pieces = [line[a:b] for a, b in zip([0, *cuts], [*cuts, len(line)], strict=True)]
+        for piece in pieces[:-1]:
+            out.append(stamp + b"stdout P " + piece + b"\n")
+            if rng.random() < 0.3:
+                out.append(stamp + b'stderr F time="2026-11-24T01:50:00Z" level=info msg="Configuration loaded"\n')
+        out.append(stamp + b"stdout F " + pieces[-1] + b"\n")
+    return b"".join(out)
+
+
+@pytest.mark.parametrize("cri", [False, True], ids=["kubectl logs --timestamps", "CRI"])
+@pytest.mark.parametrize("chunk", [7, 256 * 1024])
+def test_a_pods_log_gives_the_totals_of_traefiks_own(capsys, monkeypatch, tmp_path, cri, chunk):
+    # A new-user trial: a pod's log, stamped, was counted 0 and every line rejected as
+    # split_line, while auditing billing against pod logs is what scan is for.
+    import random
+
+    monkeypatch.setattr(scan, "CHUNK_BYTES", chunk)
+    rng = random.Random(7)
+    lines = SAMPLE.read_bytes().split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    log = tmp_path / "pod.log"
+    log.write_bytes(_pod_log(lines, cri, rng))
+    result = run_json(capsys, str(log))
+    stderr_lines = log.read_bytes().count(b" stderr F ")
+    expected = json.loads(json.dumps(EXPECTED))
+    expected["lines"]["total"] += stderr_lines
+    if stderr_lines:
+        expected["lines"]["ignored"]["not_access_log"] += stderr_lines
+    assert result == expected
+
+
+def test_a_pods_log_is_said_so_and_a_plain_one_is_not(capsys, tmp_path):
+    pod = tmp_path / "pod.log"
+    pod.write_bytes(b"2026-11-24T01:50:00.000000000Z stdout F {}\n")
+    assert main([str(pod)]) == 0
+    assert "pod.log is a pod's log" in capsys.readouterr().err
+    assert main([str(SAMPLE)]) == 0
+    assert "pod's log" not in capsys.readouterr().err
+
+
+def test_a_cri_line_whose_f_piece_never_came_is_counted_by_reason(capsys, tmp_path):
+    log = tmp_path / "pod.log"
+    log.write_bytes(b'2026-11-24T01:50:00.000000000Z stdout P {"RequestHost":"a.t.lum.tools",\n')
+    result = run_json(capsys, str(log))
+    assert result["lines"]["total"] == 1 and result["lines"]["counted"] == 0
+    assert sum(result["lines"]["rejected"].values()) + sum(result["lines"]["ignored"].values()) == 1
