@@ -152,15 +152,15 @@ def check_ledger_identity() -> None:
         raise ConfigError(f"config error: {problem}")
 
 
-def check_kube_config() -> None:
+def check_kube_config(who: str = "a fetch worker of LOG_SOURCE=kubernetes") -> None:
     """Load the Kubernetes config as the fetch side will (in the cluster, else
     KUBECONFIG), without a request, and import the client's pod API (``LogSource.import_api``).
-    Raises ``ConfigError`` (one line) when there is no config."""
+    Raises ``ConfigError`` (one line, about ``who``) when there is no config."""
     try:
         LogSource.load_config()
         LogSource.import_api()
     except KubeError as e:
-        raise ConfigError(f"config error: a fetch worker of LOG_SOURCE=kubernetes has {e} (set KUBECONFIG, or run it in the "
+        raise ConfigError(f"config error: {who} has {e} (set KUBECONFIG, or run it in the "
                           "cluster with its service account)") from e
 
 

@@ -56,6 +56,7 @@ import logging
 import os
 import queue
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -72,6 +73,7 @@ from app.fetching import fmt_ns
 from app.kube import LogSource, Pod, PodEvent
 from app.ledger import Ledger
 from app.model import Cursor, FetchStatus
+from app.settings import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -502,6 +504,11 @@ def run(stop: threading.Event, health_dir: str | None = None, lease_seconds: flo
     if s.log_source != "kubernetes":
         log.error("watch: LOG_SOURCE=%s: there are no Traefik pods to watch; run the watcher only with "
                   "LOG_SOURCE=kubernetes", s.log_source)
+        return 2
+    try:
+        runtime.check_kube_config("the watcher")  # no config at all: a configuration error (exit 2), as for a worker
+    except ConfigError as e:
+        print(e, file=sys.stderr)
         return 2
     ledger = runtime.ledger()
     try:

@@ -195,3 +195,11 @@ def test_replay_refuses_a_start_past_any_interval_briefly():
         _replay_key("9" * 4000 + ":web", "scraper", 60)
     assert len(str(info.value)) < 400
     assert _replay_key("9223372020:web", "scraper", 60).start == 9_223_372_020  # the last minute before 2262-04-11
+
+
+def test_watch_without_a_kubernetes_config_is_a_configuration_error(tmp_path):
+    # It exited 1 with an [ERROR] line, where a worker exits 2 for the same (a new-user trial).
+    proc = run("watch", HOME=str(tmp_path), KUBECONFIG="", KUBERNETES_SERVICE_HOST="")
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("config error: the watcher has ") and "KUBECONFIG" in lines[0]

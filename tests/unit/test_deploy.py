@@ -860,3 +860,11 @@ def test_env_example_holds_every_variable_and_no_secret():
             (default,) = set(re.findall(r"\$\{" + name + r":-([^}]*)\}", text))
             assert value == default, name
     assert ".env" in (ROOT / ".gitignore").read_text().split(), "a .env holds secrets: git must ignore it"
+
+
+def test_compose_exporter_sees_the_queues_beat_plans_on(compose):
+    # The exporter lists fetch.<host> queues only with LOG_SOURCE=file and FILE_QUEUES set
+    # (app/metrics.py): without them, compose's file rounds on fetch.files went unseen.
+    env = {name: compose["services"][name]["environment"] for name in ("beat", "metrics")}
+    for key in ("LOG_SOURCE", "FILE_QUEUES"):
+        assert env["metrics"][key] == env["beat"][key], key
