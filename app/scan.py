@@ -209,7 +209,10 @@ def _stream(agg: Aggregator, stream: BinaryIO, progress: _Progress | None) -> bo
         head += chunk
     pod: PodLogLines | None = None
     framer: LineFramer | None = None
-    if _POD_STAMP.match(head):
+    stamp = _POD_STAMP.match(head)
+    # A fraction of a second (the kubelet writes nine digits, a CRI log RFC3339Nano) or the
+    # CRI tags: not Traefik v3's own text log, whose lines start "<RFC 3339 to the second> INF".
+    if stamp and (b"." in stamp[0] or _CRI_TAGS.match(head, stamp.end())):
         # The bound applies to Traefik's line, as in the workers (LINE_PREFIX_ROOM).
         pod, framer = PodLogLines(), LineFramer(agg.max_line_bytes + LINE_PREFIX_ROOM)
     chunk = head

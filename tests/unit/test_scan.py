@@ -458,3 +458,15 @@ def test_a_cri_line_whose_f_piece_never_came_is_counted_by_reason(capsys, tmp_pa
     result = run_json(capsys, str(log))
     assert result["lines"]["total"] == 1 and result["lines"]["counted"] == 0
     assert sum(result["lines"]["rejected"].values()) + sum(result["lines"]["ignored"].values()) == 1
+
+
+def test_traefiks_own_text_log_first_is_not_taken_for_a_pods_log(capsys, tmp_path):
+    # Traefik v3's own log lines start with a time to the second and a level; the kubelet's
+    # and the runtime's stamps carry a fraction (or the CRI tags follow).
+    log = tmp_path / "traefik.log"
+    log.write_bytes(b"2026-11-24T01:50:00Z INF Traefik version 3.7.15 built on 2026-11-01\n" + SAMPLE.read_bytes())
+    assert main([str(log), "--json"]) == 0
+    out, err = capsys.readouterr()
+    result = json.loads(out)
+    assert result["subdomains"] == EXPECTED["subdomains"] and result["lines"]["total"] == EXPECTED["lines"]["total"] + 1
+    assert "pod's log" not in err
