@@ -195,9 +195,11 @@ def init_ledger(a: argparse.Namespace) -> int:
     if record is not None:
         if start is None:  # keep counting from where this ledger did: lines not yet read stay billable
             start = int(record["start_at_ns"])
-        changed = [f"{var} {record[name]!r} -> {new!r}" for name, var, new in (
+        # A record without them (an earlier version's) says nothing of what its reports were
+        # made under: taken as a change.
+        changed = [f"{var} {record.get(name, '(not recorded)')!r} -> {new!r}" for name, var, new in (
             ("report_interval", "REPORT_INTERVAL", str(s.report_interval)), ("scraper_id", "SCRAPER_ID", s.scraper_id))
-            if record.get(name, new) != new]
+            if record.get(name) != new]
         waiting, dead = ledger.due_count(), len(ledger.dead_letters())
         if changed and (waiting or dead):
             print(f"not changing {', '.join(changed)}: {waiting} report(s) waiting and {dead} dead-lettered were made "

@@ -176,17 +176,21 @@ class Ledger:
         fields = {"start_at_ns": str(start), "created_at": f"{now:.3f}", "report_interval": str(self.ri)}
         if scraper_id is not None:
             fields["scraper_id"] = scraper_id
-        if force:
-            with self.r.pipeline() as pipe:
-                pipe.delete(self.k("init"))
-                pipe.hset(self.k("init"), mapping=fields)
-                pipe.execute()
-            return True
-        with self.r.pipeline() as pipe:
-            for name, value in fields.items():
-                pipe.hsetnx(self.k("init"), name, value)
-            created = pipe.execute()[0]
-        return bool(created)
+        key = self.k("init")
+        created = [False]
+
+        def create(pipe: redis.client.Pipeline) -> None:
+            # Whole or not at all: an existing record (an earlier version's too) is left as it is.
+            created[0] = False  # (run again when the key changed meanwhile)
+            if not force and pipe.exists(key):
+                return
+            pipe.multi()
+            pipe.delete(key)
+            pipe.hset(key, mapping=fields)
+            created[0] = True
+
+        self.r.transaction(create, key)
+        return created[0]
 
     def identity_problem(self, record: dict[str, str], scraper_id: str) -> str | None:
         """Why this process must not work on the ledger whose initialisation record is
@@ -200,7 +204,7 @@ class Ledger:
         missing = {name: value for name, value in wanted.items() if name not in record}
         if missing:
             self._adopt(missing)
-            record = {**missing, **record}
+            record = self.init_record() or record  # what was adopted: this process's, or another's first
         for name, variable in (("report_interval", "REPORT_INTERVAL"), ("scraper_id", "SCRAPER_ID")):
             recorded = record.get(name)
             if recorded is not None and recorded != wanted[name]:
@@ -637,14 +641,21 @@ class Ledger:
         returns how many (see ``wake.lua``)."""
         return int(self._wake(keys=[self.k("due"), self.k("parked")], args=[self.p]))
 
-    def begin(self, key: ReportKey, token: str, lock_seconds: int) -> tuple[str, Report | ReportState | None]:
+    def begin(self, key: ReportKey, token: str, lock_seconds: int,
+              scraper_id: str) -> tuple[str, Report | ReportState | str | None]:
         """Take the send lock, read the report and count an attempt, in one script
         (``begin.lua``). Returns ``("go", report)`` (the lock held, ``attempts`` as before
         this attempt), ``("busy", None)`` (another copy holds the lock), ``("final",
-        state)`` or ``("missing", None)`` (the lock released)."""
-        out = self._begin(keys=[self.rep_key(key), self.k("lock", key), self.done_key(key.start)],
-                          args=[token, lock_seconds, key.name])
+        state)`` or ``("missing", None)`` (the lock released), or ``("identity", why)``
+        (nothing taken) when the ledger's reports are made under another
+        ``REPORT_INTERVAL`` or ``SCRAPER_ID`` than this ledger's and ``scraper_id``."""
+        out = self._begin(keys=[self.rep_key(key), self.k("lock", key), self.done_key(key.start), self.k("init")],
+                          args=[token, lock_seconds, key.name, str(self.ri), scraper_id])
         status = out[0].decode()
+        if status == "identity":
+            ri, sid = out[1].decode(), out[2].decode()
+            return status, (f"the ledger's reports are made with REPORT_INTERVAL={ri!r} and SCRAPER_ID={sid!r}, "
+                            f"this process has {str(self.ri)!r} and {scraper_id!r}")
         if status == "final":
             return status, ReportState(out[1].decode())
         if status != "go":

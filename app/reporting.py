@@ -129,7 +129,13 @@ class Reporter:
         token = uuid.uuid4().hex
         began = time.monotonic()
         lock_seconds = self.s.report_time_limit + 5
-        status, rep = self.ledger.begin(key, token, lock_seconds)
+        status, rep = self.ledger.begin(key, token, lock_seconds, self.s.scraper_id)
+        if status == "identity":
+            # Not under this process's key: left for a process started with the ledger's
+            # values (the sweep sends it again once its lease lapses).
+            log.error("report %s (%s): not sent: %s (docs/design.md, \"Changing REPORT_INTERVAL or SCRAPER_ID\")",
+                      sub, iso(start), rep, extra={"tunnel": sub, "interval": iso(start), "outcome": "busy"})
+            return Outcome(ReportOutcome.BUSY, detail=str(rep))
         if status == "busy":
             return Outcome(ReportOutcome.BUSY, detail="another copy is sending it")
         if not isinstance(rep, Report):  # final or unknown; begin.lua released the lock

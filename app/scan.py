@@ -35,6 +35,7 @@ from app.parser import (
     LINE_BOUND_MAX,
     LINE_BOUND_MIN,
     LINE_PREFIX_ROOM,
+    LONG_LINE_HEAD,
     MAX_LINE_BYTES,
     Aggregator,
     LineFramer,
@@ -171,33 +172,51 @@ _CRI_TAGS = re.compile(rb"(stdout|stderr) ([FP]) ")
 class PodLogLines:
     """Traefik's own lines from a pod log's (``_POD_STAMP``): the stamp dropped, and in
     the CRI format the stream and tag too, with a line's P pieces joined to its F piece,
-    per stream. A line without a stamp, or a ``LongLine`` (too long to hold), is kept as
-    it is, to be counted by reason."""
+    per stream. A line without a stamp is kept as it is, to be counted by reason. A line
+    over ``max_line_bytes`` is a ``LongLine`` of Traefik's line (its head and length,
+    never held whole, however many pieces it came in)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_line_bytes: int) -> None:
+        self.max_line_bytes = max_line_bytes
         self._pieces: dict[bytes, list[bytes]] = {b"stdout": [], b"stderr": []}
+        self._sizes = {b"stdout": 0, b"stderr": 0}
 
     def lines(self, lines: list[bytes]) -> list[bytes]:
         out = []
         for line in lines:
-            stamp = _POD_STAMP.match(line) if type(line) is not LongLine else None
+            stamp = _POD_STAMP.match(line)  # (a LongLine's bytes start with the line's head)
             if stamp is None:
                 out.append(line)
                 continue
             tags = _CRI_TAGS.match(line, stamp.end())
             if tags is None:
-                out.append(line[stamp.end():])
+                out.append(line[stamp.end():])  # a LongLine's slice is the LongLine of the rest
                 continue
-            pieces = self._pieces[tags[1]]
-            pieces.append(line[tags.end():])
+            self._add(tags[1], line[tags.end():])
             if tags[2] == b"F":
-                out.append(b"".join(pieces))
-                pieces.clear()
+                out.append(self._take(tags[1]))
         return out
 
     def finish(self) -> list[bytes]:
         """The pieces of lines whose F piece never came (the log ended inside one)."""
-        return [b"".join(pieces) for pieces in self._pieces.values() if pieces]
+        return [self._take(stream) for stream, size in self._sizes.items() if size or self._pieces[stream]]
+
+    def _add(self, stream: bytes, piece: bytes) -> None:
+        pieces = self._pieces[stream]
+        size = self._sizes[stream] + (piece.length if type(piece) is LongLine else len(piece))
+        if size <= self.max_line_bytes:
+            pieces.append(piece)
+        else:  # too long: from now on only its head and its length
+            head = b"".join([*pieces, piece[:LONG_LINE_HEAD]])[:LONG_LINE_HEAD]
+            pieces[:] = [head]
+        self._sizes[stream] = size
+
+    def _take(self, stream: bytes) -> bytes:
+        pieces, size = self._pieces[stream], self._sizes[stream]
+        line = LongLine(pieces[0], size) if size > self.max_line_bytes else b"".join(pieces)
+        pieces.clear()
+        self._sizes[stream] = 0
+        return line
 
 
 def _stream(agg: Aggregator, stream: BinaryIO, progress: _Progress | None) -> bool:
@@ -214,7 +233,7 @@ def _stream(agg: Aggregator, stream: BinaryIO, progress: _Progress | None) -> bo
     # CRI tags: not Traefik v3's own text log, whose lines start "<RFC 3339 to the second> INF".
     if stamp and (b"." in stamp[0] or _CRI_TAGS.match(head, stamp.end())):
         # The bound applies to Traefik's line, as in the workers (LINE_PREFIX_ROOM).
-        pod, framer = PodLogLines(), LineFramer(agg.max_line_bytes + LINE_PREFIX_ROOM)
+        pod, framer = PodLogLines(agg.max_line_bytes), LineFramer(agg.max_line_bytes + LINE_PREFIX_ROOM)
     chunk = head
     while chunk or (chunk := read(CHUNK_BYTES)):
         if pod is None:

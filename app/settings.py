@@ -551,9 +551,12 @@ class Settings(BaseSettings):
     def _ranges(self) -> Settings:
         line_max_ok = LINE_BOUND_MIN <= self.log_line_max_bytes <= LINE_BOUND_MAX
         fetch_max_ok = 4096 <= self.fetch_max_bytes <= 1 << 30
+        report_ok = 1 <= self.report_interval <= 86400 and 86400 % self.report_interval == 0
         checks = {
-            "report_interval": 1 <= self.report_interval <= 86400 and 86400 % self.report_interval == 0,
-            "fetch_interval": self.fetch_interval is None or 1 <= self.fetch_interval <= self.report_interval,
+            "report_interval": report_ok,
+            # (against REPORT_INTERVAL only when it is in range: one error, not two)
+            "fetch_interval": self.fetch_interval is None
+            or 1 <= self.fetch_interval <= (self.report_interval if report_ok else 86400),
             "fetch_min_interval": 0.1 <= self.fetch_min_interval <= max(self.fetch_every, 1),
             "follow_max_pods": 0 <= self.follow_max_pods <= 256,
             "follow_min_rate": 0 <= self.follow_min_rate <= 1_000_000,

@@ -507,6 +507,7 @@ def run(stop: threading.Event, health_dir: str | None = None, lease_seconds: flo
         return 2
     try:
         runtime.check_kube_config("the watcher")  # no config at all: a configuration error (exit 2), as for a worker
+        runtime.check_ledger_identity()  # it commits reads into report intervals, as a fetch worker
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 2

@@ -3,13 +3,20 @@
 --
 -- KEYS[1] rep:<start>:<sub> hash   KEYS[2] lock:<start>:<sub>
 -- KEYS[3] done:<start> hash (delivered detail of the interval, see finish.lua)
--- ARGV: lock token, lock seconds, subdomain
--- Returns {"busy"} when another copy holds the lock; {"final", state} (delivered,
+-- KEYS[4] init hash (the REPORT_INTERVAL and SCRAPER_ID the ledger's reports are made under)
+-- ARGV: lock token, lock seconds, subdomain, this process's REPORT_INTERVAL, its SCRAPER_ID
+-- Returns {"identity", recorded interval, recorded scraper id} when the ledger records
+-- others than this process's (its Idempotency-Key would not be the report's: nothing is
+-- taken); {"busy"} when another copy holds the lock; {"final", state} (delivered,
 -- skipped or dead) or {"missing"} with the lock released; else, the lock taken and the
 -- attempt counted, {"go", bytes_in, bytes_out, requests, state, attempts before this
 -- one, reason, unmetered, sealed_at ("" when not recorded)}.
 -- KEYS[1] and KEYS[2] end in the report's member, "<start>:<sub>" or, for an amendment,
 -- "<start>:<sub>:a<n>"; ARGV[3] is then "<sub>:a<n>" (its field in the done hash).
+local id = redis.call('HMGET', KEYS[4], 'report_interval', 'scraper_id')
+if (id[1] and id[1] ~= ARGV[4]) or (id[2] and id[2] ~= ARGV[5]) then
+  return {'identity', id[1] or '', id[2] or ''}
+end
 if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'EX', tonumber(ARGV[2])) then
   return {'busy'}
 end

@@ -392,3 +392,36 @@ def test_init_ledger_force_changes_the_identity_only_with_nothing_waiting(r, red
     record = ledger.init_record()
     assert (record["report_interval"], record["scraper_id"]) == ("30", "cluster-b")
     assert ledger.start_at_ns() == 1_795_478_400 * 10**9  # counting goes on from where it did
+
+
+def test_identity_adoption_race_and_init_ledger_on_an_earlier_versions_record(r, redis_url):
+    import pathlib
+    import subprocess
+    import sys
+
+    # Two processes of different values check an earlier version's record at once: the
+    # first to adopt wins, and the other is refused (a review: both passed).
+    legacy = {"start_at_ns": "0", "created_at": "1.0"}
+    first, second = Ledger(r, "race", 60), Ledger(r, "race", 30)
+    r.hset(first.k("init"), mapping=legacy)
+    seen_by_second = second.init_record()
+    assert first.identity_problem(first.init_record(), "a") is None
+    assert "REPORT_INTERVAL is '30'" in second.identity_problem(seen_by_second, "a")
+
+    # init-ledger without --force leaves an existing record as it is, an earlier version's too.
+    old = Ledger(r, "cli-legacy", 60)
+    r.hset(old.k("init"), mapping=legacy)
+
+    def run(*args, **env):
+        return subprocess.run([sys.executable, "-m", "app", "init-ledger", *args],
+                              env={"PATH": "/usr/bin:/bin", "REDIS_URL": redis_url, "REDIS_KEY_PREFIX": "cli-legacy",
+                                   **env}, capture_output=True, text=True, timeout=60,
+                              cwd=str(pathlib.Path(__file__).parents[2]))
+
+    assert run().returncode == 1
+    assert old.init_record() == legacy
+    # --force on it, a report waiting: what it was made under is not known, so refused.
+    r.zadd(old.k("due"), {"1795478400:alpha": 0})
+    refused = run("--force", SCRAPER_ID="cluster-a")
+    assert refused.returncode == 1 and "REPORT_INTERVAL '(not recorded)' -> '60'" in refused.stderr
+    assert old.init_record() == legacy

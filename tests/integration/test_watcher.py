@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from app import health
+from app.ledger import Ledger
 from app.model import Cursor
 from app.watch import LIVE_FILE, Lease
 from sim.fake_kube import PodNotFound
@@ -58,6 +59,8 @@ def test_two_rolling_updates_count_every_line(pipeline, kube):
 
     for name in running:
         add(name)
+    pipeline.report_interval = int(SLOW_ROUNDS["REPORT_INTERVAL"])
+    pipeline.ledger = Ledger(pipeline.r, pipeline.prefix, pipeline.report_interval)  # the interval it records
     pipeline.init_ledger()
     pipeline.worker(**SLOW_ROUNDS)
     pipeline.beat(**SLOW_ROUNDS)

@@ -107,3 +107,10 @@ def test_worker_and_beat_on_a_ledger_of_another_report_identity_exit_2(redis_url
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert beat.returncode == 2, beat.stderr[-2000:]
     assert beat.stderr.strip().splitlines()[-1] == line
+    # The pod watcher too: it commits reads into report intervals, as a fetch worker does.
+    from tests.integration.test_health import _unreachable_kubeconfig
+
+    watcher = subprocess.run([sys.executable, "-m", "app", "watch"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=60, env={**env, "KUBECONFIG": _unreachable_kubeconfig(tmp_path / "kubeconfig")})
+    assert watcher.returncode == 2, watcher.stderr[-2000:]
+    assert watcher.stderr.strip().splitlines()[-1] == line

@@ -470,3 +470,24 @@ def test_traefiks_own_text_log_first_is_not_taken_for_a_pods_log(capsys, tmp_pat
     result = json.loads(out)
     assert result["subdomains"] == EXPECTED["subdomains"] and result["lines"]["total"] == EXPECTED["lines"]["total"] + 1
     assert "pod's log" not in err
+
+
+def test_a_pods_line_over_the_bound_is_too_long_by_traefiks_length_and_never_held(tmp_path):
+    # A review: the P pieces of a CRI line were joined without a bound (434 MB for a 200 MiB
+    # line), and a stamped line over the bound was measured with its stamp.
+    bound = 64 * 1024
+    agg = parser.Aggregator(max_line_bytes=bound)
+    pod = scan.PodLogLines(bound)
+    framer = parser.LineFramer(bound + parser.LINE_PREFIX_ROOM)
+    stamp = b"2026-11-24T01:50:00.123456789Z "
+    long_text = b'{"RequestHost":"a.t.lum.tools","x":"' + b"y" * (10 * bound) + b'"}'
+    pieces = [long_text[i:i + 16384] for i in range(0, len(long_text), 16384)]
+    cri = b"".join(stamp + b"stdout P " + piece + b"\n" for piece in pieces[:-1]) + stamp + b"stdout F " + pieces[-1] + b"\n"
+    kubectl = stamp + long_text + b"\n"
+    held = 0
+    for chunk in (cri[i:i + 50_000] for i in range(0, len(cri), 50_000)):
+        agg.feed_lines(pod.lines(framer.feed(chunk)))
+        held = max(held, sum(map(len, pod._pieces[b"stdout"])))
+    agg.feed_lines(pod.lines(framer.feed(kubectl)))
+    assert held <= bound
+    assert agg.rejected == {"too_long": 2} and agg.too_long_lengths == [len(long_text), len(long_text)]

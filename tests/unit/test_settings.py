@@ -269,6 +269,7 @@ BAD = [
     ("fetch-time-limit-huge", {"FETCH_TIME_LIMIT": "100000"}, "FETCH_TIME_LIMIT"),
     ("report-hold-lease-huge", {"REPORT_HOLD_LEASE": "100000"}, "REPORT_HOLD_LEASE"),
     ("interval-retention-zero", {"INTERVAL_RETENTION": "0"}, "INTERVAL_RETENTION"),
+    ("report-interval-bad-fetch-interval-above-it", {"REPORT_INTERVAL": "7", "FETCH_INTERVAL": "10"}, "REPORT_INTERVAL"),
 ]
 
 # Every run also carries the secret, which must never be printed.
