@@ -184,6 +184,7 @@ def _report_key(value: str):
 
 
 def init_ledger(a: argparse.Namespace) -> int:
+    from app.ledger import ReportsWaiting
     from app.settings import settings_or_exit
 
     s = settings_or_exit()
@@ -200,14 +201,18 @@ def init_ledger(a: argparse.Namespace) -> int:
         changed = [f"{var} {record.get(name, '(not recorded)')!r} -> {new!r}" for name, var, new in (
             ("report_interval", "REPORT_INTERVAL", str(s.report_interval)), ("scraper_id", "SCRAPER_ID", s.scraper_id))
             if record.get(name) != new]
-        waiting, dead = ledger.due_count(), len(ledger.dead_letters())
-        if changed and (waiting or dead):
-            print(f"not changing {', '.join(changed)}: {waiting} report(s) waiting and {dead} dead-lettered were made "
-                  "under the old value and would go out under new Idempotency-Keys; deliver or replay them first "
-                  "(`status`, `deadletters`)", file=sys.stderr)
-            return 1
-    if ledger.initialise(start, force=a.force, scraper_id=s.scraper_id):
-        print(f"ledger initialised under prefix {s.redis_key_prefix!r}; counting from {_when(ledger.start_at_ns())}")
+    else:
+        changed = []
+    try:
+        # Changed, the check for reports not final and the write are one transaction.
+        made = ledger.initialise(start, force=a.force, scraper_id=s.scraper_id, idle_only=bool(changed))
+    except ReportsWaiting as e:
+        print(f"not changing {', '.join(changed)}: {e} were made under the old value and would go out under new "
+              "Idempotency-Keys; deliver or replay them first (`status`, `deadletters`)", file=sys.stderr)
+        return 1
+    if made:
+        print(f"ledger initialised under prefix {s.redis_key_prefix!r}; counting from {_when(ledger.start_at_ns())}; "
+              f"reports made with REPORT_INTERVAL={s.report_interval} and SCRAPER_ID={s.scraper_id!r}")
         return 0
     print(f"the ledger is already initialised (counting from {_when(ledger.start_at_ns())}); use --force to replace "
           "it", file=sys.stderr)

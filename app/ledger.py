@@ -53,6 +53,15 @@ MAX_GAPS = 1000
 PARKED_MARKER_TTL = 86400  # seconds the "a report was parked" marker lasts if no success wakes it
 
 
+class ReportsWaiting(Exception):
+    """``Ledger.initialise(idle_only=True)`` found reports not final: ``waiting`` in the
+    due set, ``dead`` dead-lettered."""
+
+    def __init__(self, waiting: int, dead: int) -> None:
+        super().__init__(f"{waiting} report(s) waiting and {dead} dead-lettered")
+        self.waiting, self.dead = waiting, dead
+
+
 def _done_report(key: ReportKey, raw: str) -> Report:
     """A report read from its interval's done hash (the field ``finish.lua`` writes)."""
     state, bi, bo, rq, attempts, unmetered, at, user_id = raw.split(" ", 7)
@@ -167,10 +176,13 @@ class Ledger:
                 return True
         return False
 
-    def initialise(self, start_at_ns: int | None, force: bool = False, scraper_id: str | None = None) -> bool:
+    def initialise(self, start_at_ns: int | None, force: bool = False, scraper_id: str | None = None,
+                   idle_only: bool = False) -> bool:
         """Create the initialisation record: ``start_at_ns``, ``created_at``, and the
         identity its reports are made under (``report_interval``: this ledger's interval
-        length; ``scraper_id`` when given). Returns False when it already existed."""
+        length; ``scraper_id`` when given). Returns False when it already existed.
+        ``idle_only``: raises ``ReportsWaiting`` instead when a report is waiting (the due
+        set) or dead-lettered, checked in the same transaction as the write."""
         now = self.now()
         start = start_at_ns if start_at_ns is not None else int(now * 1e9)
         fields = {"start_at_ns": str(start), "created_at": f"{now:.3f}", "report_interval": str(self.ri)}
@@ -184,12 +196,16 @@ class Ledger:
             created[0] = False  # (run again when the key changed meanwhile)
             if not force and pipe.exists(key):
                 return
+            if idle_only:
+                waiting, dead = pipe.zcard(self.k("due")), pipe.zcard(self.k("dead"))
+                if waiting or dead:
+                    raise ReportsWaiting(waiting, dead)
             pipe.multi()
             pipe.delete(key)
             pipe.hset(key, mapping=fields)
             created[0] = True
 
-        self.r.transaction(create, key)
+        self.r.transaction(create, key, self.k("due"), self.k("dead"))
         return created[0]
 
     def identity_problem(self, record: dict[str, str], scraper_id: str) -> str | None:
@@ -641,21 +657,22 @@ class Ledger:
         returns how many (see ``wake.lua``)."""
         return int(self._wake(keys=[self.k("due"), self.k("parked")], args=[self.p]))
 
-    def begin(self, key: ReportKey, token: str, lock_seconds: int,
+    def begin(self, key: ReportKey, token: str, lock_seconds: int, report_interval: int,
               scraper_id: str) -> tuple[str, Report | ReportState | str | None]:
         """Take the send lock, read the report and count an attempt, in one script
         (``begin.lua``). Returns ``("go", report)`` (the lock held, ``attempts`` as before
         this attempt), ``("busy", None)`` (another copy holds the lock), ``("final",
         state)`` or ``("missing", None)`` (the lock released), or ``("identity", why)``
         (nothing taken) when the ledger's reports are made under another
-        ``REPORT_INTERVAL`` or ``SCRAPER_ID`` than this ledger's and ``scraper_id``."""
+        ``REPORT_INTERVAL`` or ``SCRAPER_ID`` than the sender's (``report_interval``,
+        ``scraper_id``: what its Idempotency-Key and body are built from)."""
         out = self._begin(keys=[self.rep_key(key), self.k("lock", key), self.done_key(key.start), self.k("init")],
-                          args=[token, lock_seconds, key.name, str(self.ri), scraper_id])
+                          args=[token, lock_seconds, key.name, str(report_interval), scraper_id])
         status = out[0].decode()
         if status == "identity":
-            ri, sid = out[1].decode(), out[2].decode()
+            ri, sid = (x.decode() or "(not recorded)" for x in out[1:3])
             return status, (f"the ledger's reports are made with REPORT_INTERVAL={ri!r} and SCRAPER_ID={sid!r}, "
-                            f"this process has {str(self.ri)!r} and {scraper_id!r}")
+                            f"this process has {str(report_interval)!r} and {scraper_id!r}")
         if status == "final":
             return status, ReportState(out[1].decode())
         if status != "go":

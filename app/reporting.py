@@ -129,7 +129,7 @@ class Reporter:
         token = uuid.uuid4().hex
         began = time.monotonic()
         lock_seconds = self.s.report_time_limit + 5
-        status, rep = self.ledger.begin(key, token, lock_seconds, self.s.scraper_id)
+        status, rep = self.ledger.begin(key, token, lock_seconds, self.s.report_interval, self.s.scraper_id)
         if status == "identity":
             # Not under this process's key: left for a process started with the ledger's
             # values (the sweep sends it again once its lease lapses).

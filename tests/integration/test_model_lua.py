@@ -72,14 +72,14 @@ def test_an_amendment_made_by_commit_lua_is_a_report_key_python_reads_and_finish
     assert str(key) == f"{start}:a-tun:a1" and ReportKey.parse(str(key)) == key
     assert {ReportKey.parse(m) for m in r.zrange(ledger.k("due"), 0, -1)} == {ReportKey(start, "a-tun"), key}
     assert ledger.claim([key], 60) == [key]
-    status, rep = ledger.begin(key, "tok", 30, "test")
+    status, rep = ledger.begin(key, "tok", 30, RI, "test")
     assert status == "go" and (rep.key, rep.bytes_in, rep.requests, rep.state) == (key, 4, 6, ReportState.QUEUED)
     ledger.finish(key, ReportState.DELIVERED, "u1", 3600, "tok")
     assert r.hkeys(ledger.done_key(start)) == [b"a-tun:a1"]
     done = ledger.report(key)
     assert (done.key, done.state, done.bytes_in) == (key, ReportState.DELIVERED, 4)
     assert key in ledger.report_keys()
-    assert ledger.begin(key, "tok2", 30, "test") == ("final", ReportState.DELIVERED)
+    assert ledger.begin(key, "tok2", 30, RI, "test") == ("final", ReportState.DELIVERED)
     # The original is another report, untouched.
     assert ledger.report(ReportKey(start, "a-tun")).bytes_in == 1
 
@@ -93,10 +93,9 @@ def test_begin_takes_nothing_for_a_process_of_another_report_identity(r):
     start = sealed(ledger, {"a-tun": (1, 2, 3)})
     key = ReportKey(start, "a-tun")
     assert ledger.claim([key], 60) == [key]
-    other = Ledger(r, "agree-identity", RI * 2)
-    for led, scraper in ((other, "test"), (ledger, "someone-else")):
-        status, why = led.begin(key, "tok", 30, scraper)
+    for interval, scraper in ((RI * 2, "test"), (RI, "someone-else")):
+        status, why = ledger.begin(key, "tok", 30, interval, scraper)
         assert status == "identity" and f"REPORT_INTERVAL='{RI}' and SCRAPER_ID='test'" in why
         assert not r.exists(ledger.k("lock", key))  # nothing taken
         assert ledger.report(key).attempts == 0
-    assert ledger.begin(key, "tok", 30, "test")[0] == "go"
+    assert ledger.begin(key, "tok", 30, RI, "test")[0] == "go"

@@ -425,3 +425,25 @@ def test_identity_adoption_race_and_init_ledger_on_an_earlier_versions_record(r,
     refused = run("--force", SCRAPER_ID="cluster-a")
     assert refused.returncode == 1 and "REPORT_INTERVAL '(not recorded)' -> '60'" in refused.stderr
     assert old.init_record() == legacy
+
+
+def test_a_change_of_identity_is_refused_when_a_report_appears_during_it(r, monkeypatch):
+    # A review: init-ledger --force counted the reports waiting, then wrote, in two steps:
+    # a worker still running could make one in between.
+    from app.ledger import ReportsWaiting
+
+    ledger = Ledger(r, "force-race", 60)
+    ledger.initialise(0, scraper_id="a")
+    real_zcard = type(r.pipeline()).zcard
+    made = []
+
+    def zcard_after_a_report_was_made(pipe, name):
+        if not made:
+            made.append(r.zadd(ledger.k("due"), {"1795478400:alpha": 0}))  # between WATCH and EXEC
+        return real_zcard(pipe, name)
+
+    monkeypatch.setattr(type(r.pipeline()), "zcard", zcard_after_a_report_was_made)
+    with pytest.raises(ReportsWaiting) as info:
+        Ledger(r, "force-race", 30).initialise(0, force=True, scraper_id="a", idle_only=True)
+    assert (info.value.waiting, info.value.dead) == (1, 0)
+    assert ledger.init_record()["report_interval"] == "60"
