@@ -184,7 +184,7 @@ def _report_key(value: str):
 
 
 def init_ledger(a: argparse.Namespace) -> int:
-    from app.ledger import ReportsWaiting
+    from app.ledger import IDENTITY, ReportsWaiting
     from app.settings import settings_or_exit
 
     s = settings_or_exit()
@@ -198,9 +198,8 @@ def init_ledger(a: argparse.Namespace) -> int:
             start = int(record["start_at_ns"])
         # A record without them (an earlier version's) says nothing of what its reports were
         # made under: taken as a change.
-        changed = [f"{var} {record.get(name, '(not recorded)')!r} -> {new!r}" for name, var, new in (
-            ("report_interval", "REPORT_INTERVAL", str(s.report_interval)), ("scraper_id", "SCRAPER_ID", s.scraper_id))
-            if record.get(name) != new]
+        changed = [f"{IDENTITY[name]} {record.get(name, '(not recorded)')!r} -> {new!r}"
+                   for name, new in ledger.identity(s.scraper_id).items() if record.get(name) != new]
     else:
         changed = []
     try:

@@ -50,6 +50,9 @@ end
 return out
 """
 MAX_GAPS = 1000
+# The init record's fields naming what the ledger's reports are made under (part of each
+# Idempotency-Key and body), and the variables that set them.
+IDENTITY = {"report_interval": "REPORT_INTERVAL", "scraper_id": "SCRAPER_ID"}
 PARKED_MARKER_TTL = 86400  # seconds the "a report was parked" marker lasts if no success wakes it
 
 
@@ -208,6 +211,10 @@ class Ledger:
         self.r.transaction(create, key, self.k("due"), self.k("dead"))
         return created[0]
 
+    def identity(self, scraper_id: str) -> dict[str, str]:
+        """The ``IDENTITY`` fields of a process with this ledger and ``scraper_id``."""
+        return {"report_interval": str(self.ri), "scraper_id": scraper_id}
+
     def identity_problem(self, record: dict[str, str], scraper_id: str) -> str | None:
         """Why this process must not work on the ledger whose initialisation record is
         ``record`` (``init_record()``), or None. A report's ``Idempotency-Key`` and body
@@ -216,12 +223,12 @@ class Ledger:
         would go out under another key, which a platform that had its first attempt
         bills again (docs/design.md, "Changing REPORT_INTERVAL or SCRAPER_ID"). A record
         without them (made by an earlier version) takes this process's values."""
-        wanted = {"report_interval": str(self.ri), "scraper_id": scraper_id}
+        wanted = self.identity(scraper_id)
         missing = {name: value for name, value in wanted.items() if name not in record}
         if missing:
             self._adopt(missing)
             record = self.init_record() or record  # what was adopted: this process's, or another's first
-        for name, variable in (("report_interval", "REPORT_INTERVAL"), ("scraper_id", "SCRAPER_ID")):
+        for name, variable in IDENTITY.items():
             recorded = record.get(name)
             if recorded is not None and recorded != wanted[name]:
                 return (f"{variable} is {wanted[name][:63]!r} but the ledger under prefix {self.p!r} makes its reports "

@@ -21,6 +21,7 @@ parser: starting ``scan`` must not load the settings, Celery or the Kubernetes c
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -199,7 +200,7 @@ class PodLogLines:
 
     def finish(self) -> list[bytes]:
         """The pieces of lines whose F piece never came (the log ended inside one)."""
-        return [self._take(stream) for stream, size in self._sizes.items() if size or self._pieces[stream]]
+        return [self._take(stream) for stream, pieces in self._pieces.items() if pieces]
 
     def _add(self, stream: bytes, piece: bytes) -> None:
         pieces = self._pieces[stream]
@@ -234,15 +235,13 @@ def _stream(agg: Aggregator, stream: BinaryIO, progress: _Progress | None) -> bo
     if stamp and (b"." in stamp[0] or _CRI_TAGS.match(head, stamp.end())):
         # The bound applies to Traefik's line, as in the workers (LINE_PREFIX_ROOM).
         pod, framer = PodLogLines(agg.max_line_bytes), LineFramer(agg.max_line_bytes + LINE_PREFIX_ROOM)
-    chunk = head
-    while chunk or (chunk := read(CHUNK_BYTES)):
+    for chunk in itertools.chain((head,), iter(lambda: read(CHUNK_BYTES), b"")):
         if pod is None:
             agg.feed_chunk(chunk)
         else:
             agg.feed_lines(pod.lines(framer.feed(chunk)))  # type: ignore[union-attr]
         if progress is not None:
             progress.advance(len(chunk))
-        chunk = b""
     if pod is None:
         agg.finish()  # a last line without a newline is a line; files never run together
         return False
