@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=status)
 
     p = sub.add_parser("deadletters", help="list reports parked in the dead-letter store",
-                       description="List reports parked in the dead-letter store, with their reasons.")
+                       description="List reports parked in the dead-letter store, with their reasons; "
+                       "`replay` sends them again, `write-off` settles one the platform will never take.")
     p.add_argument("--json", action="store_true", help="print a JSON list")
     p.set_defaults(run=deadletters)
 
@@ -64,6 +65,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("keys", nargs="*", metavar="KEY", help="<interval start>:<subdomain>, as deadletters lists, or the report's "
                    "Idempotency-Key as the platform got it")
     p.set_defaults(run=replay)
+
+    p = sub.add_parser("write-off", help="write off dead letters the platform will never take (audited)",
+                       description="Write off dead letters the platform will never take (a tunnel deleted since, "
+                       "a 4xx that no retry changes): each KEY's report leaves the dead-letter store and is never "
+                       "sent, and an audit record keeps, for good, its amounts, its Idempotency-Key, the dead "
+                       "letter's reason, --reason and --by (`write-off --list`). Exit status 1 when a KEY is not "
+                       "a dead letter (nothing is written off for it), 2 when it names no report or --reason is "
+                       "missing.")
+    p.add_argument("keys", nargs="*", metavar="KEY", help="<interval start>:<subdomain>, as deadletters lists, or the "
+                   "report's Idempotency-Key as the platform got it")
+    p.add_argument("--reason", help="why these reports are not billed (required with KEYs; kept in the audit record)")
+    p.add_argument("--by", help="who decided (default: the login name)")
+    p.add_argument("--list", action="store_true", help="list the write-offs recorded so far instead")
+    p.add_argument("--json", action="store_true", help="with --list: print a JSON list")
+    p.set_defaults(run=write_off)
 
     p = sub.add_parser("metrics", help="serve Prometheus metrics read from the ledger",
                        description="Serve the pipeline's counters (kept in Redis) as Prometheus metrics.")
@@ -207,7 +223,8 @@ def init_ledger(a: argparse.Namespace) -> int:
         made = ledger.initialise(start, force=a.force, scraper_id=s.scraper_id, idle_only=bool(changed))
     except ReportsWaiting as e:
         print(f"not changing {', '.join(changed)}: {e} were made under the old value and would go out under new "
-              "Idempotency-Keys; deliver or replay them first (`status`, `deadletters`)", file=sys.stderr)
+              "Idempotency-Keys; deliver or replay them first, or write off the dead letters the platform will never "
+              "take (`status`, `deadletters`, `replay`, `write-off`)", file=sys.stderr)
         return 1
     if made:
         print(f"ledger initialised under prefix {s.redis_key_prefix!r}; counting from {_when(ledger.start_at_ns())}; "
@@ -225,6 +242,7 @@ def status(a: argparse.Namespace) -> int:
         "counters": ledger.stats(),
         "reports_waiting": ledger.due_count(),
         "dead_letters": len(ledger.dead_letters()),
+        "written_off": len(ledger.write_offs()),
         "gaps": ledger.gaps()[:20],
         "cursors": ledger.cursors(),
         # per tunnel, upgraded connections (WebSocket...) counted with 0 bytes since the start
@@ -301,6 +319,97 @@ def replay(a: argparse.Namespace) -> int:
         hint = f" (nor an interval start of REPORT_INTERVAL={s.report_interval})" if k.start % s.report_interval else ""
         print(f"not a dead letter: {str(k)[:120]}{hint}", file=sys.stderr)
     return 1 if missing else 0
+
+
+MAX_REASON = 500  # characters of a write-off's --reason or --by
+
+
+def write_off(a: argparse.Namespace) -> int:
+    usage = _write_off_usage(a)
+    if usage:
+        print(f"traefik-metrics-scraper write-off: {usage}", file=sys.stderr)
+        return 2
+    if a.list:
+        return _list_write_offs(a.json)
+    from app.ledger import iso
+    from app.reporting import idempotency_key
+    from app.settings import settings_or_exit
+
+    s = settings_or_exit()
+    try:
+        keys = list(dict.fromkeys(_replay_key(k, s.scraper_id, s.report_interval) for k in a.keys))
+    except (argparse.ArgumentTypeError, ValueError) as e:
+        print(f"traefik-metrics-scraper write-off: {e}", file=sys.stderr)
+        return 2
+    ledger = _ledger()
+    record = ledger.init_record()
+    problem = None if record is None else ledger.identity_problem(record, s.scraper_id, adopt=False)
+    if problem is not None:  # the audit record's Idempotency-Keys would not be the reports'
+        print(f"traefik-metrics-scraper write-off: {problem}", file=sys.stderr)
+        return 2
+    by = a.by.strip() if a.by else _login()
+    missing = []
+    for key in keys:
+        rep = ledger.report(key)
+        entry = None if rep is None else ledger.write_off(
+            key, a.reason.strip(), by, s.report_retention,
+            idempotency_key(s.scraper_id, key.start, s.report_interval, key.name))
+        if entry is None:
+            missing.append(key)
+            continue
+        print(f"written off {key} ({iso(key.start)} {key.name}): {rep.bytes_in} bytes in, {rep.bytes_out} bytes out, "
+              f"{rep.requests} requests; dead letter since: {rep.reason[:120]}")
+    for key in missing:
+        print(f"not a dead letter: {str(key)[:120]}", file=sys.stderr)
+    print(f"wrote off {len(keys) - len(missing)} report(s)")
+    return 1 if missing else 0
+
+
+def _write_off_usage(a: argparse.Namespace) -> str | None:
+    """What is wrong with ``write-off``'s arguments, or None."""
+    if a.list:
+        return "--list takes no KEY, --reason or --by" if a.keys or a.reason or a.by else None
+    if a.json:
+        return "--json goes with --list"
+    if not a.keys:
+        return "give the KEYs of the dead letters to write off, with --reason (or --list)"
+    for name, value in (("--reason", a.reason), ("--by", a.by)):
+        if value is None:
+            continue
+        if not value.strip() or len(value) > MAX_REASON or not value.isprintable():
+            return f"{name} must be one line of printable text, at most {MAX_REASON} characters"
+    if a.reason is None:
+        return "--reason is required: say why these reports are not billed (it is kept in the audit record)"
+    return None
+
+
+def _login() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no LOGNAME/USER and no passwd entry for this uid (a container)
+        return f"uid {os.getuid()}"
+
+
+def _list_write_offs(as_json: bool) -> int:
+    from app.ledger import iso
+    from app.model import ReportKey
+
+    entries = _ledger().write_offs()
+    if as_json:
+        print(json.dumps(entries, indent=2))
+        return 0
+    if not entries:
+        print("no write-offs")
+        return 0
+    print(f"{'WRITTEN OFF':<21} {'KEY':<28} {'INTERVAL':<21} {'IN':>12} {'OUT':>12} {'REQ':>7}  BY: REASON")
+    for e in entries:
+        at = iso(int(float(e["written_off_at"])))
+        start = iso(ReportKey.parse(e["key"]).start)
+        print(f"{at:<21} {e['key']:<28} {start:<21} {e['bytes_in']:>12} {e['bytes_out']:>12} {e['requests']:>7}  "
+              f"{e['by']}: {e['reason']}")
+    return 0
 
 
 def _replay_key(text: str, scraper_id: str, interval: int):

@@ -150,6 +150,7 @@ class Ledger:
         self._states = r.register_script(REPORT_STATES_LUA)
         self._begin = r.register_script(lua_script("begin.lua"))
         self._finish = r.register_script(lua_script("finish.lua"))
+        self._write_off = r.register_script(lua_script("write_off.lua"))
 
     def k(self, *parts: object) -> str:
         return ":".join([self.p, *map(str, parts)])
@@ -215,17 +216,18 @@ class Ledger:
         """The ``IDENTITY`` fields of a process with this ledger and ``scraper_id``."""
         return {"report_interval": str(self.ri), "scraper_id": scraper_id}
 
-    def identity_problem(self, record: dict[str, str], scraper_id: str) -> str | None:
+    def identity_problem(self, record: dict[str, str], scraper_id: str, adopt: bool = True) -> str | None:
         """Why this process must not work on the ledger whose initialisation record is
         ``record`` (``init_record()``), or None. A report's ``Idempotency-Key`` and body
         come from ``REPORT_INTERVAL`` and ``SCRAPER_ID`` when it is sent: with other
         values than those its interval was counted under, a report made before the change
         would go out under another key, which a platform that had its first attempt
         bills again (docs/design.md, "Changing REPORT_INTERVAL or SCRAPER_ID"). A record
-        without them (made by an earlier version) takes this process's values."""
+        without them (made by an earlier version) takes this process's values, unless
+        ``adopt`` is false (a command that only reads them: no problem then)."""
         wanted = self.identity(scraper_id)
         missing = {name: value for name, value in wanted.items() if name not in record}
-        if missing:
+        if missing and adopt:
             self._adopt(missing)
             record = self.init_record() or record  # what was adopted: this process's, or another's first
         for name, variable in IDENTITY.items():
@@ -772,6 +774,27 @@ class Ledger:
             except redis.WatchError:
                 return False
         return True
+
+    def write_off(self, key: ReportKey, reason: str, by: str, retention: int, idempotency_key: str) -> str | None:
+        """Write off a dead letter: it is never sent, its record moves into its interval's
+        done hash (state ``written_off``, kept ``retention`` seconds as a delivered one's),
+        and an audit entry (``write_offs()``) records its amounts, the dead letter's reason,
+        ``reason``, ``by`` and ``idempotency_key``, for good. One script (``write_off.lua``).
+
+        Returns the audit entry's stream id, or None (nothing changed) when ``key`` is not
+        a dead letter: due, queued, final or unknown."""
+        out = self._write_off(keys=[self.rep_key(key), self.done_key(key.start), self.k("dead"), self.k("writeoffs"),
+                                    self.k("stats")],
+                              args=[str(key), key.name, retention, reason, by, idempotency_key])
+        return out.decode() if isinstance(out, bytes) else None
+
+    def write_offs(self) -> list[dict[str, str]]:
+        """Every write-off, oldest first: ``id`` (the stream entry's), ``key``,
+        ``idempotency_key``, ``bytes_in``, ``bytes_out``, ``requests``, ``unmetered``,
+        ``attempts``, ``sealed_at``, ``dead_at`` and ``written_off_at`` (unix s, Redis
+        time), ``dead_reason``, ``by`` and ``reason`` (strings as recorded)."""
+        return [{"id": entry_id.decode(), **{k.decode(): v.decode(errors="replace") for k, v in fields.items()}}
+                for entry_id, fields in self.r.xrange(self.k("writeoffs"))]
 
     def due_count(self) -> int:
         return int(self.r.zcard(self.k("due")))

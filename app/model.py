@@ -421,10 +421,11 @@ class ReportState(StrEnum):
     DELIVERED = "delivered"
     SKIPPED = "skipped"  # the platform answered "skipped": final
     DEAD = "dead"  # in the dead-letter store
+    WRITTEN_OFF = "written_off"  # a dead letter an operator wrote off (``write-off``): never sent
 
     @property
     def final(self) -> bool:
-        return self in (ReportState.DELIVERED, ReportState.SKIPPED, ReportState.DEAD)
+        return self in (ReportState.DELIVERED, ReportState.SKIPPED, ReportState.DEAD, ReportState.WRITTEN_OFF)
 
 
 class ReportOutcome(StrEnum):

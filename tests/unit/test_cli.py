@@ -14,7 +14,7 @@ import pytest
 from app.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[2]
-COMMANDS = ["scan", "init-ledger", "status", "deadletters", "replay", "metrics", "watch"]
+COMMANDS = ["scan", "init-ledger", "status", "deadletters", "replay", "write-off", "metrics", "watch"]
 
 
 def run(*args: str, **env: str) -> subprocess.CompletedProcess:
@@ -203,3 +203,24 @@ def test_watch_without_a_kubernetes_config_is_a_configuration_error(tmp_path):
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("config error: the watcher has ") and "KUBECONFIG" in lines[0]
+
+
+@pytest.mark.parametrize(("args", "why"), [
+    ((), "give the KEYs of the dead letters to write off"),
+    (("1796111280:web",), "--reason is required"),
+    (("1796111280:web", "--reason", ""), "--reason must be one line of printable text"),
+    (("1796111280:web", "--reason", "two\nlines"), "--reason must be one line of printable text"),
+    (("1796111280:web", "--reason", "x" * 501), "at most 500 characters"),
+    (("1796111280:web", "--reason", "ok", "--by", "\t"), "--by must be one line"),
+    (("1796111280:web", "--reason", "ok", "--json"), "--json goes with --list"),
+    (("--list", "1796111280:web"), "--list takes no KEY"),
+    (("--list", "--reason", "x"), "--list takes no KEY"),
+    (("1796111280:a.b", "--reason", "ok"), "'a.b' is not a tunnel subdomain"),
+])
+def test_write_off_refuses_bad_arguments_before_asking_redis(args, why):
+    # No Redis runs here (REDIS_URL points at a closed port): exit 2 and one line saying why.
+    proc = run("write-off", *args, REDIS_URL="redis://127.0.0.1:1/0")
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("traefik-metrics-scraper write-off: "), lines
+    assert why in lines[0]

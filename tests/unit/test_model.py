@@ -39,7 +39,8 @@ def test_interval_pattern_matches_only_that_intervals_keys():
 
 
 def test_final_report_states():
-    assert {s for s in ReportState if s.final} == {ReportState.DELIVERED, ReportState.SKIPPED, ReportState.DEAD}
+    assert {s for s in ReportState if s.final} == {ReportState.DELIVERED, ReportState.SKIPPED, ReportState.DEAD,
+                                                 ReportState.WRITTEN_OFF}
 
 
 # Cursor ------------------------------------------------------------------------------

@@ -1,0 +1,141 @@
+"""Writing off a dead letter the platform will never take: only a dead letter, atomic,
+never sent afterwards, audited for good (``write_off.lua``, the ``write-off`` command)."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+
+from app.ledger import Ledger, Partial
+from app.metrics import NS
+from app.model import ReportKey, ReportState
+from app.reporting import idempotency_key
+from tests.integration.test_metrics import scrape
+from tests.integration.test_model_lua import sealed
+
+RI = 60  # test_model_lua.sealed's
+ROOT = pathlib.Path(__file__).parents[2]
+
+
+def dead_letters(ledger: Ledger, scraper_id: str, dead: dict[str, tuple[int, int, int]], **alive: tuple[int, int, int]):
+    """Initialise ``ledger``, seal an interval with ``dead`` and ``alive``'s counts, and
+    dead-letter ``dead``'s reports as a 422 would; the interval's start."""
+    ledger.initialise(0, scraper_id=scraper_id)
+    start = sealed(ledger, {**dead, **alive})
+    for sub in dead:
+        ledger.dead_letter(ReportKey(start, sub), "rejected: HTTP 422: unknown tunnel")
+    return start
+
+
+def test_only_a_dead_letter_is_written_off_once_and_never_sent(r):
+    ledger = Ledger(r, "wo", RI)
+    start = dead_letters(ledger, "s", {"gone": (10, 20, 3), "other": (4, 5, 6)}, live=(1, 2, 1))
+    gone, live, other = (ReportKey(start, s) for s in ("gone", "live", "other"))
+
+    assert ledger.write_off(live, "x", "ops", 3600, "k") is None  # pending, not a dead letter: left alone
+    assert ledger.report(live).state is ReportState.PENDING
+    assert r.zscore(ledger.k("due"), str(live)) is not None
+
+    entry = ledger.write_off(gone, "tunnel deleted on 2026-11-30", "ops", 3600, "s:…/60:gone")
+    assert entry is not None
+    rep = ledger.report(gone)
+    assert (rep.state, rep.bytes_in, rep.bytes_out, rep.requests) == (ReportState.WRITTEN_OFF, 10, 20, 3)
+    assert not r.exists(ledger.rep_key(gone))  # moved into the done hash, as a delivered report
+    assert 0 < r.ttl(ledger.done_key(start)) <= 3600
+    assert [d.key for d in ledger.dead_letters()] == [other]
+    assert ledger.stats()["reports_written_off"] == 1
+    (audit,) = ledger.write_offs()
+    assert audit["id"] == entry
+    assert {k: audit[k] for k in ("key", "idempotency_key", "bytes_in", "bytes_out", "requests", "attempts",
+                                  "dead_reason", "by", "reason")} == {
+        "key": str(gone), "idempotency_key": "s:…/60:gone", "bytes_in": "10", "bytes_out": "20", "requests": "3",
+        "attempts": "0", "dead_reason": "rejected: HTTP 422: unknown tunnel", "by": "ops",
+        "reason": "tunnel deleted on 2026-11-30"}
+    assert float(audit["written_off_at"]) >= float(audit["dead_at"]) > 0
+
+    # Once: a second write-off, a replay and a send all find it final.
+    assert ledger.write_off(gone, "again", "ops", 3600, "k") is None
+    assert len(ledger.write_offs()) == 1 and ledger.stats()["reports_written_off"] == 1
+    assert ledger.revive(gone) is False
+    assert ledger.claim([gone], 60) == []
+    assert ledger.begin(gone, "tok", 30, RI, "s") == ("final", ReportState.WRITTEN_OFF)
+    assert not r.exists(ledger.k("lock", gone))
+    samples = scrape(ledger)
+    assert samples[(f"{NS}_reports_total", (("outcome", "written_off"),))] == 1
+    assert samples[(f"{NS}_dead_letters", ())] == 1
+
+
+def test_an_amendment_is_written_off_under_its_own_name(r):
+    ledger = Ledger(r, "wo-amend", RI)
+    ledger.initialise(0)
+    start = sealed(ledger, {"t": (1, 2, 3)})
+    res = ledger.commit("uid/c", "", "cid|1|1", counters={}, parts={start: Partial({"t": [4, 5, 6]})})
+    assert res.amendments == 1
+    original, amendment = ReportKey(start, "t"), ReportKey(start, "t", 1)
+    ledger.dead_letter(amendment, "rejected: HTTP 400")
+    assert ledger.write_off(amendment, "test", "ops", 3600, "k") is not None
+    assert r.hkeys(ledger.done_key(start)) == [b"t:a1"]
+    assert ledger.report(amendment).state is ReportState.WRITTEN_OFF
+    assert ledger.report(original).state is ReportState.PENDING  # the interval's report is untouched
+    assert ledger.write_offs()[0]["key"] == f"{start}:t:a1"
+
+
+def cli(redis_url: str, *args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "app", *args],
+                          env={"PATH": "/usr/bin:/bin", "REDIS_URL": redis_url, "REDIS_KEY_PREFIX": "wo-cli",
+                               "SCRAPER_ID": "cluster-a", **env},
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+
+
+def test_the_write_off_command_settles_a_dead_letter_that_blocks_an_identity_change(r, redis_url):
+    ledger = Ledger(r, "wo-cli", RI)
+    start = dead_letters(ledger, "cluster-a", {"gone": (100, 2000, 7), "deleted": (1, 1, 1)}, live=(5, 5, 5))
+    gone, deleted, live = (ReportKey(start, s) for s in ("gone", "deleted", "live"))
+    ledger.finish(live, ReportState.DELIVERED, "u1", 3600)
+
+    def unchanged() -> None:
+        assert {d.key for d in ledger.dead_letters()} == {gone, deleted}
+        assert ledger.write_offs() == []
+
+    # Refused before anything is written: no reason, a blank one, under another SCRAPER_ID.
+    no_reason = cli(redis_url, "write-off", str(gone))
+    assert no_reason.returncode == 2 and "--reason is required" in no_reason.stderr, no_reason.stderr
+    blank = cli(redis_url, "write-off", str(gone), "--reason", "  ")
+    assert blank.returncode == 2 and "--reason must be one line" in blank.stderr, blank.stderr
+    foreign = cli(redis_url, "write-off", str(gone), "--reason", "x", SCRAPER_ID="cluster-b")
+    assert foreign.returncode == 2 and "SCRAPER_ID is 'cluster-b'" in foreign.stderr, foreign.stderr
+    unchanged()
+    # The identity change is refused while they are dead letters.
+    blocked = cli(redis_url, "init-ledger", "--force", SCRAPER_ID="cluster-b")
+    assert blocked.returncode == 1 and "write off" in blocked.stderr, blocked.stderr
+
+    # One by its START:SUBDOMAIN, one by its Idempotency-Key (the platform's log shows that).
+    done = cli(redis_url, "write-off", str(gone), idempotency_key("cluster-a", start, RI, "deleted"),
+               "--reason", "tunnel deleted", "--by", "alice")
+    assert done.returncode == 0, done.stderr
+    assert "100 bytes in, 2000 bytes out, 7 requests" in done.stdout and "wrote off 2 report(s)" in done.stdout
+    assert ledger.dead_letters() == []
+    assert {ledger.report(k).state for k in (gone, deleted)} == {ReportState.WRITTEN_OFF}
+
+    # A report that is not a dead letter (delivered, or written off already): exit 1, left as it is.
+    again = cli(redis_url, "write-off", str(gone), str(live), "--reason", "again")
+    assert again.returncode == 1 and "wrote off 0 report(s)" in again.stdout
+    assert f"not a dead letter: {gone}" in again.stderr and f"not a dead letter: {live}" in again.stderr
+    assert ledger.report(live).state is ReportState.DELIVERED and len(ledger.write_offs()) == 2
+
+    listed = json.loads(cli(redis_url, "write-off", "--list", "--json").stdout)
+    assert [(e["key"], e["idempotency_key"], e["by"], e["reason"], e["bytes_out"]) for e in listed] == [
+        (str(gone), idempotency_key("cluster-a", start, RI, "gone"), "alice", "tunnel deleted", "2000"),
+        (str(deleted), idempotency_key("cluster-a", start, RI, "deleted"), "alice", "tunnel deleted", "1")]
+    table = cli(redis_url, "write-off", "--list")
+    assert table.returncode == 0 and f"{gone}" in table.stdout and "alice: tunnel deleted" in table.stdout
+    status = json.loads(cli(redis_url, "status", "--json").stdout)
+    assert (status["written_off"], status["dead_letters"], status["counters"]["reports_written_off"]) == (2, 0, 2)
+    assert cli(redis_url, "replay", str(gone)).returncode == 1  # never sent again
+
+    # Nothing waiting or dead now: the change goes ahead.
+    changed = cli(redis_url, "init-ledger", "--force", SCRAPER_ID="cluster-b")
+    assert changed.returncode == 0, changed.stderr
+    assert ledger.init_record()["scraper_id"] == "cluster-b"
