@@ -6,7 +6,9 @@ failed), with what to do when it is not OK. Exit status 1 when any check FAILs, 
 
 1. ``redis``: the ledger's Redis answers, with ``appendonly yes``, ``appendfsync always``
    and ``maxmemory-policy noeviction`` (docs/design.md, invariant 6); ``broker`` too when
-   ``CELERY_BROKER_URL`` names another one; ``ledger``: initialised or not yet.
+   ``CELERY_BROKER_URL`` names another one; ``ledger``: initialised or not yet, and a
+   FAIL when it makes its reports under another ``REPORT_INTERVAL`` or ``SCRAPER_ID``
+   than this environment's (workers and beat would stop at start).
 2. ``kubernetes``: a config loads (in-cluster, else ``KUBECONFIG``).
 3. ``permissions``: SelfSubjectAccessReviews for ``list``, ``watch`` and ``get`` on
    ``pods`` and ``get`` on ``pods/log`` in ``TRAEFIK_NAMESPACE``.
@@ -163,9 +165,15 @@ def check_redis(s: Settings, timeout: float):
             yield Result("OK", "redis", f"{where(s.redis_url)} answers with {settings}")
     from app.ledger import Ledger
 
-    record = Ledger(r, s.redis_key_prefix, s.report_interval).init_record()
-    if record:
-        yield Result("OK", "ledger", f"initialised under prefix {s.redis_key_prefix!r}")
+    ledger = Ledger(r, s.redis_key_prefix, s.report_interval)
+    record = ledger.init_record()
+    problem = ledger.identity_problem(record, s.scraper_id, adopt=False) if record else None
+    if problem is not None:
+        yield Result("FAIL", "ledger", problem)
+    elif record:
+        yield Result("OK", "ledger", f"initialised under prefix {s.redis_key_prefix!r}, reports made with "
+                     f"REPORT_INTERVAL={record.get('report_interval', s.report_interval)} and "
+                     f"SCRAPER_ID={record.get('scraper_id', s.scraper_id)!r}")
     else:
         yield Result("WARN", "ledger", f"not initialised under prefix {s.redis_key_prefix!r}",
                      "the first plan initialises it (counting from then); with START_AT set, run "

@@ -214,3 +214,22 @@ def test_skip_what_the_network_policy_keeps_this_pod_from(env, kube):
     assert {n for n, line in lines.items() if line.startswith("SKIP")} == {"kubernetes", "permissions", "pods",
                                                                           "access log", "tunnel domain"}, out
     assert lines["platform"].startswith("OK") and lines["redis"].startswith("OK"), out
+
+
+def test_a_ledger_made_under_another_scraper_id_fails_the_ledger_check(env, kube, redis_url, r):
+    from app.ledger import Ledger
+
+    traefik_pod(kube)
+    Ledger(r, "tms", 60).initialise(0, scraper_id="default")
+    code, lines, out = check(env, "--skip", "kubernetes", REDIS_KEY_PREFIX="tms")
+    assert code == 0, out
+    assert lines["ledger"] == ("OK initialised under prefix 'tms', reports made with REPORT_INTERVAL=60 and "
+                               "SCRAPER_ID='default'"), out
+    code, lines, out = check(env, "--skip", "kubernetes", REDIS_KEY_PREFIX="tms", SCRAPER_ID="cluster-b")
+    assert code == 1, out
+    assert lines["ledger"].startswith("FAIL SCRAPER_ID is 'cluster-b' but the ledger under prefix 'tms' makes its "
+                                      "reports with SCRAPER_ID='default'"), out
+    code, lines, out = check(env, "--skip", "kubernetes", REDIS_KEY_PREFIX="tms", REPORT_INTERVAL="30",
+                             FETCH_INTERVAL="10")
+    assert code == 1 and lines["ledger"].startswith("FAIL REPORT_INTERVAL is '30'"), out
+    assert Ledger(r, "tms", 60).init_record()["scraper_id"] == "default"  # check changes nothing
