@@ -450,7 +450,13 @@ def metrics(a: argparse.Namespace) -> int:
         start_http_server(a.port, addr=a.addr)
     except (OSError, UnicodeError) as e:  # UnicodeError: a host name IDNA cannot encode (a label over 63)
         print(f"traefik-metrics-scraper metrics: cannot listen on {a.addr[:80]}:{a.port}: {e}", file=sys.stderr)
-        return 1
+        # An --addr that names no address of this host is a usage error; a port in use or
+        # not allowed is a failure.
+        import errno
+        import socket
+
+        bad_addr = isinstance(e, UnicodeError | socket.gaierror) or e.errno == errno.EADDRNOTAVAIL
+        return 2 if bad_addr else 1
     print(f"serving metrics on http://{a.addr}:{a.port}/metrics", flush=True)
     while True:
         time.sleep(3600)

@@ -403,7 +403,15 @@ class Settings(BaseSettings):
             raise ValueError("bad url")
         if parts.username is not None or parts.password is not None:
             raise ValueError("credentials in url")  # the secret goes in its own header
-        _ = parts.port  # raises ValueError on a bad port
+        if parts.port == 0:  # urlsplit's port raises ValueError on one outside 0-65535
+            raise ValueError("bad port")
+        from urllib3.util import parse_url  # what PlatformClient's pool parses it with
+        from urllib3.exceptions import LocationParseError
+
+        try:
+            parse_url(value)
+        except LocationParseError as e:  # a host with a space or a control character
+            raise ValueError("bad url") from e
         return value.rstrip("/")
 
     @field_validator("redis_url", "celery_broker_url", "celery_result_backend")

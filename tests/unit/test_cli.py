@@ -224,3 +224,21 @@ def test_write_off_refuses_bad_arguments_before_asking_redis(args, why):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("traefik-metrics-scraper write-off: "), lines
     assert why in lines[0]
+
+
+def test_metrics_tells_a_bad_addr_from_a_port_in_use():
+    # An --addr that names no address of this host is a usage error (2); a port already
+    # taken is a failure (1).
+    env = {"REDIS_URL": "redis://127.0.0.1:1/0"}
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free = str(probe.getsockname()[1])
+    for addr in ("bogus.invalid", "a" * 64 + ".example", "192.0.2.1"):
+        proc = run("metrics", "--addr", addr, "--port", free, **env)
+        assert proc.returncode == 2, (addr, proc.stderr)
+        assert "cannot listen on" in proc.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        proc = run("metrics", "--addr", "127.0.0.1", "--port", str(taken.getsockname()[1]), **env)
+    assert proc.returncode == 1 and "cannot listen on" in proc.stderr, proc.stderr

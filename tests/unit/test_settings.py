@@ -197,6 +197,9 @@ BAD = [
     ("platform-url-ftp", {"PLATFORM_API_URL": "ftp://platform.example"}, "PLATFORM_API_URL"),
     ("platform-url-no-host", {"PLATFORM_API_URL": "http://"}, "PLATFORM_API_URL"),
     ("platform-url-bad-port", {"PLATFORM_API_URL": "http://platform:99999"}, "PLATFORM_API_URL"),
+    # Taken at start and refused by urllib3 at every send (a review): now refused at start.
+    ("platform-url-port-0", {"PLATFORM_API_URL": "http://platform:0"}, "PLATFORM_API_URL"),
+    ("platform-url-space-in-host", {"PLATFORM_API_URL": "http://plat form:3000"}, "PLATFORM_API_URL"),
     ("log-level-unknown", {"LOG_LEVEL": "verbose"}, "LOG_LEVEL"),
     ("redis-url-http", {"REDIS_URL": f"http://:{REDIS_PASSWORD}@localhost:6379"}, "REDIS_URL"),
     ("redis-url-no-host", {"REDIS_URL": f"redis://:{REDIS_PASSWORD}@"}, "REDIS_URL"),
