@@ -405,8 +405,8 @@ class Settings(BaseSettings):
             raise ValueError("credentials in url")  # the secret goes in its own header
         if parts.port == 0:  # urlsplit's port raises ValueError on one outside 0-65535
             raise ValueError("bad port")
-        from urllib3.util import parse_url  # what PlatformClient's pool parses it with
         from urllib3.exceptions import LocationParseError
+        from urllib3.util import parse_url  # what PlatformClient's pool parses it with
 
         try:
             parse_url(value)
