@@ -71,8 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "a 4xx that no retry changes): each KEY's report leaves the dead-letter store and is never "
                        "sent, and an audit record keeps, for good, its amounts, its Idempotency-Key, the dead "
                        "letter's reason, --reason and --by (`write-off --list`). Exit status 1 when a KEY is not "
-                       "a dead letter (nothing is written off for it), 2 when it names no report or --reason is "
-                       "missing.")
+                       "a dead letter, an unknown report included (it is left as it is, the other KEYs are written "
+                       "off); 2 when a KEY is malformed (then none is written off), --reason is missing, or "
+                       "REPORT_INTERVAL or SCRAPER_ID is not the ledger's.")
     p.add_argument("keys", nargs="*", metavar="KEY", help="<interval start>:<subdomain>, as deadletters lists, or the "
                    "report's Idempotency-Key as the platform got it")
     p.add_argument("--reason", help="why these reports are not billed (required with KEYs; kept in the audit record)")
@@ -288,7 +289,7 @@ def deadletters(a: argparse.Namespace) -> int:
     print(f"{'KEY':<28} {'INTERVAL':<21} {'SUBDOMAIN':<24} {'IN':>12} {'OUT':>12} {'REQ':>7} {'TRIES':>5}  REASON")
     for r in reports:
         print(f"{str(r.key):<28} {iso(r.start):<21} {r.subdomain:<24} {r.bytes_in:>12} {r.bytes_out:>12} "
-              f"{r.requests:>7} {r.attempts:>5}  {r.reason}")
+              f"{r.requests:>7} {r.attempts:>5}  {_printable(r.reason)}")
     return 0
 
 
@@ -316,12 +317,12 @@ def replay(a: argparse.Namespace) -> int:
         celery_app.send_task(REPORT_TASK, (key.start, key.name), queue=Queue.REPORT)
     print(f"replayed {len(claimed)} report(s)")
     for k in missing:
-        hint = f" (nor an interval start of REPORT_INTERVAL={s.report_interval})" if k.start % s.report_interval else ""
-        print(f"not a dead letter: {str(k)[:120]}{hint}", file=sys.stderr)
+        print(f"not a dead letter: {str(k)[:120]}{_off_grid_hint(k, s.report_interval)}", file=sys.stderr)
     return 1 if missing else 0
 
 
 MAX_REASON = 500  # characters of a write-off's --reason or --by
+WRITE_OFF_AMOUNTS = ("bytes_in", "bytes_out", "requests", "unmetered", "attempts")  # whole numbers ("" if lost)
 
 
 def write_off(a: argparse.Namespace) -> int:
@@ -342,25 +343,31 @@ def write_off(a: argparse.Namespace) -> int:
         print(f"traefik-metrics-scraper write-off: {e}", file=sys.stderr)
         return 2
     ledger = _ledger()
-    record = ledger.init_record()
-    problem = None if record is None else ledger.identity_problem(record, s.scraper_id, adopt=False)
-    if problem is not None:  # the audit record's Idempotency-Keys would not be the reports'
+    problem = _write_off_identity_problem(ledger, s.scraper_id)
+    if problem is not None:
         print(f"traefik-metrics-scraper write-off: {problem}", file=sys.stderr)
         return 2
-    by = a.by.strip() if a.by else _login()
+    by = a.by.strip() if a.by is not None else _login()
     missing = []
     for key in keys:
-        rep = ledger.report(key)
-        entry = None if rep is None else ledger.write_off(
-            key, a.reason.strip(), by, s.report_retention,
-            idempotency_key(s.scraper_id, key.start, s.report_interval, key.name))
+        entry = ledger.write_off(key, a.reason.strip(), by, s.report_retention,
+                                 idempotency_key(s.scraper_id, key.start, s.report_interval, key.name))
         if entry is None:
             missing.append(key)
             continue
-        print(f"written off {key} ({iso(key.start)} {key.name}): {rep.bytes_in} bytes in, {rep.bytes_out} bytes out, "
-              f"{rep.requests} requests; dead letter since: {rep.reason[:120]}")
+        print(f"written off {key} ({iso(key.start)} {key.name}): {entry['bytes_in'] or '?'} bytes in, "
+              f"{entry['bytes_out'] or '?'} bytes out, {entry['requests'] or '?'} requests; "
+              f"dead letter since: {_printable(entry['dead_reason'][:160])}")
+        if not entry["dead_reason"].startswith("rejected:"):
+            print(f"warning: {key} was not refused by the platform but dead-lettered after REPORT_MAX_AGE of failed "
+                  "attempts: one of them may have reached it (an answer lost), and `replay` may still deliver it; "
+                  f"the audit record keeps its Idempotency-Key {entry['idempotency_key']!r} to check with the "
+                  "platform", file=sys.stderr)
     for key in missing:
-        print(f"not a dead letter: {str(key)[:120]}", file=sys.stderr)
+        rep = ledger.report(key)
+        state = "no such report" if rep is None else rep.state.value
+        print(f"not a dead letter: {str(key)[:120]} ({state}){_off_grid_hint(key, s.report_interval)}",
+              file=sys.stderr)
     print(f"wrote off {len(keys) - len(missing)} report(s)")
     return 1 if missing else 0
 
@@ -368,28 +375,65 @@ def write_off(a: argparse.Namespace) -> int:
 def _write_off_usage(a: argparse.Namespace) -> str | None:
     """What is wrong with ``write-off``'s arguments, or None."""
     if a.list:
-        return "--list takes no KEY, --reason or --by" if a.keys or a.reason or a.by else None
+        given = a.keys or a.reason is not None or a.by is not None
+        return "--list takes no KEY, --reason or --by" if given else None
     if a.json:
         return "--json goes with --list"
     if not a.keys:
         return "give the KEYs of the dead letters to write off, with --reason (or --list)"
     for name, value in (("--reason", a.reason), ("--by", a.by)):
-        if value is None:
-            continue
-        if not value.strip() or len(value) > MAX_REASON or not value.isprintable():
+        if value is not None and not _audit_text(value):
             return f"{name} must be one line of printable text, at most {MAX_REASON} characters"
     if a.reason is None:
         return "--reason is required: say why these reports are not billed (it is kept in the audit record)"
     return None
 
 
+def _audit_text(value: str) -> bool:
+    """Whether ``value`` may go into an audit record: one line of printable text, not
+    blank, at most ``MAX_REASON`` characters once stripped."""
+    text = value.strip()
+    return bool(text) and len(text) <= MAX_REASON and text.isprintable()
+
+
 def _login() -> str:
+    """The login name for ``--by``'s default, when it is fit for the audit record."""
     import getpass
 
     try:
-        return getpass.getuser()
+        name = getpass.getuser()
     except (OSError, KeyError):  # no LOGNAME/USER and no passwd entry for this uid (a container)
-        return f"uid {os.getuid()}"
+        name = ""
+    return name.strip() if _audit_text(name) else f"uid {os.getuid()}"
+
+
+def _write_off_identity_problem(ledger, scraper_id: str) -> str | None:
+    """Why ``write-off`` must not run on this ledger, or None: the audit record keeps each
+    report's Idempotency-Key, built from this process's REPORT_INTERVAL and SCRAPER_ID,
+    which must be those the ledger records its reports under."""
+    from app.ledger import IDENTITY
+
+    record = ledger.init_record()
+    if record is None:
+        return (f"the ledger under prefix {ledger.p!r} is not initialised (or lost its initialisation record): "
+                "nothing says which REPORT_INTERVAL and SCRAPER_ID its reports were made under")
+    if any(name not in record for name in IDENTITY):
+        return (f"the ledger under prefix {ledger.p!r} does not record the REPORT_INTERVAL and SCRAPER_ID its "
+                "reports were made under (an earlier version made it): start a worker or beat of this version "
+                "once, which records them, then write off")
+    problem = ledger.identity_problem(record, scraper_id, adopt=False)
+    return None if problem is None else f"the audit record would not carry the reports' Idempotency-Keys: {problem}"
+
+
+def _printable(text: str) -> str:
+    """``text`` with every character that is not printable escaped (a platform's error
+    body, a name from the environment), so it cannot move the cursor or forge a line."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+def _off_grid_hint(key, interval: int) -> str:
+    """For a key whose start is not an interval start of ``interval``: a hint saying so."""
+    return f" (nor an interval start of REPORT_INTERVAL={interval})" if key.start % interval else ""
 
 
 def _list_write_offs(as_json: bool) -> int:
@@ -398,17 +442,19 @@ def _list_write_offs(as_json: bool) -> int:
 
     entries = _ledger().write_offs()
     if as_json:
+        for e in entries:
+            e.update({k: int(e[k]) if e.get(k) else None for k in WRITE_OFF_AMOUNTS})
         print(json.dumps(entries, indent=2))
         return 0
     if not entries:
         print("no write-offs")
         return 0
-    print(f"{'WRITTEN OFF':<21} {'KEY':<28} {'INTERVAL':<21} {'IN':>12} {'OUT':>12} {'REQ':>7}  BY: REASON")
+    print(f"{'WRITTEN OFF':<21} {'KEY':<40} {'INTERVAL':<21} {'IN':>12} {'OUT':>12} {'REQ':>7}  BY: REASON")
     for e in entries:
         at = iso(int(float(e["written_off_at"])))
         start = iso(ReportKey.parse(e["key"]).start)
-        print(f"{at:<21} {e['key']:<28} {start:<21} {e['bytes_in']:>12} {e['bytes_out']:>12} {e['requests']:>7}  "
-              f"{e['by']}: {e['reason']}")
+        print(f"{at:<21} {e['key']:<40} {start:<21} {e['bytes_in'] or '?':>12} {e['bytes_out'] or '?':>12} "
+              f"{e['requests'] or '?':>7}  {_printable(e['by'])}: {_printable(e['reason'])}")
     return 0
 
 

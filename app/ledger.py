@@ -72,6 +72,12 @@ def _done_report(key: ReportKey, raw: str) -> Report:
                   int(unmetered), user_id, float(at), amendment=key.amendment)
 
 
+def _write_off_entries(raw: list) -> list[dict[str, str]]:
+    """Stream entries of ``writeoffs`` as dicts of strings, with their ``id``."""
+    return [{"id": entry_id.decode(), **{k.decode(): v.decode(errors="replace") for k, v in fields.items()}}
+            for entry_id, fields in raw]
+
+
 def valid_subdomain(sub: str) -> bool:
     return bool(SUBDOMAIN.match(sub))
 
@@ -626,15 +632,18 @@ class Ledger:
             done = self.r.hget(self.done_key(key.start), key.name)
             return None if done is None else _done_report(key, done.decode())
         d = {k.decode(): v.decode() for k, v in raw.items()}
+        reason = d.get("reason", "")
+        if "bytes_in" not in d:  # a dead-letter write that landed after the report was finished (an earlier version)
+            reason = f"incomplete record, amounts unknown (shown as 0); {reason}"
         return Report(
             start=key.start,
             subdomain=key.subdomain,
-            bytes_in=int(d["bytes_in"]),
-            bytes_out=int(d["bytes_out"]),
-            requests=int(d["requests"]),
+            bytes_in=int(d.get("bytes_in", 0)),
+            bytes_out=int(d.get("bytes_out", 0)),
+            requests=int(d.get("requests", 0)),
             state=ReportState(d.get("state", ReportState.PENDING)),
             attempts=int(d.get("attempts", 0)),
-            reason=d.get("reason", ""),
+            reason=reason,
             unmetered=int(d.get("unmetered", 0)),
             amendment=key.amendment,
             sealed_at=float(d["sealed_at"]) if d.get("sealed_at") else None,
@@ -737,15 +746,29 @@ class Ledger:
             pipe.hincrby(self.k("stats"), "reports_parked", 1)
             pipe.execute()
 
-    def dead_letter(self, key: ReportKey, reason: str) -> None:
+    def dead_letter(self, key: ReportKey, reason: str) -> bool:
+        """Park a report in the dead-letter store with ``reason``. Only a report whose
+        record is still there and not final (checked in the same transaction): a copy
+        whose send lock expired while another copy finished the report must not leave a
+        dead letter without amounts behind (a review). False when it changed nothing."""
         member = str(key)
-        with self.r.pipeline() as pipe:
-            pipe.hset(self.rep_key(key), mapping={"state": ReportState.DEAD, "reason": reason, "dead_at": f"{self.now():.3f}"})
+        rep_key = self.rep_key(key)
+        finals = {s.value.encode() for s in ReportState if s.final}
+
+        def park_dead(pipe: redis.client.Pipeline) -> bool:
+            amounts, state = pipe.hmget(rep_key, "bytes_in", "state")
+            if amounts is None or state in finals:
+                return False
+            now = self.now()
+            pipe.multi()
+            pipe.hset(rep_key, mapping={"state": ReportState.DEAD, "reason": reason, "dead_at": f"{now:.3f}"})
             pipe.zrem(self.k("due"), member)
             pipe.zrem(self.k("retrying"), member)
-            pipe.zadd(self.k("dead"), {member: self.now()})
+            pipe.zadd(self.k("dead"), {member: now})
             pipe.hincrby(self.k("stats"), "reports_dead", 1)
-            pipe.execute()
+            return True
+
+        return bool(self.r.transaction(park_dead, rep_key, value_from_callable=True))
 
     def reserve_retry(self, key: ReportKey, until: float, cap: int) -> bool:
         return bool(self._reserve(keys=[self.k("retrying")], args=[str(key), until, cap]))
@@ -775,26 +798,31 @@ class Ledger:
                 return False
         return True
 
-    def write_off(self, key: ReportKey, reason: str, by: str, retention: int, idempotency_key: str) -> str | None:
-        """Write off a dead letter: it is never sent, its record moves into its interval's
-        done hash (state ``written_off``, kept ``retention`` seconds as a delivered one's),
-        and an audit entry (``write_offs()``) records its amounts, the dead letter's reason,
-        ``reason``, ``by`` and ``idempotency_key``, for good. One script (``write_off.lua``).
+    def write_off(self, key: ReportKey, reason: str, by: str, retention: int,
+                  idempotency_key: str) -> dict[str, str] | None:
+        """Write off a dead letter: it is never sent, an audit entry (``write_offs()``)
+        records for good its amounts, the dead letter's reason, ``reason``, ``by`` and
+        ``idempotency_key``, and its record moves into its interval's done hash (state
+        ``written_off``, kept ``retention`` seconds as a delivered one's). One script
+        (``write_off.lua``), which checks every key's type before its first write.
 
-        Returns the audit entry's stream id, or None (nothing changed) when ``key`` is not
-        a dead letter: due, queued, final or unknown."""
+        Returns the audit entry (as ``write_offs()`` gives it), or None (nothing changed)
+        when ``key`` is not a dead letter: due, queued, final or unknown. Raises
+        ``redis.ResponseError`` (nothing changed) when one of its keys has another type."""
         out = self._write_off(keys=[self.rep_key(key), self.done_key(key.start), self.k("dead"), self.k("writeoffs"),
                                     self.k("stats")],
                               args=[str(key), key.name, retention, reason, by, idempotency_key])
-        return out.decode() if isinstance(out, bytes) else None
+        if not isinstance(out, bytes):
+            return None
+        return _write_off_entries(self.r.xrange(self.k("writeoffs"), out, out))[0]
 
     def write_offs(self) -> list[dict[str, str]]:
         """Every write-off, oldest first: ``id`` (the stream entry's), ``key``,
-        ``idempotency_key``, ``bytes_in``, ``bytes_out``, ``requests``, ``unmetered``,
-        ``attempts``, ``sealed_at``, ``dead_at`` and ``written_off_at`` (unix s, Redis
-        time), ``dead_reason``, ``by`` and ``reason`` (strings as recorded)."""
-        return [{"id": entry_id.decode(), **{k.decode(): v.decode(errors="replace") for k, v in fields.items()}}
-                for entry_id, fields in self.r.xrange(self.k("writeoffs"))]
+        ``idempotency_key``, ``bytes_in``, ``bytes_out``, ``requests`` (``""`` when the
+        dead letter's record had lost them), ``unmetered``, ``attempts``, ``sealed_at``,
+        ``dead_at`` and ``written_off_at`` (unix s, Redis time), ``dead_reason``, ``by``
+        and ``reason`` (strings as recorded)."""
+        return _write_off_entries(self.r.xrange(self.k("writeoffs")))
 
     def due_count(self) -> int:
         return int(self.r.zcard(self.k("due")))

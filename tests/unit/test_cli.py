@@ -215,6 +215,7 @@ def test_watch_without_a_kubernetes_config_is_a_configuration_error(tmp_path):
     (("1796111280:web", "--reason", "ok", "--json"), "--json goes with --list"),
     (("--list", "1796111280:web"), "--list takes no KEY"),
     (("--list", "--reason", "x"), "--list takes no KEY"),
+    (("--list", "--reason", "", "--by", ""), "--list takes no KEY"),
     (("1796111280:a.b", "--reason", "ok"), "'a.b' is not a tunnel subdomain"),
 ])
 def test_write_off_refuses_bad_arguments_before_asking_redis(args, why):
