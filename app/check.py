@@ -163,17 +163,20 @@ def check_redis(s: Settings, timeout: float):
                          + " (a crash could otherwise bill lines twice, an eviction lose counts)")
         else:
             yield Result("OK", "redis", f"{where(s.redis_url)} answers with {settings}")
-    from app.ledger import Ledger
+    from app.ledger import IDENTITY, Ledger
 
     ledger = Ledger(r, s.redis_key_prefix, s.report_interval)
     record = ledger.init_record()
     problem = ledger.identity_problem(record, s.scraper_id, adopt=False) if record else None
     if problem is not None:
         yield Result("FAIL", "ledger", problem)
-    elif record:
+    elif record and all(name in record for name in IDENTITY):
         yield Result("OK", "ledger", f"initialised under prefix {s.redis_key_prefix!r}, reports made with "
-                     f"REPORT_INTERVAL={record.get('report_interval', s.report_interval)} and "
-                     f"SCRAPER_ID={record.get('scraper_id', s.scraper_id)!r}")
+                     f"REPORT_INTERVAL={record['report_interval']} and SCRAPER_ID={record['scraper_id']!r}")
+    elif record:
+        yield Result("OK", "ledger", f"initialised under prefix {s.redis_key_prefix!r} by an earlier version: the "
+                     "REPORT_INTERVAL and SCRAPER_ID its reports are made under are not recorded yet (the first "
+                     "worker or beat of this version records its own)")
     else:
         yield Result("WARN", "ledger", f"not initialised under prefix {s.redis_key_prefix!r}",
                      "the first plan initialises it (counting from then); with START_AT set, run "

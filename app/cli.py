@@ -71,13 +71,17 @@ def build_parser() -> argparse.ArgumentParser:
                        "a 4xx that no retry changes): each KEY's report leaves the dead-letter store and is never "
                        "sent, and an audit record keeps, for good, its amounts, its Idempotency-Key, the dead "
                        "letter's reason, --reason and --by (`write-off --list`). Exit status 1 when a KEY is not "
-                       "a dead letter, an unknown report included (it is left as it is, the other KEYs are written "
-                       "off); 2 when a KEY is malformed (then none is written off), --reason is missing, or "
-                       "REPORT_INTERVAL or SCRAPER_ID is not the ledger's.")
+                       "a dead letter the platform refused, an unknown report included (it is left as it is, the "
+                       "other KEYs are written off); 2 when a KEY is malformed (then none is written off), --reason "
+                       "is missing, the ledger is not initialised or does not record its REPORT_INTERVAL and "
+                       "SCRAPER_ID, or this environment's are not the ledger's.")
     p.add_argument("keys", nargs="*", metavar="KEY", help="<interval start>:<subdomain>, as deadletters lists, or the "
                    "report's Idempotency-Key as the platform got it")
     p.add_argument("--reason", help="why these reports are not billed (required with KEYs; kept in the audit record)")
-    p.add_argument("--by", help="who decided (default: the login name)")
+    p.add_argument("--by", help="who decided (default: the login name, or 'uid N' when it is unfit for the record)")
+    p.add_argument("--also-expired", action="store_true",
+                   help="also write off dead letters made by REPORT_MAX_AGE, which the platform never refused (an "
+                   "attempt may have reached it, and replay may still deliver them); by default only refused ones")
     p.add_argument("--list", action="store_true", help="list the write-offs recorded so far instead")
     p.add_argument("--json", action="store_true", help="with --list: print a JSON list")
     p.set_defaults(run=write_off)
@@ -323,6 +327,7 @@ def replay(a: argparse.Namespace) -> int:
 
 MAX_REASON = 500  # characters of a write-off's --reason or --by
 WRITE_OFF_AMOUNTS = ("bytes_in", "bytes_out", "requests", "unmetered", "attempts")  # whole numbers ("" if lost)
+WRITE_OFF_TIMES = ("sealed_at", "dead_at", "written_off_at")  # unix s, Redis time ("" if not recorded)
 
 
 def write_off(a: argparse.Namespace) -> int:
@@ -348,28 +353,30 @@ def write_off(a: argparse.Namespace) -> int:
         print(f"traefik-metrics-scraper write-off: {problem}", file=sys.stderr)
         return 2
     by = a.by.strip() if a.by is not None else _login()
-    missing = []
+    written = 0
     for key in keys:
-        entry = ledger.write_off(key, a.reason.strip(), by, s.report_retention,
-                                 idempotency_key(s.scraper_id, key.start, s.report_interval, key.name))
-        if entry is None:
-            missing.append(key)
-            continue
-        print(f"written off {key} ({iso(key.start)} {key.name}): {entry['bytes_in'] or '?'} bytes in, "
-              f"{entry['bytes_out'] or '?'} bytes out, {entry['requests'] or '?'} requests; "
-              f"dead letter since: {_printable(entry['dead_reason'][:160])}")
-        if not entry["dead_reason"].startswith("rejected:"):
-            print(f"warning: {key} was not refused by the platform but dead-lettered after REPORT_MAX_AGE of failed "
-                  "attempts: one of them may have reached it (an answer lost), and `replay` may still deliver it; "
-                  f"the audit record keeps its Idempotency-Key {entry['idempotency_key']!r} to check with the "
-                  "platform", file=sys.stderr)
-    for key in missing:
-        rep = ledger.report(key)
-        state = "no such report" if rep is None else rep.state.value
-        print(f"not a dead letter: {str(key)[:120]} ({state}){_off_grid_hint(key, s.report_interval)}",
-              file=sys.stderr)
-    print(f"wrote off {len(keys) - len(missing)} report(s)")
-    return 1 if missing else 0
+        # A start off this REPORT_INTERVAL's grid: a dead letter of an earlier one, whose key is not known here.
+        idem = "" if key.start % s.report_interval else idempotency_key(s.scraper_id, key.start, s.report_interval,
+                                                                         key.name)
+        outcome, entry = ledger.write_off(key, a.reason.strip(), by, s.report_retention, idem,
+                                          refused_only=not a.also_expired)
+        if entry is not None:
+            written += 1
+            print(f"written off {key} ({iso(key.start)} {key.name}): {entry['bytes_in'] or '?'} bytes in, "
+                  f"{entry['bytes_out'] or '?'} bytes out, {entry['requests'] or '?'} requests; dead-lettered for: "
+                  f"{_printable(entry['dead_reason'][:160])}{_off_grid_hint(key, s.report_interval)}")
+        elif outcome == "not_refused":
+            print(f"not written off: {key} was dead-lettered after REPORT_MAX_AGE of failed attempts, not refused by "
+                  "the platform: an attempt may have reached it, and `replay` may still deliver it; replay it, or "
+                  "give --also-expired to write it off anyway", file=sys.stderr)
+        else:
+            rep = ledger.report(key)
+            state = "no such report" if rep is None else rep.state.value
+            stale = "; its stale entry in the dead-letter store was removed" if outcome == "stale" else ""
+            print(f"not a dead letter: {str(key)[:120]} ({state}{stale}){_off_grid_hint(key, s.report_interval)}",
+                  file=sys.stderr)
+    print(f"wrote off {written} report(s)")
+    return 0 if written == len(keys) else 1
 
 
 def _write_off_usage(a: argparse.Namespace) -> str | None:
@@ -444,6 +451,7 @@ def _list_write_offs(as_json: bool) -> int:
     if as_json:
         for e in entries:
             e.update({k: int(e[k]) if e.get(k) else None for k in WRITE_OFF_AMOUNTS})
+            e.update({k: float(e[k]) if e.get(k) else None for k in WRITE_OFF_TIMES})
         print(json.dumps(entries, indent=2))
         return 0
     if not entries:

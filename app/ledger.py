@@ -72,6 +72,9 @@ def _done_report(key: ReportKey, raw: str) -> Report:
                   int(unmetered), user_id, float(at), amendment=key.amendment)
 
 
+_FINAL_STATES = frozenset(s.value.encode() for s in ReportState if s.final)
+
+
 def _write_off_entries(raw: list) -> list[dict[str, str]]:
     """Stream entries of ``writeoffs`` as dicts of strings, with their ``id``."""
     return [{"id": entry_id.decode(), **{k.decode(): v.decode(errors="replace") for k, v in fields.items()}}
@@ -675,6 +678,15 @@ class Ledger:
         returns how many (see ``wake.lua``)."""
         return int(self._wake(keys=[self.k("due"), self.k("parked")], args=[self.p]))
 
+    def begin_keys(self, key: ReportKey) -> list[str]:
+        """The KEYS of ``begin.lua`` for ``key``."""
+        return [self.rep_key(key), self.k("lock", key), self.done_key(key.start), self.k("init")]
+
+    def finish_keys(self, key: ReportKey) -> list[str]:
+        """The KEYS of ``finish.lua`` for ``key``."""
+        return [self.rep_key(key), self.done_key(key.start), self.k("due"), self.k("retrying"), self.k("stats"),
+                self.k("lock", key), self.k("parked"), self.k("dead")]
+
     def begin(self, key: ReportKey, token: str, lock_seconds: int, report_interval: int,
               scraper_id: str) -> tuple[str, Report | ReportState | str | None]:
         """Take the send lock, read the report and count an attempt, in one script
@@ -684,7 +696,7 @@ class Ledger:
         (nothing taken) when the ledger's reports are made under another
         ``REPORT_INTERVAL`` or ``SCRAPER_ID`` than the sender's (``report_interval``,
         ``scraper_id``: what its Idempotency-Key and body are built from)."""
-        out = self._begin(keys=[self.rep_key(key), self.k("lock", key), self.done_key(key.start), self.k("init")],
+        out = self._begin(keys=self.begin_keys(key),
                           args=[token, lock_seconds, key.name, str(report_interval), scraper_id])
         status = out[0].decode()
         if status == "identity":
@@ -708,9 +720,7 @@ class Ledger:
         True when a report was parked since the platform's last success (then call
         ``wake_parked``)."""
         member = str(key)
-        keys = [self.rep_key(key), self.done_key(key.start), self.k("due"), self.k("retrying"), self.k("stats"),
-                self.k("lock", key), self.k("parked")]
-        return bool(self._finish(keys=keys, args=[member, key.name, str(outcome), user_id, retention, token]))
+        return bool(self._finish(keys=self.finish_keys(key), args=[member, key.name, str(outcome), user_id, retention, token]))
 
     def acquire_send_lock(self, key: ReportKey, token: str, seconds: int) -> bool:
         return bool(self.r.set(self.k("lock", key), token, nx=True, ex=seconds))
@@ -736,39 +746,54 @@ class Ledger:
         ``finish``); the record is kept ``retention`` seconds."""
         self.finish(key, outcome, user_id, retention)
 
-    def park(self, key: ReportKey, next_at: float, reason: str) -> None:
+    def park(self, key: ReportKey, next_at: float, reason: str) -> bool:
+        """Park a report until ``next_at`` (Redis time, s) with ``reason``, for the sweep
+        to send again. Only a report still open (``_while_open``); False when it changed
+        nothing."""
         member = str(key)
-        with self.r.pipeline() as pipe:
-            pipe.hset(self.rep_key(key), mapping={"state": ReportState.DUE, "next_at": f"{next_at:.3f}", "reason": reason})
+
+        def write(pipe: redis.client.Pipeline, _now: float) -> None:
+            pipe.hset(self.rep_key(key), mapping={"state": ReportState.DUE, "next_at": f"{next_at:.3f}",
+                                                  "reason": reason})
             pipe.zadd(self.k("due"), {member: next_at})
             pipe.zrem(self.k("retrying"), member)
             pipe.set(self.k("parked"), "1", ex=PARKED_MARKER_TTL)
             pipe.hincrby(self.k("stats"), "reports_parked", 1)
-            pipe.execute()
+
+        return self._while_open(key, write)
 
     def dead_letter(self, key: ReportKey, reason: str) -> bool:
-        """Park a report in the dead-letter store with ``reason``. Only a report whose
-        record is still there and not final (checked in the same transaction): a copy
-        whose send lock expired while another copy finished the report must not leave a
-        dead letter without amounts behind (a review). False when it changed nothing."""
+        """Park a report in the dead-letter store with ``reason``. Only a report still
+        open (``_while_open``); False when it changed nothing."""
         member = str(key)
-        rep_key = self.rep_key(key)
-        finals = {s.value.encode() for s in ReportState if s.final}
 
-        def park_dead(pipe: redis.client.Pipeline) -> bool:
-            amounts, state = pipe.hmget(rep_key, "bytes_in", "state")
-            if amounts is None or state in finals:
-                return False
-            now = self.now()
-            pipe.multi()
-            pipe.hset(rep_key, mapping={"state": ReportState.DEAD, "reason": reason, "dead_at": f"{now:.3f}"})
+        def write(pipe: redis.client.Pipeline, now: float) -> None:
+            pipe.hset(self.rep_key(key), mapping={"state": ReportState.DEAD, "reason": reason, "dead_at": f"{now:.3f}"})
             pipe.zrem(self.k("due"), member)
             pipe.zrem(self.k("retrying"), member)
             pipe.zadd(self.k("dead"), {member: now})
             pipe.hincrby(self.k("stats"), "reports_dead", 1)
+
+        return self._while_open(key, write)
+
+    def _while_open(self, key: ReportKey, write) -> bool:
+        """Run ``write(pipe, now)`` in one transaction if the report's record is still
+        there, with its amounts, and not final; else change nothing and return False. A
+        copy whose send lock expired while another copy finished or wrote off the report
+        must not leave a record without amounts behind, nor put it back in ``due`` or
+        ``dead`` (a review: such a report was claimed and dropped every lease for ever)."""
+        rep_key = self.rep_key(key)
+
+        def guarded(pipe: redis.client.Pipeline) -> bool:
+            amounts, state = pipe.hmget(rep_key, "bytes_in", "state")
+            if amounts is None or state in _FINAL_STATES:
+                return False
+            now = self.now()
+            pipe.multi()
+            write(pipe, now)
             return True
 
-        return bool(self.r.transaction(park_dead, rep_key, value_from_callable=True))
+        return bool(self.r.transaction(guarded, rep_key, value_from_callable=True))
 
     def reserve_retry(self, key: ReportKey, until: float, cap: int) -> bool:
         return bool(self._reserve(keys=[self.k("retrying")], args=[str(key), until, cap]))
@@ -798,23 +823,29 @@ class Ledger:
                 return False
         return True
 
-    def write_off(self, key: ReportKey, reason: str, by: str, retention: int,
-                  idempotency_key: str) -> dict[str, str] | None:
+    def write_off(self, key: ReportKey, reason: str, by: str, retention: int, idempotency_key: str,
+                  refused_only: bool = True) -> tuple[str, dict[str, str] | None]:
         """Write off a dead letter: it is never sent, an audit entry (``write_offs()``)
         records for good its amounts, the dead letter's reason, ``reason``, ``by`` and
-        ``idempotency_key``, and its record moves into its interval's done hash (state
-        ``written_off``, kept ``retention`` seconds as a delivered one's). One script
-        (``write_off.lua``), which checks every key's type before its first write.
+        ``idempotency_key`` (``""`` when unknown), and its record moves into its
+        interval's done hash (state ``written_off``, kept ``retention`` seconds as a
+        delivered one's). One script (``write_off.lua``), which checks every key's type
+        before its first write.
 
-        Returns the audit entry (as ``write_offs()`` gives it), or None (nothing changed)
-        when ``key`` is not a dead letter: due, queued, final or unknown. Raises
-        ``redis.ResponseError`` (nothing changed) when one of its keys has another type."""
+        Returns ``("written_off", entry)`` (the audit entry as ``write_offs()`` gives it),
+        or, with nothing written off: ``("not_dead", None)`` (due, queued, final or
+        unknown), ``("not_refused", None)`` (``refused_only`` and a dead letter made by
+        ``REPORT_MAX_AGE``, which an attempt may have reached the platform for), or
+        ``("stale", None)`` (an entry an earlier version left in the dead set for a report
+        already final or gone, now removed). Raises ``redis.ResponseError`` (nothing
+        changed) when one of its keys has another type."""
         out = self._write_off(keys=[self.rep_key(key), self.done_key(key.start), self.k("dead"), self.k("writeoffs"),
                                     self.k("stats")],
-                              args=[str(key), key.name, retention, reason, by, idempotency_key])
-        if not isinstance(out, bytes):
-            return None
-        return _write_off_entries(self.r.xrange(self.k("writeoffs"), out, out))[0]
+                              args=[str(key), key.name, retention, reason, by, idempotency_key,
+                                    "1" if refused_only else "0"])
+        if isinstance(out, bytes):
+            return "written_off", _write_off_entries(self.r.xrange(self.k("writeoffs"), out, out))[0]
+        return {0: "not_dead", -1: "not_refused", -2: "stale"}[out], None
 
     def write_offs(self) -> list[dict[str, str]]:
         """Every write-off, oldest first: ``id`` (the stream entry's), ``key``,

@@ -157,9 +157,10 @@ class Reporter:
                 return self._retry_or_park(rep, retries, str(e), e.retry_after)
             except PlatformRejected as e:
                 reason = f"rejected: {e}"
+                if not self.ledger.dead_letter(key, reason):
+                    return _finished_elsewhere(rep, reason)
                 log.error("❌ %s (%s): %s; parked in the dead-letter store", sub, iso(start), reason,
                           extra={"tunnel": sub, "interval": iso(start), "outcome": "dead"})
-                self.ledger.dead_letter(key, reason)
                 return Outcome(ReportOutcome.DEAD, detail=reason)
             parked = self._record_delivered(key, ReportState(done.outcome), done.user_id, record_until, token)
             released = True
@@ -221,9 +222,10 @@ class Reporter:
         age = now - made
         if age > self.s.report_max_age:
             why = f"undeliverable for over REPORT_MAX_AGE ({self.s.report_max_age}s); last error: {reason}"
+            if not self.ledger.dead_letter(key, why):
+                return _finished_elsewhere(rep, why)
             log.error("❌ %s (%s): %s; parked in the dead-letter store", rep.subdomain, iso(rep.start), why,
                       extra={"tunnel": rep.subdomain, "interval": iso(rep.start), "outcome": "dead"})
-            self.ledger.dead_letter(key, why)
             return Outcome(ReportOutcome.DEAD, detail=why)
         if retries < self.s.report_auto_retries:
             countdown = backoff(retries, self.s.report_retry_max_delay)
@@ -238,10 +240,21 @@ class Reporter:
         delay = backoff(rep.attempts, self.s.report_due_max_delay)
         if retry_after is not None:
             delay = min(max(delay, retry_after), self.s.report_due_max_delay)
-        self.ledger.park(key, now + delay, reason)
+        if not self.ledger.park(key, now + delay, reason):
+            return _finished_elsewhere(rep, reason)
         log.warning("report %s (%s): %s; parked, next attempt in %.0fs", rep.subdomain, iso(rep.start), reason, delay,
                     extra={"tunnel": rep.subdomain, "interval": iso(rep.start), "outcome": "parked"})
         return Outcome(ReportOutcome.PARKED, countdown=delay, detail=reason)
+
+
+def _finished_elsewhere(rep: Report, reason: str) -> Outcome:
+    """This attempt failed (``reason``) after another copy, whose send lock had expired,
+    recorded the report as final (delivered, skipped, dead-lettered or written off):
+    nothing is recorded over it (``Ledger.park``, ``Ledger.dead_letter``)."""
+    log.info("report %s (%s): %s, but it is final already (another copy finished it); nothing recorded",
+             rep.subdomain, iso(rep.start), reason,
+             extra={"tunnel": rep.subdomain, "interval": iso(rep.start), "outcome": "noop"})
+    return Outcome(ReportOutcome.NOOP, detail="final already")
 
 
 class LeaseKeeper:

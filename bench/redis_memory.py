@@ -98,10 +98,9 @@ def steady_state(minutes_detail: int, quick: bool) -> dict:
             keys = led.claim([ReportKey(start, s) for s in subs], 600)
             with r.pipeline(transaction=False) as pipe:
                 for key in keys:  # begin.lua, then finish.lua, as a delivery does
-                    led._begin(keys=[led.rep_key(key), led.k("lock", key), led.done_key(key.start), led.k("init")],
-                               args=["t", 60, key.subdomain, str(led.ri), "bench"], client=pipe)
-                    led._finish(keys=[led.rep_key(key), led.done_key(start), led.k("due"), led.k("retrying"),
-                                      led.k("stats"), led.k("lock", key), led.k("parked")],
+                    led._begin(keys=led.begin_keys(key), args=["t", 60, key.subdomain, str(led.ri), "bench"],
+                               client=pipe)
+                    led._finish(keys=led.finish_keys(key),
                                 args=[str(key), key.subdomain, ReportState.DELIVERED.value, "0123456789ab", 3600, "t"],
                                 client=pipe)
                 pipe.execute()

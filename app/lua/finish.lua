@@ -7,6 +7,8 @@
 --
 -- KEYS[1] rep:<start>:<sub> hash   KEYS[2] done:<start> hash   KEYS[3] due zset
 -- KEYS[4] retrying zset   KEYS[5] stats hash   KEYS[6] lock:<start>:<sub>   KEYS[7] parked marker
+-- KEYS[8] dead zset: a 2xx that comes after another copy (whose send lock had expired)
+--   dead-lettered the report is the platform's answer: it leaves the dead-letter store
 -- ARGV: member "<start>:<sub>", subdomain, state, platform user id, retention seconds,
 --       lock token ("" = none to release)
 -- The done field: "<state> <bytes_in> <bytes_out> <requests> <attempts> <unmetered>
@@ -23,6 +25,7 @@ if v[1] then
   redis.call('DEL', KEYS[1])
   redis.call('ZREM', KEYS[3], ARGV[1])
   redis.call('ZREM', KEYS[4], ARGV[1])
+  redis.call('ZREM', KEYS[8], ARGV[1])
   redis.call('HINCRBY', KEYS[5], 'reports_' .. ARGV[3], 1)
 end
 if ARGV[6] ~= '' and redis.call('GET', KEYS[6]) == ARGV[6] then

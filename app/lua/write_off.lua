@@ -9,14 +9,24 @@
 -- KEYS[4] writeoffs stream   KEYS[5] stats hash
 -- ARGV: member "<start>:<sub>" (":a<n>" for an amendment), its field in the done hash
 --       ("<sub>" or "<sub>:a<n>"), retention seconds of the done hash, the reason,
---       who wrote it off, the report's Idempotency-Key
--- Returns 0 when the report is not a dead letter (nothing changed), else the stream
--- entry's id. Every key's type is checked before the first write: a script that fails
--- half-way keeps the writes it made, and a write-off must never happen without its
--- audit entry, nor an audit entry without its write-off.
+--       who wrote it off, the report's Idempotency-Key ("" when unknown), "1" to take
+--       only a dead letter the platform refused ("rejected: ..."), "0" to take one made
+--       by REPORT_MAX_AGE too (an attempt of it may have reached the platform)
+-- Returns 0 when the report is not a dead letter (nothing changed); -1 when it is one the
+-- platform did not refuse and ARGV[7] is "1" (nothing changed); -2 when what the dead
+-- set holds is stale, left by an earlier version: a member whose record is gone (a 2xx
+-- after the dead-lettering), or a record without its amounts whose interval's done hash
+-- has the report's final answer (a dead-letter write after the delivery); the stale
+-- entry is removed and nothing is written off; else the stream entry's id. Every key's
+-- type is checked before the first write: a script that fails half-way keeps the writes
+-- it made, and a write-off must never happen without its audit entry, nor an audit entry
+-- without its write-off.
 local v = redis.call('HMGET', KEYS[1], 'state', 'bytes_in', 'bytes_out', 'requests', 'attempts', 'unmetered',
   'reason', 'dead_at', 'sealed_at')
 if v[1] ~= 'dead' then
+  if not v[1] and redis.call('ZREM', KEYS[3], ARGV[1]) == 1 then
+    return -2  -- no record left, yet in the dead set (a late 2xx, by an earlier version): stale
+  end
   return 0
 end
 local types = {{KEYS[2], 'hash'}, {KEYS[3], 'zset'}, {KEYS[4], 'stream'}, {KEYS[5], 'hash'}}
@@ -25,6 +35,14 @@ for _, kt in ipairs(types) do
   if t ~= 'none' and t ~= kt[2] then
     return redis.error_reply('WRONGTYPE ' .. kt[1] .. ' is a ' .. t .. ', not a ' .. kt[2] .. ': nothing written off')
   end
+end
+if not v[2] and redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  return -2
+end
+if ARGV[7] == '1' and string.sub(v[7] or '', 1, 9) ~= 'rejected:' then
+  return -1
 end
 local t = redis.call('TIME')
 local at = t[1] .. '.' .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))

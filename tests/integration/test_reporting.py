@@ -451,3 +451,44 @@ def test_client_masks_a_secret_echoed_in_an_error_body(platform, client):
     with pytest.raises(PlatformRejected) as info:
         client.post(BODY, KEY)
     assert STUB_SECRET not in str(info.value) and "***" in str(info.value)
+
+
+class FinishedElsewhere(FakeClient):
+    """Another copy, whose send lock this one's outlived, delivers the report while this
+    copy's POST is on the wire; this copy's answer then comes."""
+
+    def __init__(self, ledger: Ledger, key: ReportKey, answer: Exception) -> None:
+        super().__init__(answer)
+        self.ledger, self.key = ledger, key
+
+    def post(self, body: dict, key: str) -> Delivery:
+        self.ledger.r.delete(self.ledger.k("lock", self.key))  # this copy's lock expired
+        self.ledger.finish(self.key, ReportState.DELIVERED, "u1", 3600)
+        return super().post(body, key)
+
+
+@pytest.mark.parametrize(("answer", "max_age"), [
+    (PlatformRejected("HTTP 422: unknown tunnel", 422), 86400),  # would dead-letter
+    (PlatformRetryable("HTTP 503", 503), 86400),  # would park (no automatic retry left)
+    (PlatformRetryable("HTTP 503", 503), 60),  # would dead-letter: older than REPORT_MAX_AGE
+])
+def test_a_failure_after_another_copy_finished_the_report_records_nothing(settings_env, ledger, answer, max_age):
+    # A review: the late copy's dead letter (or park) left a record without amounts that
+    # `deadletters` crashed on and no command could clear, or a due member claimed for ever.
+    start = sealed_report(ledger, ago=5)
+    key = ReportKey(start, SUB)
+    out = reporter(ledger, FinishedElsewhere(ledger, key, answer), report_max_age=max_age,
+                   report_auto_retries=0).send(start, SUB, 0)
+    assert (out.action, out.detail) == (ReportOutcome.NOOP, "final already")
+    assert ledger.report(key).state is ReportState.DELIVERED and not ledger.r.exists(ledger.rep_key(key))
+    assert ledger.dead_letters() == [] and ledger.due_count() == 0
+    assert "reports_dead" not in ledger.stats() and "reports_parked" not in ledger.stats()
+
+
+def test_a_2xx_after_another_copy_dead_lettered_the_report_takes_it_out_of_the_dead_letters(settings_env, ledger):
+    start = sealed_report(ledger)
+    key = ReportKey(start, SUB)
+    assert ledger.dead_letter(key, "rejected: HTTP 422")  # the other copy, after this one's lock expired
+    ledger.finish(key, ReportState.DELIVERED, "u1", 3600)  # this copy's answer: the platform took it
+    assert ledger.dead_letters() == [] and ledger.r.zcard(ledger.k("dead")) == 0
+    assert ledger.report(key).state is ReportState.DELIVERED

@@ -37,12 +37,12 @@ def test_only_a_dead_letter_is_written_off_once_and_never_sent(r):
     start = dead_letters(ledger, "s", {"gone": (10, 20, 3), "other": (4, 5, 6)}, live=(1, 2, 1))
     gone, live, other = (ReportKey(start, s) for s in ("gone", "live", "other"))
 
-    assert ledger.write_off(live, "x", "ops", 3600, "k") is None  # pending, not a dead letter: left alone
+    assert ledger.write_off(live, "x", "ops", 3600, "k") == ("not_dead", None)  # pending: left alone
     assert ledger.report(live).state is ReportState.PENDING
     assert r.zscore(ledger.k("due"), str(live)) is not None
 
-    entry = ledger.write_off(gone, "tunnel deleted on 2026-11-30", "ops", 3600, "s:…/60:gone")
-    assert entry is not None and entry == ledger.write_offs()[0]
+    outcome, entry = ledger.write_off(gone, "tunnel deleted on 2026-11-30", "ops", 3600, "s:…/60:gone")
+    assert outcome == "written_off" and entry == ledger.write_offs()[0]
     rep = ledger.report(gone)
     assert (rep.state, rep.bytes_in, rep.bytes_out, rep.requests) == (ReportState.WRITTEN_OFF, 10, 20, 3)
     assert not r.exists(ledger.rep_key(gone))  # moved into the done hash, as a delivered report
@@ -58,7 +58,7 @@ def test_only_a_dead_letter_is_written_off_once_and_never_sent(r):
     assert float(audit["written_off_at"]) >= float(audit["dead_at"]) > 0
 
     # Once: a second write-off, a replay and a send all find it final.
-    assert ledger.write_off(gone, "again", "ops", 3600, "k") is None
+    assert ledger.write_off(gone, "again", "ops", 3600, "k") == ("not_dead", None)
     assert len(ledger.write_offs()) == 1 and ledger.stats()["reports_written_off"] == 1
     assert ledger.revive(gone) is False
     assert ledger.claim([gone], 60) == []
@@ -77,7 +77,7 @@ def test_an_amendment_is_written_off_under_its_own_name(r):
     assert res.amendments == 1
     original, amendment = ReportKey(start, "t"), ReportKey(start, "t", 1)
     ledger.dead_letter(amendment, "rejected: HTTP 400")
-    assert ledger.write_off(amendment, "test", "ops", 3600, "k") is not None
+    assert ledger.write_off(amendment, "test", "ops", 3600, "k")[0] == "written_off"
     assert r.hkeys(ledger.done_key(start)) == [b"t:a1"]
     assert ledger.report(amendment).state is ReportState.WRITTEN_OFF
     assert ledger.report(original).state is ReportState.PENDING  # the interval's report is untouched
@@ -161,17 +161,18 @@ def test_a_write_off_changes_nothing_unless_it_is_whole(r):
         if saved is not None:
             r.restore(key, 0, saved)
     assert ledger.write_offs() == [] and "reports_written_off" not in ledger.stats()
-    assert ledger.write_off(gone, "x", "ops", 3600, "k") is not None
+    assert ledger.write_off(gone, "x", "ops", 3600, "k")[0] == "written_off"
 
 
-def test_a_dead_letter_is_never_left_without_its_amounts(r):
+def test_nothing_is_recorded_over_a_final_report_and_stale_dead_letters_are_cleared(r):
     ledger = Ledger(r, "wo-ghost", RI)
     start = dead_letters(ledger, "s", {}, done=(1, 2, 3))
     done = ReportKey(start, "done")
     ledger.finish(done, ReportState.DELIVERED, "u1", 3600)
-    # A copy whose send lock expired dead-letters a report another copy delivered: nothing.
+    # A copy whose send lock expired dead-letters or parks a report another copy delivered: nothing.
     assert ledger.dead_letter(done, "rejected: HTTP 400") is False
-    assert ledger.dead_letters() == [] and not r.exists(ledger.rep_key(done))
+    assert ledger.park(done, ledger.now() + 60, "HTTP 503") is False
+    assert ledger.dead_letters() == [] and not r.exists(ledger.rep_key(done)) and ledger.due_count() == 0
     assert ledger.report(done).state is ReportState.DELIVERED
     # One an earlier version left behind (state and reason, no amounts) is listed and can
     # be written off, its amounts recorded as unknown.
@@ -180,9 +181,20 @@ def test_a_dead_letter_is_never_left_without_its_amounts(r):
     r.zadd(ledger.k("dead"), {str(ghost): 1.0})
     (listed,) = ledger.dead_letters()
     assert listed.bytes_in == 0 and listed.reason.startswith("incomplete record, amounts unknown")
-    entry = ledger.write_off(ghost, "lost record", "ops", 3600, "k")
+    outcome, entry = ledger.write_off(ghost, "lost record", "ops", 3600, "k")
     assert (entry["bytes_in"], entry["requests"], entry["dead_reason"]) == ("", "", "rejected: HTTP 400")
     assert ledger.dead_letters() == [] and ledger.report(ghost) is None
+    # Stale entries an earlier version left in the dead set for a report already delivered
+    # (a record without amounts beside its done field; a member with no record at all, a
+    # 2xx after the dead-lettering): removed, nothing written off.
+    stale = ReportKey(start, "stale")
+    r.hset(ledger.done_key(start), "stale", "delivered 1 2 3 1 0 1.0 u1")
+    r.hset(ledger.rep_key(stale), mapping={"state": "dead", "reason": "rejected: HTTP 400", "dead_at": "1.0"})
+    r.zadd(ledger.k("dead"), {str(stale): 1.0, str(done): 1.0})
+    assert ledger.write_off(stale, "x", "ops", 3600, "k") == ("stale", None)
+    assert ledger.write_off(done, "x", "ops", 3600, "k") == ("stale", None)
+    assert r.zcard(ledger.k("dead")) == 0 and not r.exists(ledger.rep_key(stale))
+    assert ledger.report(stale).state is ReportState.DELIVERED and len(ledger.write_offs()) == 1
 
 
 def test_write_off_refuses_a_ledger_that_does_not_say_what_its_keys_are(r, redis_url):
@@ -202,15 +214,19 @@ def test_what_write_off_prints_and_records_is_clean(r, redis_url):
     ledger = Ledger(r, "wo-cli", RI)
     start = sealed_dead_letters_with_reasons(ledger)
     # A login name unfit for the record (a control character) is not used; the platform's
-    # text is shown escaped; a dead letter made by REPORT_MAX_AGE gets a warning.
+    # text is shown escaped; a dead letter made by REPORT_MAX_AGE, which the platform never
+    # refused, is left unless --also-expired (a review: it was written off, then warned about).
     proc = cli(redis_url, "write-off", f"{start}:refused", f"{start}:aged", "--reason", "tunnel deleted",
                LOGNAME="evil\x1b[31m\nforged: line")
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 1, proc.stderr
     assert "\x1b" not in proc.stdout and "bad\\nbody\\x1b[2J" in proc.stdout, proc.stdout
-    assert f"warning: {start}:aged was not refused by the platform" in proc.stderr
-    assert f"{start}:refused was not refused" not in proc.stderr
-    bys = {e["by"] for e in ledger.write_offs()}
-    assert len(bys) == 1 and bys.pop().startswith("uid ")
+    assert f"not written off: {start}:aged was dead-lettered after REPORT_MAX_AGE" in proc.stderr
+    assert [d.key for d in ledger.dead_letters()] == [ReportKey(start, "aged")]
+    aged = cli(redis_url, "write-off", f"{start}:aged", "--reason", "tunnel deleted", "--also-expired")
+    assert aged.returncode == 0 and "wrote off 1 report(s)" in aged.stdout, aged.stderr
+    assert ledger.dead_letters() == []
+    bys = [e["by"] for e in ledger.write_offs()]
+    assert len(bys) == 2 and bys[0].startswith("uid ")
     missing = cli(redis_url, "write-off", f"{start}:nothing", f"{start + 1}:refused", "--reason", "x")
     assert missing.returncode == 1
     assert f"not a dead letter: {start}:nothing (no such report)" in missing.stderr
