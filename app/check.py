@@ -163,13 +163,18 @@ def check_redis(s: Settings, timeout: float):
                          + " (a crash could otherwise bill lines twice, an eviction lose counts)")
         else:
             yield Result("OK", "redis", f"{where(s.redis_url)} answers with {settings}")
-    from app.ledger import IDENTITY, Ledger
+    from app.ledger import IDENTITY, Ledger, iso
 
     ledger = Ledger(r, s.redis_key_prefix, s.report_interval)
     record = ledger.init_record()
     problem = ledger.identity_problem(record, s.scraper_id, adopt=False) if record else None
     if problem is not None:
         yield Result("FAIL", "ledger", problem)
+    elif record and int(record.get("start_at_ns", 0)) > ledger.now() * 1e9:
+        yield Result("WARN", "ledger", f"initialised under prefix {s.redis_key_prefix!r}, counting from "
+                     f"{iso(int(record['start_at_ns']) // 1_000_000_000)}, still ahead: lines logged before "
+                     "then are never billed", "if that is not the cut-over time you meant, run "
+                     "`traefik-metrics-scraper init-ledger --force --start-at <time>` before the workers start")
     elif record and all(name in record for name in IDENTITY):
         yield Result("OK", "ledger", f"initialised under prefix {s.redis_key_prefix!r}, reports made with "
                      f"REPORT_INTERVAL={record['report_interval']} and SCRAPER_ID={record['scraper_id']!r}")

@@ -234,10 +234,23 @@ def init_ledger(a: argparse.Namespace) -> int:
     if made:
         print(f"ledger initialised under prefix {s.redis_key_prefix!r}; counting from {_when(ledger.start_at_ns())}; "
               f"reports made with REPORT_INTERVAL={s.report_interval} and SCRAPER_ID={s.scraper_id!r}")
+        ahead = _start_ahead(ledger)
+        if ahead:
+            print(f"warning: {ahead}", file=sys.stderr)
         return 0
     print(f"the ledger is already initialised (counting from {_when(ledger.start_at_ns())}); use --force to replace "
           "it", file=sys.stderr)
     return 1
+
+
+def _start_ahead(ledger) -> str | None:
+    """What to say when the ledger counts from a time still ahead (Redis time), or None."""
+    start = ledger.start_at_ns()
+    if start is None or start <= ledger.now() * 1e9:
+        return None
+    return (f"counting starts in the future ({_when(start)}): every line logged before then is never billed, and "
+            "the fetch workers read past it for good; if that is a typo, run init-ledger --force --start-at again "
+            "before the workers start")
 
 
 def status(a: argparse.Namespace) -> int:
@@ -281,10 +294,14 @@ def deadletters(a: argparse.Namespace) -> int:
     from app.settings import settings_or_exit
 
     s = settings_or_exit()
-    reports = _ledger().dead_letters()
+    ledger = _ledger()
+    reports = ledger.dead_letters()
     if a.json:
+        # The keys they were sent under: the ledger's values, whatever this environment's are (a review).
+        record = ledger.init_record() or {}
+        sid, ri = record.get("scraper_id", s.scraper_id), int(record.get("report_interval", s.report_interval))
         print(json.dumps([{**r.__dict__, "key": str(r.key), "interval": iso(r.start),
-                           "idempotency_key": idempotency_key(s.scraper_id, r.start, s.report_interval, r.key.name)}
+                           "idempotency_key": idempotency_key(sid, r.start, ri, r.key.name)}
                           for r in reports], indent=2))
         return 0
     if not reports:
@@ -428,8 +445,8 @@ def _write_off_identity_problem(ledger, scraper_id: str) -> str | None:
         return (f"the ledger under prefix {ledger.p!r} does not record the REPORT_INTERVAL and SCRAPER_ID its "
                 "reports were made under (an earlier version made it): start a worker or beat of this version "
                 "once, which records them, then write off")
-    problem = ledger.identity_problem(record, scraper_id, adopt=False)
-    return None if problem is None else f"the audit record would not carry the reports' Idempotency-Keys: {problem}"
+    return ledger.identity_problem(record, scraper_id, adopt=False,
+                                   consequence="the audit record would not carry the reports' Idempotency-Keys")
 
 
 def _printable(text: str) -> str:
@@ -511,7 +528,8 @@ def metrics(a: argparse.Namespace) -> int:
 
         bad_addr = isinstance(e, UnicodeError | socket.gaierror) or e.errno == errno.EADDRNOTAVAIL
         return 2 if bad_addr else 1
-    print(f"serving metrics on http://{a.addr}:{a.port}/metrics", flush=True)
+    host = f"[{a.addr}]" if ":" in a.addr else a.addr  # an IPv6 address, in a URL
+    print(f"serving metrics on http://{host}:{a.port}/metrics", flush=True)
     while True:
         time.sleep(3600)
 

@@ -225,7 +225,8 @@ class Ledger:
         """The ``IDENTITY`` fields of a process with this ledger and ``scraper_id``."""
         return {"report_interval": str(self.ri), "scraper_id": scraper_id}
 
-    def identity_problem(self, record: dict[str, str], scraper_id: str, adopt: bool = True) -> str | None:
+    def identity_problem(self, record: dict[str, str], scraper_id: str, adopt: bool = True,
+                         consequence: str | None = None) -> str | None:
         """Why this process must not work on the ledger whose initialisation record is
         ``record`` (``init_record()``), or None. A report's ``Idempotency-Key`` and body
         come from ``REPORT_INTERVAL`` and ``SCRAPER_ID`` when it is sent: with other
@@ -233,7 +234,9 @@ class Ledger:
         would go out under another key, which a platform that had its first attempt
         bills again (docs/design.md, "Changing REPORT_INTERVAL or SCRAPER_ID"). A record
         without them (made by an earlier version) takes this process's values, unless
-        ``adopt`` is false (a command that only reads them: no problem then)."""
+        ``adopt`` is false (a command that only reads them: no problem then).
+        ``consequence``: what would go wrong, said instead of the sending process's, for a
+        command that sends nothing (the fix is then only to set the ledger's value)."""
         wanted = self.identity(scraper_id)
         missing = {name: value for name, value in wanted.items() if name not in record}
         if missing and adopt:
@@ -242,10 +245,13 @@ class Ledger:
         for name, variable in IDENTITY.items():
             recorded = record.get(name)
             if recorded is not None and recorded != wanted[name]:
-                return (f"{variable} is {wanted[name][:63]!r} but the ledger under prefix {self.p!r} makes its reports "
-                        f"with {variable}={recorded[:63]!r}: reports not yet delivered would go out under new "
-                        f"Idempotency-Keys; set {variable}={recorded[:63]!r}, or change it with "
-                        "`traefik-metrics-scraper init-ledger --force` once no report is waiting or dead-lettered")
+                head = (f"{variable} is {wanted[name][:63]!r} but the ledger under prefix {self.p!r} makes its "
+                        f"reports with {variable}={recorded[:63]!r}")
+                if consequence is not None:
+                    return f"{head}: {consequence}; set {variable}={recorded[:63]!r}"
+                return (f"{head}: reports not yet delivered would go out under new Idempotency-Keys; set "
+                        f"{variable}={recorded[:63]!r}, or change it with `traefik-metrics-scraper init-ledger "
+                        "--force` once no report is waiting or dead-lettered")
         return None
 
     def _adopt(self, fields: dict[str, str]) -> None:

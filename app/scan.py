@@ -78,8 +78,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--json", action="store_true", help="print the totals as JSON")
     ap.add_argument(
         "--domain",
-        default=os.environ.get("TUNNEL_DOMAIN", DEFAULT_DOMAIN),  # set but empty: refused, as by the workers
-        help="tunnel domain (default: $TUNNEL_DOMAIN, else %(default)s)",
+        help=f"tunnel domain (default: $TUNNEL_DOMAIN, else {DEFAULT_DOMAIN})",
     )
     ap.add_argument(
         "--max-line-bytes",
@@ -361,13 +360,15 @@ def run(args: argparse.Namespace) -> int:
     """Scan with parsed arguments: 0 done, 2 a file could not be read, a bad domain or a
     bad line bound (``$LOG_LINE_MAX_BYTES``)."""
     stdout, stderr = sys.stdout, sys.stderr
+    from_env = args.domain is None and "TUNNEL_DOMAIN" in os.environ  # set but empty: refused, as by the workers
+    domain = os.environ.get("TUNNEL_DOMAIN", DEFAULT_DOMAIN) if args.domain is None else args.domain
     try:
-        agg = Aggregator(args.domain, _max_line_bytes(args))
+        agg = Aggregator(domain, _max_line_bytes(args))
     except ScanError as exc:
         print(exc, file=stderr)
         return 2
     except ValueError as exc:
-        print(f"scan: {exc}", file=stderr)
+        print(f"scan: {'TUNNEL_DOMAIN: ' if from_env else ''}{exc}", file=stderr)
         return 2
     try:
         for name in args.files or ["-"]:

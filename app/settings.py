@@ -65,8 +65,8 @@ _REDIS_URL = (
 # What each field expects, said in the error line; pydantic's own text is not shown.
 EXPECTED = {
     "platform_api_url": "an http:// or https:// URL with a host and no user:password, e.g. http://platform.platform.svc.cluster.local:3000",
-    "platform_internal_secret": "a non-empty string without line breaks or other control characters (a file's "
-    "trailing newline?); blanks only count as unset",
+    "platform_internal_secret": "a non-empty string of Latin-1 characters (an HTTP header's) without line breaks or "
+    "other control characters (a file's trailing newline?); blanks only count as unset",
     "report_interval": "a whole number of seconds from 1 to 86400 that divides 86400",
     "log_level": "one of DEBUG, INFO, WARNING, ERROR",
     "redis_url": _REDIS_URL,
@@ -409,8 +409,10 @@ class Settings(BaseSettings):
         from urllib3.util import parse_url  # what PlatformClient's pool parses it with
 
         try:
-            parse_url(value)
-        except LocationParseError as e:  # a host with a space or a control character
+            host = parse_url(value).host or ""
+            if not host.startswith("["):  # a name, or an IPv4 address: what the resolver gets
+                host.encode("idna")  # an empty label (a..b), or one over 63 characters
+        except (LocationParseError, UnicodeError) as e:  # a space, a control character
             raise ValueError("bad url") from e
         return value.rstrip("/")
 
@@ -452,6 +454,10 @@ class Settings(BaseSettings):
         # RFC 9110 5.5: a field value holds no control character but a tab.
         if value is not None and any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in value.get_secret_value()):
             raise ValueError("control character")
+        # http.client encodes a header value as Latin-1: any other character made every
+        # report fail with UnicodeEncodeError, and the sweep send it again for ever (a review).
+        if value is not None and not all(ord(c) < 256 for c in value.get_secret_value()):
+            raise ValueError("not latin-1")
         return value
 
     @field_validator("log_level", mode="before")

@@ -233,3 +233,20 @@ def test_a_ledger_made_under_another_scraper_id_fails_the_ledger_check(env, kube
                              FETCH_INTERVAL="10")
     assert code == 1 and lines["ledger"].startswith("FAIL REPORT_INTERVAL is '30'"), out
     assert Ledger(r, "tms", 60).init_record()["scraper_id"] == "default"  # check changes nothing
+
+
+def test_a_start_still_ahead_is_a_warning_in_init_ledger_and_check(env, redis_url, r):
+    # A typo (2062 for 2026) silently stopped billing for good: lines before it are read past.
+    made = subprocess.run([sys.executable, "-m", "app", "init-ledger", "--start-at", "2062-01-01T00:00:00Z"],
+                          env={**env, "REDIS_KEY_PREFIX": "ahead"}, cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert made.returncode == 0, made.stderr
+    assert made.stderr.startswith("warning: counting starts in the future (2062-01-01T00:00:00.000000000Z"), made.stderr
+    code, lines, out = check(env, "--skip", "kubernetes", REDIS_KEY_PREFIX="ahead")
+    assert code == 0, out
+    assert lines["ledger"].startswith("WARN initialised under prefix 'ahead', counting from 2062-01-01T00:00:00Z, "
+                                      "still ahead"), out
+    now = subprocess.run([sys.executable, "-m", "app", "init-ledger", "--force", "--start-at", "2026-01-01T00:00:00Z"],
+                         env={**env, "REDIS_KEY_PREFIX": "ahead"}, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert now.returncode == 0 and now.stderr == "", now.stderr
+    assert check(env, "--skip", "kubernetes", REDIS_KEY_PREFIX="ahead")[1]["ledger"].startswith("OK "), out

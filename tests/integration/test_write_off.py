@@ -101,6 +101,10 @@ def test_the_write_off_command_settles_a_dead_letter_that_blocks_an_identity_cha
         assert {d.key for d in ledger.dead_letters()} == {gone, deleted}
         assert ledger.write_offs() == []
 
+    # deadletters --json gives the keys they were sent under, whatever this environment's values.
+    listed = json.loads(cli(redis_url, "deadletters", "--json", SCRAPER_ID="cluster-b", REPORT_INTERVAL="30").stdout)
+    assert {d["idempotency_key"] for d in listed} == {idempotency_key("cluster-a", start, RI, n) for n in ("gone", "deleted")}
+
     # Refused before anything is written: no reason, a blank one, under another SCRAPER_ID.
     no_reason = cli(redis_url, "write-off", str(gone))
     assert no_reason.returncode == 2 and "--reason is required" in no_reason.stderr, no_reason.stderr
@@ -108,6 +112,7 @@ def test_the_write_off_command_settles_a_dead_letter_that_blocks_an_identity_cha
     assert blank.returncode == 2 and "--reason must be one line" in blank.stderr, blank.stderr
     foreign = cli(redis_url, "write-off", str(gone), "--reason", "x", SCRAPER_ID="cluster-b")
     assert foreign.returncode == 2 and "SCRAPER_ID is 'cluster-b'" in foreign.stderr, foreign.stderr
+    assert foreign.stderr.rstrip().endswith("set SCRAPER_ID='cluster-a'")  # not init-ledger --force: circular here
     unchanged()
     # The identity change is refused while they are dead letters.
     blocked = cli(redis_url, "init-ledger", "--force", SCRAPER_ID="cluster-b")

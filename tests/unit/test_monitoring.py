@@ -104,3 +104,13 @@ def test_dashboard_shape():
     # No tunnel (subdomain) label anywhere: labels stay bounded.
     assert "subdomain" not in DASHBOARD.read_text() and "tunnel=" not in DASHBOARD.read_text()
 
+
+
+def test_the_readme_lists_every_alert_and_counts_them():
+    # The README's table had fallen four alerts behind the rule file (a new-user trial).
+    doc = yaml.safe_load(RULES.read_text())
+    alerts = [rule["alert"] for group in doc["spec"]["groups"] for rule in group["rules"] if "alert" in rule]
+    readme = (ROOT / "README.md").read_text()
+    listed = re.findall(r"^\| `(TraefikMetricsScraper\w+)` \|", readme, flags=re.M)
+    assert sorted(listed) == sorted(alerts)
+    assert f"SUCCESS: {len(rule_exprs())} rules found" in readme

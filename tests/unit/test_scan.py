@@ -192,7 +192,7 @@ def test_bad_tunnel_domain_variable_exit_2(capsys, monkeypatch, value):
     # Set but empty too: the workers refuse it (scan took the default; a review).
     monkeypatch.setenv("TUNNEL_DOMAIN", value)
     assert main([str(SAMPLE)]) == 2
-    assert capsys.readouterr().err.startswith(f"scan: invalid tunnel domain: {value!r}")
+    assert capsys.readouterr().err.startswith(f"scan: TUNNEL_DOMAIN: invalid tunnel domain: {value!r}")
 
 
 def test_an_empty_log_line_max_bytes_is_refused_as_by_the_workers(capsys, monkeypatch):

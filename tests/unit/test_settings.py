@@ -223,6 +223,11 @@ BAD = [
     # A header cannot carry a line break: every report failed, the secret in the error (a review).
     ("secret-with-a-trailing-newline", {"PLATFORM_INTERNAL_SECRET": "s3cr3t-from-a-file\n"}, "PLATFORM_INTERNAL_SECRET"),
     ("secret-with-a-carriage-return", {"PLATFORM_INTERNAL_SECRET": "s3cr3t\r\nX-Evil: 1"}, "PLATFORM_INTERNAL_SECRET"),
+    # http.client sends header values as Latin-1: every report failed, and was sent again for ever (a review).
+    ("secret-not-latin-1", {"PLATFORM_INTERNAL_SECRET": "s3cr3t-€"}, "PLATFORM_INTERNAL_SECRET"),
+    # An empty or over-long DNS label: the resolver's idna codec refused every send (a review).
+    ("platform-url-empty-label", {"PLATFORM_API_URL": "http://platform..platform.svc:3000"}, "PLATFORM_API_URL"),
+    ("platform-url-long-label", {"PLATFORM_API_URL": f"http://{'a' * 64}.platform:3000"}, "PLATFORM_API_URL"),
     ("redis-url-timeout-not-a-number", {"REDIS_URL": "redis://127.0.0.1:6390/0?socket_timeout=abc"}, "REDIS_URL"),
     ("redis-url-unix-db-not-a-number", {"REDIS_URL": "unix:///run/redis.sock?db=x"}, "REDIS_URL"),
     ("redis-url-unix-unknown-option", {"REDIS_URL": "unix:///run/redis.sock?foo=bar"}, "REDIS_URL"),
