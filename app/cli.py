@@ -79,9 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "report's Idempotency-Key as the platform got it")
     p.add_argument("--reason", help="why these reports are not billed (required with KEYs; kept in the audit record)")
     p.add_argument("--by", help="who decided (default: the login name, or 'uid N' when it is unfit for the record)")
-    p.add_argument("--also-expired", action="store_true",
-                   help="also write off dead letters made by REPORT_MAX_AGE, which the platform never refused (an "
-                   "attempt may have reached it, and replay may still deliver them); by default only refused ones")
+    p.add_argument("--any-reason", action="store_true",
+                   help="also write off dead letters a replay may still deliver: made by REPORT_MAX_AGE (an attempt "
+                   "may have reached the platform) or refused for this side's configuration (HTTP 401, 403, a "
+                   "redirect); by default only those the platform refused for good (another 4xx)")
     p.add_argument("--list", action="store_true", help="list the write-offs recorded so far instead")
     p.add_argument("--json", action="store_true", help="with --list: print a JSON list")
     p.set_defaults(run=write_off)
@@ -234,23 +235,24 @@ def init_ledger(a: argparse.Namespace) -> int:
     if made:
         print(f"ledger initialised under prefix {s.redis_key_prefix!r}; counting from {_when(ledger.start_at_ns())}; "
               f"reports made with REPORT_INTERVAL={s.report_interval} and SCRAPER_ID={s.scraper_id!r}")
-        ahead = _start_ahead(ledger)
-        if ahead:
-            print(f"warning: {ahead}", file=sys.stderr)
-        return 0
-    print(f"the ledger is already initialised (counting from {_when(ledger.start_at_ns())}); use --force to replace "
-          "it", file=sys.stderr)
-    return 1
+    else:
+        print(f"the ledger is already initialised (counting from {_when(ledger.start_at_ns())}); use --force to "
+              "replace it", file=sys.stderr)
+    ahead = _start_ahead(ledger, "START_AT" if a.start_at is None and s.start_at is not None else "--start-at")
+    if ahead:
+        print(f"warning: {ahead}", file=sys.stderr)
+    return 0 if made else 1
 
 
-def _start_ahead(ledger) -> str | None:
-    """What to say when the ledger counts from a time still ahead (Redis time), or None."""
+def _start_ahead(ledger, source: str) -> str | None:
+    """What to say when the ledger counts from a time still ahead (Redis time), or None;
+    ``source``: where that time came from (``--start-at`` or ``START_AT``)."""
     start = ledger.start_at_ns()
     if start is None or start <= ledger.now() * 1e9:
         return None
-    return (f"counting starts in the future ({_when(start)}): every line logged before then is never billed, and "
-            "the fetch workers read past it for good; if that is a typo, run init-ledger --force --start-at again "
-            "before the workers start")
+    return (f"counting starts in the future ({_when(start)}): lines logged before then are never billed (the "
+            "fetch workers skip them and move their cursors past them); if that time is a mistake, run "
+            f"`init-ledger --force` with the right {source} before starting the workers")
 
 
 def status(a: argparse.Namespace) -> int:
@@ -300,8 +302,9 @@ def deadletters(a: argparse.Namespace) -> int:
         # The keys they were sent under: the ledger's values, whatever this environment's are (a review).
         record = ledger.init_record() or {}
         sid, ri = record.get("scraper_id", s.scraper_id), int(record.get("report_interval", s.report_interval))
+        # A start off the grid: an earlier REPORT_INTERVAL's report, whose key is not known here ("").
         print(json.dumps([{**r.__dict__, "key": str(r.key), "interval": iso(r.start),
-                           "idempotency_key": idempotency_key(sid, r.start, ri, r.key.name)}
+                           "idempotency_key": "" if r.start % ri else idempotency_key(sid, r.start, ri, r.key.name)}
                           for r in reports], indent=2))
         return 0
     if not reports:
@@ -376,16 +379,19 @@ def write_off(a: argparse.Namespace) -> int:
         idem = "" if key.start % s.report_interval else idempotency_key(s.scraper_id, key.start, s.report_interval,
                                                                          key.name)
         outcome, entry = ledger.write_off(key, a.reason.strip(), by, s.report_retention, idem,
-                                          refused_only=not a.also_expired)
+                                          refused_only=not a.any_reason)
         if entry is not None:
             written += 1
             print(f"written off {key} ({iso(key.start)} {key.name}): {entry['bytes_in'] or '?'} bytes in, "
                   f"{entry['bytes_out'] or '?'} bytes out, {entry['requests'] or '?'} requests; dead-lettered for: "
-                  f"{_printable(entry['dead_reason'][:160])}{_off_grid_hint(key, s.report_interval)}")
+                  f"{_printable(entry['dead_reason'][:160])}"
+                  + (f"; its start is off the REPORT_INTERVAL={s.report_interval} grid (an earlier interval's "
+                     "report): its Idempotency-Key is recorded as unknown" if not idem else ""))
         elif outcome == "not_refused":
-            print(f"not written off: {key} was dead-lettered after REPORT_MAX_AGE of failed attempts, not refused by "
-                  "the platform: an attempt may have reached it, and `replay` may still deliver it; replay it, or "
-                  "give --also-expired to write it off anyway", file=sys.stderr)
+            rep = ledger.report(key)
+            print(f"not written off: {key} was not refused for good ({_printable((rep.reason if rep else '')[:120])}): "
+                  "a replay may still deliver it once the cause is fixed; replay it, or give --any-reason to write "
+                  "it off anyway", file=sys.stderr)
         else:
             rep = ledger.report(key)
             state = "no such report" if rep is None else rep.state.value
@@ -399,8 +405,8 @@ def write_off(a: argparse.Namespace) -> int:
 def _write_off_usage(a: argparse.Namespace) -> str | None:
     """What is wrong with ``write-off``'s arguments, or None."""
     if a.list:
-        given = a.keys or a.reason is not None or a.by is not None
-        return "--list takes no KEY, --reason or --by" if given else None
+        given = a.keys or a.reason is not None or a.by is not None or a.any_reason
+        return "--list takes no KEY, --reason, --by or --any-reason" if given else None
     if a.json:
         return "--json goes with --list"
     if not a.keys:
@@ -517,10 +523,11 @@ def metrics(a: argparse.Namespace) -> int:
 
     logs.configure(settings_or_exit())  # LOG_FORMAT for the exporter's own records
     REGISTRY.register(LedgerCollector(_ledger()))
+    host = f"[{a.addr}]" if ":" in a.addr else a.addr  # an IPv6 address, in a URL
     try:
         start_http_server(a.port, addr=a.addr)
     except (OSError, UnicodeError) as e:  # UnicodeError: a host name IDNA cannot encode (a label over 63)
-        print(f"traefik-metrics-scraper metrics: cannot listen on {a.addr[:80]}:{a.port}: {e}", file=sys.stderr)
+        print(f"traefik-metrics-scraper metrics: cannot listen on {host[:80]}:{a.port}: {e}", file=sys.stderr)
         # An --addr that names no address of this host is a usage error; a port in use or
         # not allowed is a failure.
         import errno
@@ -528,7 +535,6 @@ def metrics(a: argparse.Namespace) -> int:
 
         bad_addr = isinstance(e, UnicodeError | socket.gaierror) or e.errno == errno.EADDRNOTAVAIL
         return 2 if bad_addr else 1
-    host = f"[{a.addr}]" if ":" in a.addr else a.addr  # an IPv6 address, in a URL
     print(f"serving metrics on http://{host}:{a.port}/metrics", flush=True)
     while True:
         time.sleep(3600)

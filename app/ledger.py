@@ -7,6 +7,7 @@ Subdomains are validated before they become part of a key (``valid_subdomain``).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -782,6 +783,25 @@ class Ledger:
 
         return self._while_open(key, write)
 
+    def drop_stale(self, key: ReportKey) -> bool:
+        """Take ``key`` out of ``due`` and ``retrying`` when its record has no amounts (gone,
+        or left by an earlier version's ``park`` over a finished report): nothing a send
+        could take, which ``begin.lua`` answers ``final`` or ``missing`` without leaving
+        ``due``, so the sweep claimed it every lease for ever (a review). True when it was
+        dropped; one WATCH transaction."""
+        rep_key, member = self.rep_key(key), str(key)
+
+        def drop(pipe: redis.client.Pipeline) -> bool:
+            if pipe.hget(rep_key, "bytes_in") is not None:
+                return False
+            pipe.multi()
+            pipe.delete(rep_key)
+            pipe.zrem(self.k("due"), member)
+            pipe.zrem(self.k("retrying"), member)
+            return True
+
+        return bool(self.r.transaction(drop, rep_key, value_from_callable=True))
+
     def _while_open(self, key: ReportKey, write) -> bool:
         """Run ``write(pipe, now)`` in one transaction if the report's record is still
         there, with its amounts, and not final; else change nothing and return False. A
@@ -805,10 +825,17 @@ class Ledger:
         return bool(self._reserve(keys=[self.k("retrying")], args=[str(key), until, cap]))
 
     def dead_letters(self) -> list[Report]:
+        """The reports in the dead-letter store, oldest first. An entry an earlier version
+        left there for a report already final comes with its state and a ``reason`` saying
+        that ``write-off`` removes it."""
         out = []
         for raw in self.r.zrange(self.k("dead"), 0, -1):
-            rep = self.report(ReportKey.parse(raw))
+            key = ReportKey.parse(raw)
+            rep = self.report(key)
             if rep is not None:
+                if rep.state is not ReportState.DEAD:
+                    rep = dataclasses.replace(rep, reason=f"stale entry: the report is {rep.state}; "
+                                              f"`write-off {key} --reason ...` removes it")
                 out.append(rep)
         return out
 
@@ -818,7 +845,8 @@ class Ledger:
         with self.r.pipeline() as pipe:
             try:
                 pipe.watch(rep_key)
-                if pipe.hget(rep_key, "state") != ReportState.DEAD.encode():
+                state, amounts = pipe.hmget(rep_key, "state", "bytes_in")
+                if state != ReportState.DEAD.encode() or amounts is None:  # none: nothing a send could take
                     return False
                 pipe.multi()
                 pipe.hset(rep_key, mapping={"state": ReportState.PENDING, "reason": ""})

@@ -139,6 +139,9 @@ class Reporter:
         if status == "busy":
             return Outcome(ReportOutcome.BUSY, detail="another copy is sending it")
         if not isinstance(rep, Report):  # final or unknown; begin.lua released the lock
+            # Nothing to send: if it is still in `due` (an earlier version's park over a
+            # finished report), take it out, or the sweep claims it for ever.
+            self.ledger.drop_stale(key)
             detail = str(rep) if rep is not None else "no such report"
             log.info("report %s (%s): %s; nothing sent", sub, iso(start),
                      f"already {detail}" if rep is not None else detail,

@@ -64,7 +64,8 @@ _REDIS_URL = (
 
 # What each field expects, said in the error line; pydantic's own text is not shown.
 EXPECTED = {
-    "platform_api_url": "an http:// or https:// URL with a host and no user:password, e.g. http://platform.platform.svc.cluster.local:3000",
+    "platform_api_url": "an http:// or https:// URL with a host (DNS labels of 1 to 63 characters) and no "
+    "user:password, e.g. http://platform.platform.svc.cluster.local:3000",
     "platform_internal_secret": "a non-empty string of Latin-1 characters (an HTTP header's) without line breaks or "
     "other control characters (a file's trailing newline?); blanks only count as unset",
     "report_interval": "a whole number of seconds from 1 to 86400 that divides 86400",

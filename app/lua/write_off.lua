@@ -10,10 +10,9 @@
 -- ARGV: member "<start>:<sub>" (":a<n>" for an amendment), its field in the done hash
 --       ("<sub>" or "<sub>:a<n>"), retention seconds of the done hash, the reason,
 --       who wrote it off, the report's Idempotency-Key ("" when unknown), "1" to take
---       only a dead letter the platform refused ("rejected: ..."), "0" to take one made
---       by REPORT_MAX_AGE too (an attempt of it may have reached the platform)
+--       only a dead letter the platform refused for good (below), "0" to take any
 -- Returns 0 when the report is not a dead letter (nothing changed); -1 when it is one the
--- platform did not refuse and ARGV[7] is "1" (nothing changed); -2 when what the dead
+-- platform did not refuse for good and ARGV[7] is "1" (nothing changed); -2 when what the dead
 -- set holds is stale, left by an earlier version: a member whose record is gone (a 2xx
 -- after the dead-lettering), or a record without its amounts whose interval's done hash
 -- has the report's final answer (a dead-letter write after the delivery); the stale
@@ -24,7 +23,7 @@
 local v = redis.call('HMGET', KEYS[1], 'state', 'bytes_in', 'bytes_out', 'requests', 'attempts', 'unmetered',
   'reason', 'dead_at', 'sealed_at')
 if v[1] ~= 'dead' then
-  if not v[1] and redis.call('ZREM', KEYS[3], ARGV[1]) == 1 then
+  if redis.call('EXISTS', KEYS[1]) == 0 and redis.call('ZREM', KEYS[3], ARGV[1]) == 1 then
     return -2  -- no record left, yet in the dead set (a late 2xx, by an earlier version): stale
   end
   return 0
@@ -41,7 +40,11 @@ if not v[2] and redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then
   redis.call('ZREM', KEYS[3], ARGV[1])
   return -2
 end
-if ARGV[7] == '1' and string.sub(v[7] or '', 1, 9) ~= 'rejected:' then
+-- Refused for good: a 4xx other than 401 and 403 ("rejected: HTTP 4xx..."). A 401, a 403
+-- or a redirect (a wrong secret or URL) and a REPORT_MAX_AGE expiry may still be
+-- delivered by a replay once the cause is fixed.
+local why = v[7] or ''
+if ARGV[7] == '1' and (not string.match(why, '^rejected: HTTP 4%d%d') or string.match(why, '^rejected: HTTP 40[13]')) then
   return -1
 end
 local t = redis.call('TIME')

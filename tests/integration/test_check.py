@@ -242,10 +242,17 @@ def test_a_start_still_ahead_is_a_warning_in_init_ledger_and_check(env, redis_ur
                           timeout=60)
     assert made.returncode == 0, made.stderr
     assert made.stderr.startswith("warning: counting starts in the future (2062-01-01T00:00:00.000000000Z"), made.stderr
+    assert "with the right --start-at" in made.stderr
     code, lines, out = check(env, "--skip", "kubernetes", REDIS_KEY_PREFIX="ahead")
     assert code == 0, out
     assert lines["ledger"].startswith("WARN initialised under prefix 'ahead', counting from 2062-01-01T00:00:00Z, "
                                       "still ahead"), out
+    # Run again (already initialised), with the time from START_AT: warned too, naming it.
+    again = subprocess.run([sys.executable, "-m", "app", "init-ledger"],
+                           env={**env, "REDIS_KEY_PREFIX": "ahead", "START_AT": "2062-01-01T00:00:00Z"}, cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 1 and "already initialised" in again.stderr, again.stderr
+    assert "warning: counting starts in the future" in again.stderr and "the right START_AT" in again.stderr
     now = subprocess.run([sys.executable, "-m", "app", "init-ledger", "--force", "--start-at", "2026-01-01T00:00:00Z"],
                          env={**env, "REDIS_KEY_PREFIX": "ahead"}, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert now.returncode == 0 and now.stderr == "", now.stderr

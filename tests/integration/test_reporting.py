@@ -492,3 +492,21 @@ def test_a_2xx_after_another_copy_dead_lettered_the_report_takes_it_out_of_the_d
     ledger.finish(key, ReportState.DELIVERED, "u1", 3600)  # this copy's answer: the platform took it
     assert ledger.dead_letters() == [] and ledger.r.zcard(ledger.k("dead")) == 0
     assert ledger.report(key).state is ReportState.DELIVERED
+
+
+def test_a_due_entry_with_nothing_to_send_is_dropped_not_claimed_for_ever(settings_env, ledger):
+    # An earlier version's park over a delivered report left a record without amounts and a
+    # due member, which begin.lua answered "final" every lease without leaving due (a review).
+    start = sealed_report(ledger)
+    key = ReportKey(start, SUB)
+    ledger.finish(key, ReportState.DELIVERED, "u1", 3600)
+    ledger.r.hset(ledger.rep_key(key), mapping={"state": "due", "next_at": "1.0", "reason": "HTTP 503"})
+    ledger.r.zadd(ledger.k("due"), {str(key): 1.0})
+    client = FakeClient(LOGGED)
+    out = reporter(ledger, client).send(start, SUB, 0)
+    assert (out.action, out.detail) == (ReportOutcome.NOOP, ReportState.DELIVERED) and client.calls == []
+    assert ledger.due_count() == 0 and not ledger.r.exists(ledger.rep_key(key))
+    assert ledger.report(key).state is ReportState.DELIVERED
+    # A report with its amounts is never dropped.
+    live = sealed_report(ledger, sub="live", ago=3)
+    assert ledger.drop_stale(ReportKey(live, "live")) is False and ledger.due_count() == 1

@@ -220,14 +220,14 @@ def test_what_write_off_prints_and_records_is_clean(r, redis_url):
     start = sealed_dead_letters_with_reasons(ledger)
     # A login name unfit for the record (a control character) is not used; the platform's
     # text is shown escaped; a dead letter made by REPORT_MAX_AGE, which the platform never
-    # refused, is left unless --also-expired (a review: it was written off, then warned about).
+    # refused, is left unless --any-reason (a review: it was written off, then warned about).
     proc = cli(redis_url, "write-off", f"{start}:refused", f"{start}:aged", "--reason", "tunnel deleted",
                LOGNAME="evil\x1b[31m\nforged: line")
     assert proc.returncode == 1, proc.stderr
     assert "\x1b" not in proc.stdout and "bad\\nbody\\x1b[2J" in proc.stdout, proc.stdout
-    assert f"not written off: {start}:aged was dead-lettered after REPORT_MAX_AGE" in proc.stderr
+    assert f"not written off: {start}:aged was not refused for good (undeliverable for over REPORT_MAX_AGE" in proc.stderr
     assert [d.key for d in ledger.dead_letters()] == [ReportKey(start, "aged")]
-    aged = cli(redis_url, "write-off", f"{start}:aged", "--reason", "tunnel deleted", "--also-expired")
+    aged = cli(redis_url, "write-off", f"{start}:aged", "--reason", "tunnel deleted", "--any-reason")
     assert aged.returncode == 0 and "wrote off 1 report(s)" in aged.stdout, aged.stderr
     assert ledger.dead_letters() == []
     bys = [e["by"] for e in ledger.write_offs()]
@@ -243,3 +243,48 @@ def sealed_dead_letters_with_reasons(ledger: Ledger) -> int:
     ledger.dead_letter(ReportKey(start, "refused"), "rejected: HTTP 422: bad\nbody\x1b[2J")
     ledger.dead_letter(ReportKey(start, "aged"), "undeliverable for over REPORT_MAX_AGE (86400s); last error: HTTP 503")
     return start
+
+
+def test_only_a_dead_letter_refused_for_good_is_taken_by_default(r):
+    ledger = Ledger(r, "wo-why", RI)
+    start = dead_letters(ledger, "s", {}, **{s: (1, 1, 1) for s in ("gone", "secret", "forbidden", "moved", "aged")})
+    reasons = {"gone": "rejected: HTTP 422: unknown tunnel", "secret": "rejected: HTTP 401: bad secret",
+               "forbidden": "rejected: HTTP 403: no", "moved": "rejected: HTTP 301 redirect to host x (not followed)",
+               "aged": "undeliverable for over REPORT_MAX_AGE (86400s); last error: HTTP 503"}
+    for sub, why in reasons.items():
+        ledger.dead_letter(ReportKey(start, sub), why)
+    taken = {sub: ledger.write_off(ReportKey(start, sub), "x", "ops", 3600, "k")[0] for sub in reasons}
+    # A wrong secret or URL, or an expiry, a replay may still deliver once fixed: left.
+    assert taken == {"gone": "written_off", "secret": "not_refused", "forbidden": "not_refused",
+                     "moved": "not_refused", "aged": "not_refused"}
+    assert len(ledger.dead_letters()) == 4
+    assert {ledger.write_off(ReportKey(start, sub), "x", "ops", 3600, "k", refused_only=False)[0]
+            for sub in ("secret", "forbidden", "moved", "aged")} == {"written_off"}
+    assert ledger.dead_letters() == []
+
+
+def test_stale_entries_are_listed_as_such_and_nothing_with_amounts_is_dropped(r, redis_url):
+    ledger = Ledger(r, "wo-cli", RI)
+    start = dead_letters(ledger, "cluster-a", {"nostate": (10, 20, 3)}, done=(1, 1, 1), off=(1, 1, 1))
+    nostate, done = ReportKey(start, "nostate"), ReportKey(start, "done")
+    # A record that lost its state but not its amounts is no stale entry: left where it is
+    # (a review: it was taken out of the dead set, then in no set at all).
+    r.hdel(ledger.rep_key(nostate), "state")
+    assert ledger.write_off(nostate, "x", "ops", 3600, "k") == ("not_dead", None)
+    assert r.zscore(ledger.k("dead"), str(nostate)) is not None and r.hget(ledger.rep_key(nostate), "bytes_in") == b"10"
+    # An entry for a report already delivered is listed as stale, saying what removes it.
+    ledger.finish(done, ReportState.DELIVERED, "u1", 3600)
+    r.zadd(ledger.k("dead"), {str(done): 1.0})
+    listed = {d.key: d for d in ledger.dead_letters()}
+    assert listed[done].reason == f"stale entry: the report is delivered; `write-off {done} --reason ...` removes it"
+    # A record without amounts is not revived: nothing a send could take.
+    ghost = ReportKey(start, "ghost")
+    r.hset(ledger.rep_key(ghost), mapping={"state": "dead", "reason": "undeliverable for over REPORT_MAX_AGE"})
+    assert ledger.revive(ghost) is False
+    # deadletters --json: a start off the REPORT_INTERVAL grid (an earlier interval's) has no known key.
+    off = ReportKey(start + 30, "off")
+    r.hset(ledger.rep_key(off), mapping={"bytes_in": 1, "bytes_out": 1, "requests": 1, "state": "dead",
+                                         "reason": "rejected: HTTP 422"})
+    r.zadd(ledger.k("dead"), {str(off): 1.0})
+    keys = {d["key"]: d["idempotency_key"] for d in json.loads(cli(redis_url, "deadletters", "--json").stdout)}
+    assert keys[str(off)] == "" and keys[str(done)] == idempotency_key("cluster-a", start, RI, "done")
