@@ -868,8 +868,9 @@ class Ledger:
 
         Returns ``("written_off", entry)`` (the audit entry as ``write_offs()`` gives it),
         or, with nothing written off: ``("not_dead", None)`` (due, queued, final or
-        unknown), ``("not_refused", None)`` (``refused_only`` and a dead letter made by
-        ``REPORT_MAX_AGE``, which an attempt may have reached the platform for), or
+        unknown), ``("not_refused", None)`` (``refused_only`` and a dead letter not refused
+        for good: made by ``REPORT_MAX_AGE``, or a 401, 403 or redirect, which a replay may
+        still deliver once the cause is fixed), or
         ``("stale", None)`` (an entry an earlier version left in the dead set for a report
         already final or gone, now removed). Raises ``redis.ResponseError`` (nothing
         changed) when one of its keys has another type."""
