@@ -170,9 +170,9 @@ def check_redis(s: Settings, timeout: float):
     problem = ledger.identity_problem(record, s.scraper_id, adopt=False) if record else None
     if problem is not None:
         yield Result("FAIL", "ledger", problem)
-    elif record and int(record.get("start_at_ns", 0)) > ledger.now() * 1e9:
+    elif record and (ahead := ledger.start_ahead_ns(record)) is not None:
         yield Result("WARN", "ledger", f"initialised under prefix {s.redis_key_prefix!r}, counting from "
-                     f"{iso(int(record['start_at_ns']) // 1_000_000_000)}, still ahead: lines logged before "
+                     f"{iso(ahead // 1_000_000_000)}, still ahead: lines logged before "
                      "then are never billed", "if that is not the cut-over time you meant, run "
                      "`traefik-metrics-scraper init-ledger --force --start-at <time>` before the workers start")
     elif record and all(name in record for name in IDENTITY):

@@ -247,8 +247,8 @@ def init_ledger(a: argparse.Namespace) -> int:
 def _start_ahead(ledger, source: str) -> str | None:
     """What to say when the ledger counts from a time still ahead (Redis time), or None;
     ``source``: where that time came from (``--start-at`` or ``START_AT``)."""
-    start = ledger.start_at_ns()
-    if start is None or start <= ledger.now() * 1e9:
+    start = ledger.start_ahead_ns()
+    if start is None:
         return None
     return (f"counting starts in the future ({_when(start)}): lines logged before then are never billed (the "
             "fetch workers skip them and move their cursors past them); if that time is a mistake, run "
@@ -262,7 +262,7 @@ def status(a: argparse.Namespace) -> int:
         "counters": ledger.stats(),
         "reports_waiting": ledger.due_count(),
         "dead_letters": len(ledger.dead_letters()),
-        "written_off": len(ledger.write_offs()),
+        "written_off": ledger.write_off_count(),
         "gaps": ledger.gaps()[:20],
         "cursors": ledger.cursors(),
         # per tunnel, upgraded connections (WebSocket...) counted with 0 bytes since the start

@@ -180,6 +180,17 @@ class Ledger:
         rec = self.init_record()
         return int(rec["start_at_ns"]) if rec else None
 
+    def start_ahead_ns(self, record: dict[str, str] | None = None) -> int | None:
+        """The ledger's start (ns) when it is still ahead of Redis time, else None: lines
+        logged before it are never billed. ``record``: the ``init_record()`` already read."""
+        record = self.init_record() if record is None else record
+        start = int(record["start_at_ns"]) if record else None
+        return start if start is not None and start > self.now() * 1e9 else None
+
+    def write_off_count(self) -> int:
+        """How many audit entries ``writeoffs`` holds (``write_offs()``'s length)."""
+        return int(self.r.xlen(self.k("writeoffs")))
+
     def has_data(self) -> bool:
         """Anything under the prefix besides plan-round markers and the pod watcher's
         leader lease (``watcher:leader``, which a watcher may take before the ledger is
