@@ -157,6 +157,7 @@ class Ledger:
         self._reserve = r.register_script(lua_script("reserve_retry.lua"))
         self._hold = r.register_script(lua_script("hold.lua"))
         self._wake = r.register_script(lua_script("wake.lua"))
+        self._probe = r.register_script(lua_script("probe.lua"))
         self._states = r.register_script(REPORT_STATES_LUA)
         self._begin = r.register_script(lua_script("begin.lua"))
         self._finish = r.register_script(lua_script("finish.lua"))
@@ -694,7 +695,16 @@ class Ledger:
     def wake_parked(self) -> int:
         """Make the parked reports claimable now, if any was parked since the last wake;
         returns how many (see ``wake.lua``)."""
-        return int(self._wake(keys=[self.k("due"), self.k("parked")], args=[self.p]))
+        return int(self._wake(keys=[self.k("due"), self.k("parked"), self.k("probe")], args=[self.p]))
+
+    def probe_parked(self, interval: int) -> ReportKey | None:
+        """When reports were parked and nothing succeeded since, and the probe time has
+        come (``park``'s ``probe_after``), make the parked report due soonest claimable
+        now, and the next probe ``interval`` seconds later; the report made claimable, or
+        None (see ``probe.lua``). Called by the sweep before it claims."""
+        out = self._probe(keys=[self.k("due"), self.k("parked"), self.k("probe")],
+                          args=[self.p, interval, PARKED_MARKER_TTL])
+        return ReportKey.parse(out) if out else None
 
     def begin_keys(self, key: ReportKey) -> list[str]:
         """The KEYS of ``begin.lua`` for ``key``."""
@@ -764,18 +774,22 @@ class Ledger:
         ``finish``); the record is kept ``retention`` seconds."""
         self.finish(key, outcome, user_id, retention)
 
-    def park(self, key: ReportKey, next_at: float, reason: str) -> bool:
+    def park(self, key: ReportKey, next_at: float, reason: str, probe_after: float) -> bool:
         """Park a report until ``next_at`` (Redis time, s) with ``reason``, for the sweep
         to send again. Only a report still open (``_while_open``); False when it changed
-        nothing."""
+        nothing. No probe (``probe_parked``) comes sooner than ``probe_after`` seconds from
+        now (``REPORT_PROBE_INTERVAL``, or a longer ``Retry-After``): the probe time only
+        moves later, so a ``Retry-After`` one report got holds for every probe."""
         member = str(key)
 
-        def write(pipe: redis.client.Pipeline, _now: float) -> None:
+        def write(pipe: redis.client.Pipeline, now: float) -> None:
             pipe.hset(self.rep_key(key), mapping={"state": ReportState.DUE, "next_at": f"{next_at:.3f}",
                                                   "reason": reason})
             pipe.zadd(self.k("due"), {member: next_at})
             pipe.zrem(self.k("retrying"), member)
             pipe.set(self.k("parked"), "1", ex=PARKED_MARKER_TTL)
+            pipe.zadd(self.k("probe"), {"next": now + probe_after}, gt=True)
+            pipe.expire(self.k("probe"), PARKED_MARKER_TTL)
             pipe.hincrby(self.k("stats"), "reports_parked", 1)
 
         return self._while_open(key, write)

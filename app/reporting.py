@@ -241,9 +241,11 @@ class Reporter:
                             extra={"tunnel": rep.subdomain, "interval": iso(rep.start), "outcome": "retry"})
                 return Outcome(ReportOutcome.RETRY, countdown=countdown, detail=reason)
         delay = backoff(rep.attempts, self.s.report_due_max_delay)
+        probe_after = float(self.s.report_probe_interval)
         if retry_after is not None:
             delay = min(max(delay, retry_after), self.s.report_due_max_delay)
-        if not self.ledger.park(key, now + delay, reason):
+            probe_after = max(probe_after, min(retry_after, self.s.report_due_max_delay))
+        if not self.ledger.park(key, now + delay, reason, probe_after):
             return _finished_elsewhere(rep, reason)
         log.warning("report %s (%s): %s; parked, next attempt in %.0fs", rep.subdomain, iso(rep.start), reason, delay,
                     extra={"tunnel": rep.subdomain, "interval": iso(rep.start), "outcome": "parked"})

@@ -271,6 +271,10 @@ def sweep(ledger: Ledger, source: LogSource | None, settings: Settings) -> tuple
     if ledger.init_record() is None:
         return {"status": RoundStatus.LEDGER_LOST}, []
     merged = merge(ledger, settings)
+    probed = ledger.probe_parked(settings.report_probe_interval)
+    if probed is not None:
+        log.info("sweep: nothing succeeded since a report was parked %ds or more ago; sending parked report %s "
+                 "now to probe the platform", settings.report_probe_interval, probed)
     claimed = ledger.claim_due(settings.lease_seconds, SWEEP_BATCH)
     if claimed:
         log.info("sweep: re-enqueueing %d report(s) never delivered", len(claimed))
@@ -282,7 +286,8 @@ def sweep(ledger: Ledger, source: LogSource | None, settings: Settings) -> tuple
     expired = ledger.expire_intervals(now - settings.sweep_merge_age)
     ledger.trim_history(now - settings.interval_retention)
     forgotten = _forget_gone_pods(ledger, source, now) if source is not None else 0
-    summary = {"merged": merged.sealed, "requeued": len(claimed), "expired": expired, "forgotten_pods": forgotten}
+    summary = {"merged": merged.sealed, "requeued": len(claimed), "probed": str(probed) if probed else None,
+               "expired": expired, "forgotten_pods": forgotten}
     return summary, merged.reports + claimed
 
 

@@ -104,6 +104,7 @@ EXPECTED = {
     "max_waiting_retries": "a whole number from 1 to 100000",
     "report_lease": "a whole number of seconds from 1 to 86400",
     "report_hold_lease": "a whole number of seconds from 3 to 3600",
+    "report_probe_interval": "a whole number of seconds from 1 to 3600",
     "platform_connect_timeout": "a number of seconds above 0, at most 3600",
     "platform_read_timeout": "a number of seconds above 0, at most 3600",
     "kube_request_timeout": "a number of seconds above 0, at most 3600",
@@ -321,6 +322,16 @@ class Settings(BaseSettings):
     its prefetch, waiting for a retry's countdown, or running): the worker's main process
     renews it every third of this. A worker that dies (killed, or its broker connection
     reset) stops renewing, and the sweep sends the report again this long after."""
+
+    report_probe_interval: int = 15
+    """Seconds after the last report was parked, with no success since, before the sweep
+    sends the parked report due soonest at once: a probe of the platform, as a circuit
+    breaker's half-open state. The platform's next success makes every parked report due
+    (``wake.lua``), but a report parked after the last success, when nothing else is being
+    sent (a quiet hour, or the end of a backlog), would otherwise wait its own backoff, up
+    to ``REPORT_DUE_MAX_DELAY``, from a platform that answers. 15 s: a sweep period or a
+    few, and one report's attempts every 15 s at most on a platform that is down. Never
+    before a ``Retry-After`` the platform gave a parked report."""
 
     platform_connect_timeout: float = 5.0
     """Seconds to connect to the platform."""
@@ -593,6 +604,7 @@ class Settings(BaseSettings):
             "max_waiting_retries": 1 <= self.max_waiting_retries <= 100000,
             "report_lease": self.report_lease is None or 1 <= self.report_lease <= 86400,
             "report_hold_lease": 3 <= self.report_hold_lease <= 3600,
+            "report_probe_interval": 1 <= self.report_probe_interval <= 3600,
             # At most an hour, as `check --timeout`: a socket timeout beyond about 1e9 s
             # overflows the event loop's time_t (OverflowError on every request).
             "platform_connect_timeout": 0 < self.platform_connect_timeout <= 3600,

@@ -895,6 +895,23 @@ class Run:
             out[key] = {"state": state, **({"delivered_at": f"{float(at):.3f}"} if at else {})}
         return out
 
+    def _explain(self, key: ReportKey) -> None:
+        """Say what is known of an undelivered report: its ledger record (attempts, next
+        attempt, reason), its place in the due set, and every attempt the platform saw for
+        its Idempotency-Key, so a failed run can be read without its files."""
+        assert self.ledger is not None and self.r is not None
+        raw = {k.decode(): v.decode() for k, v in self.r.hgetall(self.ledger.rep_key(key)).items()}
+        score = self.r.zscore(self.ledger.k("due"), str(key))
+        t = {name: f"{float(raw[name]) - self.t0:.1f}s" for name in ("next_at", "sealed_at", "dead_at") if raw.get(name)}
+        fields = {k: v for k, v in raw.items() if k not in t and k not in ("bytes_in", "bytes_out", "requests")}
+        due = f"{score - self.t0:.1f}s" if score is not None else "not in due"
+        self.say(f"  {key}: record {fields} times {t}; due at {due}")
+        idem = idempotency_key(SCRAPER_ID, key.start, self.ri, key.name)
+        seen = [a for a in self.platform.attempts if a.key == idem]
+        self.say(f"    the platform saw {len(seen)} attempt(s) with key {idem}")
+        for a in seen:
+            self.say(f"    platform {a.received_at - self.t0:7.1f}s {a.outcome} {a.status}")
+
     def check(self) -> dict:
         """Every check; problems go to ``self.problems``. Returns the figures."""
         assert self.ledger is not None and self.r is not None
@@ -941,6 +958,8 @@ class Run:
         undelivered = {k: r.get("state") for k, r in reps.items() if r.get("state") != ReportState.DELIVERED}
         if undelivered:
             self.problem(f"{len(undelivered)} report(s) not delivered: {sorted(undelivered.items())[:8]}")
+            for key in sorted(undelivered)[:8]:
+                self._explain(key)
         for name in ("due", "dead", "open"):
             n = self.r.zcard(self.ledger.k(name))
             if n:

@@ -372,7 +372,7 @@ def test_park_dead_letter_and_revive(ledger):
     m1, m2 = sealed_reports(ledger, "a", "b")
     now = ledger.now()
 
-    ledger.park(m1, now + 120, "HTTP 503")
+    ledger.park(m1, now + 120, "HTTP 503", 15)
     rep = ledger.report(m1)
     assert (rep.state, rep.reason) == (ReportState.DUE, "HTTP 503")
     assert due_score(ledger, m1) == pytest.approx(now + 120, abs=0.01)
@@ -420,7 +420,7 @@ def test_expire_intervals_never_drops_an_interval_with_an_undelivered_report(led
     (delivered,) = sealed_reports(ledger, "c", ago=8)
     (dead,) = sealed_reports(ledger, "d", ago=7)
     (recent,) = sealed_reports(ledger, "e", ago=1)
-    ledger.park(parked, ledger.now() + 3600, "HTTP 503")
+    ledger.park(parked, ledger.now() + 3600, "HTTP 503", 15)
     ledger.mark_delivered(delivered, ReportState.DELIVERED, "u", 3600)
     ledger.dead_letter(dead, "rejected")
     ledger.mark_delivered(recent, ReportState.DELIVERED, "u", 3600)

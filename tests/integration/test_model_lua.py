@@ -48,7 +48,7 @@ def test_every_state_a_script_or_the_ledger_writes_is_a_report_state(r):
     a, b, c = (ReportKey(start, s) for s in "abc")
     ledger.claim([a, b, c], lease=60)
     ledger.mark_delivered(a, ReportState.SKIPPED, "", 60)
-    ledger.park(b, ledger.now() + 60, "HTTP 503")
+    ledger.park(b, ledger.now() + 60, "HTTP 503", 15)
     ledger.dead_letter(c, "rejected")
     # A final answer's record is the first word of its field in the done hash (finish.lua).
     done = r.hget(ledger.done_key(a.start), a.subdomain).decode()

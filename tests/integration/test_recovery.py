@@ -92,7 +92,7 @@ def make_reporter(led: Ledger, client, **overrides) -> Reporter:
 
 def test_hold_renews_the_lease_of_queued_reports_only(ledger):
     queued, parked, delivered = sealed(ledger, "queued", "parked", "done")
-    ledger.park(parked, ledger.now() + 600, "HTTP 503")
+    ledger.park(parked, ledger.now() + 600, "HTTP 503", 15)
     ledger.mark_delivered(delivered, ReportState.DELIVERED, "u", 3600)
     now = ledger.now()
     assert score(ledger, queued) >= now + 290  # the claim's lease
@@ -169,8 +169,8 @@ def test_killed_worker_holding_a_retry_is_sent_again_within_the_hold_lease(pipel
 
 def test_wake_makes_parked_reports_due_once_per_park(ledger):
     a, b, c = sealed(ledger, "a", "b", "c")
-    ledger.park(a, ledger.now() + 900, "HTTP 503")
-    ledger.park(b, ledger.now() + 600, "timeout")
+    ledger.park(a, ledger.now() + 900, "HTTP 503", 15)
+    ledger.park(b, ledger.now() + 600, "timeout", 15)
     now = ledger.now()
     assert ledger.wake_parked() == 2
     assert score(ledger, a) <= now + 1 and score(ledger, b) <= now + 1
@@ -182,11 +182,55 @@ def test_wake_makes_parked_reports_due_once_per_park(ledger):
 
 def test_the_first_success_makes_parked_reports_due(settings_env, ledger):
     parked, other = sealed(ledger, "parked", "other")
-    ledger.park(parked, ledger.now() + 900, "connection refused")
+    ledger.park(parked, ledger.now() + 900, "connection refused", 15)
     out = make_reporter(ledger, FakeClient(LOGGED)).send(other.start, other.subdomain, 0)
     assert out.action == ReportOutcome.DELIVERED
     assert score(ledger, parked) <= ledger.now()
     assert ledger.claim_due(300, 10) == [parked]
+
+
+# A probe when nothing succeeds after a park -------------------------------------------------
+
+
+def test_a_probe_makes_the_parked_report_due_soonest_claimable_once_a_period(ledger):
+    """A report parked after the platform's last success, with nothing else sent to show
+    the platform answers: without a probe it waits its backoff (here up to 900 s)."""
+    later, sooner, queued = sealed(ledger, "later", "sooner", "queued")
+    ledger.park(later, ledger.now() + 900, "HTTP 503", 1)
+    ledger.park(sooner, ledger.now() + 600, "HTTP 503", 1)
+    assert ledger.probe_parked(1) is None  # not before probe_after
+    wait_until(lambda: ledger.r.zscore(ledger.k("probe"), "next") <= ledger.now(), 5, what="the probe time")
+    assert ledger.probe_parked(1) == sooner
+    now = ledger.now()
+    assert score(ledger, sooner) <= now and score(ledger, later) >= now + 800
+    assert score(ledger, queued) >= now + 250  # a lease, not a parked report
+    assert ledger.probe_parked(1) is None  # one probe a period
+    assert ledger.claim_due(300, 10) == [sooner]
+    # The probe's success: every parked report due, and no probe until the next park.
+    assert ledger.wake_parked() == 1
+    assert ledger.r.exists(ledger.k("probe")) == 0
+    assert ledger.claim_due(300, 10) == [later]
+    time.sleep(1.1)  # past any probe time the removed key held
+    assert ledger.probe_parked(1) is None
+
+
+def test_no_probe_before_a_retry_after_another_park_gave(ledger):
+    a, b = sealed(ledger, "a", "b")
+    ledger.park(a, ledger.now() + 120, "HTTP 503", 120)  # the platform said Retry-After: 120
+    ledger.park(b, ledger.now() + 30, "HTTP 503", 1)  # a later park does not bring the probe forward
+    assert ledger.r.zscore(ledger.k("probe"), "next") >= ledger.now() + 110
+    assert ledger.probe_parked(1) is None
+    assert ledger.r.ttl(ledger.k("probe")) > 0
+
+
+def test_the_sweep_sends_the_probed_report(settings_env, ledger):
+    (parked,) = sealed(ledger, "parked")
+    ledger.park(parked, ledger.now() + 900, "HTTP 503", 1)
+    s = Settings(platform_internal_secret="x", report_interval=RI, report_probe_interval=1)
+    wait_until(lambda: ledger.r.zscore(ledger.k("probe"), "next") <= ledger.now(), 5, what="the probe time")
+    summary, keys = rounds.sweep(ledger, None, s)
+    assert keys == [parked] and summary["probed"] == str(parked)
+    assert ledger.report(parked).state == ReportState.QUEUED
 
 
 # A confirmed delivery survives a Redis restart --------------------------------------------

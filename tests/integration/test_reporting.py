@@ -194,6 +194,18 @@ def test_after_the_automatic_retries_it_is_parked_in_due(settings_env, ledger):
     assert ledger.r.zscore(ledger.k("retrying"), member) is None
     assert ledger.claim_due(300, 10) == []  # not before next_at
     assert ledger.dead_letters() == []
+    # No probe of the platform before its Retry-After (120 s), though REPORT_PROBE_INTERVAL is 15 s.
+    assert ledger.r.zscore(ledger.k("probe"), "next") >= before + 120
+    assert ledger.probe_parked(rep.s.report_probe_interval) is None
+
+
+def test_a_parked_report_without_retry_after_may_be_probed_after_report_probe_interval(settings_env, ledger):
+    start = sealed_report(ledger)
+    rep = reporter(ledger, FakeClient(PlatformRetryable("HTTP 503", 503)), report_auto_retries=0,
+                   report_probe_interval=40)
+    before = ledger.now()
+    assert rep.send(start, SUB, 0).action == ReportOutcome.PARKED
+    assert before + 40 <= ledger.r.zscore(ledger.k("probe"), "next") <= ledger.now() + 40
 
 
 def test_parked_at_once_when_too_many_reports_wait_for_a_retry(settings_env, ledger):

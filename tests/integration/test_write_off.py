@@ -176,7 +176,7 @@ def test_nothing_is_recorded_over_a_final_report_and_stale_dead_letters_are_clea
     ledger.finish(done, ReportState.DELIVERED, "u1", 3600)
     # A copy whose send lock expired dead-letters or parks a report another copy delivered: nothing.
     assert ledger.dead_letter(done, "rejected: HTTP 400") is False
-    assert ledger.park(done, ledger.now() + 60, "HTTP 503") is False
+    assert ledger.park(done, ledger.now() + 60, "HTTP 503", 15) is False
     assert ledger.dead_letters() == [] and not r.exists(ledger.rep_key(done)) and ledger.due_count() == 0
     assert ledger.report(done).state is ReportState.DELIVERED
     # One an earlier version left behind (state and reason, no amounts) is listed and can
