@@ -264,6 +264,24 @@ def test_outage_longer_than_auto_retries_is_parked_then_swept(pipeline, kube, pl
     assert {r.state for r in ledger_reports(pipeline).values()} == {ReportState.DELIVERED}
 
 
+def test_a_report_parked_with_nothing_else_sent_is_probed_not_left_to_its_backoff(pipeline, kube, platform):
+    """One report, refused eight times in a row with no automatic retries: parked eight
+    times, with nothing else sent whose success would wake it. Its backoff alone would
+    wait at least 127.5 s (0.5 + 1 + ... + 64) before the ninth attempt; the sweep's probe
+    (REPORT_PROBE_INTERVAL=1) sends it again within a sweep of each park."""
+    platform.fail_next(8, status=503)
+    pods, worker = start(pipeline, kube, n_pods=1, REPORT_AUTO_RETRIES="0", REPORT_DUE_MAX_DELAY="900",
+                         REPORT_PROBE_INTERVAL="1")
+    traffic = Traffic(seed=15, tunnels=1)
+    kube.write_many(pods[0], [traffic.line("tun-0") for _ in range(5)])
+    pipeline.wait_quiescent(pods, timeout=75)
+    assert pipeline.delivered() == traffic.expected()
+    assert [a.status for a in platform.attempts] == [503] * 8 + [201]
+    assert len({a.key for a in platform.attempts}) == 1
+    assert pipeline.ledger.stats()["reports_parked"] == 8
+    assert "to probe the platform" in worker.output()
+
+
 # 4. Answer lost after the platform committed --------------------------------------------
 
 
