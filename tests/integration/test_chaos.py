@@ -5,8 +5,8 @@ Each run starts redis-server (AOF), two supervised workers and beat as processes
 fake Kubernetes API with three pods and the platform stub, and checks: exact totals per
 tunnel, nothing undelivered, dead-lettered or unmerged, only documented and bounded keys,
 one attempt per report on the wire at a time and none after its recorded delivery, every
-fault-delayed report delivered within 60 s + REPORT_INTERVAL of its fault's end (or of its
-own last attempt the platform failed at random, if later), every worker processing a task within 30 s of Redis coming back; with deduplication off, every
+fault-delayed report delivered within 60 s + REPORT_INTERVAL of its fault's end (each wait
+between that, its own attempts the platform failed at random, and its delivery), every worker processing a task within 30 s of Redis coming back; with deduplication off, every
 duplicate the platform billed follows a lost answer.
 """
 
