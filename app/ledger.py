@@ -137,6 +137,7 @@ class Report:
     delivered_at: float | None = None  # Redis time of the final answer (delivered or skipped)
     amendment: int = 0  # 0: the interval's original report; n: its n-th amendment
     sealed_at: float | None = None  # Redis time the report was made (its interval sealed, or the amendment)
+    probe: bool = False  # the sweep made it claimable to probe the platform (probe.lua): one attempt, then parked
 
     @property
     def key(self) -> ReportKey:
@@ -699,10 +700,11 @@ class Ledger:
 
     def probe_parked(self, interval: int) -> ReportKey | None:
         """When reports were parked and nothing succeeded since, and the probe time has
-        come (``park``'s ``probe_after``), make the parked report due soonest claimable
-        now, and the next probe ``interval`` seconds later; the report made claimable, or
-        None (see ``probe.lua``). Called by the sweep before it claims."""
-        out = self._probe(keys=[self.k("due"), self.k("parked"), self.k("probe")],
+        come (``park``'s ``probe_after``, ``delay_probe``), make the parked report due
+        soonest claimable now, marked as a probe (``Report.probe``: its send makes one
+        attempt), and the next probe ``interval`` seconds later; the report made
+        claimable, or None (see ``probe.lua``). Called by the sweep before it claims."""
+        out = self._probe(keys=[self.k("due"), self.k("parked"), self.k("probe"), self.k("stats")],
                           args=[self.p, interval, PARKED_MARKER_TTL])
         return ReportKey.parse(out) if out else None
 
@@ -735,11 +737,10 @@ class Ledger:
             return status, ReportState(out[1].decode())
         if status != "go":
             return status, None
-        bi, bo, rq, state, attempts, reason, unmetered = (x.decode() for x in out[1:8])
-        sealed_at = out[8].decode() if len(out) > 8 else ""
+        bi, bo, rq, state, attempts, reason, unmetered, sealed_at, probe = (x.decode() for x in out[1:10])
         return status, Report(key.start, key.subdomain, int(bi), int(bo), int(rq), ReportState(state), int(attempts),
                               reason, int(unmetered), amendment=key.amendment,
-                              sealed_at=float(sealed_at) if sealed_at else None)
+                              sealed_at=float(sealed_at) if sealed_at else None, probe=probe == "1")
 
     def finish(self, key: ReportKey, outcome: ReportState, user_id: str, retention: int, token: str = "") -> bool:
         """Record a final answer (``delivered`` or ``skipped``): the report's record moves
@@ -787,12 +788,24 @@ class Ledger:
                                                   "reason": reason})
             pipe.zadd(self.k("due"), {member: next_at})
             pipe.zrem(self.k("retrying"), member)
+            pipe.hdel(self.rep_key(key), "probe")
             pipe.set(self.k("parked"), "1", ex=PARKED_MARKER_TTL)
-            pipe.zadd(self.k("probe"), {"next": now + probe_after}, gt=True)
-            pipe.expire(self.k("probe"), PARKED_MARKER_TTL)
+            self._later_probe(pipe, now + probe_after)
             pipe.hincrby(self.k("stats"), "reports_parked", 1)
 
         return self._while_open(key, write)
+
+    def delay_probe(self, until: float) -> None:
+        """No probe (``probe_parked``) before ``until`` (Redis time, s): a ``Retry-After``
+        the platform gave a report in automatic retry."""
+        with self.r.pipeline(transaction=False) as pipe:
+            self._later_probe(pipe, until)
+            pipe.execute()
+
+    def _later_probe(self, pipe: redis.client.Pipeline, until: float) -> None:
+        """Queue on ``pipe``: the probe time becomes ``until`` unless it is later already."""
+        pipe.zadd(self.k("probe"), {"next": until}, gt=True)
+        pipe.expire(self.k("probe"), PARKED_MARKER_TTL)
 
     def dead_letter(self, key: ReportKey, reason: str) -> bool:
         """Park a report in the dead-letter store with ``reason``. Only a report still
@@ -875,6 +888,7 @@ class Ledger:
                     return False
                 pipe.multi()
                 pipe.hset(rep_key, mapping={"state": ReportState.PENDING, "reason": ""})
+                pipe.hdel(rep_key, "probe")
                 pipe.zrem(self.k("dead"), str(key))
                 pipe.zadd(self.k("due"), {str(key): 0})
                 pipe.execute()

@@ -13,7 +13,9 @@ due set with its next attempt time and the sweep re-enqueues it. So workers hold
 bounded number of waiting retry messages however long the platform is down. The
 first success after that makes every parked report claimable at once (``wake.lua``):
 a platform that answers again gets its backlog within a sweep, not after the parked
-reports' backoff. A report older than ``REPORT_MAX_AGE``, or one the platform rejects
+reports' backoff. When nothing has succeeded for ``REPORT_PROBE_INTERVAL`` since the
+last park, the sweep sends one parked report, one attempt, as a probe (``probe.lua``).
+A report older than ``REPORT_MAX_AGE``, or one the platform rejects
 (3xx, 4xx but 408, 409, 425, 429), goes to the dead-letter store with its reason.
 
 A delivery the platform confirmed is recorded even through a Redis restart: the
@@ -230,10 +232,14 @@ class Reporter:
             log.error("❌ %s (%s): %s; parked in the dead-letter store", rep.subdomain, iso(rep.start), why,
                       extra={"tunnel": rep.subdomain, "interval": iso(rep.start), "outcome": "dead"})
             return Outcome(ReportOutcome.DEAD, detail=why)
-        if retries < self.s.report_auto_retries:
+        # A probe (the sweep's, when nothing succeeded since reports were parked) makes one
+        # attempt: its failure parks it again at once, so a platform that is down gets one
+        # request a probe, not a round of automatic retries.
+        if retries < self.s.report_auto_retries and not rep.probe:
             countdown = backoff(retries, self.s.report_retry_max_delay)
             if retry_after is not None:
                 countdown = min(max(countdown, retry_after), self.s.report_retry_max_delay)
+                self.ledger.delay_probe(now + min(retry_after, self.s.report_due_max_delay))
             until = now + countdown + self.s.report_time_limit
             if self.ledger.reserve_retry(key, until, self.s.max_waiting_retries):
                 self.ledger.extend_lease(key, now + countdown + self.s.lease_seconds)

@@ -273,8 +273,8 @@ def sweep(ledger: Ledger, source: LogSource | None, settings: Settings) -> tuple
     merged = merge(ledger, settings)
     probed = ledger.probe_parked(settings.report_probe_interval)
     if probed is not None:
-        log.info("sweep: nothing succeeded since a report was parked %ds or more ago; sending parked report %s "
-                 "now to probe the platform", settings.report_probe_interval, probed)
+        log.info("sweep: nothing has succeeded since reports were parked; sending parked report %s now, one "
+                 "attempt, to probe the platform", probed)
     claimed = ledger.claim_due(settings.lease_seconds, SWEEP_BATCH)
     if claimed:
         log.info("sweep: re-enqueueing %d report(s) never delivered", len(claimed))

@@ -325,13 +325,14 @@ class Settings(BaseSettings):
 
     report_probe_interval: int = 15
     """Seconds after the last report was parked, with no success since, before the sweep
-    sends the parked report due soonest at once: a probe of the platform, as a circuit
-    breaker's half-open state. The platform's next success makes every parked report due
-    (``wake.lua``), but a report parked after the last success, when nothing else is being
-    sent (a quiet hour, or the end of a backlog), would otherwise wait its own backoff, up
-    to ``REPORT_DUE_MAX_DELAY``, from a platform that answers. 15 s: a sweep period or a
-    few, and one report's attempts every 15 s at most on a platform that is down. Never
-    before a ``Retry-After`` the platform gave a parked report."""
+    sends the parked report due soonest, one attempt: a probe of the platform, as a
+    circuit breaker's half-open state. The platform's next success makes every parked
+    report due (``wake.lua``), but a report parked after the last success, when nothing
+    else is being sent (a quiet hour, or the end of a backlog), would otherwise wait its
+    own backoff, up to ``REPORT_DUE_MAX_DELAY``, from a platform that answers. The sweep
+    runs every 3 x ``FETCH_INTERVAL``, so a probe goes at the first sweep after this; 15 s:
+    at most one a sweep at the default ``FETCH_INTERVAL``, one request on a platform that
+    is down. Never before a ``Retry-After`` the platform gave."""
 
     platform_connect_timeout: float = 5.0
     """Seconds to connect to the platform."""

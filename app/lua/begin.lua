@@ -10,7 +10,8 @@
 -- taken); {"busy"} when another copy holds the lock; {"final", state} (delivered,
 -- skipped or dead) or {"missing"} with the lock released; else, the lock taken and the
 -- attempt counted, {"go", bytes_in, bytes_out, requests, state, attempts before this
--- one, reason, unmetered, sealed_at ("" when not recorded)}.
+-- one, reason, unmetered, sealed_at ("" when not recorded), probe ("1" when the sweep
+-- made it claimable to probe the platform, probe.lua; else "")}.
 -- KEYS[1] and KEYS[2] end in the report's member, "<start>:<sub>" or, for an amendment,
 -- "<start>:<sub>:a<n>"; ARGV[3] is then "<sub>:a<n>" (its field in the done hash).
 local id = redis.call('HMGET', KEYS[4], 'report_interval', 'scraper_id')
@@ -21,7 +22,7 @@ if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'EX', tonumber(ARGV[2])) then
   return {'busy'}
 end
 local v = redis.call('HMGET', KEYS[1], 'bytes_in', 'bytes_out', 'requests', 'state', 'attempts', 'reason',
-  'unmetered', 'sealed_at')
+  'unmetered', 'sealed_at', 'probe')
 if not v[1] then
   redis.call('DEL', KEYS[2])
   local done = redis.call('HGET', KEYS[3], ARGV[3])
@@ -36,4 +37,4 @@ if state == 'delivered' or state == 'skipped' or state == 'dead' then
   return {'final', state}
 end
 redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-return {'go', v[1], v[2], v[3], state, v[5] or '0', v[6] or '', v[7] or '0', v[8] or ''}
+return {'go', v[1], v[2], v[3], state, v[5] or '0', v[6] or '', v[7] or '0', v[8] or '', v[9] or ''}

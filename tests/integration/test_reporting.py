@@ -19,7 +19,7 @@ from app.platform import PATH, Delivery, PlatformClient, parse_retry_after
 from app.reporting import Reporter, idempotency_key, report_body
 from app.settings import Settings
 from sim.platform_stub import user_id_for
-from sim.procs import free_port
+from sim.procs import free_port, wait_until
 
 RI = 60
 SUB = "my-tunnel"
@@ -197,6 +197,37 @@ def test_after_the_automatic_retries_it_is_parked_in_due(settings_env, ledger):
     # No probe of the platform before its Retry-After (120 s), though REPORT_PROBE_INTERVAL is 15 s.
     assert ledger.r.zscore(ledger.k("probe"), "next") >= before + 120
     assert ledger.probe_parked(rep.s.report_probe_interval) is None
+
+
+def test_a_probe_makes_one_attempt_then_is_parked_again(settings_env, ledger):
+    """The sweep's probe: one request on a platform that is down, not a round of
+    automatic retries (a review: six requests a probe)."""
+    start = sealed_report(ledger)
+    key = ReportKey(start, SUB)
+    client = FakeClient(PlatformRetryable("HTTP 503", 503))
+    rep = reporter(ledger, client, report_probe_interval=1)
+    assert rep.send(start, SUB, 5).action == ReportOutcome.PARKED  # its automatic retries used up
+    wait_until(lambda: ledger.probe_parked(1) == key, 5, interval=0.1, what="the probe")
+    assert ledger.r.hget(ledger.k("rep", start, SUB), "probe") == b"1"
+    assert ledger.claim_due(300, 10) == [key]
+    out = rep.send(start, SUB, 0)  # the sweep's message: no Celery retries so far
+    assert out.action == ReportOutcome.PARKED and len(client.calls) == 2
+    assert ledger.r.hget(ledger.k("rep", start, SUB), "probe") is None
+    assert ledger.report(key).state == ReportState.DUE
+    assert ledger.stats()["reports_probed"] == 1
+    # Not a probe any more: the next message gets its automatic retries again.
+    ledger.r.zadd(ledger.k("due"), {str(key): 0})
+    assert ledger.claim_due(300, 10) == [key]
+    assert rep.send(start, SUB, 0).action == ReportOutcome.RETRY
+
+
+def test_a_retry_after_in_automatic_retry_holds_the_probe_back(settings_env, ledger):
+    start = sealed_report(ledger)
+    client = FakeClient(PlatformRetryable("HTTP 429", 429, 120.0))
+    before = ledger.now()
+    assert reporter(ledger, client).send(start, SUB, 0).action == ReportOutcome.RETRY
+    assert ledger.r.zscore(ledger.k("probe"), "next") >= before + 120
+    assert ledger.r.ttl(ledger.k("probe")) > 0
 
 
 def test_a_parked_report_without_retry_after_may_be_probed_after_report_probe_interval(settings_env, ledger):

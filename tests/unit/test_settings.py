@@ -276,6 +276,8 @@ BAD = [
     # One bad value, one line: not a second about a variable checked against it.
     ("fetch-time-limit-huge", {"FETCH_TIME_LIMIT": "100000"}, "FETCH_TIME_LIMIT"),
     ("report-hold-lease-huge", {"REPORT_HOLD_LEASE": "100000"}, "REPORT_HOLD_LEASE"),
+    ("report-probe-interval-zero", {"REPORT_PROBE_INTERVAL": "0"}, "REPORT_PROBE_INTERVAL"),
+    ("report-probe-interval-huge", {"REPORT_PROBE_INTERVAL": "3601"}, "REPORT_PROBE_INTERVAL"),
     ("interval-retention-zero", {"INTERVAL_RETENTION": "0"}, "INTERVAL_RETENTION"),
     ("report-interval-bad-fetch-interval-above-it", {"REPORT_INTERVAL": "7", "FETCH_INTERVAL": "10"}, "REPORT_INTERVAL"),
 ]
