@@ -696,7 +696,7 @@ class Ledger:
     def wake_parked(self) -> int:
         """Make the parked reports claimable now, if any was parked since the last wake;
         returns how many (see ``wake.lua``)."""
-        return int(self._wake(keys=[self.k("due"), self.k("parked"), self.k("probe")], args=[self.p]))
+        return int(self._wake(keys=[self.k("due"), self.k("parked")], args=[self.p]))
 
     def probe_parked(self, interval: int) -> ReportKey | None:
         """When reports were parked and nothing succeeded since, and the probe time has
@@ -710,12 +710,12 @@ class Ledger:
 
     def begin_keys(self, key: ReportKey) -> list[str]:
         """The KEYS of ``begin.lua`` for ``key``."""
-        return [self.rep_key(key), self.k("lock", key), self.done_key(key.start), self.k("init")]
+        return [self.rep_key(key), self.k("lock", key), self.done_key(key.start), self.k("init"), self.k("parked")]
 
     def finish_keys(self, key: ReportKey) -> list[str]:
         """The KEYS of ``finish.lua`` for ``key``."""
         return [self.rep_key(key), self.done_key(key.start), self.k("due"), self.k("retrying"), self.k("stats"),
-                self.k("lock", key), self.k("parked"), self.k("dead")]
+                self.k("lock", key), self.k("parked"), self.k("dead"), self.k("probe")]
 
     def begin(self, key: ReportKey, token: str, lock_seconds: int, report_interval: int,
               scraper_id: str) -> tuple[str, Report | ReportState | str | None]:
@@ -814,6 +814,7 @@ class Ledger:
 
         def write(pipe: redis.client.Pipeline, now: float) -> None:
             pipe.hset(self.rep_key(key), mapping={"state": ReportState.DEAD, "reason": reason, "dead_at": f"{now:.3f}"})
+            pipe.hdel(self.rep_key(key), "probe")
             pipe.zrem(self.k("due"), member)
             pipe.zrem(self.k("retrying"), member)
             pipe.zadd(self.k("dead"), {member: now})

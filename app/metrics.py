@@ -31,8 +31,7 @@ Counters (the ledger's ``stats`` hash):
   ``kube_error``...).
 - ``gaps_total`` (log spans that may be lost), ``no_progress_reads_total``,
   ``fetch_conflicts_total``, ``fetch_restarts_total``, ``fetch_errors_total{kind}``,
-  ``reports_total{outcome="delivered"|"skipped"|"parked"|"probed"|"dead"|"written_off"}``
-  (``probed``: parked reports the sweep sent to probe the platform); any other counter as
+  ``reports_total{outcome="delivered"|"skipped"|"parked"|"dead"|"written_off"}``; any other counter as
   ``<name>_total``.
 
 Per Traefik pod (``pod`` label; pods fetched within three rounds of the newest fetch,
@@ -90,7 +89,7 @@ NS = "traefik_metrics_scraper"
 PRIORITY_STEPS = (0, 3, 6, 9)
 PRIORITY_SEP = "\x06\x16"
 UNACKED = "unacked"  # kombu's hash of delivered, unacknowledged messages
-REPORT_OUTCOMES = ("delivered", "skipped", "parked", "probed", "dead", "written_off")
+REPORT_OUTCOMES = ("delivered", "skipped", "parked", "dead", "written_off")
 UNDELIVERED = (ReportState.PENDING, ReportState.QUEUED, ReportState.DUE)
 # Counters of the stats hash with their own metric (the rest: <name>_total).
 NAMED = {

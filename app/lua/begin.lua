@@ -4,6 +4,8 @@
 -- KEYS[1] rep:<start>:<sub> hash   KEYS[2] lock:<start>:<sub>
 -- KEYS[3] done:<start> hash (delivered detail of the interval, see finish.lua)
 -- KEYS[4] init hash (the REPORT_INTERVAL and SCRAPER_ID the ledger's reports are made under)
+-- KEYS[5] parked marker: a probe flag (probe.lua) counts only while it is there; once the
+--   platform answered since, the flag is dropped and the send gets its automatic retries
 -- ARGV: lock token, lock seconds, subdomain, this process's REPORT_INTERVAL, its SCRAPER_ID
 -- Returns {"identity", recorded interval, recorded scraper id} when the ledger records
 -- others than this process's (its Idempotency-Key would not be the report's: nothing is
@@ -36,5 +38,10 @@ if state == 'delivered' or state == 'skipped' or state == 'dead' then
   redis.call('DEL', KEYS[2])
   return {'final', state}
 end
+local probe = v[9] or ''
+if probe ~= '' and redis.call('EXISTS', KEYS[5]) == 0 then
+  redis.call('HDEL', KEYS[1], 'probe')
+  probe = ''
+end
 redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-return {'go', v[1], v[2], v[3], state, v[5] or '0', v[6] or '', v[7] or '0', v[8] or '', v[9] or ''}
+return {'go', v[1], v[2], v[3], state, v[5] or '0', v[6] or '', v[7] or '0', v[8] or '', probe}

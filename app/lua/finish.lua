@@ -9,6 +9,8 @@
 -- KEYS[4] retrying zset   KEYS[5] stats hash   KEYS[6] lock:<start>:<sub>   KEYS[7] parked marker
 -- KEYS[8] dead zset: a 2xx that comes after another copy (whose send lock had expired)
 --   dead-lettered the report is the platform's answer: it leaves the dead-letter store
+-- KEYS[9] probe zset (probe.lua): the platform answers, so no probe is needed, and a
+--   Retry-After it gave before no longer holds one back
 -- ARGV: member "<start>:<sub>", subdomain, state, platform user id, retention seconds,
 --       lock token ("" = none to release)
 -- The done field: "<state> <bytes_in> <bytes_out> <requests> <attempts> <unmetered>
@@ -31,4 +33,5 @@ end
 if ARGV[6] ~= '' and redis.call('GET', KEYS[6]) == ARGV[6] then
   redis.call('DEL', KEYS[6])
 end
+redis.call('DEL', KEYS[9])
 return redis.call('EXISTS', KEYS[7])

@@ -3,14 +3,12 @@
 -- when a report was parked since the last wake (the marker, set by Ledger.park), so a
 -- success costs one DEL when nothing is parked.
 --
--- KEYS[1] due zset   KEYS[2] parked marker   KEYS[3] probe zset (probe.lua: no probe is
---   needed once the platform answers)
+-- KEYS[1] due zset   KEYS[2] parked marker
 -- ARGV: prefix
 -- Returns how many reports were woken.
 if redis.call('DEL', KEYS[2]) == 0 then
   return 0
 end
-redis.call('DEL', KEYS[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1])
 local woken = 0

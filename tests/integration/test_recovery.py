@@ -206,12 +206,40 @@ def test_a_probe_makes_the_parked_report_due_soonest_claimable_once_a_period(led
     assert score(ledger, queued) >= now + 250  # a lease, not a parked report
     assert ledger.probe_parked(1) is None  # one probe a period
     assert ledger.claim_due(300, 10) == [sooner]
-    # The probe's success: every parked report due, and no probe until the next park.
-    assert ledger.wake_parked() == 1
+    # The probe's success: no probe until the next park, and every parked report due.
+    assert ledger.finish(sooner, ReportState.DELIVERED, "u", 3600) is True
     assert ledger.r.exists(ledger.k("probe")) == 0
+    assert ledger.wake_parked() == 1
     assert ledger.claim_due(300, 10) == [later]
     time.sleep(1.1)  # past any probe time the removed key held
     assert ledger.probe_parked(1) is None
+
+
+def test_a_success_ends_a_retry_afters_hold_on_the_probe(ledger):
+    """A Retry-After given in automatic retry, then successes with nothing parked: a report
+    parked after them is probed one interval later, not after the old Retry-After (a
+    review: the hold outlived the platform's answers)."""
+    a, b, c = sealed(ledger, "a", "b", "c")
+    ledger.delay_probe(ledger.now() + 600)
+    assert ledger.finish(a, ReportState.DELIVERED, "u", 3600) is False  # nothing parked
+    assert ledger.r.exists(ledger.k("probe")) == 0
+    ledger.park(b, ledger.now() + 900, "HTTP 503", 1)
+    wait_until(lambda: ledger.probe_parked(1) == b, 5, interval=0.1, what="the probe")
+
+
+def test_a_probe_flag_counts_only_until_the_platform_answers(ledger):
+    """The probe flag: one attempt while nothing has succeeded since the park; after a
+    success the report gets its automatic retries again (a review)."""
+    probed, other = sealed(ledger, "probed", "other")
+    ledger.park(probed, ledger.now() + 900, "HTTP 503", 1)
+    wait_until(lambda: ledger.probe_parked(1) == probed, 5, interval=0.1, what="the probe")
+    assert ledger.begin(probed, "t1", 60, RI, "cluster-a")[1].probe is True
+    ledger.release_send_lock(probed, "t1")
+    assert ledger.finish(other, ReportState.DELIVERED, "u", 3600) is True
+    assert ledger.wake_parked() == 0  # the probed report is due already
+    status, rep = ledger.begin(probed, "t2", 60, RI, "cluster-a")
+    assert status == "go" and rep.probe is False
+    assert ledger.r.hget(ledger.rep_key(probed), "probe") is None
 
 
 def test_no_probe_before_a_retry_after_another_park_gave(ledger):
