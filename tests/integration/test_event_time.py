@@ -18,7 +18,7 @@ interval than its stamp's (what processing-time placement did) shows as a differ
 - a pod whose log answers 500 for longer than ``SEAL_MAX_WAIT``: the interval is sealed
   after the maximum wait, the pod's late lines arrive as amendments, each delivered once;
 - the migration: a ledger written by the pre-issue-11 version (commit ``PRE11``, run from
-  a ``git worktree``), old and new workers committing side by side during the scraper's own
+  exported with ``git archive``), old and new workers committing side by side during the scraper's own
   rolling update, then new workers only: no line counted twice or lost.
 """
 
@@ -69,7 +69,6 @@ ROOT = Path(__file__).resolve().parents[2]
 # The scraper as deployed before issue 11 (processing-time intervals): the parent of the
 # commit that made intervals event-time (eef8d93).
 PRE11 = os.environ.get("TMS_PRE11_COMMIT", "72e569d")
-PRE11_DIR = Path(os.environ.get("TMS_PRE11_DIR", "/tmp/tms-pre11"))
 
 # The sealing round's task (3755e62), unknown to workers of 72e569d (the test_tasks snapshot pins it).
 SEAL_ROUND_TASK = "workers.maintenance.seal_round"
@@ -391,18 +390,16 @@ def test_unreadable_pod_past_the_max_wait_reports_amendments(ev, kube, platform,
 
 
 @pytest.fixture(scope="session")
-def pre11_tree() -> Path:
-    """The pre-issue-11 checkout, created at first use (``git worktree add``) and moved
-    to ``PRE11`` if it is at another commit."""
-    if not (PRE11_DIR / "app" / "celery.py").exists():
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(PRE11_DIR), PRE11],
-                       check=True, capture_output=True)
-    want = subprocess.run(["git", "-C", str(ROOT), "rev-parse", PRE11], check=True, capture_output=True, text=True)
-    have = subprocess.run(["git", "-C", str(PRE11_DIR), "rev-parse", "HEAD"], check=True, capture_output=True, text=True)
-    if want.stdout != have.stdout:
-        subprocess.run(["git", "-C", str(PRE11_DIR), "checkout", "-q", "--detach", PRE11], check=True,
-                       capture_output=True)
-    return PRE11_DIR
+def pre11_tree(tmp_path_factory) -> Path:
+    """The pre-issue-11 tree (``PRE11``), exported with ``git archive`` into this session's
+    own temporary directory. It was a ``git worktree`` at a fixed path shared by every
+    clone on the machine: one whose clone was deleted left it pointing at a missing
+    ``.git``, and every later run failed there."""
+    tree = tmp_path_factory.mktemp("pre11")
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", PRE11], check=True,
+                             capture_output=True)
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True, capture_output=True)
+    return tree
 
 
 def old_process(ev, tree: Path, role: str, name: str) -> CeleryProcess:
