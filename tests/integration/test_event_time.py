@@ -17,8 +17,8 @@ interval than its stamp's (what processing-time placement did) shows as a differ
 - a rolling update (new pods added, old ones terminating, written to until they exit);
 - a pod whose log answers 500 for longer than ``SEAL_MAX_WAIT``: the interval is sealed
   after the maximum wait, the pod's late lines arrive as amendments, each delivered once;
-- the migration: a ledger written by the pre-issue-11 version (commit ``PRE11``, run from
-  exported with ``git archive``), old and new workers committing side by side during the scraper's own
+- the migration: a ledger written by the pre-issue-11 version (commit ``PRE11``, exported
+  with ``git archive``), old and new workers committing side by side during the scraper's own
   rolling update, then new workers only: no line counted twice or lost.
 """
 
