@@ -206,7 +206,12 @@ def test_a_probe_makes_one_attempt_then_is_parked_again(settings_env, ledger):
     key = ReportKey(start, SUB)
     client = FakeClient(PlatformRetryable("HTTP 503", 503))
     rep = reporter(ledger, client, report_probe_interval=1)
+    # Ten attempts before: parked for 450-900 s, not due by itself before the probe (at
+    # its first attempt the backoff would be 0.5-1 s, and a report due by itself is not
+    # probed: the test waited in vain then).
+    ledger.r.hset(ledger.k("rep", start, SUB), "attempts", 10)
     assert rep.send(start, SUB, 5).action == ReportOutcome.PARKED  # its automatic retries used up
+    assert ledger.r.zscore(ledger.k("due"), str(key)) >= ledger.now() + 400
     wait_until(lambda: ledger.probe_parked(1) == key, 5, interval=0.1, what="the probe")
     assert ledger.r.hget(ledger.k("rep", start, SUB), "probe") == b"1"
     assert ledger.claim_due(300, 10) == [key]
